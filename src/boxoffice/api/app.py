@@ -1,0 +1,92 @@
+"""`create_app()`: wires settings, database, booking path, routes and error handling."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import structlog
+from fastapi import FastAPI
+from fastapi.routing import APIRoute
+
+from boxoffice import __version__
+from boxoffice.api.problems import install_problem_handlers, move_errors_to_problem_media_type
+from boxoffice.api.routes import bookings, events, health
+from boxoffice.booking import DirectBooker
+from boxoffice.config import Settings, get_settings
+from boxoffice.db.database import Database
+from boxoffice.db.migrate import current_revision, head_revision
+from boxoffice.observability.logging import configure_logging
+
+log = structlog.get_logger("boxoffice")
+
+DESCRIPTION = """
+Sell tickets without ever selling a seat twice.
+
+Errors are `application/problem+json` (RFC 9457) with a stable `code`.
+Lists are JSON arrays, newest first; the next page is in the `Link` header.
+"""
+
+
+def _operation_id(route: APIRoute) -> str:
+    return route.name
+
+
+class SchemaOutOfDate(RuntimeError):
+    """The database was not migrated to the revision this code expects."""
+
+
+async def _check_schema(database: Database) -> None:
+    """Refuse to serve on a schema this code was not written for."""
+    current, head = await current_revision(database), head_revision()
+    if current != head:
+        raise SchemaOutOfDate(
+            f"database schema is at {current or 'nothing'}, this code needs {head}: "
+            "run `boxoffice db upgrade` (make run does it for you)"
+        )
+
+
+def create_app(settings: Settings | None = None, database: Database | None = None) -> FastAPI:
+    """Build the ASGI app. Without arguments it reads the environment (uvicorn's factory)."""
+    if settings is None:
+        settings = get_settings()
+        configure_logging(settings.log_level, settings.log_format)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        db = database or Database.from_settings(settings)
+        app.state.database = db
+        app.state.booker = DirectBooker(
+            db, max_tickets_per_booking=settings.max_tickets_per_booking
+        )
+        try:
+            await _check_schema(db)
+            log.info(f"Database connected successfully ({db.dialect})")
+            log.info(f"Server is running on port {settings.port}")
+            yield
+        finally:
+            if database is None:
+                await db.dispose()
+
+    app = FastAPI(
+        title="Boxoffice",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        max_body_size=settings.max_body_bytes,
+        generate_unique_id_function=_operation_id,
+    )
+    app.state.settings = settings
+    install_problem_handlers(app)
+    app.include_router(events.router)
+    app.include_router(bookings.router)
+    app.include_router(health.router)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = move_errors_to_problem_media_type(FastAPI.openapi(app))
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app

@@ -1,0 +1,179 @@
+"""Every error leaves as `application/problem+json` (RFC 9457), mapped here and only here.
+
+| raised                                   | status | code                  |
+|------------------------------------------|--------|-----------------------|
+| RequestValidationError, InvalidRequest   | 400    | validation_error      |
+| InsufficientSeats                        | 400    | insufficient_seats    |
+| NotFound, unknown route                  | 404    | not_found             |
+| wrong method                             | 405    | method_not_allowed    |
+| body over MAX_BODY_BYTES                 | 413    | payload_too_large     |
+| DatabaseUnavailable                      | 503    | service_unavailable   |
+| anything else                            | 500    | internal_error        |
+
+Bodies never carry a stack trace or echo the rejected input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from http import HTTPStatus
+from typing import Any
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from boxoffice.api.schemas import FieldError, Problem
+from boxoffice.db.errors import DatabaseUnavailable
+from boxoffice.domain.errors import BoxofficeError, InsufficientSeats, InvalidRequest, NotFound
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+RETRY_AFTER_SECONDS = "1"
+
+log = structlog.get_logger("boxoffice.api")
+
+_HTTP_CODES = {
+    400: "validation_error",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
+
+
+class ProblemResponse(JSONResponse):
+    media_type = PROBLEM_MEDIA_TYPE
+
+
+def problem(
+    request: Request,
+    status: int,
+    code: str,
+    detail: str,
+    headers: dict[str, str] | None = None,
+    **extensions: Any,
+) -> ProblemResponse:
+    body = Problem(
+        title=HTTPStatus(status).phrase,
+        status=status,
+        detail=detail,
+        code=code,
+        instance=request.url.path,
+        **extensions,
+    )
+    return ProblemResponse(body.body(), status_code=status, headers=headers)
+
+
+def _status_of(error: BoxofficeError) -> int:
+    if isinstance(error, NotFound):
+        return 404
+    if isinstance(error, InvalidRequest | InsufficientSeats):
+        return 400
+    return 500
+
+
+def _field_errors(errors: Sequence[Any]) -> list[FieldError]:
+    found = []
+    for error in errors:
+        location = [str(part) for part in error.get("loc", ())]
+        if location and location[0] in {"body", "query", "path", "header"}:
+            location = location[1:]
+        found.append(
+            FieldError(field=".".join(location) or "body", message=str(error.get("msg", "")))
+        )
+    return found
+
+
+async def _on_domain_error(request: Request, exc: Exception) -> ProblemResponse:
+    assert isinstance(exc, BoxofficeError)
+    return problem(request, _status_of(exc), exc.code, exc.detail, **exc.extensions())
+
+
+async def _on_validation_error(request: Request, exc: Exception) -> ProblemResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = _field_errors(exc.errors())
+    detail = "; ".join(f"{e.field}: {e.message}" for e in errors[:5]) or "Invalid request."
+    return problem(request, 400, "validation_error", detail, errors=errors)
+
+
+async def _on_http_error(request: Request, exc: Exception) -> ProblemResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    status = exc.status_code
+    code = _HTTP_CODES.get(status, "error" if status < 500 else "internal_error")
+    if status == 404:
+        detail = f"No route matches {request.url.path}."
+    elif status == 405:
+        detail = f"Method {request.method} is not allowed on {request.url.path}."
+    elif status == 413:
+        detail = "The request body is too large."
+    elif status == 400:
+        detail = "The request body is not valid UTF-8 JSON."
+    else:
+        detail = str(exc.detail)
+    return problem(request, status, code, detail, headers=dict(exc.headers or {}))
+
+
+async def _on_unavailable(request: Request, exc: Exception) -> ProblemResponse:
+    log.warning("database_unavailable", path=request.url.path, error=type(exc.__cause__).__name__)
+    return problem(
+        request,
+        503,
+        "service_unavailable",
+        "The database is unavailable; nothing was changed. Retry shortly.",
+        headers={"Retry-After": RETRY_AFTER_SECONDS},
+    )
+
+
+async def _on_unexpected(request: Request, exc: Exception) -> ProblemResponse:
+    log.error("unhandled_error", path=request.url.path, exc_info=exc)
+    return problem(request, 500, "internal_error", "An unexpected error occurred.")
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(BoxofficeError, _on_domain_error)
+    app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, _on_http_error)
+    app.add_exception_handler(DatabaseUnavailable, _on_unavailable)
+    app.add_exception_handler(Exception, _on_unexpected)
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI declarations for the error statuses an operation can return."""
+    descriptions = {
+        400: "Invalid input (`validation_error`) or, for bookings, `insufficient_seats`.",
+        404: "Not found (`not_found`).",
+        413: "Body larger than MAX_BODY_BYTES (`payload_too_large`).",
+        500: "Unexpected error (`internal_error`).",
+        503: "Database unavailable (`service_unavailable`); retry after `Retry-After`.",
+    }
+    return {
+        status: {
+            "model": Problem,
+            "description": descriptions.get(status, HTTPStatus(status).phrase),
+        }
+        for status in (*statuses, 500)
+    }
+
+
+def move_errors_to_problem_media_type(schema: dict[str, Any]) -> dict[str, Any]:
+    """Declare error bodies as problem+json and drop FastAPI's unused 422 responses."""
+    for path_item in schema.get("paths", {}).values():
+        for operation in path_item.values():
+            responses = operation.get("responses", {})
+            responses.pop("422", None)
+            for status, response in responses.items():
+                content = response.get("content", {})
+                if int(status) >= 400 and "application/json" in content:
+                    content[PROBLEM_MEDIA_TYPE] = content.pop("application/json")
+                if status == "503":
+                    response.setdefault("headers", {})["Retry-After"] = {
+                        "description": "Seconds to wait before retrying.",
+                        "schema": {"type": "string"},
+                    }
+    components = schema.get("components", {}).get("schemas", {})
+    components.pop("HTTPValidationError", None)
+    components.pop("ValidationError", None)
+    return schema

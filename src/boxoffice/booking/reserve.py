@@ -1,0 +1,105 @@
+"""Take seats and record the booking inside the caller's transaction.
+
+The seat decrement is one conditional UPDATE:
+
+    UPDATE sections SET remaining = remaining - :qty
+     WHERE id = :section AND event_id = :event AND remaining >= :qty
+    RETURNING price_cents
+
+It either takes all the seats or matches no row; there is no window between
+the check and the write for another request to slip into. The CHECK constraint
+`remaining >= 0` backs it up. The booking row is inserted in the same
+transaction, so a crash can leave neither seats without a booking nor a
+booking without seats.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import NoReturn
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from boxoffice.db.tables import bookings, events, sections
+from boxoffice.domain.errors import EventNotFound, InsufficientSeats, SectionNotFound
+from boxoffice.domain.model import Booking, BookingRequest
+from boxoffice.services.ids import new_id, parse_id
+
+
+async def reserve_seats(conn: AsyncConnection, request: BookingRequest, now: datetime) -> Booking:
+    """Decrement the section and insert a confirmed booking; raise if it cannot be done.
+
+    On a raise nothing has been written by this call that the caller must keep:
+    the caller rolls the transaction back.
+    """
+    event_id = parse_id(request.event_id)
+    if event_id is None:
+        raise EventNotFound(request.event_id)
+    section_id = parse_id(request.section_id)
+    if section_id is None:
+        await _raise_why_not(conn, event_id, None, request)
+    taken = (
+        await conn.execute(
+            update(sections)
+            .where(
+                sections.c.id == section_id,
+                sections.c.event_id == event_id,
+                sections.c.remaining >= request.qty,
+            )
+            .values(remaining=sections.c.remaining - request.qty)
+            .returning(sections.c.price_cents)
+        )
+    ).first()
+    if taken is None:
+        await _raise_why_not(conn, event_id, section_id, request)
+    booking_id = new_id()
+    await conn.execute(
+        insert(bookings),
+        [
+            {
+                "id": booking_id,
+                "event_id": event_id,
+                "section_id": section_id,
+                "qty": request.qty,
+                "unit_price_cents": taken.price_cents,
+                "total_price_cents": taken.price_cents * request.qty,
+                "status": "confirmed",
+                "created_at": now,
+            }
+        ],
+    )
+    return Booking(
+        id=str(booking_id),
+        event_id=str(event_id),
+        section_id=str(section_id),
+        qty=request.qty,
+        unit_price_cents=taken.price_cents,
+        created_at=now,
+    )
+
+
+async def _raise_why_not(
+    conn: AsyncConnection,
+    event_id: uuid.UUID,
+    section_id: uuid.UUID | None,
+    request: BookingRequest,
+) -> NoReturn:
+    """Explain a booking that took no seats: unknown event, unknown section, or sold out."""
+    if section_id is not None:
+        remaining = (
+            await conn.execute(
+                select(sections.c.remaining).where(
+                    sections.c.id == section_id, sections.c.event_id == event_id
+                )
+            )
+        ).scalar_one_or_none()
+        if remaining is not None:
+            raise InsufficientSeats(requested=request.qty, remaining=remaining)
+    exists = (
+        await conn.execute(select(events.c.id).where(events.c.id == event_id))
+    ).scalar_one_or_none()
+    if exists is None:
+        raise EventNotFound(request.event_id)
+    raise SectionNotFound(request.event_id, request.section_id)

@@ -1,0 +1,90 @@
+"""Settings: every knob comes from the environment or `.env`, and has a safe default.
+
+The defaults are the embedded set-up: a SQLite file next to where the server
+runs, on port 4521. Production points `DATABASE_URL` at PostgreSQL. Users write
+plain URLs (`postgresql://…`, `sqlite:///…`); the async driver is chosen here.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import URL, make_url
+
+DEFAULT_DATABASE_URL = "sqlite:///./boxoffice.db"
+
+_ASYNC_DRIVERS = {
+    "postgres": "postgresql+asyncpg",
+    "postgresql": "postgresql+asyncpg",
+    "postgresql+asyncpg": "postgresql+asyncpg",
+    "sqlite": "sqlite+aiosqlite",
+    "sqlite+aiosqlite": "sqlite+aiosqlite",
+}
+
+
+class UnsupportedDatabaseURL(ValueError):
+    """The URL names a database Boxoffice does not run on."""
+
+
+def async_database_url(url: str) -> URL:
+    """Map a plain database URL to the async driver Boxoffice uses for it."""
+    parsed = make_url(url)
+    driver = _ASYNC_DRIVERS.get(parsed.drivername)
+    if driver is None:
+        raise UnsupportedDatabaseURL(
+            f"unsupported database URL scheme {parsed.drivername!r}: "
+            "use postgresql://user@host:port/db or sqlite:///path/to/file.db"
+        )
+    return parsed.set(drivername=driver)
+
+
+class Settings(BaseSettings):
+    """Runtime configuration; see `.env.example` for the documented list."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+    )
+
+    host: str = Field("127.0.0.1", description="Interface the server listens on.")
+    port: int = Field(4521, ge=1, le=65535, description="TCP port the server listens on.")
+    database_url: str = Field(DEFAULT_DATABASE_URL, description="SQLite file or PostgreSQL URL.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["console", "json"] = "console"
+
+    max_tickets_per_booking: int = Field(10, ge=1, le=1000)
+    max_body_bytes: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024)
+    default_page_size: int = Field(100, ge=1, le=1000)
+    max_page_size: int = Field(1000, ge=1, le=1000)
+
+    db_pool_size: int = Field(10, ge=1, le=200)
+    db_timeout_seconds: float = Field(
+        10.0, gt=0, le=300, description="Connect timeout, and SQLite's busy timeout."
+    )
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("database_url")
+    @classmethod
+    def _supported(cls, value: str) -> str:
+        async_database_url(value)
+        return value
+
+    @property
+    def async_url(self) -> URL:
+        return async_database_url(self.database_url)
+
+    @property
+    def dialect(self) -> Literal["sqlite", "postgresql"]:
+        return "sqlite" if self.async_url.get_backend_name() == "sqlite" else "postgresql"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()

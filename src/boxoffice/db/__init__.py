@@ -1,0 +1,1 @@
+"""Persistence: the tables, the engine set-up per database, and the migrations."""

@@ -1,0 +1,26 @@
+"""Infrastructure failures, told apart from the domain's own errors."""
+
+from __future__ import annotations
+
+import asyncio
+
+from sqlalchemy import exc as sa_exc
+
+
+class DatabaseUnavailable(Exception):
+    """The database could not serve the request now; nothing was written. Retry later."""
+
+
+def is_unavailable(error: BaseException) -> bool:
+    """True when `error` means the database is unreachable, overloaded or locked.
+
+    Integrity and programming errors are not in this set: they are bugs or
+    bad data, and must not be disguised as a temporary outage.
+    """
+    if isinstance(error, sa_exc.TimeoutError | TimeoutError | asyncio.TimeoutError):
+        return True
+    if isinstance(error, sa_exc.DBAPIError):
+        if error.connection_invalidated:
+            return True
+        return isinstance(error, sa_exc.OperationalError | sa_exc.InterfaceError)
+    return isinstance(error, ConnectionError | OSError)

@@ -1,0 +1,45 @@
+"""Apply and inspect the schema migrations from code (the CLI and the tests use this)."""
+
+from __future__ import annotations
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.engine import Connection
+
+from boxoffice.db.database import Database
+
+SCRIPT_LOCATION = "boxoffice.db:migrations"
+
+
+def alembic_config(database_url: str) -> Config:
+    """An Alembic config for `database_url`, independent of the working directory."""
+    config = Config()
+    config.set_main_option("script_location", SCRIPT_LOCATION)
+    config.attributes["database_url"] = database_url
+    return config
+
+
+def upgrade(database_url: str, revision: str = "head") -> None:
+    """Bring the schema to `revision`; safe to run when it is already there.
+
+    Runs Alembic, which starts its own event loop: call it outside a running loop.
+    """
+    command.upgrade(alembic_config(database_url), revision)
+
+
+def head_revision() -> str:
+    head = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+    assert head is not None
+    return head
+
+
+async def current_revision(database: Database) -> str | None:
+    """The revision the database is at, or None when it was never migrated."""
+
+    def read(connection: Connection) -> str | None:
+        return MigrationContext.configure(connection).get_current_revision()
+
+    async with database.engine.connect() as conn:
+        return await conn.run_sync(read)

@@ -1,0 +1,48 @@
+"""Alembic environment: runs the migrations on the async engine Boxoffice uses."""
+
+from __future__ import annotations
+
+import asyncio
+
+from alembic import context
+from sqlalchemy.engine import Connection
+
+from boxoffice.config import async_database_url, get_settings
+from boxoffice.db.database import Database
+from boxoffice.db.tables import metadata
+
+config = context.config
+
+
+def _url() -> str:
+    configured = config.attributes.get("database_url") or config.get_main_option("sqlalchemy.url")
+    return str(configured or get_settings().database_url)
+
+
+def _run(connection: Connection) -> None:
+    context.configure(
+        connection=connection,
+        target_metadata=metadata,
+        render_as_batch=connection.dialect.name == "sqlite",
+        compare_type=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+async def _run_online() -> None:
+    database = Database.from_url(async_database_url(_url()), pool_size=1)
+    try:
+        async with database.engine.connect() as connection:
+            await connection.run_sync(_run)
+            await connection.commit()
+    finally:
+        await database.dispose()
+
+
+if context.is_offline_mode():
+    context.configure(url=_url(), target_metadata=metadata, literal_binds=True)
+    with context.begin_transaction():
+        context.run_migrations()
+else:
+    asyncio.run(_run_online())

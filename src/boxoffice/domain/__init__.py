@@ -1,0 +1,1 @@
+"""The domain: plain Python rules about events, sections, seats and bookings."""

@@ -1,0 +1,22 @@
+"""Money is exact: integer minor units (cents) inside, decimals at the edges."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+Cents = int
+
+CENTS_PER_UNIT = 100
+
+
+def to_cents(amount: Decimal) -> Cents:
+    """Convert a decimal amount with at most two places to whole cents, exactly."""
+    cents = amount * CENTS_PER_UNIT
+    if cents != cents.to_integral_value():
+        raise ValueError(f"{amount} has more than two decimal places")
+    return int(cents)
+
+
+def from_cents(cents: Cents) -> Decimal:
+    """The decimal amount for a number of cents, with two places."""
+    return (Decimal(cents) / CENTS_PER_UNIT).quantize(Decimal("0.01"))

@@ -1,0 +1,1 @@
+"""Use cases. Each opens one unit of work, and commits it in the same place."""

@@ -1,0 +1,83 @@
+"""The unit of work: one transaction, owned by the use case that opens it.
+
+    async with UnitOfWork(database, write=True) as uow:
+        await uow.conn.execute(...)
+        await uow.commit()
+
+Leaving the block without `commit()` rolls back, whatever happened inside.
+Failures that mean the database is unavailable (unreachable, timed out,
+locked for longer than the busy timeout) leave as `DatabaseUnavailable`, so
+the HTTP edge answers 503 instead of 500.
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Self
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from boxoffice.db.database import Database
+from boxoffice.db.errors import DatabaseUnavailable, is_unavailable
+
+
+class UnitOfWork:
+    """A transaction on `database`; `write=True` takes SQLite's write lock up front."""
+
+    def __init__(self, database: Database, *, write: bool) -> None:
+        self._database = database
+        self._write = write
+        self._conn: AsyncConnection | None = None
+        self._committed = False
+        self._holds_lock = False
+
+    @property
+    def conn(self) -> AsyncConnection:
+        if self._conn is None:
+            raise RuntimeError("the unit of work is not open")
+        return self._conn
+
+    async def __aenter__(self) -> Self:
+        lock = self._database.write_lock
+        if self._write and lock is not None:
+            await lock.acquire()
+            self._holds_lock = True
+        try:
+            self._conn = await self._database.connect(write=self._write)
+            await self._conn.begin()
+        except BaseException as error:
+            await self._close()
+            if isinstance(error, Exception) and is_unavailable(error):
+                raise DatabaseUnavailable(str(error)) from error
+            raise
+        return self
+
+    async def commit(self) -> None:
+        await self.conn.commit()
+        self._committed = True
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            if self._conn is not None and not self._committed:
+                await self._conn.rollback()
+        except Exception:  # the connection may be gone; it is invalidated below
+            pass
+        finally:
+            await self._close()
+        if isinstance(exc, Exception) and is_unavailable(exc):
+            raise DatabaseUnavailable(str(exc)) from exc
+
+    async def _close(self) -> None:
+        try:
+            if self._conn is not None:
+                await self._conn.close()
+        finally:
+            self._conn = None
+            if self._holds_lock and self._database.write_lock is not None:
+                self._database.write_lock.release()
+                self._holds_lock = False
