@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
 from boxoffice import __version__
+from boxoffice.api.body_limit import BodyLimitMiddleware
 from boxoffice.api.problems import install_problem_handlers, move_errors_to_problem_media_type
 from boxoffice.api.routes import bookings, events, health
 from boxoffice.booking import DirectBooker
@@ -74,18 +75,22 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
-        max_body_size=settings.max_body_bytes,
         generate_unique_id_function=_operation_id,
     )
     app.state.settings = settings
     install_problem_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.include_router(events.router)
     app.include_router(bookings.router)
     app.include_router(health.router)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = move_errors_to_problem_media_type(FastAPI.openapi(app))
+            schema = move_errors_to_problem_media_type(FastAPI.openapi(app))
+            # The per-booking limit is a setting; publish the one in force.
+            qty = schema["components"]["schemas"]["BookIn"]["properties"]["qty"]
+            qty["maximum"] = settings.max_tickets_per_booking
+            app.openapi_schema = schema
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

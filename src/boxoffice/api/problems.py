@@ -15,6 +15,7 @@ Bodies never carry a stack trace or echo the rejected input.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from http import HTTPStatus
 from typing import Any
@@ -48,6 +49,14 @@ class ProblemResponse(JSONResponse):
     media_type = PROBLEM_MEDIA_TYPE
 
 
+def problem_body(status: int, code: str, detail: str, *, instance: str | None) -> bytes:
+    """A serialized problem document, for places that answer below FastAPI."""
+    document = Problem(
+        title=HTTPStatus(status).phrase, status=status, detail=detail, code=code, instance=instance
+    )
+    return json.dumps(document.body(), separators=(",", ":")).encode()
+
+
 def problem(
     request: Request,
     status: int,
@@ -78,6 +87,13 @@ def _status_of(error: BoxofficeError) -> int:
 def _field_errors(errors: Sequence[Any]) -> list[FieldError]:
     found = []
     for error in errors:
+        if error.get("type") == "json_invalid":
+            reason = error.get("ctx", {}).get("error", "invalid JSON")
+            position = error.get("loc", ("body", 0))[-1]
+            found.append(
+                FieldError(field="body", message=f"Malformed JSON: {reason} at {position}.")
+            )
+            continue
         location = [str(part) for part in error.get("loc", ())]
         if location and location[0] in {"body", "query", "path", "header"}:
             location = location[1:]
@@ -108,12 +124,28 @@ async def _on_http_error(request: Request, exc: Exception) -> ProblemResponse:
     elif status == 405:
         detail = f"Method {request.method} is not allowed on {request.url.path}."
     elif status == 413:
-        detail = "The request body is too large."
+        detail = (
+            f"The request body is larger than {request.app.state.settings.max_body_bytes} bytes."
+        )
     elif status == 400:
         detail = "The request body is not valid UTF-8 JSON."
     else:
         detail = str(exc.detail)
-    return problem(request, status, code, detail, headers=dict(exc.headers or {}))
+    headers = dict(exc.headers or {})
+    if status == 405:
+        headers["Allow"] = ", ".join(_allowed_methods(request))
+    return problem(request, status, code, detail, headers=headers)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this path (Starlette lists only the first route's)."""
+    path = request.url.path
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        regex = getattr(route, "path_regex", None)
+        if regex is not None and regex.match(path) and getattr(route, "methods", None):
+            methods.update(route.methods)
+    return sorted(methods)
 
 
 async def _on_unavailable(request: Request, exc: Exception) -> ProblemResponse:

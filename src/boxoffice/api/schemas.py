@@ -13,7 +13,15 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, StrictInt, StringConstraints
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    StrictInt,
+    StringConstraints,
+    WithJsonSchema,
+)
 from pydantic.alias_generators import to_camel
 
 from boxoffice.domain.model import (
@@ -34,7 +42,11 @@ def _money_json(value: Decimal) -> int | float:
     return int(value) if value == value.to_integral_value() else float(value)
 
 
-Money = Annotated[Decimal, PlainSerializer(_money_json, return_type=float, when_used="json")]
+Money = Annotated[
+    Decimal,
+    PlainSerializer(_money_json, return_type=Any, when_used="json"),
+    WithJsonSchema({"type": "number", "examples": [49.99]}),
+]
 Name = Annotated[
     str,
     StringConstraints(strict=True, strip_whitespace=True, min_length=1, max_length=MAX_NAME_LENGTH),
@@ -47,7 +59,9 @@ class _Request(BaseModel):
 
 
 class _Response(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, serialize_by_alias=True)
+    model_config = ConfigDict(
+        alias_generator=to_camel, serialize_by_alias=True, validate_by_name=True
+    )
 
 
 class SectionIn(_Request):

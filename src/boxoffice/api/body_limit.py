@@ -1,0 +1,67 @@
+"""Refuse request bodies over MAX_BODY_BYTES with a problem+json 413.
+
+Starlette's own `RequestBodyLimitMiddleware` (behind FastAPI's `max_body_size`)
+answers an oversized `Content-Length` with a text/plain 413 that replaces
+whatever the app sent, so our problem+json contract could not hold with it.
+This middleware checks the declared length up front and counts streamed
+(chunked) bodies as they arrive; either way the app never sees the excess.
+"""
+
+from __future__ import annotations
+
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from boxoffice.api.problems import problem_body
+
+
+class BodyLimitMiddleware:
+    """Cap each request body at `max_bytes`."""
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = Headers(scope=scope).get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._refuse(scope, send)
+            return
+
+        received = 0
+
+        async def counted_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    # Routed to the app's HTTPException handler: a problem+json 413.
+                    raise HTTPException(status_code=413)
+            return message
+
+        await self.app(scope, counted_receive, send)
+
+    async def _refuse(self, scope: Scope, send: Send) -> None:
+        body = problem_body(
+            413,
+            "payload_too_large",
+            f"The request body is larger than {self.max_bytes} bytes.",
+            instance=scope.get("path"),
+        )
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/problem+json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,95 @@
+"""Shared fixtures: a throwaway PostgreSQL cluster, and a fresh database per test on both
+SQLite and PostgreSQL.
+
+`database_url` is parametrized over both databases; every test that uses it
+(directly or through `database` / `client`) runs twice. Set
+BOXOFFICE_TEST_DATABASES=sqlite to run the SQLite half only.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from boxoffice.api.app import create_app
+from boxoffice.config import Settings, async_database_url
+from boxoffice.db.database import Database
+from boxoffice.db.migrate import upgrade
+from tests.support.postgres import ThrowawayPostgres
+
+DATABASES = [
+    name.strip()
+    for name in os.environ.get("BOXOFFICE_TEST_DATABASES", "sqlite,postgresql").split(",")
+    if name.strip()
+]
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[ThrowawayPostgres]:
+    cluster = ThrowawayPostgres().start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_template(postgres: ThrowawayPostgres) -> str:
+    """A migrated database that each test copies (CREATE DATABASE … TEMPLATE)."""
+    url = postgres.create_database("boxoffice_template")
+    upgrade(url)
+    return "boxoffice_template"
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("sqlite-template") / "template.db"
+    upgrade(f"sqlite:///{path}")
+    return path
+
+
+@pytest.fixture(params=DATABASES)
+def database_url(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> str:
+    """A freshly migrated, empty database of each kind."""
+    if request.param == "sqlite":
+        template: Path = request.getfixturevalue("sqlite_template")
+        path = tmp_path / "boxoffice.db"
+        shutil.copy(template, path)
+        return f"sqlite:///{path}"
+    postgres: ThrowawayPostgres = request.getfixturevalue("postgres")
+    template_name: str = request.getfixturevalue("postgres_template")
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    postgres.psql(f'CREATE DATABASE "{name}" TEMPLATE "{template_name}"')
+    return postgres.url(name)
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    return Settings(database_url=database_url, _env_file=None)  # type: ignore[call-arg]
+
+
+@pytest.fixture
+async def database(settings: Settings) -> AsyncIterator[Database]:
+    db = Database.from_url(async_database_url(settings.database_url))
+    try:
+        yield db
+    finally:
+        await db.dispose()
+
+
+@pytest.fixture
+async def client(settings: Settings, database: Database) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client talking to the app in-process, lifespan included."""
+    app = create_app(settings, database)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            yield http

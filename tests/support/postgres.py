@@ -1,0 +1,144 @@
+"""A throwaway PostgreSQL cluster on a free loopback port, for tests and benchmarks.
+
+PostgreSQL refuses to run as root, so as root the server runs as the
+`postgres` user; its data folder (and every folder above) is made reachable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+PG_BIN_CANDIDATES = [
+    os.environ.get("PG_BIN", ""),
+    "/usr/lib/postgresql/15/bin",
+    "/usr/lib/postgresql/16/bin",
+    "/usr/lib/postgresql/17/bin",
+]
+
+
+def pg_bin() -> Path:
+    for candidate in PG_BIN_CANDIDATES:
+        if candidate and (Path(candidate) / "initdb").exists():
+            return Path(candidate)
+    found = shutil.which("initdb")
+    if found:
+        return Path(found).parent
+    raise RuntimeError("PostgreSQL binaries not found: set PG_BIN to the folder holding initdb")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _as_postgres(cmd: list[str]) -> list[str]:
+    if os.geteuid() == 0:
+        return ["runuser", "-u", "postgres", "--", *cmd]
+    return cmd
+
+
+class ThrowawayPostgres:
+    """initdb + pg_ctl start on 127.0.0.1:<free port>; `stop()` removes everything."""
+
+    def __init__(self, *, extra_conf: dict[str, str] | None = None) -> None:
+        self.bin = pg_bin()
+        self.port = free_port()
+        self.root = Path(tempfile.mkdtemp(prefix="boxoffice-pg-"))
+        self.data = self.root / "data"
+        self.extra_conf = extra_conf or {}
+        self.user = "postgres" if os.geteuid() == 0 else os.environ.get("USER", "postgres")
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql://{self.user}@127.0.0.1:{self.port}/{database}"
+
+    def start(self) -> ThrowawayPostgres:
+        if os.geteuid() == 0:
+            self.root.chmod(0o755)
+            for parent in self.root.parents:
+                mode = parent.stat().st_mode
+                if not mode & 0o001:
+                    parent.chmod(mode | 0o001)
+            shutil.chown(self.root, "postgres", "postgres")
+        subprocess.run(
+            _as_postgres(
+                [str(self.bin / "initdb"), "-D", str(self.data), "-A", "trust", "-U", self.user,
+                 "-E", "UTF8", "--no-locale"]
+            ),
+            check=True,
+            capture_output=True,
+        )
+        conf = {
+            "listen_addresses": "'127.0.0.1'",
+            "port": str(self.port),
+            "unix_socket_directories": f"'{self.root}'",
+            "max_connections": "200",
+            "fsync": "on",
+            "shared_buffers": "128MB",
+            **self.extra_conf,
+        }
+        with (self.data / "postgresql.conf").open("a") as handle:
+            handle.writelines(f"{key} = {value}\n" for key, value in conf.items())
+        subprocess.run(
+            _as_postgres(
+                [str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.root / "log"),
+                 "-w", "-t", "60", "start"]
+            ),
+            check=True,
+            capture_output=True,
+        )
+        self._wait_ready()
+        return self
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(
+                ("127.0.0.1", self.port), timeout=1
+            ):
+                return
+            time.sleep(0.1)
+        raise RuntimeError("PostgreSQL did not start")
+
+    def psql(self, sql: str, database: str = "postgres") -> str:
+        result = subprocess.run(
+            [str(self.bin / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", self.user,
+             "-d", database, "-v", "ON_ERROR_STOP=1", "-Atc", sql],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        return result.stdout.strip()
+
+    def create_database(self, name: str) -> str:
+        self.psql(f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
+    def stop(self) -> None:
+        with contextlib.suppress(subprocess.CalledProcessError, FileNotFoundError):
+            subprocess.run(
+                _as_postgres(
+                    [str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w",
+                     "stop"]
+                ),
+                check=True,
+                capture_output=True,
+            )
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def throwaway_postgres(**kwargs: dict[str, str]) -> Iterator[ThrowawayPostgres]:
+    cluster = ThrowawayPostgres(**kwargs).start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

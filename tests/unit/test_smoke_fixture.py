@@ -1,0 +1,3 @@
+async def test_ready(client):
+    r = await client.get("/readyz")
+    assert r.status_code == 200, r.text
