@@ -61,6 +61,18 @@ def db_upgrade(
     console.print(f"Database schema is at {revision} ({settings.dialect}).")
 
 
+@db_app.command("downgrade")
+def db_downgrade(
+    revision: Annotated[str, typer.Argument(help="Target revision, or 'base' for none.")],
+) -> None:
+    """Revert the schema to an earlier revision (drops what later revisions added)."""
+    from boxoffice.db.migrate import downgrade
+
+    settings = get_settings()
+    downgrade(settings.database_url, revision)
+    console.print(f"Database schema is at {revision} ({settings.dialect}).")
+
+
 @app.command()
 def simulate(
     url: Annotated[

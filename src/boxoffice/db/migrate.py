@@ -43,3 +43,8 @@ async def current_revision(database: Database) -> str | None:
 
     async with database.engine.connect() as conn:
         return await conn.run_sync(read)
+
+
+def downgrade(database_url: str, revision: str) -> None:
+    """Take the schema back to `revision` ("base" removes every table)."""
+    command.downgrade(alembic_config(database_url), revision)

@@ -1,0 +1,145 @@
+"""The domain rules, without a database: microseconds per test."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from boxoffice.domain.errors import InsufficientSeats, InvalidRequest
+from boxoffice.domain.model import (
+    MAX_NAME_LENGTH,
+    MAX_SECTIONS_PER_EVENT,
+    BookingRequest,
+    EventSpec,
+    Section,
+    SectionSpec,
+)
+from boxoffice.domain.money import from_cents, to_cents
+
+
+def section(capacity: int = 5, remaining: int | None = None) -> Section:
+    return Section("s", "e", "VIP", 1000, capacity, capacity if remaining is None else remaining)
+
+
+def spec(*sections: SectionSpec, name: str = "Concert") -> EventSpec:
+    return EventSpec(name=name, sections=sections)
+
+
+GA = SectionSpec("GA", 1000, 10)
+
+
+def test_reserve_takes_seats_all_or_none() -> None:
+    s = section(capacity=5)
+    s.reserve(3)
+    assert s.remaining == 2
+    with pytest.raises(InsufficientSeats) as refused:
+        s.reserve(3)
+    assert refused.value.remaining == 2
+    assert refused.value.requested == 3
+    assert s.remaining == 2
+
+
+def test_reserve_exactly_the_rest_sells_out() -> None:
+    s = section(capacity=5, remaining=2)
+    s.reserve(2)
+    assert s.remaining == 0
+    assert s.sold == 5
+
+
+@pytest.mark.parametrize("qty", [0, -1])
+def test_reserve_refuses_non_positive_quantities(qty: int) -> None:
+    s = section()
+    with pytest.raises(InvalidRequest):
+        s.reserve(qty)
+    assert s.remaining == 5
+
+
+def test_release_cannot_create_seats() -> None:
+    s = section(capacity=5, remaining=4)
+    with pytest.raises(ValueError, match="only 1 are sold"):
+        s.release(2)
+    s.release(1)
+    assert s.remaining == 5
+
+
+@pytest.mark.parametrize(("qty", "ok"), [(0, False), (1, True), (10, True), (11, False)])
+def test_booking_quantity_limit(qty: int, ok: bool) -> None:
+    request = BookingRequest("e", "s", qty)
+    if ok:
+        request.check_quantity(10)
+    else:
+        with pytest.raises(InvalidRequest, match="between 1 and 10"):
+            request.check_quantity(10)
+
+
+def test_event_spec_accepts_a_valid_event() -> None:
+    event = spec(GA, SectionSpec("VIP", 0, 1))
+    assert [s.name for s in event.sections] == ["GA", "VIP"]
+
+
+@pytest.mark.parametrize(
+    ("event", "field"),
+    [
+        (lambda: spec(name=""), "name"),
+        (lambda: spec(GA, name="   "), "name"),
+        (lambda: spec(GA, name="x" * (MAX_NAME_LENGTH + 1)), "name"),
+        (lambda: spec(), "sections"),
+        (lambda: spec(*[SectionSpec(f"s{i}", 1, 1) for i in range(MAX_SECTIONS_PER_EVENT + 1)]),
+         "sections"),
+        (lambda: spec(GA, SectionSpec("ga", 1, 1)), "sections.1.name"),
+        (lambda: spec(SectionSpec("GA", -1, 1)), "sections.0.price"),
+        (lambda: spec(SectionSpec("GA", 100_000_001, 1)), "sections.0.price"),
+        (lambda: spec(SectionSpec("GA", 1, 0)), "sections.0.capacity"),
+        (lambda: spec(SectionSpec("GA", 1, 1_000_001)), "sections.0.capacity"),
+    ],
+)
+def test_event_spec_refuses_broken_limits(event, field: str) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(InvalidRequest) as refused:
+        event()
+    assert refused.value.field == field
+
+
+def test_names_at_the_limit_are_fine() -> None:
+    spec(SectionSpec("s" * MAX_NAME_LENGTH, 1, 1), name="x" * MAX_NAME_LENGTH)
+
+
+@pytest.mark.parametrize(
+    ("amount", "cents"), [("0", 0), ("0.01", 1), ("49.99", 4999), ("1000000", 100_000_000)]
+)
+def test_money_round_trips_exactly(amount: str, cents: int) -> None:
+    assert to_cents(Decimal(amount)) == cents
+    assert from_cents(cents) == Decimal(amount)
+
+
+def test_money_refuses_sub_cent_amounts() -> None:
+    with pytest.raises(ValueError, match="two decimal places"):
+        to_cents(Decimal("0.001"))
+
+
+# The inventory invariant: whatever sequence of bookings and releases, seats are
+# neither created nor lost, and `remaining` stays in [0, capacity].
+operations = st.lists(st.tuples(st.sampled_from(["reserve", "release"]), st.integers(-2, 12)))
+
+
+@given(capacity=st.integers(1, 50), ops=operations)
+def test_inventory_invariant_holds_for_any_sequence(
+    capacity: int, ops: list[tuple[str, int]]
+) -> None:
+    s = section(capacity=capacity)
+    held = 0
+    for op, qty in ops:
+        before = s.remaining
+        try:
+            if op == "reserve":
+                s.reserve(qty)
+                held += qty
+            else:
+                s.release(qty)
+                held -= qty
+        except (InsufficientSeats, InvalidRequest, ValueError):
+            assert s.remaining == before, "a refused operation changed the inventory"
+        assert 0 <= s.remaining <= capacity
+        assert s.remaining + held == capacity

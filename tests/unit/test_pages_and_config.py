@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from boxoffice.config import Settings, UnsupportedDatabaseURL, async_database_url
+from boxoffice.domain.errors import InvalidRequest
+from boxoffice.services.ids import parse_id
+from boxoffice.services.pages import Cursor
+
+
+def test_cursor_round_trips() -> None:
+    cursor = Cursor(datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC), uuid.uuid4())
+    assert Cursor.decode(cursor.encode()) == cursor
+
+
+@pytest.mark.parametrize("token", ["", "zzz", "e30", "W10", "bm90IGpzb24", "x" * 500])
+def test_bad_cursors_are_invalid_requests(token: str) -> None:
+    with pytest.raises(InvalidRequest) as refused:
+        Cursor.decode(token)
+    assert refused.value.field == "cursor"
+
+
+@given(st.text(max_size=300))
+def test_any_cursor_string_is_either_valid_or_an_invalid_request(token: str) -> None:
+    try:
+        Cursor.decode(token)
+    except InvalidRequest:
+        pass
+
+
+@pytest.mark.parametrize("value", ["", "abc", "123", "x" * 100, "00000000-0000-0000-0000-00000000000g"])
+def test_malformed_ids_name_nothing(value: str) -> None:
+    assert parse_id(value) is None
+
+
+@pytest.mark.parametrize(
+    ("plain", "driver"),
+    [
+        ("sqlite:///./boxoffice.db", "sqlite+aiosqlite"),
+        ("postgresql://u@h:5432/db", "postgresql+asyncpg"),
+        ("postgres://u@h/db", "postgresql+asyncpg"),
+        ("postgresql+asyncpg://u@h/db", "postgresql+asyncpg"),
+    ],
+)
+def test_plain_urls_get_the_async_driver(plain: str, driver: str) -> None:
+    assert async_database_url(plain).drivername == driver
+
+
+def test_unsupported_databases_are_refused() -> None:
+    with pytest.raises(UnsupportedDatabaseURL):
+        async_database_url("mysql://u@h/db")
+
+
+def test_settings_defaults_are_the_embedded_setup(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("PORT", "DATABASE_URL", "MAX_TICKETS_PER_BOOKING"):
+        monkeypatch.delenv(name, raising=False)
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert settings.port == 4521
+    assert settings.dialect == "sqlite"
+    assert settings.max_tickets_per_booking == 10
+    assert settings.max_body_bytes == 65536
+
+
+def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PORT", "5000")
+    monkeypatch.setenv("DATABASE_URL", "postgresql://u@h/db")
+    monkeypatch.setenv("MAX_TICKETS_PER_BOOKING", "4")
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert (settings.port, settings.dialect, settings.max_tickets_per_booking) == (
+        5000,
+        "postgresql",
+        4,
+    )
