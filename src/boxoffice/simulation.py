@@ -56,14 +56,25 @@ class Outcomes:
 
 
 async def run_simulation(
-    url: str, plan: SimulationPlan, console: Console, *, show_progress: bool = False
+    url: str,
+    plan: SimulationPlan,
+    console: Console,
+    *,
+    show_progress: bool = False,
+    transport: httpx.AsyncBaseTransport | None = None,
 ) -> bool:
-    """Run `plan` against the server at `url`; print the report; True when it passed."""
+    """Run `plan` against the server at `url`; print the report; True when it passed.
+
+    `transport` replaces the network, so the checks themselves can be tested
+    against a deliberately broken fake server.
+    """
     rng = random.Random(plan.seed)
     limits = httpx.Limits(
         max_connections=plan.concurrency, max_keepalive_connections=plan.concurrency
     )
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60.0) as client:
+    async with httpx.AsyncClient(
+        base_url=url, limits=limits, timeout=60.0, transport=transport
+    ) as client:
         try:
             (await client.get("/healthz")).raise_for_status()
         except httpx.HTTPError as error:

@@ -97,7 +97,9 @@ async def test_unknown_event_and_foreign_section_are_not_found(database: Databas
 async def test_quantity_over_the_limit_is_refused_before_the_database(database: Database) -> None:
     event = await new_event(database, 50)
     with pytest.raises(InvalidRequest):
-        await booker(database, max_tickets=4).book(BookingRequest(event.id, event.sections[0].id, 5))
+        await booker(database, max_tickets=4).book(
+            BookingRequest(event.id, event.sections[0].id, 5)
+        )
     assert await inventory(database, event.sections[0].id) == (50, 50, 0)
 
 

@@ -70,8 +70,18 @@ class ThrowawayPostgres:
             shutil.chown(self.root, "postgres", "postgres")
         subprocess.run(
             _as_postgres(
-                [str(self.bin / "initdb"), "-D", str(self.data), "-A", "trust", "-U", self.user,
-                 "-E", "UTF8", "--no-locale"]
+                [
+                    str(self.bin / "initdb"),
+                    "-D",
+                    str(self.data),
+                    "-A",
+                    "trust",
+                    "-U",
+                    self.user,
+                    "-E",
+                    "UTF8",
+                    "--no-locale",
+                ]
             ),
             check=True,
             capture_output=True,
@@ -89,8 +99,17 @@ class ThrowawayPostgres:
             handle.writelines(f"{key} = {value}\n" for key, value in conf.items())
         subprocess.run(
             _as_postgres(
-                [str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.root / "log"),
-                 "-w", "-t", "60", "start"]
+                [
+                    str(self.bin / "pg_ctl"),
+                    "-D",
+                    str(self.data),
+                    "-l",
+                    str(self.root / "log"),
+                    "-w",
+                    "-t",
+                    "60",
+                    "start",
+                ]
             ),
             check=True,
             capture_output=True,
@@ -101,8 +120,9 @@ class ThrowawayPostgres:
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            with contextlib.suppress(OSError), socket.create_connection(
-                ("127.0.0.1", self.port), timeout=1
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=1),
             ):
                 return
             time.sleep(0.1)
@@ -110,8 +130,21 @@ class ThrowawayPostgres:
 
     def psql(self, sql: str, database: str = "postgres") -> str:
         result = subprocess.run(
-            [str(self.bin / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", self.user,
-             "-d", database, "-v", "ON_ERROR_STOP=1", "-Atc", sql],
+            [
+                str(self.bin / "psql"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-U",
+                self.user,
+                "-d",
+                database,
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-Atc",
+                sql,
+            ],
             check=True,
             capture_output=True,
             text=True,
@@ -126,8 +159,15 @@ class ThrowawayPostgres:
         with contextlib.suppress(subprocess.CalledProcessError, FileNotFoundError):
             subprocess.run(
                 _as_postgres(
-                    [str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w",
-                     "stop"]
+                    [
+                        str(self.bin / "pg_ctl"),
+                        "-D",
+                        str(self.data),
+                        "-m",
+                        "immediate",
+                        "-w",
+                        "stop",
+                    ]
                 ),
                 check=True,
                 capture_output=True,

@@ -87,8 +87,10 @@ def test_event_spec_accepts_a_valid_event() -> None:
         (lambda: spec(GA, name="   "), "name"),
         (lambda: spec(GA, name="x" * (MAX_NAME_LENGTH + 1)), "name"),
         (lambda: spec(), "sections"),
-        (lambda: spec(*[SectionSpec(f"s{i}", 1, 1) for i in range(MAX_SECTIONS_PER_EVENT + 1)]),
-         "sections"),
+        (
+            lambda: spec(*[SectionSpec(f"s{i}", 1, 1) for i in range(MAX_SECTIONS_PER_EVENT + 1)]),
+            "sections",
+        ),
         (lambda: spec(GA, SectionSpec("ga", 1, 1)), "sections.1.name"),
         (lambda: spec(SectionSpec("GA", -1, 1)), "sections.0.price"),
         (lambda: spec(SectionSpec("GA", 100_000_001, 1)), "sections.0.price"),

@@ -33,7 +33,9 @@ def test_any_cursor_string_is_either_valid_or_an_invalid_request(token: str) -> 
         pass
 
 
-@pytest.mark.parametrize("value", ["", "abc", "123", "x" * 100, "00000000-0000-0000-0000-00000000000g"])
+@pytest.mark.parametrize(
+    "value", ["", "abc", "123", "x" * 100, "00000000-0000-0000-0000-00000000000g"]
+)
 def test_malformed_ids_name_nothing(value: str) -> None:
     assert parse_id(value) is None
 

@@ -25,6 +25,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from boxoffice.api.schemas import FieldError, Problem
 from boxoffice.db.errors import DatabaseUnavailable
@@ -34,6 +35,8 @@ PROBLEM_MEDIA_TYPE = "application/problem+json"
 RETRY_AFTER_SECONDS = "1"
 
 log = structlog.get_logger("boxoffice.api")
+
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
 
 _HTTP_CODES = {
     400: "validation_error",
@@ -139,13 +142,12 @@ async def _on_http_error(request: Request, exc: Exception) -> ProblemResponse:
 
 def _allowed_methods(request: Request) -> list[str]:
     """Every method some route serves at this path (Starlette lists only the first route's)."""
-    path = request.url.path
-    methods: set[str] = set()
-    for route in request.app.router.routes:
-        regex = getattr(route, "path_regex", None)
-        if regex is not None and regex.match(path) and getattr(route, "methods", None):
-            methods.update(route.methods)
-    return sorted(methods)
+    allowed = []
+    for method in _METHODS:
+        scope = {**request.scope, "method": method}
+        if any(route.matches(scope)[0] == Match.FULL for route in request.app.router.routes):
+            allowed.append(method)
+    return allowed
 
 
 async def _on_unavailable(request: Request, exc: Exception) -> ProblemResponse:

@@ -1,0 +1,5 @@
+"""`python -m boxoffice` is the `boxoffice` command."""
+
+from boxoffice.cli import app
+
+app()

@@ -1,0 +1,41 @@
+"""The HTTP edge itself: framework errors, probes and the OpenAPI document."""
+
+from __future__ import annotations
+
+import httpx
+
+from tests.api.conftest import assert_problem
+
+
+async def test_unknown_route_is_problem_404(client: httpx.AsyncClient) -> None:
+    assert_problem(await client.get("/nowhere"), 404, "not_found")
+
+
+async def test_wrong_method_is_problem_405_with_every_allowed_method(
+    client: httpx.AsyncClient,
+) -> None:
+    response = await client.delete("/events")
+    assert_problem(response, 405, "method_not_allowed")
+    assert response.headers["allow"] == "GET, POST"
+    response = await client.put("/book")
+    assert_problem(response, 405, "method_not_allowed")
+    assert response.headers["allow"] == "POST"
+
+
+async def test_probes(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/healthz")).json() == {"status": "ok"}
+    ready = await client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["status"] == "ok"
+
+
+async def test_openapi_declares_problem_bodies_and_no_422(client: httpx.AsyncClient) -> None:
+    schema = (await client.get("/openapi.json")).json()
+    book = schema["paths"]["/book"]["post"]
+    assert set(book["responses"]) == {"201", "400", "404", "413", "500", "503"}
+    assert "application/problem+json" in book["responses"]["400"]["content"]
+    assert schema["components"]["schemas"]["BookIn"]["properties"]["qty"]["maximum"] == 10
+    for path in schema["paths"].values():
+        for operation in path.values():
+            assert "422" not in operation["responses"]
+    assert (await client.get("/docs")).status_code == 200
