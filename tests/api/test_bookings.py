@@ -143,7 +143,7 @@ async def test_list_bookings_newest_first_filtered_and_paginated(
 ) -> None:
     other = await create(client)
     made = []
-    for i in range(5):
+    for _i in range(5):
         made.append((await client.post("/book", json=book_body(event, 1, index=1))).json())
         await client.post("/book", json=book_body(other, 1, index=1))
     everything = await client.get("/bookings")

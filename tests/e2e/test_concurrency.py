@@ -118,7 +118,7 @@ async def test_two_separate_servers_on_one_database(database_url: str, tmp_path:
 
 
 async def test_kill_9_under_load_leaks_no_seat(database_url: str, tmp_path: Path) -> None:
-    """The original leaked about 37 seats per kill; here a kill can only lose unanswered requests."""
+    """The original leaked about 37 seats per kill; here a kill loses only unanswered requests."""
     capacity = 100_000
     server = ServerProcess(database_url, workers=2, log_dir=tmp_path).start()
     try:

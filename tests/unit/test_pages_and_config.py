@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import uuid
 from datetime import UTC, datetime
 
@@ -27,10 +28,8 @@ def test_bad_cursors_are_invalid_requests(token: str) -> None:
 
 @given(st.text(max_size=300))
 def test_any_cursor_string_is_either_valid_or_an_invalid_request(token: str) -> None:
-    try:
+    with contextlib.suppress(InvalidRequest):
         Cursor.decode(token)
-    except InvalidRequest:
-        pass
 
 
 @pytest.mark.parametrize(

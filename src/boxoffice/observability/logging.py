@@ -42,3 +42,5 @@ def configure_logging(level: str = "INFO", fmt: str = "console") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # Schema checks at start-up would otherwise log Alembic chatter on every boot.
+    logging.getLogger("alembic").setLevel(max(logging.WARNING, root.level))

@@ -1,0 +1,46 @@
+# Boxoffice: every target installs what it needs into .venv first.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PORT   ?= 4521
+
+.PHONY: run test lint format simulate migrate clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# Runtime dependencies only (make run).
+$(VENV)/.runtime: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+# Runtime plus test and lint tools (make test).
+$(VENV)/.dev: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@ $(VENV)/.runtime
+
+run: $(VENV)/.runtime ## migrate the database, then serve on PORT (SQLite ./boxoffice.db unless DATABASE_URL)
+	$(BIN)/boxoffice db upgrade
+	exec $(BIN)/boxoffice serve --port $(PORT)
+
+migrate: $(VENV)/.runtime
+	$(BIN)/boxoffice db upgrade
+
+test: $(VENV)/.dev lint ## lint, then the whole suite on SQLite and a throwaway PostgreSQL
+	$(BIN)/python -m pytest
+
+lint: $(VENV)/.dev
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+	$(BIN)/mypy
+
+format: $(VENV)/.dev
+	$(BIN)/ruff check --fix src tests
+	$(BIN)/ruff format src tests
+
+simulate: $(VENV)/.runtime ## the original concurrency script, against a running server
+	$(BIN)/boxoffice simulate --url http://127.0.0.1:$(PORT)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
