@@ -3,6 +3,7 @@ from __future__ import annotations
 import contextlib
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -77,3 +78,13 @@ def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
         "postgresql",
         4,
     )
+
+
+def test_env_example_documents_every_setting() -> None:
+    example = Path(__file__).parents[2] / ".env.example"
+    documented = {
+        line.split("=", 1)[0].strip().lower()
+        for line in example.read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    assert documented == set(Settings.model_fields)
