@@ -70,8 +70,18 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def settings(database_url: str) -> Settings:
-    return Settings(database_url=database_url, _env_file=None)  # type: ignore[call-arg]
+def booking_strategy() -> str:
+    """The default booking path; modules that test both parametrize this name."""
+    return "batched"
+
+
+@pytest.fixture
+def settings(database_url: str, booking_strategy: str) -> Settings:
+    return Settings(
+        database_url=database_url,
+        booking_strategy=booking_strategy,
+        _env_file=None,  # type: ignore[call-arg]
+    )
 
 
 @pytest.fixture

@@ -59,6 +59,11 @@ class Settings(BaseSettings):
     default_page_size: int = Field(100, ge=1, le=1000)
     max_page_size: int = Field(1000, ge=1, le=1000)
 
+    booking_strategy: Literal["direct", "batched"] = Field(
+        "batched", description="batched: group commit; direct: one transaction per booking."
+    )
+    max_batch_size: int = Field(256, ge=1, le=10_000, description="Requests per group commit.")
+
     db_pool_size: int = Field(10, ge=1, le=200)
     db_timeout_seconds: float = Field(
         10.0, gt=0, le=300, description="Connect timeout, and SQLite's busy timeout."

@@ -10,6 +10,8 @@ import pytest
 
 from tests.api.conftest import assert_problem, create
 
+pytestmark = pytest.mark.parametrize("booking_strategy", ["direct", "batched"])
+
 
 def book_body(event: dict[str, Any], qty: int = 1, index: int = 0) -> dict[str, Any]:
     return {"eventId": event["id"], "sectionId": event["sections"][index]["id"], "qty": qty}

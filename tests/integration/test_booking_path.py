@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 
 import pytest
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from boxoffice.booking import DirectBooker
+from boxoffice.booking import Booker, make_booker
 from boxoffice.booking import reserve as reserve_module
 from boxoffice.db.database import Database
 from boxoffice.db.tables import bookings, sections
@@ -57,49 +58,72 @@ async def inventory(database: Database, section_id: str) -> tuple[int, int, int]
     return capacity, remaining, int(booked)
 
 
-def booker(database: Database, max_tickets: int = 10) -> DirectBooker:
-    return DirectBooker(database, max_tickets_per_booking=max_tickets)
+NewBooker = Callable[..., Awaitable[Booker]]
 
 
-async def test_booking_takes_seats_and_records_the_booking(database: Database) -> None:
+@pytest.fixture(params=["direct", "batched"])
+async def new_booker(
+    request: pytest.FixtureRequest, database: Database
+) -> AsyncIterator[NewBooker]:
+    """Makes started bookers of each strategy (and, via `database`, on each database)."""
+    made: list[Booker] = []
+
+    async def make(max_tickets: int = 10) -> Booker:
+        path = make_booker(request.param, database, max_tickets_per_booking=max_tickets)
+        await path.start()
+        made.append(path)
+        return path
+
+    yield make
+    for path in made:
+        await path.stop()
+
+
+async def test_booking_takes_seats_and_records_the_booking(
+    database: Database, new_booker: NewBooker
+) -> None:
     event = await new_event(database, 5)
     section = event.sections[0]
-    booking = await booker(database).book(BookingRequest(event.id, section.id, 3))
+    booking = await (await new_booker()).book(BookingRequest(event.id, section.id, 3))
     assert (booking.qty, booking.unit_price_cents, booking.total_price_cents) == (3, 2500, 7500)
     assert booking.status == "confirmed"
     assert await inventory(database, section.id) == (5, 2, 3)
 
 
-async def test_insufficient_seats_changes_nothing(database: Database) -> None:
+async def test_insufficient_seats_changes_nothing(
+    database: Database, new_booker: NewBooker
+) -> None:
     event = await new_event(database, 5)
     section = event.sections[0]
-    await booker(database).book(BookingRequest(event.id, section.id, 4))
+    await (await new_booker()).book(BookingRequest(event.id, section.id, 4))
     with pytest.raises(InsufficientSeats) as refused:
-        await booker(database).book(BookingRequest(event.id, section.id, 2))
+        await (await new_booker()).book(BookingRequest(event.id, section.id, 2))
     assert refused.value.remaining == 1
     assert await inventory(database, section.id) == (5, 1, 4)
 
 
-async def test_unknown_event_and_foreign_section_are_not_found(database: Database) -> None:
+async def test_unknown_event_and_foreign_section_are_not_found(
+    database: Database, new_booker: NewBooker
+) -> None:
     first = await new_event(database, 5)
     other = await new_event(database, 5)
     with pytest.raises(EventNotFound):
-        await booker(database).book(BookingRequest(str(uuid.uuid4()), first.sections[0].id, 1))
+        await (await new_booker()).book(BookingRequest(str(uuid.uuid4()), first.sections[0].id, 1))
     with pytest.raises(EventNotFound):
-        await booker(database).book(BookingRequest("not-an-id", first.sections[0].id, 1))
+        await (await new_booker()).book(BookingRequest("not-an-id", first.sections[0].id, 1))
     with pytest.raises(SectionNotFound):
-        await booker(database).book(BookingRequest(first.id, other.sections[0].id, 1))
+        await (await new_booker()).book(BookingRequest(first.id, other.sections[0].id, 1))
     with pytest.raises(SectionNotFound):
-        await booker(database).book(BookingRequest(first.id, "nope", 1))
+        await (await new_booker()).book(BookingRequest(first.id, "nope", 1))
     assert await inventory(database, other.sections[0].id) == (5, 5, 0)
 
 
-async def test_quantity_over_the_limit_is_refused_before_the_database(database: Database) -> None:
+async def test_quantity_over_the_limit_is_refused_before_the_database(
+    database: Database, new_booker: NewBooker
+) -> None:
     event = await new_event(database, 50)
     with pytest.raises(InvalidRequest):
-        await booker(database, max_tickets=4).book(
-            BookingRequest(event.id, event.sections[0].id, 5)
-        )
+        await (await new_booker(4)).book(BookingRequest(event.id, event.sections[0].id, 5))
     assert await inventory(database, event.sections[0].id) == (50, 50, 0)
 
 
@@ -147,7 +171,7 @@ async def test_database_refuses_a_booking_for_another_events_section(database: D
 
 
 async def test_a_crash_between_decrement_and_insert_leaks_nothing(
-    database: Database, monkeypatch: pytest.MonkeyPatch
+    database: Database, new_booker: NewBooker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The original wrote the decrement and the booking separately; here they share a commit."""
     event = await new_event(database, 5)
@@ -163,17 +187,19 @@ async def test_a_crash_between_decrement_and_insert_leaks_nothing(
 
     monkeypatch.setattr(reserve_module, "insert", crashing_insert)
     with pytest.raises(Crash):
-        await booker(database).book(BookingRequest(event.id, section.id, 2))
+        await (await new_booker()).book(BookingRequest(event.id, section.id, 2))
     monkeypatch.setattr(reserve_module, "insert", real_insert)
     assert await inventory(database, section.id) == (5, 5, 0)
 
 
-async def test_concurrent_bookings_in_one_process_never_oversell(database: Database) -> None:
+async def test_concurrent_bookings_in_one_process_never_oversell(
+    database: Database, new_booker: NewBooker
+) -> None:
     event = await new_event(database, 97)
     section = event.sections[0]
     rng = random.Random(7)
     wanted = [rng.randint(1, 4) for _ in range(120)]
-    path = booker(database)
+    path = await new_booker()
 
     async def attempt(qty: int) -> tuple[int, bool]:
         try:
@@ -191,9 +217,9 @@ async def test_concurrent_bookings_in_one_process_never_oversell(database: Datab
     assert remaining < min(wanted), "seats left although a request would have fit"
 
 
-async def test_get_event_reports_live_remaining(database: Database) -> None:
+async def test_get_event_reports_live_remaining(database: Database, new_booker: NewBooker) -> None:
     event = await new_event(database, 5, 7)
-    await booker(database).book(BookingRequest(event.id, event.sections[1].id, 2))
+    await (await new_booker()).book(BookingRequest(event.id, event.sections[1].id, 2))
     fresh = await get_event(database, event.id)
     assert [(s.name, s.remaining) for s in fresh.sections] == [("S0", 5), ("S1", 5)]
 
@@ -208,7 +234,7 @@ async def test_get_event_reports_live_remaining(database: Database) -> None:
     asks=st.lists(st.tuples(st.integers(0, 2), st.integers(1, 5)), max_size=25),
 )
 async def test_database_matches_the_inventory_model(
-    database: Database, capacities: list[int], asks: list[tuple[int, int]]
+    database: Database, new_booker: NewBooker, capacities: list[int], asks: list[tuple[int, int]]
 ) -> None:
     """Property: any sequence of bookings leaves the database exactly where the model says."""
     event = await new_event(database, *capacities)
@@ -217,7 +243,7 @@ async def test_database_matches_the_inventory_model(
         index %= len(capacities)
         section = event.sections[index]
         try:
-            await booker(database).book(BookingRequest(event.id, section.id, qty))
+            await (await new_booker()).book(BookingRequest(event.id, section.id, qty))
             assert qty <= model[index]
             model[index] -= qty
         except InsufficientSeats as refused:

@@ -14,7 +14,7 @@ from boxoffice import __version__
 from boxoffice.api.body_limit import BodyLimitMiddleware
 from boxoffice.api.problems import install_problem_handlers, move_errors_to_problem_media_type
 from boxoffice.api.routes import bookings, events, health
-from boxoffice.booking import DirectBooker
+from boxoffice.booking import make_booker
 from boxoffice.config import Settings, get_settings
 from boxoffice.db.database import Database
 from boxoffice.db.migrate import current_revision, head_revision
@@ -58,15 +58,21 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         db = database or Database.from_settings(settings)
         app.state.database = db
-        app.state.booker = DirectBooker(
-            db, max_tickets_per_booking=settings.max_tickets_per_booking
+        booker = make_booker(
+            settings.booking_strategy,
+            db,
+            max_tickets_per_booking=settings.max_tickets_per_booking,
+            max_batch_size=settings.max_batch_size,
         )
+        app.state.booker = booker
         try:
             await _check_schema(db)
+            await booker.start()
             log.info(f"Database connected successfully ({db.dialect})")
             log.info(f"Server is running on port {settings.port}")
             yield
         finally:
+            await booker.stop()
             if database is None:
                 await db.dispose()
 

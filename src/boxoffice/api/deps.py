@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Query, Request
 
-from boxoffice.booking import DirectBooker
+from boxoffice.booking import Booker
 from boxoffice.config import Settings
 from boxoffice.db.database import Database
 from boxoffice.services.pages import MAX_CURSOR_LENGTH, Cursor, check_limit
@@ -22,14 +22,14 @@ def _settings(request: Request) -> Settings:
     return settings
 
 
-def _booker(request: Request) -> DirectBooker:
-    booker: DirectBooker = request.app.state.booker
+def _booker(request: Request) -> Booker:
+    booker: Booker = request.app.state.booker
     return booker
 
 
 DatabaseDep = Annotated[Database, Depends(_database)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
-BookerDep = Annotated[DirectBooker, Depends(_booker)]
+BookerDep = Annotated[Booker, Depends(_booker)]
 
 
 class PageParams:

@@ -17,6 +17,12 @@ class DirectBooker:
         self._database = database
         self._max_tickets = max_tickets_per_booking
 
+    async def start(self) -> None:
+        """Nothing to start: each request runs its own transaction."""
+
+    async def stop(self) -> None:
+        """Nothing to stop."""
+
     async def book(self, request: BookingRequest) -> Booking:
         """Take the seats and store the booking atomically, or raise and change nothing."""
         request.check_quantity(self._max_tickets)

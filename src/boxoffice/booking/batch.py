@@ -1,0 +1,146 @@
+"""Take seats for many booking requests in one transaction, first come first served.
+
+Statements per batch, whatever its size:
+
+1. `SELECT … FROM sections WHERE id IN (…) ORDER BY id FOR UPDATE`: one row
+   lock per section (PostgreSQL; SQLite already holds its write lock), taken in
+   id order so two processes locking overlapping sections cannot deadlock.
+2. The domain decides, in arrival order: `Section.reserve(qty)` either takes
+   the seats or raises `InsufficientSeats`. A later request can only take seats
+   that every earlier one in the batch has already been given or refused.
+3. `UPDATE sections SET remaining = remaining - :taken WHERE id = :id`, one
+   executemany for all sections; the CHECK constraint still backs it.
+4. `INSERT INTO bookings …`, one executemany for all accepted requests.
+
+The caller commits. Every request gets its own outcome: a `Booking`, or the
+domain error that refused it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from boxoffice.db.tables import bookings, events, sections
+from boxoffice.domain.errors import BoxofficeError, EventNotFound, SectionNotFound
+from boxoffice.domain.model import Booking, BookingRequest, Section
+from boxoffice.services.ids import new_id, parse_id
+
+Outcome = Booking | BoxofficeError
+
+
+async def reserve_batch(
+    conn: AsyncConnection, requests: Sequence[BookingRequest], now: datetime
+) -> list[Outcome]:
+    """Book `requests` in order inside the caller's transaction; one outcome per request."""
+    keys = [(parse_id(r.event_id), parse_id(r.section_id)) for r in requests]
+    wanted = sorted({section for _, section in keys if section is not None})
+    found: dict[uuid.UUID, Section] = {}
+    if wanted:
+        rows = await conn.execute(
+            select(
+                sections.c.id,
+                sections.c.event_id,
+                sections.c.name,
+                sections.c.price_cents,
+                sections.c.capacity,
+                sections.c.remaining,
+            )
+            .where(sections.c.id.in_(wanted))
+            .order_by(sections.c.id)
+            .with_for_update()
+        )
+        for row in rows:
+            found[row.id] = Section(
+                str(row.id),
+                str(row.event_id),
+                row.name,
+                row.price_cents,
+                row.capacity,
+                row.remaining,
+            )
+
+    outcomes: list[Outcome | None] = []
+    taken: dict[uuid.UUID, int] = {}
+    new_bookings: list[dict[str, object]] = []
+    for request, (event_id, section_id) in zip(requests, keys, strict=True):
+        section = found.get(section_id) if section_id is not None else None
+        if event_id is None or section is None or section.event_id != str(event_id):
+            outcomes.append(None)  # unknown: explained below, off the happy path
+            continue
+        try:
+            section.reserve(request.qty)
+        except BoxofficeError as refused:
+            outcomes.append(refused)
+            continue
+        assert section_id is not None
+        taken[section_id] = taken.get(section_id, 0) + request.qty
+        booking = Booking(
+            id=str(new_id()),
+            event_id=section.event_id,
+            section_id=section.id,
+            qty=request.qty,
+            unit_price_cents=section.price_cents,
+            created_at=now,
+        )
+        new_bookings.append(
+            {
+                "id": uuid.UUID(booking.id),
+                "event_id": event_id,
+                "section_id": section_id,
+                "qty": booking.qty,
+                "unit_price_cents": booking.unit_price_cents,
+                "total_price_cents": booking.total_price_cents,
+                "status": booking.status,
+                "created_at": now,
+            }
+        )
+        outcomes.append(booking)
+
+    if taken:
+        await conn.execute(
+            update(sections)
+            .where(sections.c.id == bindparam("section_id"))
+            .values(remaining=sections.c.remaining - bindparam("taken")),
+            [{"section_id": ident, "taken": qty} for ident, qty in taken.items()],
+        )
+        await conn.execute(insert(bookings), new_bookings)
+    if None in outcomes:
+        await _explain_unknown(conn, requests, keys, outcomes)
+    settled: list[Outcome] = []
+    for outcome in outcomes:
+        assert outcome is not None, "every request has an outcome"
+        settled.append(outcome)
+    return settled
+
+
+async def _explain_unknown(
+    conn: AsyncConnection,
+    requests: Sequence[BookingRequest],
+    keys: Sequence[tuple[uuid.UUID | None, uuid.UUID | None]],
+    outcomes: list[Outcome | None],
+) -> None:
+    """Fill in 404s: the event is unknown, or the section is not one of its sections."""
+    event_ids = {
+        event
+        for (event, _), outcome in zip(keys, outcomes, strict=True)
+        if outcome is None and event is not None
+    }
+    existing = (
+        set((await conn.execute(select(events.c.id).where(events.c.id.in_(event_ids)))).scalars())
+        if event_ids
+        else set()
+    )
+    for index, outcome in enumerate(outcomes):
+        if outcome is not None:
+            continue
+        request, event_id = requests[index], keys[index][0]
+        outcomes[index] = (
+            SectionNotFound(request.event_id, request.section_id)
+            if event_id in existing
+            else EventNotFound(request.event_id)
+        )

@@ -1,0 +1,166 @@
+"""Group commit: booking requests that arrive while a transaction is in flight share the next one.
+
+    request ─┐
+    request ─┼─> queue ─> committer task ─> one transaction per batch ─> each future resolved
+    request ─┘
+
+- Nothing waits on a timer. A lone request finds the committer idle and is
+  committed at once; batches form only from requests that queued up while the
+  previous transaction was running, so batching grows exactly with load.
+- Arrival order is kept within the process: the queue is FIFO and
+  `reserve_batch` decides in queue order. Between processes the database
+  arbitrates (row locks on PostgreSQL, the write lock on SQLite).
+- Every request gets its own all-or-nothing answer. If the batch transaction
+  fails on an integrity error, it is rolled back and its requests are retried
+  one per transaction, so only the faulty request fails. If the database is
+  unavailable, every request of the batch gets `DatabaseUnavailable` and
+  nothing was written.
+- A request whose caller went away (client disconnect cancels the handler)
+  before its batch started is skipped. Once its batch has started it is
+  committed like the rest, exactly as on the direct path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import structlog
+
+from boxoffice.booking.batch import Outcome, reserve_batch
+from boxoffice.booking.reserve import reserve_seats
+from boxoffice.db.database import Database
+from boxoffice.db.errors import DatabaseUnavailable
+from boxoffice.domain.errors import BoxofficeError
+from boxoffice.domain.model import Booking, BookingRequest
+from boxoffice.services.unit_of_work import UnitOfWork
+
+log = structlog.get_logger("boxoffice.booking")
+
+
+@dataclass(slots=True)
+class _Waiting:
+    request: BookingRequest
+    answer: asyncio.Future[Booking]
+
+
+@dataclass(slots=True)
+class BatchStats:
+    """How much combining happened; for tests and metrics."""
+
+    batches: int = 0
+    requests: int = 0
+    largest: int = 0
+
+
+class BatchedBooker:
+    """Books requests through one committer task that combines whatever has queued up."""
+
+    def __init__(
+        self, database: Database, *, max_tickets_per_booking: int, max_batch_size: int = 256
+    ) -> None:
+        self._database = database
+        self._max_tickets = max_tickets_per_booking
+        self._max_batch = max_batch_size
+        self._queue: deque[_Waiting] = deque()
+        self._arrived = asyncio.Event()
+        self._committer: asyncio.Task[None] | None = None
+        self.stats = BatchStats()
+
+    async def start(self) -> None:
+        if self._committer is None:
+            self._committer = asyncio.create_task(self._run(), name="boxoffice-committer")
+
+    async def stop(self) -> None:
+        """Stop the committer; requests still queued are answered 503, never half-done."""
+        if self._committer is not None:
+            self._committer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._committer
+            self._committer = None
+        while self._queue:
+            waiting = self._queue.popleft()
+            if not waiting.answer.done():
+                waiting.answer.set_exception(DatabaseUnavailable("the server is shutting down"))
+
+    async def book(self, request: BookingRequest) -> Booking:
+        """Take the seats and store the booking atomically, or raise and change nothing."""
+        request.check_quantity(self._max_tickets)
+        if self._committer is None:
+            raise RuntimeError("BatchedBooker.start() was not called")
+        answer: asyncio.Future[Booking] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Waiting(request, answer))
+        self._arrived.set()
+        # If our caller is cancelled, so is `answer`, and the committer skips it.
+        return await answer
+
+    async def _run(self) -> None:
+        while True:
+            await self._arrived.wait()
+            self._arrived.clear()
+            while self._queue:
+                batch = self._next_batch()
+                if batch:
+                    await self._commit(batch)
+
+    def _next_batch(self) -> list[_Waiting]:
+        batch: list[_Waiting] = []
+        while self._queue and len(batch) < self._max_batch:
+            waiting = self._queue.popleft()
+            if not waiting.answer.done():  # skip callers that went away
+                batch.append(waiting)
+        return batch
+
+    async def _commit(self, batch: list[_Waiting]) -> None:
+        self.stats.batches += 1
+        self.stats.requests += len(batch)
+        self.stats.largest = max(self.stats.largest, len(batch))
+        try:
+            outcomes = await self._transaction([w.request for w in batch])
+        except DatabaseUnavailable as error:
+            for waiting in batch:
+                _settle(waiting, error)
+            return
+        except Exception as error:  # integrity or other: isolate the faulty request
+            log.warning("batch_failed_retrying_one_by_one", size=len(batch), error=repr(error))
+            for waiting in batch:
+                await self._commit_alone(waiting)
+            return
+        for waiting, outcome in zip(batch, outcomes, strict=True):
+            _settle(waiting, outcome)
+
+    async def _transaction(self, requests: list[BookingRequest]) -> list[Outcome]:
+        now = datetime.now(UTC)
+        async with UnitOfWork(self._database, write=True) as uow:
+            if len(requests) == 1:
+                # A lone request: the single conditional UPDATE is one round trip shorter.
+                try:
+                    outcomes: list[Outcome] = [await reserve_seats(uow.conn, requests[0], now)]
+                except BoxofficeError as refused:
+                    return [refused]
+            else:
+                outcomes = await reserve_batch(uow.conn, requests, now)
+            await uow.commit()
+        return outcomes
+
+    async def _commit_alone(self, waiting: _Waiting) -> None:
+        if waiting.answer.done():
+            return
+        try:
+            outcome = (await self._transaction([waiting.request]))[0]
+        except Exception as error:
+            _settle(waiting, error)
+            return
+        _settle(waiting, outcome)
+
+
+def _settle(waiting: _Waiting, outcome: Booking | BaseException) -> None:
+    if waiting.answer.done():
+        return
+    if isinstance(outcome, BaseException):
+        waiting.answer.set_exception(outcome)
+    else:
+        waiting.answer.set_result(outcome)
