@@ -18,9 +18,12 @@ pytestmark = pytest.mark.e2e
 CAPACITY = 97
 
 
-@pytest.fixture
-def server(database_url: str, tmp_path: Path) -> Iterator[ServerProcess]:
-    with ServerProcess(database_url, workers=2, log_dir=tmp_path) as running:
+@pytest.fixture(params=["direct", "batched"])
+def server(
+    request: pytest.FixtureRequest, database_url: str, tmp_path: Path
+) -> Iterator[ServerProcess]:
+    env = {"BOOKING_STRATEGY": request.param}
+    with ServerProcess(database_url, workers=2, log_dir=tmp_path, env=env) as running:
         yield running
 
 

@@ -1,0 +1,207 @@
+"""The combiner: several requests per transaction, each with its own all-or-nothing answer.
+
+Requests created in one go (`asyncio.gather`) all queue before the committer
+task runs, so they form one batch; `booker.stats` proves it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from boxoffice.booking import BatchedBooker
+from boxoffice.booking import batched as batched_module
+from boxoffice.db.database import Database
+from boxoffice.db.errors import DatabaseUnavailable
+from boxoffice.domain.errors import EventNotFound, InsufficientSeats, SectionNotFound
+from boxoffice.domain.model import Booking, BookingRequest
+from tests.integration.test_booking_path import inventory, new_event
+
+
+@pytest.fixture
+async def booker(database: Database) -> AsyncIterator[BatchedBooker]:
+    path = BatchedBooker(database, max_tickets_per_booking=10)
+    await path.start()
+    yield path
+    await path.stop()
+
+
+async def book_all(booker: BatchedBooker, requests: list[BookingRequest]) -> list[Any]:
+    return await asyncio.gather(*(booker.book(r) for r in requests), return_exceptions=True)
+
+
+async def test_a_lone_request_commits_at_once(booker: BatchedBooker, database: Database) -> None:
+    event = await new_event(database, 5)
+    booking = await booker.book(BookingRequest(event.id, event.sections[0].id, 2))
+    assert booking.qty == 2
+    assert (booker.stats.batches, booker.stats.largest) == (1, 1)
+
+
+async def test_fifo_with_partial_sell_out_inside_one_batch(
+    booker: BatchedBooker, database: Database
+) -> None:
+    event = await new_event(database, 4)
+    s = event.sections[0].id
+    asks = [2, 3, 1, 1, 1]  # 2 fits (2 left); 3 does not; 1 and 1 fit; the last finds 0
+    results = await book_all(booker, [BookingRequest(event.id, s, q) for q in asks])
+    assert booker.stats.largest == len(asks), "the requests did not share one transaction"
+    assert [type(r).__name__ for r in results] == [
+        "Booking",
+        "InsufficientSeats",
+        "Booking",
+        "Booking",
+        "InsufficientSeats",
+    ]
+    assert results[1].remaining == 2  # what was left when its turn came
+    assert results[4].remaining == 0
+    assert await inventory(database, s) == (4, 0, 4)
+
+
+async def test_a_big_early_request_is_refused_while_a_later_small_one_fits(
+    booker: BatchedBooker, database: Database
+) -> None:
+    event = await new_event(database, 2)
+    s = event.sections[0].id
+    results = await book_all(booker, [BookingRequest(event.id, s, q) for q in (3, 1, 2)])
+    assert isinstance(results[0], InsufficientSeats)
+    assert isinstance(results[1], Booking)
+    assert isinstance(results[2], InsufficientSeats), "the 2-seat request came after the 1"
+    assert await inventory(database, s) == (2, 1, 1)
+
+
+async def test_mixed_sections_and_unknown_targets_in_one_batch(
+    booker: BatchedBooker, database: Database
+) -> None:
+    first = await new_event(database, 3, 5)
+    other = await new_event(database, 2)
+    a, b = first.sections[0].id, first.sections[1].id
+    requests = [
+        BookingRequest(first.id, a, 2),
+        BookingRequest(first.id, b, 5),
+        BookingRequest(first.id, other.sections[0].id, 1),  # section of another event
+        BookingRequest(str(uuid.uuid4()), a, 1),  # unknown event
+        BookingRequest("garbage", "garbage", 1),
+        BookingRequest(first.id, a, 1),
+        BookingRequest(other.id, other.sections[0].id, 2),
+        BookingRequest(first.id, b, 1),
+    ]
+    results = await book_all(booker, requests)
+    assert booker.stats.largest == len(requests)
+    kinds = [type(r) for r in results]
+    assert kinds == [
+        Booking,
+        Booking,
+        SectionNotFound,
+        EventNotFound,
+        EventNotFound,
+        Booking,
+        Booking,
+        InsufficientSeats,
+    ]
+    assert await inventory(database, a) == (3, 0, 3)
+    assert await inventory(database, b) == (5, 0, 5)
+    assert await inventory(database, other.sections[0].id) == (2, 0, 2)
+    assert {r.total_price_cents for r in results if isinstance(r, Booking)} == {
+        2500 * q for q in (2, 5, 1, 2)
+    }
+
+
+async def test_a_failure_mid_batch_fails_only_that_request(
+    booker: BatchedBooker, database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    event = await new_event(database, 10)
+    s = event.sections[0].id
+    real_batch, real_one = batched_module.reserve_batch, batched_module.reserve_seats
+
+    async def batch_then_fail(conn, requests, now):  # type: ignore[no-untyped-def]
+        await real_batch(conn, requests, now)  # the writes happen, then the batch dies
+        raise IntegrityError("INSERT", {}, Exception("constraint violated"))
+
+    async def one_faulty(conn, request, now):  # type: ignore[no-untyped-def]
+        if request.qty == 3:
+            raise IntegrityError("INSERT", {}, Exception("this one is bad"))
+        return await real_one(conn, request, now)
+
+    monkeypatch.setattr(batched_module, "reserve_batch", batch_then_fail)
+    monkeypatch.setattr(batched_module, "reserve_seats", one_faulty)
+    results = await book_all(booker, [BookingRequest(event.id, s, q) for q in (1, 3, 2)])
+    assert isinstance(results[0], Booking)
+    assert isinstance(results[1], IntegrityError)
+    assert isinstance(results[2], Booking)
+    assert await inventory(database, s) == (10, 7, 3)
+
+
+async def test_database_errors_fail_the_whole_batch_cleanly(
+    booker: BatchedBooker, database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    event = await new_event(database, 10)
+    s = event.sections[0].id
+    real_batch = batched_module.reserve_batch
+
+    async def connection_lost(conn, requests, now):  # type: ignore[no-untyped-def]
+        await real_batch(conn, requests, now)
+        raise OperationalError("COMMIT", {}, Exception("server closed the connection"))
+
+    monkeypatch.setattr(batched_module, "reserve_batch", connection_lost)
+    results = await book_all(booker, [BookingRequest(event.id, s, q) for q in (1, 2, 3)])
+    assert all(isinstance(r, DatabaseUnavailable) for r in results)
+    assert await inventory(database, s) == (10, 10, 0), "half a batch was written"
+    monkeypatch.setattr(batched_module, "reserve_batch", real_batch)
+    assert (await booker.book(BookingRequest(event.id, s, 1))).qty == 1, "the committer died"
+
+
+async def test_a_cancelled_waiting_request_takes_no_seat(
+    booker: BatchedBooker, database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    event = await new_event(database, 10)
+    s = event.sections[0].id
+    gate = asyncio.Event()
+    real_one = batched_module.reserve_seats
+
+    async def slow_first(conn, request, now):  # type: ignore[no-untyped-def]
+        if request.qty == 1:
+            await gate.wait()
+        return await real_one(conn, request, now)
+
+    monkeypatch.setattr(batched_module, "reserve_seats", slow_first)
+    first = asyncio.create_task(booker.book(BookingRequest(event.id, s, 1)))
+    await asyncio.sleep(0.05)  # the committer is now inside the first transaction
+    gone = asyncio.create_task(booker.book(BookingRequest(event.id, s, 4)))
+    stays = asyncio.create_task(booker.book(BookingRequest(event.id, s, 2)))
+    await asyncio.sleep(0.01)
+    gone.cancel()  # the client disconnected while waiting
+    gate.set()
+    assert (await first).qty == 1
+    assert (await stays).qty == 2
+    with pytest.raises(asyncio.CancelledError):
+        await gone
+    assert await inventory(database, s) == (10, 7, 3)
+
+
+async def test_stop_answers_queued_requests_instead_of_dropping_them(database: Database) -> None:
+    event = await new_event(database, 10)
+    path = BatchedBooker(database, max_tickets_per_booking=10)
+    await path.start()
+    await path.stop()
+    with pytest.raises(RuntimeError, match="start"):
+        await path.book(BookingRequest(event.id, event.sections[0].id, 1))
+
+
+async def test_batches_are_capped(database: Database) -> None:
+    event = await new_event(database, 100)
+    path = BatchedBooker(database, max_tickets_per_booking=10, max_batch_size=4)
+    await path.start()
+    try:
+        results = await book_all(
+            path, [BookingRequest(event.id, event.sections[0].id, 1) for _ in range(10)]
+        )
+    finally:
+        await path.stop()
+    assert all(isinstance(r, Booking) for r in results)
+    assert path.stats.largest == 4
+    assert path.stats.requests == 10
