@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PORT   ?= 4521
 
-.PHONY: run test lint format simulate migrate clean
+.PHONY: run test lint format simulate migrate bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,13 +31,22 @@ test: $(VENV)/.dev lint ## lint, then the whole suite on SQLite and a throwaway 
 	$(BIN)/python -m pytest
 
 lint: $(VENV)/.dev
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
 
 format: $(VENV)/.dev
-	$(BIN)/ruff check --fix src tests
-	$(BIN)/ruff format src tests
+	$(BIN)/ruff check --fix src tests bench
+	$(BIN)/ruff format src tests bench
+
+# Dev tools plus matplotlib and py-spy (make bench).
+$(VENV)/.bench: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	touch $@ $(VENV)/.dev $(VENV)/.runtime
+
+BENCH_ARGS ?=
+bench: $(VENV)/.bench ## flash-sale benchmark on PostgreSQL and SQLite; results in bench/results and docs/performance.md
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 simulate: $(VENV)/.runtime ## the original concurrency script, against a running server
 	$(BIN)/boxoffice simulate --url http://127.0.0.1:$(PORT)

@@ -25,13 +25,43 @@ class ServerProcess:
         workers: int = 1,
         env: dict[str, str] | None = None,
         log_dir: Path | None = None,
+        asgi_factory: str | None = None,
     ) -> None:
         self.database_url = database_url
         self.workers = workers
         self.port = free_port()
         self.extra_env = env or {}
         self.log_path = (log_dir or Path("/tmp")) / f"boxoffice-server-{self.port}.log"
+        self.asgi_factory = asgi_factory  # serve another app factory with plain uvicorn
         self.process: subprocess.Popen[bytes] | None = None
+
+    def command(self) -> list[str]:
+        if self.asgi_factory:
+            return [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                self.asgi_factory,
+                "--factory",
+                "--port",
+                str(self.port),
+                "--workers",
+                str(self.workers),
+                "--no-access-log",
+                "--log-level",
+                "warning",
+            ]
+        return [
+            sys.executable,
+            "-m",
+            "boxoffice",
+            "serve",
+            "--port",
+            str(self.port),
+            "--workers",
+            str(self.workers),
+            "--no-access-log",
+        ]
 
     @property
     def url(self) -> str:
@@ -46,17 +76,7 @@ class ServerProcess:
         }
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "boxoffice",
-                    "serve",
-                    "--port",
-                    str(self.port),
-                    "--workers",
-                    str(self.workers),
-                    "--no-access-log",
-                ],
+                self.command(),
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -1,0 +1,49 @@
+-- wrk script: POST /book (or /noop) for the targets listed in TARGETS_FILE, at random.
+-- Counts 201s per thread and prints one BENCH_JSON line with the summary.
+local threads = {}
+
+function setup(thread)
+  table.insert(threads, thread)
+end
+
+function init(args)
+  created = 0
+  other = 0
+  local path = args[1]
+  local file = assert(io.open(args[2], "r"))
+  prepared = {}
+  for line in file:lines() do
+    local event, section = line:match("^(%S+)%s+(%S+)$")
+    local body = '{"eventId":"' .. event .. '","sectionId":"' .. section .. '","qty":1}'
+    table.insert(prepared, wrk.format("POST", path, {["Content-Type"] = "application/json"}, body))
+  end
+  file:close()
+  math.randomseed(os.time() + math.floor(os.clock() * 1000000))
+end
+
+function request()
+  return prepared[math.random(#prepared)]
+end
+
+function response(status, headers, body)
+  if status == 201 then
+    created = created + 1
+  else
+    other = other + 1
+  end
+end
+
+function done(summary, latency, requests)
+  local c, o = 0, 0
+  for _, t in ipairs(threads) do
+    c = c + t:get("created")
+    o = o + t:get("other")
+  end
+  local e = summary.errors
+  io.write(string.format(
+    'BENCH_JSON {"requests":%d,"duration_us":%d,"created":%d,"other":%d,' ..
+    '"err_connect":%d,"err_read":%d,"err_write":%d,"err_status":%d,"err_timeout":%d,' ..
+    '"p50_us":%d,"p99_us":%d,"p999_us":%d,"mean_us":%.1f}\n',
+    summary.requests, summary.duration, c, o, e.connect, e.read, e.write, e.status, e.timeout,
+    latency:percentile(50), latency:percentile(99), latency:percentile(99.9), latency.mean))
+end

@@ -1,0 +1,396 @@
+"""`make bench`: the flash-sale benchmark, side by side in one run, on PostgreSQL and SQLite.
+
+For each database and scenario it starts a fresh database and server, loads it
+with wrk, then checks the inventory straight from the database: nothing
+oversold, no seat leaked (capacity == remaining + booked), every 201 stored.
+
+    .venv/bin/python -m bench.run [--duration 10] [--connections 64,256]
+                                  [--databases postgresql,sqlite] [--only LABELS]
+
+Writes bench/results/latest.{json,md}, bench/results/throughput.png, and the
+table between the markers in docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+from rich.console import Console
+from rich.progress import Progress
+from sqlalchemy import func, select
+from tests.support.postgres import ThrowawayPostgres
+from tests.support.server import ServerProcess
+
+from boxoffice.config import async_database_url
+from boxoffice.db.database import Database
+from boxoffice.db.migrate import upgrade
+from boxoffice.db.tables import bookings, sections
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+LUA = ROOT / "bench" / "book.lua"
+PERFORMANCE_DOC = ROOT / "docs" / "performance.md"
+console = Console()
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    strategy: str | None  # None: the no-op ceiling
+    sections: int
+    workers: int = 1
+
+    @property
+    def label(self) -> str:
+        suffix = f" w{self.workers}" if self.workers > 1 else ""
+        return f"{self.name}{suffix}"
+
+
+SCENARIOS = [
+    Scenario("ceiling", None, 1),
+    Scenario("hot direct", "direct", 1),
+    Scenario("hot batched", "batched", 1),
+    Scenario("spread direct", "direct", 1000),
+    Scenario("spread batched", "batched", 1000),
+    Scenario("ceiling", None, 1, workers=2),
+    Scenario("hot batched", "batched", 1, workers=2),
+]
+
+
+@dataclass
+class Result:
+    database: str
+    scenario: str
+    connections: int
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    p999_ms: float
+    non_2xx_share: float
+    socket_errors: int
+    created: int
+    stored: int
+    oversold: int
+    leaked: int
+    verified: bool
+
+
+def ensure_wrk() -> str:
+    found = shutil.which("wrk")
+    if found:
+        return found
+    console.print("wrk is missing: installing it from Debian's packages")
+    subprocess.run(["apt-get", "update", "-qq"], check=True)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True)
+    found = shutil.which("wrk")
+    if not found:
+        raise SystemExit("wrk could not be installed")
+    return found
+
+
+def fresh_database(kind: str, postgres: ThrowawayPostgres | None, workdir: Path) -> str:
+    if kind == "sqlite":
+        url = f"sqlite:///{workdir / f'bench-{uuid.uuid4().hex[:8]}.db'}"
+    else:
+        assert postgres is not None
+        url = postgres.create_database(f"bench_{uuid.uuid4().hex[:8]}")
+    upgrade(url)
+    return url
+
+
+def create_targets(base_url: str, sections_wanted: int, path: Path) -> None:
+    """Events with `sections_wanted` sections in all, capacity enough for the whole run."""
+    lines = []
+    with httpx.Client(base_url=base_url, timeout=30) as client:
+        remaining = sections_wanted
+        while remaining:
+            count = min(100, remaining)
+            capacity = 1_000_000 if sections_wanted == 1 else 20_000
+            body = {
+                "name": "Flash sale",
+                "sections": [
+                    {"name": f"S{i}", "price": 5, "capacity": capacity} for i in range(count)
+                ],
+            }
+            event = client.post("/events", json=body).raise_for_status().json()
+            lines += [f"{event['id']} {s['id']}" for s in event["sections"]]
+            remaining -= count
+    path.write_text("\n".join(lines) + "\n")
+
+
+def run_wrk(wrk: str, url: str, path: str, targets: Path, connections: int, duration: int) -> Any:
+    out = subprocess.run(
+        [
+            wrk,
+            "-t2",
+            f"-c{connections}",
+            f"-d{duration}s",
+            "--timeout",
+            "10s",
+            "-s",
+            str(LUA),
+            url,
+            "--",
+            path,
+            str(targets),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=duration + 120,
+        check=True,
+    ).stdout
+    match = re.search(r"BENCH_JSON (\{.*\})", out)
+    if not match:
+        raise RuntimeError(f"wrk printed no summary:\n{out}")
+    return json.loads(match.group(1))
+
+
+async def verify(database_url: str) -> tuple[int, int, int]:
+    """(stored bookings, oversold sections, leaked seats) straight from the database."""
+    database = Database.from_url(async_database_url(database_url))
+    try:
+        async with database.engine.connect() as conn:
+            booked = (
+                select(bookings.c.section_id, func.sum(bookings.c.qty).label("seats"))
+                .group_by(bookings.c.section_id)
+                .subquery()
+            )
+            rows = (
+                await conn.execute(
+                    select(
+                        sections.c.capacity, sections.c.remaining, func.coalesce(booked.c.seats, 0)
+                    ).outerjoin(booked, booked.c.section_id == sections.c.id)
+                )
+            ).all()
+            stored = (await conn.execute(select(func.count()).select_from(bookings))).scalar_one()
+    finally:
+        await database.dispose()
+    oversold = sum(1 for _, remaining, _ in rows if remaining < 0)
+    leaked = sum(abs(cap - rem - int(seats)) for cap, rem, seats in rows)
+    return int(stored), oversold, leaked
+
+
+def run_one(
+    wrk: str,
+    kind: str,
+    scenario: Scenario,
+    connections: int,
+    duration: int,
+    postgres: ThrowawayPostgres | None,
+    workdir: Path,
+) -> Result:
+    url = fresh_database(kind, postgres, workdir)
+    env = {
+        "BOOKING_STRATEGY": scenario.strategy or "batched",
+        "LOG_LEVEL": "WARNING",
+        "DB_POOL_SIZE": "20",
+    }
+    factory = "bench.noop_app:create_noop_app" if scenario.strategy is None else None
+    server = ServerProcess(
+        url, workers=scenario.workers, env=env, log_dir=workdir, asgi_factory=factory
+    )
+    with server:
+        targets = workdir / "targets.txt"
+        create_targets(server.url, scenario.sections, targets)
+        path = "/noop" if scenario.strategy is None else "/book"
+        stats = run_wrk(wrk, server.url, path, targets, connections, duration)
+    stored, oversold, leaked = asyncio.run(verify(url))
+    requests = max(stats["requests"], 1)
+    created = stats["created"]
+    if scenario.strategy is None:
+        verified = stored == 0
+    else:
+        # A request cut off when wrk stops may commit without wrk seeing its 201.
+        verified = oversold == 0 and leaked == 0 and created <= stored <= created + connections
+    socket_errors = sum(stats[k] for k in ("err_connect", "err_read", "err_write", "err_timeout"))
+    return Result(
+        database=kind,
+        scenario=scenario.label,
+        connections=connections,
+        rps=stats["requests"] / (stats["duration_us"] / 1e6),
+        p50_ms=stats["p50_us"] / 1000,
+        p99_ms=stats["p99_us"] / 1000,
+        p999_ms=stats["p999_us"] / 1000,
+        non_2xx_share=stats["other"] / requests,
+        socket_errors=socket_errors,
+        created=created,
+        stored=stored,
+        oversold=oversold,
+        leaked=leaked,
+        verified=verified,
+    )
+
+
+def ratios(results: list[Result]) -> list[dict[str, Any]]:
+    by = {(r.database, r.scenario, r.connections): r for r in results}
+    rows = []
+    for database, _, connections in sorted({(r.database, "", r.connections) for r in results}):
+
+        def rps(name: str, db: str = database, c: int = connections) -> float | None:
+            found = by.get((db, name, c))
+            return found.rps if found else None
+
+        ceiling, hot_b, hot_d = rps("ceiling"), rps("hot batched"), rps("hot direct")
+        spread_b, spread_d = rps("spread batched"), rps("spread direct")
+        rows.append(
+            {
+                "database": database,
+                "connections": connections,
+                "hot batched / ceiling": hot_b / ceiling if hot_b and ceiling else None,
+                "hot batched / direct": hot_b / hot_d if hot_b and hot_d else None,
+                "spread batched / ceiling": spread_b / ceiling if spread_b and ceiling else None,
+                "spread batched / direct": spread_b / spread_d if spread_b and spread_d else None,
+            }
+        )
+    return rows
+
+
+def markdown(results: list[Result], ratio_rows: list[dict[str, Any]], command: str) -> str:
+    lines = [
+        f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.machine()}, "
+        f"{os.cpu_count()} cores, Python {platform.python_version()}; wrk on the same machine.",
+        "",
+        f"Reproduce: `{command}`",
+        "",
+        "| database | scenario | conns | req/s | p50 ms | p99 ms | p99.9 ms | non-2xx | "
+        "socket errors | 201s | stored | verified |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r.database} | {r.scenario} | {r.connections} | {r.rps:,.0f} | {r.p50_ms:.1f} | "
+            f"{r.p99_ms:.1f} | {r.p999_ms:.1f} | {r.non_2xx_share:.2%} | {r.socket_errors} | "
+            f"{r.created:,} | {r.stored:,} | {'yes' if r.verified else 'NO'} |"
+        )
+    lines += [
+        "",
+        "| database | conns | hot batched / ceiling | hot batched / direct | "
+        "spread batched / ceiling | spread batched / direct |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for row in ratio_rows:
+
+        def fmt(value: float | None) -> str:
+            return "n/a" if value is None else f"{value:.2f}"
+
+        lines.append(
+            f"| {row['database']} | {row['connections']} | {fmt(row['hot batched / ceiling'])} | "
+            f"{fmt(row['hot batched / direct'])} | {fmt(row['spread batched / ceiling'])} | "
+            f"{fmt(row['spread batched / direct'])} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: list[Result], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = sorted({(r.database, r.connections) for r in results})
+    fig, axes = plt.subplots(2, len(groups), figsize=(5 * len(groups), 8), squeeze=False)
+    for column, (database, connections) in enumerate(groups):
+        chosen = [r for r in results if r.database == database and r.connections == connections]
+        names = [r.scenario for r in chosen]
+        axes[0][column].bar(names, [r.rps for r in chosen], color="#4c72b0")
+        axes[0][column].set_title(f"{database}, {connections} connections")
+        axes[0][column].set_ylabel("requests/s")
+        axes[1][column].bar(names, [r.p99_ms for r in chosen], color="#dd8452")
+        axes[1][column].set_ylabel("p99 latency (ms)")
+        for axis in (axes[0][column], axes[1][column]):
+            axis.tick_params(axis="x", rotation=40)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
+def update_doc(table: str) -> None:
+    text = PERFORMANCE_DOC.read_text() if PERFORMANCE_DOC.exists() else ""
+    begin, end = "<!-- bench:begin -->", "<!-- bench:end -->"
+    block = f"{begin}\n{table}{end}"
+    if begin in text and end in text:
+        text = text[: text.index(begin)] + block + text[text.index(end) + len(end) :]
+    else:
+        text += "\n" + block + "\n"
+    PERFORMANCE_DOC.write_text(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=int, default=10, help="seconds per scenario")
+    parser.add_argument("--connections", default="64,256")
+    parser.add_argument("--databases", default="postgresql,sqlite")
+    parser.add_argument("--only", default="", help="comma-separated scenario labels")
+    args = parser.parse_args()
+    connections = [int(c) for c in args.connections.split(",")]
+    databases = [d.strip() for d in args.databases.split(",")]
+    chosen = [s for s in SCENARIOS if not args.only or s.label in args.only.split(",")]
+    wrk = ensure_wrk()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    results: list[Result] = []
+    workdir = Path(tempfile.mkdtemp(prefix="boxoffice-bench-"))
+    workdir.chmod(0o755)
+    postgres = ThrowawayPostgres().start() if "postgresql" in databases else None
+    runs = [(d, s, c) for d in databases for s in chosen for c in connections]
+    try:
+        with Progress(console=console) as progress:
+            task = progress.add_task("benchmark", total=len(runs))
+            for kind, scenario, conns in runs:
+                progress.update(task, description=f"{kind}: {scenario.label} @ {conns}")
+                result = run_one(wrk, kind, scenario, conns, args.duration, postgres, workdir)
+                results.append(result)
+                progress.console.print(
+                    f"{kind:10} {scenario.label:16} c={conns:<4} {result.rps:8,.0f} req/s  "
+                    f"p99 {result.p99_ms:6.1f} ms  verified={result.verified}"
+                )
+                progress.advance(task)
+    finally:
+        if postgres is not None:
+            postgres.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    command = (
+        "make bench"
+        if len(sys.argv) == 1
+        else "make bench BENCH_ARGS='" + " ".join(sys.argv[1:]) + "'"
+    )
+    ratio_rows = ratios(results)
+    table = markdown(results, ratio_rows, command)
+    (RESULTS / "latest.json").write_text(
+        json.dumps(
+            {
+                "results": [asdict(r) for r in results],
+                "ratios": ratio_rows,
+                "measured_at": datetime.now(UTC).isoformat(),
+                "command": command,
+            },
+            indent=2,
+        )
+    )
+    (RESULTS / "latest.md").write_text(table)
+    plot(results, RESULTS / "throughput.png")
+    update_doc(table)
+    console.print(table)
+    if not all(r.verified for r in results):
+        console.print("[red]Inventory verification FAILED[/red]")
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    start = time.monotonic()
+    main()
+    console.print(f"done in {time.monotonic() - start:.0f} s")
