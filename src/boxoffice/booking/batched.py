@@ -76,6 +76,12 @@ class BatchedBooker:
 
     async def stop(self) -> None:
         """Stop the committer; requests still queued are answered 503, never half-done."""
+        log.info(
+            "group_commit_stats",
+            batches=self.stats.batches,
+            requests=self.stats.requests,
+            largest=self.stats.largest,
+        )
         if self._committer is not None:
             self._committer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
