@@ -1,4 +1,9 @@
-"""What routes need, as `Annotated` aliases, taken from the app's state."""
+"""What routes need, as `Annotated` aliases, taken from the app's state.
+
+Every dependency is `async def` on purpose: FastAPI runs plain `def`
+dependencies in a thread pool, and that hop cost more than the booking itself
+under load (see docs/performance.md).
+"""
 
 from __future__ import annotations
 
@@ -12,17 +17,17 @@ from boxoffice.db.database import Database
 from boxoffice.services.pages import MAX_CURSOR_LENGTH, Cursor, check_limit
 
 
-def _database(request: Request) -> Database:
+async def _database(request: Request) -> Database:
     database: Database = request.app.state.database
     return database
 
 
-def _settings(request: Request) -> Settings:
+async def _settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def _booker(request: Request) -> Booker:
+async def _booker(request: Request) -> Booker:
     booker: Booker = request.app.state.booker
     return booker
 
@@ -40,7 +45,7 @@ class PageParams:
         self.cursor = cursor
 
 
-def _page_params(
+async def _page_params(
     settings: SettingsDep,
     limit: Annotated[
         int | None,

@@ -32,11 +32,9 @@ def _spec(body: EventIn) -> EventSpec:
     responses=problem_responses(400, 413, 503),
     summary="Create an event with its sections",
 )
-async def create_event(
-    body: EventIn, request: Request, response: Response, database: DatabaseDep
-) -> EventOut:
+async def create_event(body: EventIn, response: Response, database: DatabaseDep) -> EventOut:
     event = await event_service.create_event(database, _spec(body))
-    response.headers["Location"] = str(request.url_for("get_event", event_id=event.id).path)
+    response.headers["Location"] = f"/events/{event.id}"
     return EventOut.of(event)
 
 
