@@ -11,7 +11,6 @@ from typing import Annotated
 
 from fastapi import Depends, Query, Request
 
-from boxoffice.booking import Booker
 from boxoffice.config import Settings
 from boxoffice.db.database import Database
 from boxoffice.services.pages import MAX_CURSOR_LENGTH, Cursor, check_limit
@@ -27,14 +26,8 @@ async def _settings(request: Request) -> Settings:
     return settings
 
 
-async def _booker(request: Request) -> Booker:
-    booker: Booker = request.app.state.booker
-    return booker
-
-
 DatabaseDep = Annotated[Database, Depends(_database)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
-BookerDep = Annotated[Booker, Depends(_booker)]
 
 
 class PageParams:

@@ -32,6 +32,27 @@ from boxoffice.services.ids import new_id, parse_id
 
 Outcome = Booking | BoxofficeError
 
+# Built once: SQLAlchemy then reuses the compiled form from its cache.
+_LOCK_SECTIONS = (
+    select(
+        sections.c.id,
+        sections.c.event_id,
+        sections.c.name,
+        sections.c.price_cents,
+        sections.c.capacity,
+        sections.c.remaining,
+    )
+    .where(sections.c.id.in_(bindparam("ids", expanding=True)))
+    .order_by(sections.c.id)
+    .with_for_update()
+)
+_TAKE_SEATS = (
+    update(sections)
+    .where(sections.c.id == bindparam("section_id"))
+    .values(remaining=sections.c.remaining - bindparam("taken"))
+)
+_RECORD_BOOKINGS = insert(bookings)
+
 
 async def reserve_batch(
     conn: AsyncConnection, requests: Sequence[BookingRequest], now: datetime
@@ -41,19 +62,7 @@ async def reserve_batch(
     wanted = sorted({section for _, section in keys if section is not None})
     found: dict[uuid.UUID, Section] = {}
     if wanted:
-        rows = await conn.execute(
-            select(
-                sections.c.id,
-                sections.c.event_id,
-                sections.c.name,
-                sections.c.price_cents,
-                sections.c.capacity,
-                sections.c.remaining,
-            )
-            .where(sections.c.id.in_(wanted))
-            .order_by(sections.c.id)
-            .with_for_update()
-        )
+        rows = await conn.execute(_LOCK_SECTIONS, {"ids": wanted})
         for row in rows:
             found[row.id] = Section(
                 str(row.id),
@@ -103,12 +112,9 @@ async def reserve_batch(
 
     if taken:
         await conn.execute(
-            update(sections)
-            .where(sections.c.id == bindparam("section_id"))
-            .values(remaining=sections.c.remaining - bindparam("taken")),
-            [{"section_id": ident, "taken": qty} for ident, qty in taken.items()],
+            _TAKE_SEATS, [{"section_id": ident, "taken": qty} for ident, qty in taken.items()]
         )
-        await conn.execute(insert(bookings), new_bookings)
+        await conn.execute(_RECORD_BOOKINGS, new_bookings)
     if None in outcomes:
         await _explain_unknown(conn, requests, keys, outcomes)
     settled: list[Outcome] = []

@@ -19,13 +19,26 @@ import uuid
 from datetime import datetime
 from typing import NoReturn
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from boxoffice.db.tables import bookings, events, sections
 from boxoffice.domain.errors import EventNotFound, InsufficientSeats, SectionNotFound
 from boxoffice.domain.model import Booking, BookingRequest
 from boxoffice.services.ids import new_id, parse_id
+
+# Built once: SQLAlchemy then reuses the compiled form from its cache.
+_TAKE_SEATS_IF_LEFT = (
+    update(sections)
+    .where(
+        sections.c.id == bindparam("section"),
+        sections.c.event_id == bindparam("event"),
+        sections.c.remaining >= bindparam("qty"),
+    )
+    .values(remaining=sections.c.remaining - bindparam("qty"))
+    .returning(sections.c.price_cents)
+)
+_RECORD_BOOKING = insert(bookings)
 
 
 async def reserve_seats(conn: AsyncConnection, request: BookingRequest, now: datetime) -> Booking:
@@ -42,21 +55,14 @@ async def reserve_seats(conn: AsyncConnection, request: BookingRequest, now: dat
         await _raise_why_not(conn, event_id, None, request)
     taken = (
         await conn.execute(
-            update(sections)
-            .where(
-                sections.c.id == section_id,
-                sections.c.event_id == event_id,
-                sections.c.remaining >= request.qty,
-            )
-            .values(remaining=sections.c.remaining - request.qty)
-            .returning(sections.c.price_cents)
+            _TAKE_SEATS_IF_LEFT, {"section": section_id, "event": event_id, "qty": request.qty}
         )
     ).first()
     if taken is None:
         await _raise_why_not(conn, event_id, section_id, request)
     booking_id = new_id()
     await conn.execute(
-        insert(bookings),
+        _RECORD_BOOKING,
         [
             {
                 "id": booking_id,
