@@ -2,7 +2,10 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-PORT   ?= 4521
+# PORT is passed on only when given (make run PORT=8080); otherwise .env or 4521 applies.
+PORT   ?=
+PORT_FLAG = $(if $(PORT),--port $(PORT))
+URL_FLAG  = $(if $(PORT),--url http://127.0.0.1:$(PORT))
 
 .PHONY: run test lint format simulate migrate bench clean
 
@@ -22,7 +25,7 @@ $(VENV)/.dev: pyproject.toml | $(BIN)/python
 
 run: $(VENV)/.runtime ## migrate the database, then serve on PORT (SQLite ./boxoffice.db unless DATABASE_URL)
 	$(BIN)/boxoffice db upgrade
-	exec $(BIN)/boxoffice serve --port $(PORT)
+	exec $(BIN)/boxoffice serve $(PORT_FLAG)
 
 migrate: $(VENV)/.runtime
 	$(BIN)/boxoffice db upgrade
@@ -49,7 +52,7 @@ bench: $(VENV)/.bench ## flash-sale benchmark on PostgreSQL and SQLite; results 
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 simulate: $(VENV)/.runtime ## the original concurrency script, against a running server
-	$(BIN)/boxoffice simulate --url http://127.0.0.1:$(PORT)
+	$(BIN)/boxoffice simulate $(URL_FLAG)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

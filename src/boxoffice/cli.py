@@ -4,20 +4,64 @@ from __future__ import annotations
 
 import asyncio
 import os
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 import uvicorn
+from pydantic import ValidationError
 from rich.console import Console
+from sqlalchemy.exc import DBAPIError
 
-from boxoffice.config import get_settings
+from boxoffice.config import Settings, get_settings
 
 app = typer.Typer(
-    help="Boxoffice: a ticket-booking API that never sells a seat twice.", no_args_is_help=True
+    help="Boxoffice: a ticket-booking API that never sells a seat twice.",
+    no_args_is_help=True,
+    # Locals can hold DATABASE_URL and its password: never print them.
+    pretty_exceptions_show_locals=False,
 )
-db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+db_app = typer.Typer(
+    help="Database schema.", no_args_is_help=True, pretty_exceptions_show_locals=False
+)
 app.add_typer(db_app, name="db")
 console = Console(stderr=True)
+
+
+def _fail(message: str) -> NoReturn:
+    console.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(1)
+
+
+def _settings_or_exit() -> Settings:
+    get_settings.cache_clear()
+    try:
+        return get_settings()
+    except ValidationError as error:
+        _fail(f"invalid configuration: {error}")
+
+
+def _describe(error: BaseException) -> str:
+    """One line about a failure, without the URL (and so without its password)."""
+    cause = error.orig if isinstance(error, DBAPIError) and error.orig is not None else error
+    return f"{type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}"
+
+
+async def _schema_state(settings: Settings) -> tuple[str | None, str]:
+    from boxoffice.db.database import Database
+    from boxoffice.db.migrate import current_revision, head_revision
+
+    database = Database.from_settings(settings)
+    try:
+        return await current_revision(database), head_revision()
+    finally:
+        await database.dispose()
+
+
+def _schema_or_exit(settings: Settings) -> tuple[str | None, str]:
+    try:
+        return asyncio.run(_schema_state(settings))
+    except Exception as error:
+        _fail(f"cannot reach the {settings.dialect} database: {_describe(error)}")
 
 
 @app.command()
@@ -35,8 +79,13 @@ def serve(
         os.environ["HOST"] = host
     if port is not None:
         os.environ["PORT"] = str(port)
-    get_settings.cache_clear()
-    settings = get_settings()
+    settings = _settings_or_exit()
+    current, head = _schema_or_exit(settings)
+    if current != head:
+        _fail(
+            f"the database schema is at {current or 'nothing'}, this version needs {head}: "
+            "run `boxoffice db upgrade` first (make run does)"
+        )
     uvicorn.run(
         "boxoffice.api.app:create_app",
         factory=True,
@@ -56,9 +105,19 @@ def db_upgrade(
     """Apply the schema migrations (safe to repeat)."""
     from boxoffice.db.migrate import upgrade
 
-    settings = get_settings()
-    upgrade(settings.database_url, revision)
-    console.print(f"Database schema is at {revision} ({settings.dialect}).")
+    settings = _settings_or_exit()
+    before, _ = _schema_or_exit(settings)
+    try:
+        upgrade(settings.database_url, revision)
+    except Exception as error:
+        _fail(f"migration failed: {_describe(error)}")
+    after, _ = _schema_or_exit(settings)
+    if before == after:
+        console.print(f"Database schema already at {after} ({settings.dialect}); nothing to do.")
+    else:
+        console.print(
+            f"Database schema upgraded from {before or 'nothing'} to {after} ({settings.dialect})."
+        )
 
 
 @db_app.command("downgrade")
@@ -68,9 +127,13 @@ def db_downgrade(
     """Revert the schema to an earlier revision (drops what later revisions added)."""
     from boxoffice.db.migrate import downgrade
 
-    settings = get_settings()
-    downgrade(settings.database_url, revision)
-    console.print(f"Database schema is at {revision} ({settings.dialect}).")
+    settings = _settings_or_exit()
+    try:
+        downgrade(settings.database_url, revision)
+    except Exception as error:
+        _fail(f"migration failed: {_describe(error)}")
+    after, _ = _schema_or_exit(settings)
+    console.print(f"Database schema is at {after or 'nothing'} ({settings.dialect}).")
 
 
 @app.command()
@@ -106,5 +169,6 @@ def simulate(
         seed=seed,
     )
     show_progress = progress if progress is not None else requests >= 500
-    passed = asyncio.run(run_simulation(url, plan, Console(), show_progress=show_progress))
+    target = url or f"http://127.0.0.1:{_settings_or_exit().port}"
+    passed = asyncio.run(run_simulation(target, plan, Console(), show_progress=show_progress))
     raise typer.Exit(0 if passed else 1)

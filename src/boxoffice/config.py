@@ -10,7 +10,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 
@@ -79,6 +79,15 @@ class Settings(BaseSettings):
     def _supported(cls, value: str) -> str:
         async_database_url(value)
         return value
+
+    @model_validator(mode="after")
+    def _page_sizes_agree(self) -> Settings:
+        if self.default_page_size > self.max_page_size:
+            raise ValueError(
+                f"DEFAULT_PAGE_SIZE ({self.default_page_size}) is larger than "
+                f"MAX_PAGE_SIZE ({self.max_page_size})"
+            )
+        return self
 
     @property
     def async_url(self) -> URL:

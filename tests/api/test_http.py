@@ -39,3 +39,13 @@ async def test_openapi_declares_problem_bodies_and_no_422(client: httpx.AsyncCli
         for operation in path.values():
             assert "422" not in operation["responses"]
     assert (await client.get("/docs")).status_code == 200
+
+
+async def test_a_body_without_json_content_type_says_so(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        "/book",
+        content=b'{"eventId": "a", "sectionId": "b", "qty": 1}',
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
+    problem = assert_problem(response, 400, "validation_error")
+    assert "Content-Type: application/json" in problem["detail"]

@@ -115,6 +115,9 @@ async def _on_validation_error(request: Request, exc: Exception) -> ProblemRespo
     assert isinstance(exc, RequestValidationError)
     errors = _field_errors(exc.errors())
     detail = "; ".join(f"{e.field}: {e.message}" for e in errors[:5]) or "Invalid request."
+    content_type = request.headers.get("content-type", "")
+    if request.method in {"POST", "PUT", "PATCH"} and "json" not in content_type:
+        detail = "Send the body as JSON with 'Content-Type: application/json'. " + detail
     return problem(request, 400, "validation_error", detail, errors=errors)
 
 
