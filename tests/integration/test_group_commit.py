@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from boxoffice.booking import BatchedBooker
+from boxoffice.booking import BatchedBooker, DirectBooker
 from boxoffice.booking import batched as batched_module
 from boxoffice.db.database import Database
 from boxoffice.db.errors import DatabaseUnavailable
@@ -119,16 +119,29 @@ async def test_a_failure_mid_batch_fails_only_that_request(
     real_batch, real_one = batched_module.reserve_batch, batched_module.reserve_seats
 
     async def batch_then_fail(conn, requests, now):  # type: ignore[no-untyped-def]
-        await real_batch(conn, requests, now)  # the writes happen, then the batch dies
-        raise IntegrityError("INSERT", {}, Exception("constraint violated"))
+        if len(requests) > 1:
+            await real_batch(conn, requests, now)  # the writes happen, then the batch dies
+            raise IntegrityError("INSERT", {}, Exception("constraint violated"))
+        if requests[0].qty == 3:
+            raise IntegrityError("INSERT", {}, Exception("this one is bad"))
+        return await real_batch(conn, requests, now)
 
     async def one_faulty(conn, request, now):  # type: ignore[no-untyped-def]
         if request.qty == 3:
             raise IntegrityError("INSERT", {}, Exception("this one is bad"))
         return await real_one(conn, request, now)
 
+    real_verify = batched_module.book_if_unchanged
+
+    async def verify_faulty(conn, requests, targets, copies, now):  # type: ignore[no-untyped-def]
+        if any(r.qty == 3 for r in requests):
+            raise IntegrityError("INSERT", {}, Exception("this one is bad"))
+        return await real_verify(conn, requests, targets, copies, now)
+
+    # The faulty request fails on every path a request can take.
     monkeypatch.setattr(batched_module, "reserve_batch", batch_then_fail)
     monkeypatch.setattr(batched_module, "reserve_seats", one_faulty)
+    monkeypatch.setattr(batched_module, "book_if_unchanged", verify_faulty)
     results = await book_all(booker, [BookingRequest(event.id, s, q) for q in (1, 3, 2)])
     assert isinstance(results[0], Booking)
     assert isinstance(results[1], IntegrityError)
@@ -161,14 +174,20 @@ async def test_a_cancelled_waiting_request_takes_no_seat(
     event = await new_event(database, 10)
     s = event.sections[0].id
     gate = asyncio.Event()
-    real_one = batched_module.reserve_seats
+    real_one, real_batch = batched_module.reserve_seats, batched_module.reserve_batch
 
     async def slow_first(conn, request, now):  # type: ignore[no-untyped-def]
         if request.qty == 1:
             await gate.wait()
         return await real_one(conn, request, now)
 
+    async def slow_first_batch(conn, requests, now):  # type: ignore[no-untyped-def]
+        if requests[0].qty == 1:
+            await gate.wait()
+        return await real_batch(conn, requests, now)
+
     monkeypatch.setattr(batched_module, "reserve_seats", slow_first)
+    monkeypatch.setattr(batched_module, "reserve_batch", slow_first_batch)
     first = asyncio.create_task(booker.book(BookingRequest(event.id, s, 1)))
     await asyncio.sleep(0.05)  # the committer is now inside the first transaction
     gone = asyncio.create_task(booker.book(BookingRequest(event.id, s, 4)))
@@ -205,3 +224,97 @@ async def test_batches_are_capped(database: Database) -> None:
     assert all(isinstance(r, Booking) for r in results)
     assert path.stats.largest == 4
     assert path.stats.requests == 10
+
+
+# The one-statement path (PostgreSQL): decide from remembered seats, verify while writing.
+
+
+async def warm(booker: BatchedBooker, event: Any, index: int = 0) -> None:
+    """One booking under lock, after which the committer remembers the section."""
+    await booker.book(BookingRequest(event.id, event.sections[index].id, 1))
+
+
+async def test_remembered_sections_book_in_one_statement_first_come_first_served(
+    booker: BatchedBooker, database: Database
+) -> None:
+    event = await new_event(database, 5)
+    s = event.sections[0].id
+    await warm(booker, event)  # 4 left
+    results = await book_all(booker, [BookingRequest(event.id, s, q) for q in (2, 3, 1, 1, 1)])
+    assert [type(r).__name__ for r in results] == [
+        "Booking",
+        "InsufficientSeats",
+        "Booking",
+        "Booking",
+        "InsufficientSeats",
+    ]
+    assert results[1].remaining == 2
+    assert await inventory(database, s) == (5, 0, 5)
+    if database.dialect == "postgresql":
+        assert booker.stats.verified == 5
+        assert booker.stats.retried == 0
+
+
+async def test_seats_taken_behind_our_back_are_retried_under_lock(
+    booker: BatchedBooker, database: Database
+) -> None:
+    """Another process books the section: what we remembered is stale, so nothing is
+    decided on it; the batch is retried with row locks, against the true count."""
+    event = await new_event(database, 6, 6)
+    stale, fresh = event.sections[0].id, event.sections[1].id
+    await book_all(booker, [BookingRequest(event.id, stale, 1), BookingRequest(event.id, fresh, 1)])
+    other_process = DirectBooker(database, max_tickets_per_booking=10)
+    await other_process.book(BookingRequest(event.id, stale, 3))  # stale: 2 left, not 5
+
+    asks = [(stale, 3), (fresh, 2), (stale, 2), (fresh, 4)]
+    results = await book_all(booker, [BookingRequest(event.id, s, q) for s, q in asks])
+    assert isinstance(results[0], InsufficientSeats)
+    assert results[0].remaining == 2, "decided on the remembered 5 instead of the true 2"
+    assert isinstance(results[1], Booking)
+    assert isinstance(results[2], Booking)
+    assert isinstance(results[3], InsufficientSeats)
+    assert await inventory(database, stale) == (6, 0, 6)
+    assert await inventory(database, fresh) == (6, 3, 3)
+    if database.dialect == "postgresql":
+        assert booker.stats.retried == 2  # only the stale section's requests
+        # Refreshed: the next batch on it is settled in one statement again.
+        verified = booker.stats.verified
+        more = await book_all(booker, [BookingRequest(event.id, fresh, 1) for _ in range(3)])
+        assert all(isinstance(r, Booking) for r in more)
+        assert booker.stats.verified == verified + 3
+
+
+async def test_unknown_targets_next_to_remembered_ones(
+    booker: BatchedBooker, database: Database
+) -> None:
+    event = await new_event(database, 4)
+    other = await new_event(database, 4)
+    s = event.sections[0].id
+    await warm(booker, event)
+    await warm(booker, other)
+    results = await book_all(
+        booker,
+        [
+            BookingRequest(event.id, s, 1),
+            BookingRequest(event.id, other.sections[0].id, 1),  # remembered, wrong event
+            BookingRequest(event.id, s, 1),
+        ],
+    )
+    assert [type(r) for r in results] == [Booking, SectionNotFound, Booking]
+    assert await inventory(database, s) == (4, 1, 3)
+    assert await inventory(database, other.sections[0].id) == (4, 3, 1)
+
+
+def test_remembered_sections_are_bounded() -> None:
+    from boxoffice.booking.remembered import RememberedSections
+    from boxoffice.domain.model import Section
+
+    remembered = RememberedSections(max_size=2)
+    ids = [uuid.uuid4() for _ in range(3)]
+    remembered.remember([Section(str(i), "e", "S", 1, 5, 5) for i in ids])
+    assert len(remembered) == 2
+    assert remembered.copies([(None, ids[0])]) is None  # the oldest was dropped
+    copies = remembered.copies([(None, ids[2])])
+    assert copies is not None
+    copies[ids[2]].reserve(5)
+    assert remembered.copies([(None, ids[2])])[ids[2]].remaining == 5  # type: ignore[index]

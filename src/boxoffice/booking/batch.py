@@ -22,7 +22,8 @@ domain error that refused it.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -35,6 +36,7 @@ from boxoffice.domain.model import Booking, BookingRequest, Section
 from boxoffice.services.ids import new_id, parse_id
 
 Outcome = Booking | BoxofficeError
+Target = tuple[uuid.UUID | None, uuid.UUID | None]
 
 # Built once: SQLAlchemy then reuses the compiled form from its cache.
 _LOCK_SECTIONS = (
@@ -75,12 +77,80 @@ _PG_TAKE_SEATS_AND_RECORD = text(
 )
 
 
+@dataclass(slots=True)
+class Decisions:
+    """What one batch does, decided in arrival order before anything is written."""
+
+    outcomes: list[Outcome | None]  # None: the event or section is unknown
+    taken: dict[uuid.UUID, int]  # seats taken per section, 0 for refusals only
+    new_bookings: list[dict[str, Any]]
+
+
+def target_ids(requests: Sequence[BookingRequest]) -> list[Target]:
+    return [(parse_id(r.event_id), parse_id(r.section_id)) for r in requests]
+
+
+def decide(
+    requests: Sequence[BookingRequest],
+    targets: Sequence[Target],
+    found: Mapping[uuid.UUID, Section],
+    now: datetime,
+) -> Decisions:
+    """First come, first served: each request takes its seats or is refused, in order.
+
+    Plain Python over the domain's `Section.reserve`; `found` is changed in place.
+    """
+    decisions = Decisions([], {}, [])
+    for request, (event_id, section_id) in zip(requests, targets, strict=True):
+        section = found.get(section_id) if section_id is not None else None
+        if event_id is None or section_id is None or section is None:
+            decisions.outcomes.append(None)
+            continue
+        if section.event_id != str(event_id):
+            decisions.outcomes.append(None)
+            continue
+        decisions.taken.setdefault(section_id, 0)
+        try:
+            section.reserve(request.qty)
+        except BoxofficeError as refused:
+            decisions.outcomes.append(refused)
+            continue
+        decisions.taken[section_id] += request.qty
+        booking_id = new_id()
+        booking = Booking(
+            id=str(booking_id),
+            event_id=section.event_id,
+            section_id=section.id,
+            qty=request.qty,
+            unit_price_cents=section.price_cents,
+            created_at=now,
+        )
+        decisions.new_bookings.append(
+            {
+                "id": booking_id,
+                "event_id": event_id,
+                "section_id": section_id,
+                "qty": booking.qty,
+                "unit_price_cents": booking.unit_price_cents,
+                "total_price_cents": booking.total_price_cents,
+                "status": booking.status,
+                "created_at": now,
+            }
+        )
+        decisions.outcomes.append(booking)
+    return decisions
+
+
 async def reserve_batch(
     conn: AsyncConnection, requests: Sequence[BookingRequest], now: datetime
-) -> list[Outcome]:
-    """Book `requests` in order inside the caller's transaction; one outcome per request."""
-    keys = [(parse_id(r.event_id), parse_id(r.section_id)) for r in requests]
-    wanted = sorted({section for _, section in keys if section is not None})
+) -> tuple[list[Outcome], dict[uuid.UUID, Section]]:
+    """Book `requests` in order inside the caller's transaction; one outcome per request.
+
+    Also returns the locked sections as they will be after the commit, so the
+    caller can remember them (see `booking/remembered.py`).
+    """
+    targets = target_ids(requests)
+    wanted = sorted({section for _, section in targets if section is not None})
     found: dict[uuid.UUID, Section] = {}
     if wanted:
         rows = await conn.execute(_LOCK_SECTIONS, {"ids": wanted})
@@ -93,53 +163,22 @@ async def reserve_batch(
                 row.capacity,
                 row.remaining,
             )
-
-    outcomes: list[Outcome | None] = []
-    taken: dict[uuid.UUID, int] = {}
-    new_bookings: list[dict[str, Any]] = []
-    for request, (event_id, section_id) in zip(requests, keys, strict=True):
-        section = found.get(section_id) if section_id is not None else None
-        if event_id is None or section is None or section.event_id != str(event_id):
-            outcomes.append(None)  # unknown: explained below, off the happy path
-            continue
-        try:
-            section.reserve(request.qty)
-        except BoxofficeError as refused:
-            outcomes.append(refused)
-            continue
-        assert section_id is not None
-        taken[section_id] = taken.get(section_id, 0) + request.qty
-        booking = Booking(
-            id=str(new_id()),
-            event_id=section.event_id,
-            section_id=section.id,
-            qty=request.qty,
-            unit_price_cents=section.price_cents,
-            created_at=now,
-        )
-        new_bookings.append(
-            {
-                "id": uuid.UUID(booking.id),
-                "event_id": event_id,
-                "section_id": section_id,
-                "qty": booking.qty,
-                "unit_price_cents": booking.unit_price_cents,
-                "total_price_cents": booking.total_price_cents,
-                "status": booking.status,
-                "created_at": now,
-            }
-        )
-        outcomes.append(booking)
-
+    decisions = decide(requests, targets, found, now)
+    taken = {ident: qty for ident, qty in decisions.taken.items() if qty}
     if taken:
-        await _write(conn, taken, new_bookings, now)
+        await _write(conn, taken, decisions.new_bookings, now)
+    outcomes = decisions.outcomes
     if None in outcomes:
-        await _explain_unknown(conn, requests, keys, outcomes)
-    settled: list[Outcome] = []
+        await explain_unknown(conn, requests, targets, outcomes)
+    return settled(outcomes), found
+
+
+def settled(outcomes: list[Outcome | None]) -> list[Outcome]:
+    result: list[Outcome] = []
     for outcome in outcomes:
         assert outcome is not None, "every request has an outcome"
-        settled.append(outcome)
-    return settled
+        result.append(outcome)
+    return result
 
 
 async def _write(
@@ -169,7 +208,7 @@ async def _write(
     await conn.execute(_RECORD_BOOKINGS, new_bookings)
 
 
-async def _explain_unknown(
+async def explain_unknown(
     conn: AsyncConnection,
     requests: Sequence[BookingRequest],
     keys: Sequence[tuple[uuid.UUID | None, uuid.UUID | None]],

@@ -24,18 +24,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import structlog
 
-from boxoffice.booking.batch import Outcome, reserve_batch
+from boxoffice.booking.batch import Outcome, Target, reserve_batch, target_ids
+from boxoffice.booking.remembered import RememberedSections, book_if_unchanged
 from boxoffice.booking.reserve import reserve_seats
 from boxoffice.db.database import Database
 from boxoffice.db.errors import DatabaseUnavailable
 from boxoffice.domain.errors import BoxofficeError
-from boxoffice.domain.model import Booking, BookingRequest
+from boxoffice.domain.model import Booking, BookingRequest, Section
 from boxoffice.services.unit_of_work import UnitOfWork
 
 log = structlog.get_logger("boxoffice.booking")
@@ -54,6 +57,8 @@ class BatchStats:
     batches: int = 0
     requests: int = 0
     largest: int = 0
+    verified: int = 0  # requests settled by the one-statement path (PostgreSQL)
+    retried: int = 0  # requests retried under lock because their section had changed
 
 
 class BatchedBooker:
@@ -68,6 +73,7 @@ class BatchedBooker:
         self._queue: deque[_Waiting] = deque()
         self._arrived = asyncio.Event()
         self._committer: asyncio.Task[None] | None = None
+        self._remembered = RememberedSections() if database.dialect == "postgresql" else None
         self.stats = BatchStats()
 
     async def start(self) -> None:
@@ -139,18 +145,55 @@ class BatchedBooker:
             _settle(waiting, outcome)
 
     async def _transaction(self, requests: list[BookingRequest]) -> list[Outcome]:
+        """Book `requests` and commit; one outcome each, or raise and write nothing."""
         now = datetime.now(UTC)
-        async with UnitOfWork(self._database, write=True) as uow:
-            if len(requests) == 1:
-                # A lone request: the single conditional UPDATE is one round trip shorter.
+        if self._remembered is not None:
+            targets = target_ids(requests)
+            copies = self._remembered.copies(targets)
+            if copies is not None:
+                return await self._book_if_unchanged(requests, targets, copies, now)
+        elif len(requests) == 1:
+            # A lone request on SQLite: the single conditional UPDATE is the shortest path.
+            async with UnitOfWork(self._database, write=True) as uow:
                 try:
-                    outcomes: list[Outcome] = [await reserve_seats(uow.conn, requests[0], now)]
+                    booking = await reserve_seats(uow.conn, requests[0], now)
                 except BoxofficeError as refused:
                     return [refused]
-            else:
-                outcomes = await reserve_batch(uow.conn, requests, now)
+                await uow.commit()
+            return [booking]
+        return await self._book_under_lock(requests, now)
+
+    async def _book_under_lock(
+        self, requests: Sequence[BookingRequest], now: datetime
+    ) -> list[Outcome]:
+        async with UnitOfWork(self._database, write=True) as uow:
+            outcomes, sections = await reserve_batch(uow.conn, requests, now)
             await uow.commit()
+        if self._remembered is not None:
+            self._remembered.remember(list(sections.values()))
         return outcomes
+
+    async def _book_if_unchanged(
+        self,
+        requests: list[BookingRequest],
+        targets: list[Target],
+        copies: dict[uuid.UUID, Section],
+        now: datetime,
+    ) -> list[Outcome]:
+        assert self._remembered is not None
+        async with UnitOfWork(self._database, write=True, single_statement=True) as uow:
+            verified = await book_if_unchanged(uow.conn, requests, targets, copies, now)
+            await uow.commit()
+        self._remembered.remember(verified.sections)
+        self.stats.verified += len(verified.outcomes)
+        outcomes: dict[int, Outcome] = dict(verified.outcomes)
+        if verified.retry:
+            self.stats.retried += len(verified.retry)
+            stale = [section for _, section in (targets[i] for i in verified.retry) if section]
+            self._remembered.forget(stale)
+            retried = await self._book_under_lock([requests[i] for i in verified.retry], now)
+            outcomes.update(zip(verified.retry, retried, strict=True))
+        return [outcomes[index] for index in range(len(requests))]
 
     async def _commit_alone(self, waiting: _Waiting) -> None:
         if waiting.answer.done():

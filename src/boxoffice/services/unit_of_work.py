@@ -5,6 +5,11 @@
         await uow.commit()
 
 Leaving the block without `commit()` rolls back, whatever happened inside.
+
+`single_statement=True` opens no explicit transaction: the one statement sent
+is its own atomic transaction (PostgreSQL autocommit), which saves the BEGIN
+and COMMIT round trips. Only the one-statement booking path uses it
+(`booking/remembered.py`); `commit()` then only marks the work as done.
 Failures that mean the database is unavailable (unreachable, timed out,
 locked for longer than the busy timeout) leave as `DatabaseUnavailable`, so
 the HTTP edge answers 503 instead of 500.
@@ -24,9 +29,10 @@ from boxoffice.db.errors import DatabaseUnavailable, is_unavailable
 class UnitOfWork:
     """A transaction on `database`; `write=True` takes SQLite's write lock up front."""
 
-    def __init__(self, database: Database, *, write: bool) -> None:
+    def __init__(self, database: Database, *, write: bool, single_statement: bool = False) -> None:
         self._database = database
         self._write = write
+        self._single_statement = single_statement
         self._conn: AsyncConnection | None = None
         self._committed = False
         self._holds_lock = False
@@ -44,7 +50,10 @@ class UnitOfWork:
             self._holds_lock = True
         try:
             self._conn = await self._database.connect(write=self._write)
-            await self._conn.begin()
+            if self._single_statement:
+                await self._conn.execution_options(isolation_level="AUTOCOMMIT")
+            else:
+                await self._conn.begin()
         except BaseException as error:
             await self._close()
             if isinstance(error, Exception) and is_unavailable(error):
@@ -53,7 +62,8 @@ class UnitOfWork:
         return self
 
     async def commit(self) -> None:
-        await self.conn.commit()
+        if not self._single_statement:
+            await self.conn.commit()
         self._committed = True
 
     async def __aexit__(
@@ -63,7 +73,7 @@ class UnitOfWork:
         tb: TracebackType | None,
     ) -> None:
         try:
-            if self._conn is not None and not self._committed:
+            if self._conn is not None and not self._committed and not self._single_statement:
                 await self._conn.rollback()
         except Exception:  # the connection may be gone; it is invalidated below
             pass

@@ -1,0 +1,146 @@
+"""One round trip per batch on PostgreSQL: decide from remembered seats, verify while writing.
+
+The committer remembers each section as its last batch left it. For a batch
+whose sections are all remembered, it decides in arrival order from copies of
+those sections (`batch.decide`, the same rule as under lock), then sends ONE
+statement, outside any explicit transaction, so PostgreSQL runs it as its own
+atomic transaction:
+
+    UPDATE sections SET remaining = remaining - taken
+     WHERE id = section AND remaining = expected          -- compare and set
+    INSERT INTO bookings ... only for the sections whose UPDATE matched
+
+A section matches only if nobody else booked it since we remembered it, so
+every decision about it (bookings and refusals alike) was made on the true
+count. Sections that did not match (another process booked them, or a
+request failed) are written by nothing; their requests are retried under row
+locks by the caller, which also refreshes what is remembered.
+
+No row lock is held across a network round trip, so the hot row is locked
+only while PostgreSQL executes one statement.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from boxoffice.booking.batch import Outcome, Target, decide
+from boxoffice.domain.model import BookingRequest, Section
+
+_BOOK_IF_UNCHANGED = text(
+    """
+    WITH t AS (
+        SELECT * FROM unnest(CAST(:section_ids AS uuid[]), CAST(:expected AS integer[]),
+                             CAST(:taken AS integer[])) AS t(id, expected, taken)
+    ), verified AS (
+        UPDATE sections AS s SET remaining = s.remaining - t.taken
+          FROM t
+         WHERE s.id = t.id AND s.remaining = t.expected
+        RETURNING s.id, s.remaining
+    ), recorded AS (
+        INSERT INTO bookings (id, event_id, section_id, qty, unit_price_cents,
+                              total_price_cents, status, created_at)
+        SELECT b.id, b.event_id, b.section_id, b.qty, b.unit, b.unit * b.qty, 'confirmed',
+               CAST(:created_at AS timestamptz)
+          FROM unnest(CAST(:booking_ids AS uuid[]), CAST(:event_ids AS uuid[]),
+                      CAST(:booked_sections AS uuid[]), CAST(:qtys AS integer[]),
+                      CAST(:units AS bigint[])) AS b(id, event_id, section_id, qty, unit)
+          JOIN verified ON verified.id = b.section_id
+        RETURNING 1
+    )
+    SELECT id, remaining FROM verified
+    """
+)
+
+
+class RememberedSections:
+    """The sections as this process's last committed batches left them (bounded, LRU)."""
+
+    def __init__(self, max_size: int = 100_000) -> None:
+        self._sections: OrderedDict[uuid.UUID, Section] = OrderedDict()
+        self._max_size = max_size
+
+    def __len__(self) -> int:
+        return len(self._sections)
+
+    def copies(self, targets: Sequence[Target]) -> dict[uuid.UUID, Section] | None:
+        """Working copies of every targeted section, or None if one is not remembered."""
+        found: dict[uuid.UUID, Section] = {}
+        for _, section_id in targets:
+            if section_id is None:
+                return None
+            if section_id not in found:
+                section = self._sections.get(section_id)
+                if section is None:
+                    return None
+                found[section_id] = replace(section)
+        return found
+
+    def remember(self, sections: Sequence[Section]) -> None:
+        for section in sections:
+            key = uuid.UUID(section.id)
+            self._sections[key] = replace(section)
+            self._sections.move_to_end(key)
+        while len(self._sections) > self._max_size:
+            self._sections.popitem(last=False)
+
+    def forget(self, section_ids: Sequence[uuid.UUID]) -> None:
+        for section_id in section_ids:
+            self._sections.pop(section_id, None)
+
+
+@dataclass(slots=True)
+class Verified:
+    """What the one statement settled, and what must be retried under lock."""
+
+    outcomes: dict[int, Outcome]  # request index -> its final outcome
+    retry: list[int]  # request indexes whose section had changed
+    sections: list[Section]  # the verified sections, as they are now
+
+
+async def book_if_unchanged(
+    conn: AsyncConnection,
+    requests: Sequence[BookingRequest],
+    targets: Sequence[Target],
+    remembered: dict[uuid.UUID, Section],
+    now: datetime,
+) -> Verified:
+    """Decide from `remembered` copies and write in one autocommitted statement."""
+    expected = {ident: section.remaining for ident, section in remembered.items()}
+    decisions = decide(requests, targets, remembered, now)
+    bookings = decisions.new_bookings
+    rows = await conn.execute(
+        _BOOK_IF_UNCHANGED,
+        {
+            "section_ids": list(decisions.taken),
+            "expected": [expected[ident] for ident in decisions.taken],
+            "taken": list(decisions.taken.values()),
+            "booking_ids": [b["id"] for b in bookings],
+            "event_ids": [b["event_id"] for b in bookings],
+            "booked_sections": [b["section_id"] for b in bookings],
+            "qtys": [b["qty"] for b in bookings],
+            "units": [b["unit_price_cents"] for b in bookings],
+            "created_at": now,
+        },
+    )
+    now_remaining = {row.id: row.remaining for row in rows}
+    verified = Verified({}, [], [])
+    for index, ((_, section_id), outcome) in enumerate(
+        zip(targets, decisions.outcomes, strict=True)
+    ):
+        if outcome is not None and section_id in now_remaining:
+            verified.outcomes[index] = outcome
+        else:
+            verified.retry.append(index)
+    for ident, remaining in now_remaining.items():
+        section = remembered[ident]
+        assert section.remaining == remaining, "decided and stored seat counts differ"
+        verified.sections.append(section)
+    return verified
