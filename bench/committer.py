@@ -14,13 +14,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from tests.support.postgres import ThrowawayPostgres
+
 from boxoffice.booking import make_booker
 from boxoffice.config import async_database_url
 from boxoffice.db.database import Database
 from boxoffice.db.migrate import upgrade
 from boxoffice.domain.model import BookingRequest, EventSpec, SectionSpec
 from boxoffice.services.events import create_event
-from tests.support.postgres import ThrowawayPostgres
 
 
 async def drive(url: str, strategy: str, bookings: int, concurrency: int) -> float:
