@@ -28,9 +28,7 @@ async def drive(url: str, strategy: str, bookings: int, concurrency: int) -> flo
     database = Database.from_url(async_database_url(url), pool_size=20)
     booker = make_booker(strategy, database, max_tickets_per_booking=10)  # type: ignore[arg-type]
     await booker.start()
-    event = await create_event(
-        database, EventSpec("Bench", (SectionSpec("GA", 500, 1_000_000),))
-    )
+    event = await create_event(database, EventSpec("Bench", (SectionSpec("GA", 500, 1_000_000),)))
     request = BookingRequest(event.id, event.sections[0].id, 1)
     left = bookings
 
