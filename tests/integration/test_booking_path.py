@@ -64,17 +64,22 @@ NewBooker = Callable[..., Awaitable[Booker]]
 async def new_booker(
     request: pytest.FixtureRequest, database: Database
 ) -> AsyncIterator[NewBooker]:
-    """Makes started bookers of each strategy (and, via `database`, on each database)."""
-    made: list[Booker] = []
+    """Makes started bookers of each strategy (and, via `database`, on each database).
+
+    One booker per limit and test, like one per server process: a batched booker
+    keeps its own connections while it runs.
+    """
+    made: dict[int, Booker] = {}
 
     async def make(max_tickets: int = 10) -> Booker:
-        path = make_booker(request.param, database, max_tickets_per_booking=max_tickets)
-        await path.start()
-        made.append(path)
-        return path
+        if max_tickets not in made:
+            path = make_booker(request.param, database, max_tickets_per_booking=max_tickets)
+            await path.start()
+            made[max_tickets] = path
+        return made[max_tickets]
 
     yield make
-    for path in made:
+    for path in made.values():
         await path.stop()
 
 

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from boxoffice.booking import BatchedBooker, DirectBooker
@@ -318,3 +319,25 @@ def test_remembered_sections_are_bounded() -> None:
     assert copies is not None
     copies[ids[2]].reserve(5)
     assert remembered.copies([(None, ids[2])])[ids[2]].remaining == 5  # type: ignore[index]
+
+
+async def test_a_database_restart_during_a_lull_costs_no_request(
+    booker: BatchedBooker, database: Database
+) -> None:
+    """The committer keeps its connection under load; after a quiet second it takes a
+    pinged one from the pool, so connections killed meanwhile are never used."""
+    if database.dialect != "postgresql":
+        pytest.skip("kills server connections: PostgreSQL only")
+    event = await new_event(database, 10)
+    s = event.sections[0].id
+    await booker.book(BookingRequest(event.id, s, 1))
+    async with database.engine.connect() as conn:
+        await conn.execute(
+            text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE application_name = 'boxoffice' AND pid <> pg_backend_pid()"
+            )
+        )
+    await asyncio.sleep(1.2)
+    assert (await booker.book(BookingRequest(event.id, s, 2))).qty == 2
+    assert await inventory(database, s) == (10, 7, 3)

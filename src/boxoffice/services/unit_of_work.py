@@ -10,6 +10,10 @@ Leaving the block without `commit()` rolls back, whatever happened inside.
 is its own atomic transaction (PostgreSQL autocommit), which saves the BEGIN
 and COMMIT round trips. Only the one-statement booking path uses it
 (`booking/remembered.py`); `commit()` then only marks the work as done.
+
+`connection=` runs the unit of work on a connection the caller keeps (the
+group-commit committer keeps one, saving a pool checkout, a liveness ping and
+a reset per batch); it is left open, and the caller drops it after a failure.
 Failures that mean the database is unavailable (unreachable, timed out,
 locked for longer than the busy timeout) leave as `DatabaseUnavailable`, so
 the HTTP edge answers 503 instead of 500.
@@ -29,10 +33,18 @@ from boxoffice.db.errors import DatabaseUnavailable, is_unavailable
 class UnitOfWork:
     """A transaction on `database`; `write=True` takes SQLite's write lock up front."""
 
-    def __init__(self, database: Database, *, write: bool, single_statement: bool = False) -> None:
+    def __init__(
+        self,
+        database: Database,
+        *,
+        write: bool,
+        single_statement: bool = False,
+        connection: AsyncConnection | None = None,
+    ) -> None:
         self._database = database
         self._write = write
         self._single_statement = single_statement
+        self._borrowed = connection
         self._conn: AsyncConnection | None = None
         self._committed = False
         self._holds_lock = False
@@ -49,10 +61,13 @@ class UnitOfWork:
             await lock.acquire()
             self._holds_lock = True
         try:
-            self._conn = await self._database.connect(write=self._write)
-            if self._single_statement:
-                await self._conn.execution_options(isolation_level="AUTOCOMMIT")
+            if self._borrowed is not None:
+                self._conn = self._borrowed
             else:
+                self._conn = await self._database.connect(write=self._write)
+                if self._single_statement:
+                    await self._conn.execution_options(isolation_level="AUTOCOMMIT")
+            if not self._single_statement:
                 await self._conn.begin()
         except BaseException as error:
             await self._close()
@@ -84,7 +99,7 @@ class UnitOfWork:
 
     async def _close(self) -> None:
         try:
-            if self._conn is not None:
+            if self._conn is not None and self._borrowed is None:
                 await self._conn.close()
         finally:
             self._conn = None
