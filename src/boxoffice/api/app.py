@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -70,6 +71,10 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
             await booker.start()
             log.info(f"Database connected successfully ({db.dialect})")
             log.info(f"Server is running on port {settings.port}")
+            # Everything loaded so far lives as long as the process: keep it out of
+            # the cyclic collector, whose full passes over it stalled requests.
+            gc.collect()
+            gc.freeze()
             yield
         finally:
             await booker.stop()
