@@ -47,6 +47,7 @@ RESULTS = ROOT / "bench" / "results"
 LUA = ROOT / "bench" / "book.lua"
 PERFORMANCE_DOC = ROOT / "docs" / "performance.md"
 console = Console()
+EXTRA_ENV: dict[str, str] = {}  # server settings from --set NAME=VALUE
 
 
 @dataclass(frozen=True)
@@ -336,7 +337,15 @@ def main() -> None:
     parser.add_argument("--connections", default="64,256")
     parser.add_argument("--databases", default="postgresql,sqlite")
     parser.add_argument("--only", default="", help="comma-separated scenario labels")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a server setting for every scenario, e.g. --set MAX_BATCH_SIZE=128",
+    )
     args = parser.parse_args()
+    EXTRA_ENV.update(item.split("=", 1) for item in args.set)
     connections = [int(c) for c in args.connections.split(",")]
     databases = [d.strip() for d in args.databases.split(",")]
     chosen = [s for s in SCENARIOS if not args.only or s.label in args.only.split(",")]
