@@ -341,3 +341,86 @@ async def test_a_database_restart_during_a_lull_costs_no_request(
     await asyncio.sleep(1.2)
     assert (await booker.book(BookingRequest(event.id, s, 2))).qty == 2
     assert await inventory(database, s) == (10, 7, 3)
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        OperationalError("SELECT", {}, Exception("connection lost")),
+        IntegrityError("INSERT", {}, Exception("constraint violated")),
+    ],
+    ids=["unavailable", "integrity"],
+)
+async def test_a_failed_retry_never_touches_requests_already_committed(
+    booker: BatchedBooker,
+    database: Database,
+    monkeypatch: pytest.MonkeyPatch,
+    failure: Exception,
+) -> None:
+    """On the one-statement path, verified requests are committed when the statement
+    returns; if the locked retry of the stale ones fails, only those get the error,
+    and nothing is booked twice."""
+    if database.dialect != "postgresql":
+        pytest.skip("the one-statement path is PostgreSQL's")
+    event = await new_event(database, 10, 10)
+    a, b = event.sections[0].id, event.sections[1].id
+    await book_all(booker, [BookingRequest(event.id, a, 1), BookingRequest(event.id, b, 1)])
+    await DirectBooker(database, max_tickets_per_booking=10).book(BookingRequest(event.id, b, 1))
+
+    async def retry_fails(conn, requests, now):  # type: ignore[no-untyped-def]
+        raise failure
+
+    monkeypatch.setattr(batched_module, "reserve_batch", retry_fails)
+    results = await book_all(
+        booker, [BookingRequest(event.id, a, 2), BookingRequest(event.id, b, 3)]
+    )
+    assert isinstance(results[0], Booking)
+    if database.dialect == "postgresql":
+        assert isinstance(results[1], DatabaseUnavailable | IntegrityError)
+        assert await inventory(database, b) == (10, 8, 2), "the failed retry wrote seats"
+    assert await inventory(database, a) == (10, 7, 3), "a committed request was booked again"
+
+
+async def test_stop_lets_the_batch_in_flight_finish(
+    booker: BatchedBooker, database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    event = await new_event(database, 10)
+    s = event.sections[0].id
+    gate = asyncio.Event()
+    real_one, real_batch = batched_module.reserve_seats, batched_module.reserve_batch
+
+    async def slow_one(conn, request, now):  # type: ignore[no-untyped-def]
+        await gate.wait()
+        return await real_one(conn, request, now)
+
+    async def slow_batch(conn, requests, now):  # type: ignore[no-untyped-def]
+        await gate.wait()
+        return await real_batch(conn, requests, now)
+
+    monkeypatch.setattr(batched_module, "reserve_seats", slow_one)
+    monkeypatch.setattr(batched_module, "reserve_batch", slow_batch)
+    pending = asyncio.create_task(booker.book(BookingRequest(event.id, s, 2)))
+    await asyncio.sleep(0.05)
+    stopping = asyncio.create_task(booker.stop())
+    await asyncio.sleep(0.05)
+    assert not stopping.done(), "stop() did not wait for the batch in flight"
+    gate.set()
+    await stopping
+    assert (await pending).qty == 2
+    assert await inventory(database, s) == (10, 8, 2)
+
+
+async def test_a_dead_committer_answers_instead_of_hanging(
+    booker: BatchedBooker, database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    event = await new_event(database, 10)
+
+    async def bug(self, batch):  # type: ignore[no-untyped-def]
+        raise RuntimeError("a bug in the committer")
+
+    monkeypatch.setattr(BatchedBooker, "_commit", bug)
+    request = BookingRequest(event.id, event.sections[0].id, 1)
+    with pytest.raises(DatabaseUnavailable):
+        await asyncio.wait_for(booker.book(request), 5)
+    with pytest.raises(DatabaseUnavailable):
+        await asyncio.wait_for(booker.book(request), 5)

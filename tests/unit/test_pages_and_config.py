@@ -88,3 +88,28 @@ def test_env_example_documents_every_setting() -> None:
         if line.strip() and not line.startswith("#")
     }
     assert documented == set(Settings.model_fields)
+
+
+@pytest.mark.parametrize(
+    ("sqlstate", "transient"),
+    [
+        ("40P01", True),
+        ("40001", True),
+        ("55P03", True),
+        ("08006", True),
+        ("23505", False),
+        ("23514", False),
+        (None, False),
+    ],
+)
+def test_transient_database_errors_are_unavailable(sqlstate: str | None, transient: bool) -> None:
+    from sqlalchemy.exc import DBAPIError
+
+    from boxoffice.db.errors import is_unavailable
+
+    class DriverError(Exception):
+        def __init__(self) -> None:
+            super().__init__("boom")
+            self.sqlstate = sqlstate
+
+    assert is_unavailable(DBAPIError("SELECT 1", {}, DriverError())) is transient

@@ -159,7 +159,7 @@ async def _on_unavailable(request: Request, exc: Exception) -> ProblemResponse:
         request,
         503,
         "service_unavailable",
-        "The database is unavailable; nothing was changed. Retry shortly.",
+        "The database is unavailable; nothing was half-written. Retry shortly.",
         headers={"Retry-After": RETRY_AFTER_SECONDS},
     )
 

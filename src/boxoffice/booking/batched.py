@@ -14,7 +14,10 @@
   fails on an integrity error, it is rolled back and its requests are retried
   one per transaction, so only the faulty request fails. If the database is
   unavailable, every request of the batch gets `DatabaseUnavailable` and
-  nothing was written.
+  nothing was half-written.
+- A request already committed is never retried: on PostgreSQL's one-statement
+  path, requests whose section was verified are final once the statement
+  returns, and a failure of the locked retry reaches only the retried requests.
 - A request whose caller went away (client disconnect cancels the handler)
   before its batch started is skipped. Once its batch has started it is
   committed like the rest, exactly as on the direct path.
@@ -46,6 +49,11 @@ from boxoffice.services.unit_of_work import UnitOfWork
 log = structlog.get_logger("boxoffice.booking")
 
 KEEP_CONNECTION_IDLE_SECONDS = 1.0
+STOP_TIMEOUT_SECONDS = 10.0
+
+# One request's final answer: its booking, the domain error that refused it,
+# or the failure that kept it from being written.
+Answer = Outcome | Exception
 
 
 @dataclass(slots=True)
@@ -77,6 +85,8 @@ class BatchedBooker:
         self._queue: deque[_Waiting] = deque()
         self._arrived = asyncio.Event()
         self._committer: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._in_flight: list[_Waiting] = []
         self._remembered = RememberedSections() if database.dialect == "postgresql" else None
         # The committer's own connections, kept across batches; dropped after any failure.
         self._in_transaction: AsyncConnection | None = None
@@ -86,10 +96,17 @@ class BatchedBooker:
 
     async def start(self) -> None:
         if self._committer is None:
+            self._stopping = False
             self._committer = asyncio.create_task(self._run(), name="boxoffice-committer")
+            self._committer.add_done_callback(self._on_committer_exit)
 
     async def stop(self) -> None:
-        """Stop the committer; requests still queued are answered 503, never half-done."""
+        """Finish the batch in flight and whatever is queued, then stop.
+
+        Past STOP_TIMEOUT_SECONDS the committer is cancelled; the requests it
+        still held are answered 503 (a statement cut short may or may not have
+        been applied: the database never half-applies it).
+        """
         log.info(
             "group_commit_stats",
             batches=self.stats.batches,
@@ -98,15 +115,19 @@ class BatchedBooker:
             verified=self.stats.verified,
             retried=self.stats.retried,
         )
-        if self._committer is not None:
-            self._committer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._committer
-            self._committer = None
-        while self._queue:
-            waiting = self._queue.popleft()
-            if not waiting.answer.done():
-                waiting.answer.set_exception(DatabaseUnavailable("the server is shutting down"))
+        committer, self._committer = self._committer, None
+        if committer is not None:
+            self._stopping = True
+            self._arrived.set()
+            try:
+                await asyncio.wait_for(asyncio.shield(committer), STOP_TIMEOUT_SECONDS)
+            except TimeoutError:
+                committer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await committer
+            except Exception:  # it died earlier; _on_committer_exit logged why
+                pass
+        self._fail_waiting(DatabaseUnavailable("the server is shutting down"))
         await self._drop_connections()
 
     async def book(self, request: BookingRequest) -> Booking:
@@ -114,6 +135,8 @@ class BatchedBooker:
         request.check_quantity(self._max_tickets)
         if self._committer is None:
             raise RuntimeError("BatchedBooker.start() was not called")
+        if self._committer.done():
+            raise DatabaseUnavailable("the booking committer has stopped")
         answer: asyncio.Future[Booking] = asyncio.get_running_loop().create_future()
         self._queue.append(_Waiting(request, answer))
         self._arrived.set()
@@ -121,13 +144,28 @@ class BatchedBooker:
         return await answer
 
     async def _run(self) -> None:
-        while True:
-            await self._arrived.wait()
-            self._arrived.clear()
-            while self._queue:
-                batch = self._next_batch()
-                if batch:
-                    await self._commit(batch)
+        while self._queue or not self._stopping:
+            if not self._queue:
+                self._arrived.clear()
+                await self._arrived.wait()
+                continue
+            batch = self._next_batch()
+            if batch:
+                self._in_flight = batch  # answered by _fail_waiting if we die meanwhile
+                await self._commit(batch)
+                self._in_flight = []
+
+    def _on_committer_exit(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        log.error("committer_died", exc_info=task.exception())
+        self._fail_waiting(DatabaseUnavailable("the booking committer has stopped"))
+
+    def _fail_waiting(self, error: Exception) -> None:
+        for waiting in [*self._in_flight, *self._queue]:
+            _settle(waiting, error)
+        self._in_flight = []
+        self._queue.clear()
 
     def _next_batch(self) -> list[_Waiting]:
         batch: list[_Waiting] = []
@@ -141,24 +179,38 @@ class BatchedBooker:
         self.stats.batches += 1
         self.stats.requests += len(batch)
         self.stats.largest = max(self.stats.largest, len(batch))
-        try:
-            outcomes = await self._transaction([w.request for w in batch])
-        except DatabaseUnavailable as error:
-            for waiting in batch:
-                _settle(waiting, error)
-            return
-        except Exception as error:  # integrity or other: isolate the faulty request
-            log.warning("batch_failed_retrying_one_by_one", size=len(batch), error=repr(error))
-            for waiting in batch:
-                await self._commit_alone(waiting)
-            return
-        for waiting, outcome in zip(batch, outcomes, strict=True):
-            _settle(waiting, outcome)
+        answers = await self._answers([w.request for w in batch])
+        for waiting, answer in zip(batch, answers, strict=True):
+            _settle(waiting, answer)
 
-    async def _transaction(self, requests: list[BookingRequest]) -> list[Outcome]:
-        """Book `requests` and commit; one outcome each, or raise and write nothing."""
+    async def _answers(
+        self, requests: list[BookingRequest], *, under_lock: bool = False
+    ) -> list[Answer]:
+        """One final answer per request; never raises.
+
+        When the transaction fails before committing anything, an unavailable
+        database answers every request with 503; any other failure is narrowed
+        down by retrying each request alone, so only the faulty one fails.
+        """
         try:
-            return await self._book(requests)
+            return list(await self._transaction(requests, under_lock=under_lock))
+        except DatabaseUnavailable as error:
+            return [error] * len(requests)
+        except Exception as error:
+            if len(requests) == 1:
+                return [error]
+            log.warning("batch_failed_retrying_one_by_one", size=len(requests), error=repr(error))
+            answers: list[Answer] = []
+            for request in requests:
+                answers.extend(await self._answers([request], under_lock=under_lock))
+            return answers
+
+    async def _transaction(
+        self, requests: list[BookingRequest], *, under_lock: bool
+    ) -> list[Answer]:
+        """Book `requests`; raise only when nothing of them was committed."""
+        try:
+            return await self._book(requests, under_lock=under_lock)
         except BaseException:
             await self._drop_connections()  # it may be broken; the next batch takes a new one
             raise
@@ -174,11 +226,19 @@ class BatchedBooker:
         if now - self._last_batch > KEEP_CONNECTION_IDLE_SECONDS:
             await self._drop_connections(invalidate=False)
         self._last_batch = now
+        for kept in (self._in_transaction, self._autocommit):
+            if kept is not None and (kept.closed or kept.invalidated):
+                await self._drop_connections()
+                break
         try:
             if autocommit:
                 if self._autocommit is None:
                     conn = await self._database.connect(write=True)
-                    await conn.execution_options(isolation_level="AUTOCOMMIT")
+                    try:
+                        await conn.execution_options(isolation_level="AUTOCOMMIT")
+                    except BaseException:
+                        await conn.close()
+                        raise
                     self._autocommit = conn
                 return self._autocommit
             if self._in_transaction is None:
@@ -199,14 +259,14 @@ class BatchedBooker:
                     await conn.close()
         self._in_transaction = self._autocommit = None
 
-    async def _book(self, requests: list[BookingRequest]) -> list[Outcome]:
+    async def _book(self, requests: list[BookingRequest], *, under_lock: bool) -> list[Answer]:
         now = datetime.now(UTC)
-        if self._remembered is not None:
+        if self._remembered is not None and not under_lock:
             targets = target_ids(requests)
             copies = self._remembered.copies(targets)
             if copies is not None:
                 return await self._book_if_unchanged(requests, targets, copies, now)
-        elif len(requests) == 1:
+        elif self._remembered is None and len(requests) == 1:
             # A lone request on SQLite: the single conditional UPDATE is the shortest path.
             conn = await self._connection(autocommit=False)
             async with UnitOfWork(self._database, write=True, connection=conn) as uow:
@@ -216,7 +276,7 @@ class BatchedBooker:
                     return [refused]
                 await uow.commit()
             return [booking]
-        return await self._book_under_lock(requests, now)
+        return list(await self._book_under_lock(requests, now))
 
     async def _book_under_lock(
         self, requests: Sequence[BookingRequest], now: datetime
@@ -235,7 +295,7 @@ class BatchedBooker:
         targets: list[Target],
         copies: dict[uuid.UUID, Section],
         now: datetime,
-    ) -> list[Outcome]:
+    ) -> list[Answer]:
         assert self._remembered is not None
         conn = await self._connection(autocommit=True)
         async with UnitOfWork(
@@ -243,26 +303,17 @@ class BatchedBooker:
         ) as uow:
             verified = await book_if_unchanged(uow.conn, requests, targets, copies, now)
             await uow.commit()
+        # From here on the verified requests are committed: nothing below may raise
+        # for them, and only the unverified ones are tried again.
         self._remembered.remember(verified.sections)
+        self._remembered.forget(verified.stale)
         self.stats.verified += len(verified.outcomes)
-        outcomes: dict[int, Outcome] = dict(verified.outcomes)
+        answers: dict[int, Answer] = dict(verified.outcomes)
         if verified.retry:
             self.stats.retried += len(verified.retry)
-            stale = [section for _, section in (targets[i] for i in verified.retry) if section]
-            self._remembered.forget(stale)
-            retried = await self._book_under_lock([requests[i] for i in verified.retry], now)
-            outcomes.update(zip(verified.retry, retried, strict=True))
-        return [outcomes[index] for index in range(len(requests))]
-
-    async def _commit_alone(self, waiting: _Waiting) -> None:
-        if waiting.answer.done():
-            return
-        try:
-            outcome = (await self._transaction([waiting.request]))[0]
-        except Exception as error:
-            _settle(waiting, error)
-            return
-        _settle(waiting, outcome)
+            retried = await self._answers([requests[i] for i in verified.retry], under_lock=True)
+            answers.update(zip(verified.retry, retried, strict=True))
+        return [answers[index] for index in range(len(requests))]
 
 
 def _settle(waiting: _Waiting, outcome: Booking | BaseException) -> None:

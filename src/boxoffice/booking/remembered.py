@@ -28,20 +28,27 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 
+import structlog
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from boxoffice.booking.batch import Outcome, Target, decide
 from boxoffice.domain.model import BookingRequest, Section
 
+log = structlog.get_logger("boxoffice.booking")
+
 _BOOK_IF_UNCHANGED = text(
     """
     WITH t AS (
         SELECT * FROM unnest(CAST(:section_ids AS uuid[]), CAST(:expected AS integer[]),
                              CAST(:taken AS integer[])) AS t(id, expected, taken)
+    ), locked AS (
+        -- Row locks in id order, as on the locked path: processes cannot deadlock.
+        SELECT s.id FROM sections AS s WHERE s.id = ANY(CAST(:section_ids AS uuid[]))
+         ORDER BY s.id FOR UPDATE
     ), verified AS (
         UPDATE sections AS s SET remaining = s.remaining - t.taken
-          FROM t
+          FROM t JOIN locked ON locked.id = t.id
          WHERE s.id = t.id AND s.remaining = t.expected
         RETURNING s.id, s.remaining
     ), recorded AS (
@@ -103,6 +110,7 @@ class Verified:
     outcomes: dict[int, Outcome]  # request index -> its final outcome
     retry: list[int]  # request indexes whose section had changed
     sections: list[Section]  # the verified sections, as they are now
+    stale: list[uuid.UUID]  # sections whose remembered count was wrong
 
 
 async def book_if_unchanged(
@@ -116,12 +124,13 @@ async def book_if_unchanged(
     expected = {ident: section.remaining for ident, section in remembered.items()}
     decisions = decide(requests, targets, remembered, now)
     bookings = decisions.new_bookings
+    section_ids = sorted(decisions.taken)
     rows = await conn.execute(
         _BOOK_IF_UNCHANGED,
         {
-            "section_ids": list(decisions.taken),
-            "expected": [expected[ident] for ident in decisions.taken],
-            "taken": list(decisions.taken.values()),
+            "section_ids": section_ids,
+            "expected": [expected[ident] for ident in section_ids],
+            "taken": [decisions.taken[ident] for ident in section_ids],
             "booking_ids": [b["id"] for b in bookings],
             "event_ids": [b["event_id"] for b in bookings],
             "booked_sections": [b["section_id"] for b in bookings],
@@ -131,7 +140,7 @@ async def book_if_unchanged(
         },
     )
     now_remaining = {row.id: row.remaining for row in rows}
-    verified = Verified({}, [], [])
+    verified = Verified({}, [], [], [i for i in section_ids if i not in now_remaining])
     for index, ((_, section_id), outcome) in enumerate(
         zip(targets, decisions.outcomes, strict=True)
     ):
@@ -141,6 +150,9 @@ async def book_if_unchanged(
             verified.retry.append(index)
     for ident, remaining in now_remaining.items():
         section = remembered[ident]
-        assert section.remaining == remaining, "decided and stored seat counts differ"
+        if section.remaining != remaining:  # cannot happen; never raise after a commit
+            log.error("remembered_count_mismatch", section=str(ident), stored=remaining)
+            verified.stale.append(ident)
+            continue
         verified.sections.append(section)
     return verified

@@ -11,6 +11,16 @@ class DatabaseUnavailable(Exception):
     """The database could not serve the request now; nothing was written. Retry later."""
 
 
+# Deadlock, serialization failure, lock or statement timeout, shutdown: the
+# transaction was rolled back and a later retry can succeed. (Class 08 is
+# "connection exception".)
+_TRANSIENT_SQLSTATES = {"40001", "40P01", "55P03", "57014", "57P01", "57P02", "57P03"}
+
+
+def _sqlstate(error: sa_exc.DBAPIError) -> str:
+    return str(getattr(error.orig, "sqlstate", None) or getattr(error.orig, "pgcode", None) or "")
+
+
 def is_unavailable(error: BaseException) -> bool:
     """True when `error` means the database is unreachable, overloaded or locked.
 
@@ -21,6 +31,8 @@ def is_unavailable(error: BaseException) -> bool:
         return True
     if isinstance(error, sa_exc.DBAPIError):
         if error.connection_invalidated:
+            return True
+        if _sqlstate(error) in _TRANSIENT_SQLSTATES or _sqlstate(error)[:2] == "08":
             return True
         return isinstance(error, sa_exc.OperationalError | sa_exc.InterfaceError)
     return isinstance(error, ConnectionError | OSError)

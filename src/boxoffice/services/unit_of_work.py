@@ -21,6 +21,7 @@ the HTTP edge answers 503 instead of 500.
 
 from __future__ import annotations
 
+import contextlib
 from types import TracebackType
 from typing import Self
 
@@ -90,8 +91,10 @@ class UnitOfWork:
         try:
             if self._conn is not None and not self._committed and not self._single_statement:
                 await self._conn.rollback()
-        except Exception:  # the connection may be gone; it is invalidated below
-            pass
+        except Exception:  # the connection is gone or unusable: never reuse it
+            if self._conn is not None:
+                with contextlib.suppress(Exception):
+                    await self._conn.invalidate()
         finally:
             await self._close()
         if isinstance(exc, Exception) and is_unavailable(exc):
