@@ -36,6 +36,29 @@ async def book_all(booker: BatchedBooker, requests: list[BookingRequest]) -> lis
     return await asyncio.gather(*(booker.book(r) for r in requests), return_exceptions=True)
 
 
+def hold_the_committer(
+    monkeypatch: pytest.MonkeyPatch, gate: asyncio.Event, *, only_qty: int | None = None
+) -> None:
+    """Make the committer wait on `gate` inside its transaction, whatever path it takes."""
+    real_one, real_batch = batched_module.reserve_seats, batched_module.reserve_batch
+
+    def held(qty: int) -> bool:
+        return only_qty is None or qty == only_qty
+
+    async def slow_one(conn, request, now):  # type: ignore[no-untyped-def]
+        if held(request.qty):
+            await gate.wait()
+        return await real_one(conn, request, now)
+
+    async def slow_batch(conn, requests, now):  # type: ignore[no-untyped-def]
+        if held(requests[0].qty):
+            await gate.wait()
+        return await real_batch(conn, requests, now)
+
+    monkeypatch.setattr(batched_module, "reserve_seats", slow_one)
+    monkeypatch.setattr(batched_module, "reserve_batch", slow_batch)
+
+
 async def test_a_lone_request_commits_at_once(booker: BatchedBooker, database: Database) -> None:
     event = await new_event(database, 5)
     booking = await booker.book(BookingRequest(event.id, event.sections[0].id, 2))
@@ -175,20 +198,7 @@ async def test_a_cancelled_waiting_request_takes_no_seat(
     event = await new_event(database, 10)
     s = event.sections[0].id
     gate = asyncio.Event()
-    real_one, real_batch = batched_module.reserve_seats, batched_module.reserve_batch
-
-    async def slow_first(conn, request, now):  # type: ignore[no-untyped-def]
-        if request.qty == 1:
-            await gate.wait()
-        return await real_one(conn, request, now)
-
-    async def slow_first_batch(conn, requests, now):  # type: ignore[no-untyped-def]
-        if requests[0].qty == 1:
-            await gate.wait()
-        return await real_batch(conn, requests, now)
-
-    monkeypatch.setattr(batched_module, "reserve_seats", slow_first)
-    monkeypatch.setattr(batched_module, "reserve_batch", slow_first_batch)
+    hold_the_committer(monkeypatch, gate, only_qty=1)
     first = asyncio.create_task(booker.book(BookingRequest(event.id, s, 1)))
     await asyncio.sleep(0.05)  # the committer is now inside the first transaction
     gone = asyncio.create_task(booker.book(BookingRequest(event.id, s, 4)))
@@ -375,9 +385,8 @@ async def test_a_failed_retry_never_touches_requests_already_committed(
         booker, [BookingRequest(event.id, a, 2), BookingRequest(event.id, b, 3)]
     )
     assert isinstance(results[0], Booking)
-    if database.dialect == "postgresql":
-        assert isinstance(results[1], DatabaseUnavailable | IntegrityError)
-        assert await inventory(database, b) == (10, 8, 2), "the failed retry wrote seats"
+    assert isinstance(results[1], DatabaseUnavailable | IntegrityError)
+    assert await inventory(database, b) == (10, 8, 2), "the failed retry wrote seats"
     assert await inventory(database, a) == (10, 7, 3), "a committed request was booked again"
 
 
@@ -387,18 +396,7 @@ async def test_stop_lets_the_batch_in_flight_finish(
     event = await new_event(database, 10)
     s = event.sections[0].id
     gate = asyncio.Event()
-    real_one, real_batch = batched_module.reserve_seats, batched_module.reserve_batch
-
-    async def slow_one(conn, request, now):  # type: ignore[no-untyped-def]
-        await gate.wait()
-        return await real_one(conn, request, now)
-
-    async def slow_batch(conn, requests, now):  # type: ignore[no-untyped-def]
-        await gate.wait()
-        return await real_batch(conn, requests, now)
-
-    monkeypatch.setattr(batched_module, "reserve_seats", slow_one)
-    monkeypatch.setattr(batched_module, "reserve_batch", slow_batch)
+    hold_the_committer(monkeypatch, gate)
     pending = asyncio.create_task(booker.book(BookingRequest(event.id, s, 2)))
     await asyncio.sleep(0.05)
     stopping = asyncio.create_task(booker.stop())
