@@ -62,7 +62,9 @@ class Settings(BaseSettings):
     booking_strategy: Literal["direct", "batched"] = Field(
         "batched", description="batched: group commit; direct: one transaction per booking."
     )
-    max_batch_size: int = Field(256, ge=1, le=10_000, description="Requests per group commit.")
+    max_batch_size: int = Field(
+        64, ge=1, le=10_000, description="Most requests one group commit takes (measured best)."
+    )
 
     db_pool_size: int = Field(10, ge=1, le=200)
     db_timeout_seconds: float = Field(

@@ -35,7 +35,7 @@ def make_booker(
     database: Database,
     *,
     max_tickets_per_booking: int,
-    max_batch_size: int = 256,
+    max_batch_size: int = 64,
 ) -> Booker:
     if strategy == "direct":
         return DirectBooker(database, max_tickets_per_booking=max_tickets_per_booking)

@@ -77,7 +77,7 @@ class BatchedBooker:
     """Books requests through one committer task that combines whatever has queued up."""
 
     def __init__(
-        self, database: Database, *, max_tickets_per_booking: int, max_batch_size: int = 256
+        self, database: Database, *, max_tickets_per_booking: int, max_batch_size: int = 64
     ) -> None:
         self._database = database
         self._max_tickets = max_tickets_per_booking
