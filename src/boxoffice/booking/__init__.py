@@ -4,6 +4,8 @@
 - `batch.py`: many requests' statements, decided first come first served.
 - `direct.py`: one transaction per request.
 - `batched.py`: group commit; requests that queue up during a transaction share the next one.
+- `remembered.py`: PostgreSQL's one-statement batch: decide from remembered seat counts,
+  compare-and-set while writing.
 
 `BOOKING_STRATEGY` picks the booker; both keep the same promise.
 """
