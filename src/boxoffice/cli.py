@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-from typing import Annotated, NoReturn
+from collections.abc import Awaitable, Callable
+from typing import Annotated, NoReturn, TypeVar
 
 import typer
 import uvicorn
@@ -13,6 +14,16 @@ from rich.console import Console
 from sqlalchemy.exc import DBAPIError
 
 from boxoffice.config import Settings, get_settings
+from boxoffice.db.database import Database
+from boxoffice.db.migrate import (
+    SchemaOutOfDate,
+    check_schema,
+    current_revision,
+    downgrade,
+    upgrade,
+)
+
+T = TypeVar("T")
 
 app = typer.Typer(
     help="Boxoffice: a ticket-booking API that never sells a seat twice.",
@@ -46,22 +57,26 @@ def _describe(error: BaseException) -> str:
     return f"{type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}"
 
 
-async def _schema_state(settings: Settings) -> tuple[str | None, str]:
-    from boxoffice.db.database import Database
-    from boxoffice.db.migrate import current_revision, head_revision
+def _with_database(settings: Settings, use: Callable[[Database], Awaitable[T]]) -> T:
+    """Run `use` on a short-lived engine; an unreachable database is one line and exit 1."""
 
-    database = Database.from_settings(settings)
+    async def run() -> T:
+        database = Database.from_settings(settings)
+        try:
+            return await use(database)
+        finally:
+            await database.dispose()
+
     try:
-        return await current_revision(database), head_revision()
-    finally:
-        await database.dispose()
-
-
-def _schema_or_exit(settings: Settings) -> tuple[str | None, str]:
-    try:
-        return asyncio.run(_schema_state(settings))
+        return asyncio.run(run())
+    except SchemaOutOfDate as error:
+        _fail(str(error))
     except Exception as error:
         _fail(f"cannot reach the {settings.dialect} database: {_describe(error)}")
+
+
+def _revision(settings: Settings) -> str | None:
+    return _with_database(settings, current_revision)
 
 
 @app.command()
@@ -80,12 +95,7 @@ def serve(
     if port is not None:
         os.environ["PORT"] = str(port)
     settings = _settings_or_exit()
-    current, head = _schema_or_exit(settings)
-    if current != head:
-        _fail(
-            f"the database schema is at {current or 'nothing'}, this version needs {head}: "
-            "run `boxoffice db upgrade` first (make run does)"
-        )
+    _with_database(settings, check_schema)
     uvicorn.run(
         "boxoffice.api.app:create_app",
         factory=True,
@@ -103,15 +113,13 @@ def db_upgrade(
     revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
 ) -> None:
     """Apply the schema migrations (safe to repeat)."""
-    from boxoffice.db.migrate import upgrade
-
     settings = _settings_or_exit()
-    before, _ = _schema_or_exit(settings)
+    before = _revision(settings)
     try:
         upgrade(settings.database_url, revision)
     except Exception as error:
         _fail(f"migration failed: {_describe(error)}")
-    after, _ = _schema_or_exit(settings)
+    after = _revision(settings)
     if before == after:
         console.print(f"Database schema already at {after} ({settings.dialect}); nothing to do.")
     else:
@@ -125,14 +133,12 @@ def db_downgrade(
     revision: Annotated[str, typer.Argument(help="Target revision, or 'base' for none.")],
 ) -> None:
     """Revert the schema to an earlier revision (drops what later revisions added)."""
-    from boxoffice.db.migrate import downgrade
-
     settings = _settings_or_exit()
     try:
         downgrade(settings.database_url, revision)
     except Exception as error:
         _fail(f"migration failed: {_describe(error)}")
-    after, _ = _schema_or_exit(settings)
+    after = _revision(settings)
     console.print(f"Database schema is at {after or 'nothing'} ({settings.dialect}).")
 
 

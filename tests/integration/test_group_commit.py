@@ -23,6 +23,10 @@ from boxoffice.domain.errors import EventNotFound, InsufficientSeats, SectionNot
 from boxoffice.domain.model import Booking, BookingRequest
 from tests.integration.test_booking_path import inventory, new_event
 
+# These exercise what only PostgreSQL has (the one-statement path, killable
+# server connections): they take the PostgreSQL half of `database_url` only.
+POSTGRESQL_ONLY = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+
 
 @pytest.fixture
 async def booker(database: Database) -> AsyncIterator[BatchedBooker]:
@@ -34,6 +38,22 @@ async def booker(database: Database) -> AsyncIterator[BatchedBooker]:
 
 async def book_all(booker: BatchedBooker, requests: list[BookingRequest]) -> list[Any]:
     return await asyncio.gather(*(booker.book(r) for r in requests), return_exceptions=True)
+
+
+# Both the one-statement path and the locked path must yield exactly this.
+FIFO_ASKS = (2, 3, 1, 1, 1)  # with 4 seats left: 2 fits; 3 does not; 1 and 1 fit; 1 finds 0
+
+
+def assert_first_come_first_served(results: list[Any]) -> None:
+    assert [type(r).__name__ for r in results] == [
+        "Booking",
+        "InsufficientSeats",
+        "Booking",
+        "Booking",
+        "InsufficientSeats",
+    ]
+    assert results[1].remaining == 2  # what was left when its turn came
+    assert results[4].remaining == 0
 
 
 def hold_the_committer(
@@ -71,18 +91,9 @@ async def test_fifo_with_partial_sell_out_inside_one_batch(
 ) -> None:
     event = await new_event(database, 4)
     s = event.sections[0].id
-    asks = [2, 3, 1, 1, 1]  # 2 fits (2 left); 3 does not; 1 and 1 fit; the last finds 0
-    results = await book_all(booker, [BookingRequest(event.id, s, q) for q in asks])
-    assert booker.stats.largest == len(asks), "the requests did not share one transaction"
-    assert [type(r).__name__ for r in results] == [
-        "Booking",
-        "InsufficientSeats",
-        "Booking",
-        "Booking",
-        "InsufficientSeats",
-    ]
-    assert results[1].remaining == 2  # what was left when its turn came
-    assert results[4].remaining == 0
+    results = await book_all(booker, [BookingRequest(event.id, s, q) for q in FIFO_ASKS])
+    assert booker.stats.largest == len(FIFO_ASKS), "the requests did not share one transaction"
+    assert_first_come_first_served(results)
     assert await inventory(database, s) == (4, 0, 4)
 
 
@@ -251,15 +262,8 @@ async def test_remembered_sections_book_in_one_statement_first_come_first_served
     event = await new_event(database, 5)
     s = event.sections[0].id
     await warm(booker, event)  # 4 left
-    results = await book_all(booker, [BookingRequest(event.id, s, q) for q in (2, 3, 1, 1, 1)])
-    assert [type(r).__name__ for r in results] == [
-        "Booking",
-        "InsufficientSeats",
-        "Booking",
-        "Booking",
-        "InsufficientSeats",
-    ]
-    assert results[1].remaining == 2
+    results = await book_all(booker, [BookingRequest(event.id, s, q) for q in FIFO_ASKS])
+    assert_first_come_first_served(results)
     assert await inventory(database, s) == (5, 0, 5)
     if database.dialect == "postgresql":
         assert booker.stats.verified == 5
@@ -331,13 +335,12 @@ def test_remembered_sections_are_bounded() -> None:
     assert remembered.copies([(None, ids[2])])[ids[2]].remaining == 5  # type: ignore[index]
 
 
+@POSTGRESQL_ONLY
 async def test_a_database_restart_during_a_lull_costs_no_request(
     booker: BatchedBooker, database: Database
 ) -> None:
     """The committer keeps its connection under load; after a quiet second it takes a
     pinged one from the pool, so connections killed meanwhile are never used."""
-    if database.dialect != "postgresql":
-        pytest.skip("kills server connections: PostgreSQL only")
     event = await new_event(database, 10)
     s = event.sections[0].id
     await booker.book(BookingRequest(event.id, s, 1))
@@ -353,6 +356,7 @@ async def test_a_database_restart_during_a_lull_costs_no_request(
     assert await inventory(database, s) == (10, 7, 3)
 
 
+@POSTGRESQL_ONLY
 @pytest.mark.parametrize(
     "failure",
     [
@@ -370,8 +374,6 @@ async def test_a_failed_retry_never_touches_requests_already_committed(
     """On the one-statement path, verified requests are committed when the statement
     returns; if the locked retry of the stale ones fails, only those get the error,
     and nothing is booked twice."""
-    if database.dialect != "postgresql":
-        pytest.skip("the one-statement path is PostgreSQL's")
     event = await new_event(database, 10, 10)
     a, b = event.sections[0].id, event.sections[1].id
     await book_all(booker, [BookingRequest(event.id, a, 1), BookingRequest(event.id, b, 1)])

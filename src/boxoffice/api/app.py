@@ -18,7 +18,7 @@ from boxoffice.api.routes import bookings, events, health
 from boxoffice.booking import make_booker
 from boxoffice.config import Settings, get_settings
 from boxoffice.db.database import Database
-from boxoffice.db.migrate import current_revision, head_revision
+from boxoffice.db.migrate import check_schema
 from boxoffice.observability.logging import configure_logging
 
 log = structlog.get_logger("boxoffice")
@@ -33,20 +33,6 @@ Lists are JSON arrays, newest first; the next page is in the `Link` header.
 
 def _operation_id(route: APIRoute) -> str:
     return route.name
-
-
-class SchemaOutOfDate(RuntimeError):
-    """The database was not migrated to the revision this code expects."""
-
-
-async def _check_schema(database: Database) -> None:
-    """Refuse to serve on a schema this code was not written for."""
-    current, head = await current_revision(database), head_revision()
-    if current != head:
-        raise SchemaOutOfDate(
-            f"database schema is at {current or 'nothing'}, this code needs {head}: "
-            "run `boxoffice db upgrade` (make run does it for you)"
-        )
 
 
 def create_app(settings: Settings | None = None, database: Database | None = None) -> FastAPI:
@@ -67,7 +53,7 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
         )
         app.state.booker = booker
         try:
-            await _check_schema(db)
+            await check_schema(db)
             await booker.start()
             log.info(f"Database connected successfully ({db.dialect})")
             log.info(f"Server is running on port {settings.port}")

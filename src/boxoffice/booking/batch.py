@@ -211,7 +211,7 @@ async def _write(
 async def explain_unknown(
     conn: AsyncConnection,
     requests: Sequence[BookingRequest],
-    keys: Sequence[tuple[uuid.UUID | None, uuid.UUID | None]],
+    keys: Sequence[Target],
     outcomes: list[Outcome | None],
 ) -> None:
     """Fill in 404s: the event is unknown, or the section is not one of its sections."""

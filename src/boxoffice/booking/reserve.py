@@ -22,8 +22,9 @@ from typing import NoReturn
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from boxoffice.db.tables import bookings, events, sections
-from boxoffice.domain.errors import EventNotFound, InsufficientSeats, SectionNotFound
+from boxoffice.booking.batch import Outcome, explain_unknown
+from boxoffice.db.tables import bookings, sections
+from boxoffice.domain.errors import EventNotFound, InsufficientSeats, NotFound
 from boxoffice.domain.model import Booking, BookingRequest
 from boxoffice.services.ids import new_id, parse_id
 
@@ -103,9 +104,7 @@ async def _raise_why_not(
         ).scalar_one_or_none()
         if remaining is not None:
             raise InsufficientSeats(requested=request.qty, remaining=remaining)
-    exists = (
-        await conn.execute(select(events.c.id).where(events.c.id == event_id))
-    ).scalar_one_or_none()
-    if exists is None:
-        raise EventNotFound(request.event_id)
-    raise SectionNotFound(request.event_id, request.section_id)
+    outcomes: list[Outcome | None] = [None]
+    await explain_unknown(conn, [request], [(event_id, section_id)], outcomes)
+    assert isinstance(outcomes[0], NotFound)
+    raise outcomes[0]

@@ -48,3 +48,17 @@ async def current_revision(database: Database) -> str | None:
 def downgrade(database_url: str, revision: str) -> None:
     """Take the schema back to `revision` ("base" removes every table)."""
     command.downgrade(alembic_config(database_url), revision)
+
+
+class SchemaOutOfDate(RuntimeError):
+    """The database was not migrated to the revision this code expects."""
+
+
+async def check_schema(database: Database) -> None:
+    """Raise `SchemaOutOfDate` unless the database is at this code's head revision."""
+    current, head = await current_revision(database), head_revision()
+    if current != head:
+        raise SchemaOutOfDate(
+            f"the database schema is at {current or 'nothing'}, this version needs {head}: "
+            "run `boxoffice db upgrade` first (make run does)"
+        )
