@@ -7,8 +7,10 @@ oversold, no seat leaked (capacity == remaining + booked), every 201 stored.
     .venv/bin/python -m bench.run [--duration 10] [--connections 64,256]
                                   [--databases postgresql,sqlite] [--only LABELS]
 
-Writes bench/results/latest.{json,md}, bench/results/throughput.png, and the
-table between the markers in docs/performance.md.
+The full default run writes bench/results/latest.{json,md},
+bench/results/throughput.png, and the table between the markers in
+docs/performance.md; a run with other options writes bench/results/partial.*
+(not committed) and leaves the published figures alone.
 """
 
 from __future__ import annotations
@@ -379,7 +381,10 @@ def main() -> None:
     )
     ratio_rows = ratios(results)
     table = markdown(results, ratio_rows, command)
-    (RESULTS / "latest.json").write_text(
+    # Only the full default run is the published figure; any other run is kept aside.
+    full = vars(args) == vars(parser.parse_args([]))
+    stem = "latest" if full else "partial"
+    (RESULTS / f"{stem}.json").write_text(
         json.dumps(
             {
                 "results": [asdict(r) for r in results],
@@ -390,9 +395,12 @@ def main() -> None:
             indent=2,
         )
     )
-    (RESULTS / "latest.md").write_text(table)
-    plot(results, RESULTS / "throughput.png")
-    update_doc(table)
+    (RESULTS / f"{stem}.md").write_text(table)
+    if full:
+        plot(results, RESULTS / "throughput.png")
+        update_doc(table)
+    else:
+        console.print(f"A partial run: written to {RESULTS / 'partial.md'}, docs untouched.")
     console.print(table)
     if not all(r.verified for r in results):
         console.print("[red]Inventory verification FAILED[/red]")

@@ -15,6 +15,7 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from boxoffice.booking import Booker, make_booker
+from boxoffice.booking import batched as batched_module
 from boxoffice.db.database import Database
 from boxoffice.db.tables import bookings, sections
 from boxoffice.domain.errors import (
@@ -180,7 +181,9 @@ async def test_a_crash_before_the_commit_leaks_nothing(
     """The original wrote the decrement and the booking separately; here they share a commit.
 
     The seats are taken and the booking inserted, then the process "dies" before
-    COMMIT: nothing of it may remain.
+    COMMIT: nothing of it may remain. (The batched path on SQLite commits on the
+    writer thread, not through `UnitOfWork.commit`: there the crash comes right
+    after the batch's writes.)
     """
     event = await new_event(database, 5)
     section = event.sections[0]
@@ -191,7 +194,14 @@ async def test_a_crash_before_the_commit_leaks_nothing(
     async def die(self: UnitOfWork) -> None:
         raise Crash("process died before the commit")
 
+    real_batch = batched_module.reserve_batch
+
+    def write_then_die(conn, requests, now):  # type: ignore[no-untyped-def]
+        real_batch(conn, requests, now)
+        raise Crash("process died before the commit")
+
     monkeypatch.setattr(UnitOfWork, "commit", die)
+    monkeypatch.setattr(batched_module, "reserve_batch", write_then_die)
     with pytest.raises(Crash):
         await (await new_booker()).book(BookingRequest(event.id, section.id, 2))
     monkeypatch.undo()

@@ -2,11 +2,16 @@
 
 Requests created in one go (`asyncio.gather`) all queue before the committer
 task runs, so they form one batch; `booker.stats` proves it.
+
+Failures are injected by replacing `reserve_batch`, which is synchronous: on
+SQLite it runs on the writer thread, on PostgreSQL inside `run_sync`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+import threading
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -14,9 +19,11 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.util import await_only
 
 from boxoffice.booking import BatchedBooker, DirectBooker
 from boxoffice.booking import batched as batched_module
+from boxoffice.config import async_database_url
 from boxoffice.db.database import Database
 from boxoffice.db.errors import DatabaseUnavailable
 from boxoffice.domain.errors import EventNotFound, InsufficientSeats, SectionNotFound
@@ -26,6 +33,7 @@ from tests.integration.test_booking_path import inventory, new_event
 # These exercise what only PostgreSQL has (the one-statement path, killable
 # server connections): they take the PostgreSQL half of `database_url` only.
 POSTGRESQL_ONLY = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 
 @pytest.fixture
@@ -59,23 +67,18 @@ def assert_first_come_first_served(results: list[Any]) -> None:
 def hold_the_committer(
     monkeypatch: pytest.MonkeyPatch, gate: asyncio.Event, *, only_qty: int | None = None
 ) -> None:
-    """Make the committer wait on `gate` inside its transaction, whatever path it takes."""
-    real_one, real_batch = batched_module.reserve_seats, batched_module.reserve_batch
+    """Make the committer wait on `gate` inside its transaction (the locked path)."""
+    real_batch = batched_module.reserve_batch
+    loop = asyncio.get_running_loop()
 
-    def held(qty: int) -> bool:
-        return only_qty is None or qty == only_qty
+    def slow_batch(conn, requests, now):  # type: ignore[no-untyped-def]
+        if only_qty is None or requests[0].qty == only_qty:
+            if threading.current_thread() is threading.main_thread():
+                await_only(gate.wait())  # inside run_sync's greenlet, on the event loop
+            else:  # on SQLite's writer thread
+                asyncio.run_coroutine_threadsafe(gate.wait(), loop).result()
+        return real_batch(conn, requests, now)
 
-    async def slow_one(conn, request, now):  # type: ignore[no-untyped-def]
-        if held(request.qty):
-            await gate.wait()
-        return await real_one(conn, request, now)
-
-    async def slow_batch(conn, requests, now):  # type: ignore[no-untyped-def]
-        if held(requests[0].qty):
-            await gate.wait()
-        return await real_batch(conn, requests, now)
-
-    monkeypatch.setattr(batched_module, "reserve_seats", slow_one)
     monkeypatch.setattr(batched_module, "reserve_batch", slow_batch)
 
 
@@ -151,20 +154,15 @@ async def test_a_failure_mid_batch_fails_only_that_request(
 ) -> None:
     event = await new_event(database, 10)
     s = event.sections[0].id
-    real_batch, real_one = batched_module.reserve_batch, batched_module.reserve_seats
+    real_batch = batched_module.reserve_batch
 
-    async def batch_then_fail(conn, requests, now):  # type: ignore[no-untyped-def]
+    def batch_then_fail(conn, requests, now):  # type: ignore[no-untyped-def]
         if len(requests) > 1:
-            await real_batch(conn, requests, now)  # the writes happen, then the batch dies
+            real_batch(conn, requests, now)  # the writes happen, then the batch dies
             raise IntegrityError("INSERT", {}, Exception("constraint violated"))
         if requests[0].qty == 3:
             raise IntegrityError("INSERT", {}, Exception("this one is bad"))
-        return await real_batch(conn, requests, now)
-
-    async def one_faulty(conn, request, now):  # type: ignore[no-untyped-def]
-        if request.qty == 3:
-            raise IntegrityError("INSERT", {}, Exception("this one is bad"))
-        return await real_one(conn, request, now)
+        return real_batch(conn, requests, now)
 
     real_verify = batched_module.book_if_unchanged
 
@@ -175,7 +173,6 @@ async def test_a_failure_mid_batch_fails_only_that_request(
 
     # The faulty request fails on every path a request can take.
     monkeypatch.setattr(batched_module, "reserve_batch", batch_then_fail)
-    monkeypatch.setattr(batched_module, "reserve_seats", one_faulty)
     monkeypatch.setattr(batched_module, "book_if_unchanged", verify_faulty)
     results = await book_all(booker, [BookingRequest(event.id, s, q) for q in (1, 3, 2)])
     assert isinstance(results[0], Booking)
@@ -191,8 +188,8 @@ async def test_database_errors_fail_the_whole_batch_cleanly(
     s = event.sections[0].id
     real_batch = batched_module.reserve_batch
 
-    async def connection_lost(conn, requests, now):  # type: ignore[no-untyped-def]
-        await real_batch(conn, requests, now)
+    def connection_lost(conn, requests, now):  # type: ignore[no-untyped-def]
+        real_batch(conn, requests, now)
         raise OperationalError("COMMIT", {}, Exception("server closed the connection"))
 
     monkeypatch.setattr(batched_module, "reserve_batch", connection_lost)
@@ -379,7 +376,7 @@ async def test_a_failed_retry_never_touches_requests_already_committed(
     await book_all(booker, [BookingRequest(event.id, a, 1), BookingRequest(event.id, b, 1)])
     await DirectBooker(database, max_tickets_per_booking=10).book(BookingRequest(event.id, b, 1))
 
-    async def retry_fails(conn, requests, now):  # type: ignore[no-untyped-def]
+    def retry_fails(conn, requests, now):  # type: ignore[no-untyped-def]
         raise failure
 
     monkeypatch.setattr(batched_module, "reserve_batch", retry_fails)
@@ -424,3 +421,29 @@ async def test_a_dead_committer_answers_instead_of_hanging(
         await asyncio.wait_for(booker.book(request), 5)
     with pytest.raises(DatabaseUnavailable):
         await asyncio.wait_for(booker.book(request), 5)
+
+
+@SQLITE_ONLY
+async def test_another_writer_past_the_busy_timeout_fails_the_batch_cleanly(
+    database_url: str, database: Database
+) -> None:
+    """SQLite's batches run on the writer thread, with a blocking connection: a lock held
+    by another process past the busy timeout is a 503 for the whole batch, nothing is
+    written, and the committer books again once the lock is gone."""
+    event = await new_event(database, 10)
+    s = event.sections[0].id
+    impatient = Database.from_url(async_database_url(database_url), timeout_seconds=0.2)
+    path = BatchedBooker(impatient, max_tickets_per_booking=10)
+    await path.start()
+    other_process = sqlite3.connect(database_url.removeprefix("sqlite:///"), isolation_level=None)
+    try:
+        other_process.execute("BEGIN IMMEDIATE")
+        results = await book_all(path, [BookingRequest(event.id, s, q) for q in (1, 2, 3)])
+        assert all(isinstance(r, DatabaseUnavailable) for r in results), results
+        other_process.execute("ROLLBACK")
+        assert (await path.book(BookingRequest(event.id, s, 4))).qty == 4
+    finally:
+        other_process.close()
+        await path.stop()
+        await impatient.dispose()
+    assert await inventory(database, s) == (10, 6, 4)

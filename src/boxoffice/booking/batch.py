@@ -17,6 +17,10 @@ Statements per batch, whatever its size:
 
 The caller commits. Every request gets its own outcome: a `Booking`, or the
 domain error that refused it.
+
+The code is synchronous on purpose: SQLite's committer runs it whole on the
+writer thread, in one hop from the event loop, and PostgreSQL's runs it through
+`AsyncConnection.run_sync`, where each statement is awaited on asyncpg.
 """
 
 from __future__ import annotations
@@ -27,8 +31,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, text, update
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import Connection, bindparam, insert, select, text, update
 
 from boxoffice.db.tables import bookings, events, sections
 from boxoffice.domain.errors import BoxofficeError, EventNotFound, SectionNotFound
@@ -141,8 +144,8 @@ def decide(
     return decisions
 
 
-async def reserve_batch(
-    conn: AsyncConnection, requests: Sequence[BookingRequest], now: datetime
+def reserve_batch(
+    conn: Connection, requests: Sequence[BookingRequest], now: datetime
 ) -> tuple[list[Outcome], dict[uuid.UUID, Section]]:
     """Book `requests` in order inside the caller's transaction; one outcome per request.
 
@@ -153,7 +156,7 @@ async def reserve_batch(
     wanted = sorted({section for _, section in targets if section is not None})
     found: dict[uuid.UUID, Section] = {}
     if wanted:
-        rows = await conn.execute(_LOCK_SECTIONS, {"ids": wanted})
+        rows = conn.execute(_LOCK_SECTIONS, {"ids": wanted})
         for row in rows:
             found[row.id] = Section(
                 str(row.id),
@@ -166,10 +169,10 @@ async def reserve_batch(
     decisions = decide(requests, targets, found, now)
     taken = {ident: qty for ident, qty in decisions.taken.items() if qty}
     if taken:
-        await _write(conn, taken, decisions.new_bookings, now)
+        _write(conn, taken, decisions.new_bookings, now)
     outcomes = decisions.outcomes
     if None in outcomes:
-        await explain_unknown(conn, requests, targets, outcomes)
+        explain_unknown(conn, requests, targets, outcomes)
     return settled(outcomes), found
 
 
@@ -181,14 +184,14 @@ def settled(outcomes: list[Outcome | None]) -> list[Outcome]:
     return result
 
 
-async def _write(
-    conn: AsyncConnection,
+def _write(
+    conn: Connection,
     taken: dict[uuid.UUID, int],
     new_bookings: list[dict[str, Any]],
     now: datetime,
 ) -> None:
     if conn.dialect.name == "postgresql":
-        await conn.execute(
+        conn.execute(
             _PG_TAKE_SEATS_AND_RECORD,
             {
                 "section_ids": list(taken),
@@ -202,14 +205,12 @@ async def _write(
             },
         )
         return
-    await conn.execute(
-        _TAKE_SEATS, [{"section_id": ident, "taken": qty} for ident, qty in taken.items()]
-    )
-    await conn.execute(_RECORD_BOOKINGS, new_bookings)
+    conn.execute(_TAKE_SEATS, [{"section_id": ident, "taken": qty} for ident, qty in taken.items()])
+    conn.execute(_RECORD_BOOKINGS, new_bookings)
 
 
-async def explain_unknown(
-    conn: AsyncConnection,
+def explain_unknown(
+    conn: Connection,
     requests: Sequence[BookingRequest],
     keys: Sequence[Target],
     outcomes: list[Outcome | None],
@@ -221,7 +222,7 @@ async def explain_unknown(
         if outcome is None and event is not None
     }
     existing = (
-        set((await conn.execute(select(events.c.id).where(events.c.id.in_(event_ids)))).scalars())
+        set(conn.execute(select(events.c.id).where(events.c.id.in_(event_ids))).scalars())
         if event_ids
         else set()
     )

@@ -39,12 +39,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from boxoffice.booking.batch import Outcome, Target, reserve_batch, target_ids
 from boxoffice.booking.remembered import RememberedSections, book_if_unchanged
-from boxoffice.booking.reserve import reserve_seats
 from boxoffice.db.database import Database
 from boxoffice.db.errors import DatabaseUnavailable, is_unavailable
-from boxoffice.domain.errors import BoxofficeError
 from boxoffice.domain.model import Booking, BookingRequest, Section
-from boxoffice.services.unit_of_work import UnitOfWork
+from boxoffice.services.unit_of_work import UnitOfWork, write_in_one_hop
 
 log = structlog.get_logger("boxoffice.booking")
 
@@ -266,24 +264,20 @@ class BatchedBooker:
             copies = self._remembered.copies(targets)
             if copies is not None:
                 return await self._book_if_unchanged(requests, targets, copies, now)
-        elif self._remembered is None and len(requests) == 1:
-            # A lone request on SQLite: the single conditional UPDATE is the shortest path.
-            conn = await self._connection(autocommit=False)
-            async with UnitOfWork(self._database, write=True, connection=conn) as uow:
-                try:
-                    booking = await reserve_seats(uow.conn, requests[0], now)
-                except BoxofficeError as refused:
-                    return [refused]
-                await uow.commit()
-            return [booking]
         return list(await self._book_under_lock(requests, now))
 
     async def _book_under_lock(
         self, requests: Sequence[BookingRequest], now: datetime
     ) -> list[Outcome]:
+        if self._database.dialect == "sqlite":
+            # In-process database: the whole transaction in one hop to the writer thread.
+            outcomes, _ = await write_in_one_hop(
+                self._database, lambda conn: reserve_batch(conn, requests, now)
+            )
+            return outcomes
         conn = await self._connection(autocommit=False)
         async with UnitOfWork(self._database, write=True, connection=conn) as uow:
-            outcomes, sections = await reserve_batch(uow.conn, requests, now)
+            outcomes, sections = await uow.conn.run_sync(reserve_batch, requests, now)
             await uow.commit()
         if self._remembered is not None:
             self._remembered.remember(list(sections.values()))

@@ -105,6 +105,6 @@ async def _raise_why_not(
         if remaining is not None:
             raise InsufficientSeats(requested=request.qty, remaining=remaining)
     outcomes: list[Outcome | None] = [None]
-    await explain_unknown(conn, [request], [(event_id, section_id)], outcomes)
+    await conn.run_sync(explain_unknown, [request], [(event_id, section_id)], outcomes)
     assert isinstance(outcomes[0], NotFound)
     raise outcomes[0]

@@ -17,18 +17,26 @@ a reset per batch); it is left open, and the caller drops it after a failure.
 Failures that mean the database is unavailable (unreachable, timed out,
 locked for longer than the busy timeout) leave as `DatabaseUnavailable`, so
 the HTTP edge answers 503 instead of 500.
+
+`write_in_one_hop` is the same promise for blocking work on SQLite's writer
+thread (see `db/database.py`): the group-commit committer runs a whole batch
+there, BEGIN IMMEDIATE to COMMIT, in one hop from the event loop.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from types import TracebackType
-from typing import Self
+from typing import Self, TypeVar
 
+from sqlalchemy import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from boxoffice.db.database import Database
+from boxoffice.db.database import BEGIN_MODE_OPTION, Database
 from boxoffice.db.errors import DatabaseUnavailable, is_unavailable
+
+T = TypeVar("T")
 
 
 class UnitOfWork:
@@ -109,3 +117,25 @@ class UnitOfWork:
             if self._holds_lock and self._database.write_lock is not None:
                 self._database.write_lock.release()
                 self._holds_lock = False
+
+
+async def write_in_one_hop(database: Database, work: Callable[[Connection], T]) -> T:
+    """SQLite: run `work(conn)` as one write transaction on the writer thread.
+
+    Commits if `work` returns and rolls back if it raises, like `UnitOfWork`;
+    an unavailable database (locked past the busy timeout, say) leaves as
+    `DatabaseUnavailable`.
+    """
+
+    def transaction(engine: Engine) -> T:
+        with engine.connect() as conn:
+            conn.execution_options(**{BEGIN_MODE_OPTION: "IMMEDIATE"})
+            with conn.begin():
+                return work(conn)
+
+    try:
+        return await database.run_on_writer_thread(transaction)
+    except Exception as error:
+        if is_unavailable(error):
+            raise DatabaseUnavailable(str(error)) from error
+        raise
