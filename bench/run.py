@@ -4,7 +4,13 @@ For each database and scenario it starts a fresh database and server, loads it
 with wrk, then checks the inventory straight from the database: nothing
 oversold, no seat leaked (capacity == remaining + booked), every 201 stored.
 
-    .venv/bin/python -m bench.run [--duration 10] [--connections 64,256]
+The machines are shared and noisy: a run's figures swing by a tenth from one
+minute to the next. So the whole list of scenarios runs `--rounds` times, one
+round after the other; each ratio is taken within a round (its two scenarios
+ran a minute apart at most), and the report gives the median round with the
+range. The scenario table shows, for each scenario, its median round.
+
+    .venv/bin/python -m bench.run [--duration 8] [--rounds 3] [--connections 64,256]
                                   [--databases postgresql,sqlite] [--only LABELS]
 
 The full default run writes bench/results/latest.{json,md},
@@ -22,6 +28,7 @@ import os
 import platform
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -81,6 +88,7 @@ class Result:
     database: str
     scenario: str
     connections: int
+    round: int
     rps: float
     p50_ms: float
     p99_ms: float
@@ -197,6 +205,7 @@ def run_one(
     duration: int,
     postgres: ThrowawayPostgres | None,
     workdir: Path,
+    round_number: int,
 ) -> Result:
     url = fresh_database(kind, postgres, workdir)
     env = {
@@ -226,6 +235,7 @@ def run_one(
         database=kind,
         scenario=scenario.label,
         connections=connections,
+        round=round_number,
         rps=stats["requests"] / (stats["duration_us"] / 1e6),
         p50_ms=stats["p50_us"] / 1000,
         p99_ms=stats["p99_us"] / 1000,
@@ -240,34 +250,60 @@ def run_one(
     )
 
 
+RATIOS = {
+    "hot batched / ceiling": ("hot batched", "ceiling"),
+    "hot batched / direct": ("hot batched", "hot direct"),
+    "spread batched / ceiling": ("spread batched", "ceiling"),
+    "spread batched / direct": ("spread batched", "spread direct"),
+}
+
+
 def ratios(results: list[Result]) -> list[dict[str, Any]]:
-    by = {(r.database, r.scenario, r.connections): r for r in results}
+    """Each ratio within each round, then the median round and the range over rounds."""
+    by = {(r.database, r.scenario, r.connections, r.round): r.rps for r in results}
     rows = []
-    for database, _, connections in sorted({(r.database, "", r.connections) for r in results}):
-
-        def rps(name: str, db: str = database, c: int = connections) -> float | None:
-            found = by.get((db, name, c))
-            return found.rps if found else None
-
-        ceiling, hot_b, hot_d = rps("ceiling"), rps("hot batched"), rps("hot direct")
-        spread_b, spread_d = rps("spread batched"), rps("spread direct")
-        rows.append(
-            {
-                "database": database,
-                "connections": connections,
-                "hot batched / ceiling": hot_b / ceiling if hot_b and ceiling else None,
-                "hot batched / direct": hot_b / hot_d if hot_b and hot_d else None,
-                "spread batched / ceiling": spread_b / ceiling if spread_b and ceiling else None,
-                "spread batched / direct": spread_b / spread_d if spread_b and spread_d else None,
-            }
-        )
+    for database, connections in sorted({(r.database, r.connections) for r in results}):
+        row: dict[str, Any] = {"database": database, "connections": connections}
+        for name, (top, bottom) in RATIOS.items():
+            per_round = [
+                by[(database, top, connections, n)] / by[(database, bottom, connections, n)]
+                for n in sorted({r.round for r in results})
+                if (database, top, connections, n) in by
+                and (database, bottom, connections, n) in by
+            ]
+            row[name] = (
+                {
+                    "median": statistics.median(per_round),
+                    "min": min(per_round),
+                    "max": max(per_round),
+                    "rounds": per_round,
+                }
+                if per_round
+                else None
+            )
+        rows.append(row)
     return rows
 
 
-def markdown(results: list[Result], ratio_rows: list[dict[str, Any]], command: str) -> str:
+def medians(results: list[Result]) -> list[Result]:
+    """For each scenario, its round with the median throughput (the lower one of two)."""
+    groups: dict[tuple[str, str, int], list[Result]] = {}
+    for r in results:
+        groups.setdefault((r.database, r.scenario, r.connections), []).append(r)
+    chosen = []
+    for group in groups.values():
+        ordered = sorted(group, key=lambda r: r.rps)
+        chosen.append(ordered[(len(ordered) - 1) // 2])
+    return chosen
+
+
+def markdown(
+    results: list[Result], ratio_rows: list[dict[str, Any]], command: str, rounds: int
+) -> str:
     lines = [
         f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.machine()}, "
-        f"{os.cpu_count()} cores, Python {platform.python_version()}; wrk on the same machine.",
+        f"{os.cpu_count()} cores, Python {platform.python_version()}; wrk on the same machine. "
+        f"{rounds} round(s) of every scenario; each row is the scenario's median round.",
         "",
         f"Reproduce: `{command}`",
         "",
@@ -275,7 +311,7 @@ def markdown(results: list[Result], ratio_rows: list[dict[str, Any]], command: s
         "socket errors | 201s | stored | verified |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
-    for r in results:
+    for r in medians(results):
         lines.append(
             f"| {r.database} | {r.scenario} | {r.connections} | {r.rps:,.0f} | {r.p50_ms:.1f} | "
             f"{r.p99_ms:.1f} | {r.p999_ms:.1f} | {r.non_2xx_share:.2%} | {r.socket_errors} | "
@@ -289,8 +325,12 @@ def markdown(results: list[Result], ratio_rows: list[dict[str, Any]], command: s
     ]
     for row in ratio_rows:
 
-        def fmt(value: float | None) -> str:
-            return "n/a" if value is None else f"{value:.2f}"
+        def fmt(value: dict[str, Any] | None) -> str:
+            if value is None:
+                return "n/a"
+            if value["min"] == value["max"]:
+                return f"{value['median']:.2f}"
+            return f"{value['median']:.2f} ({value['min']:.2f}–{value['max']:.2f})"
 
         lines.append(
             f"| {row['database']} | {row['connections']} | {fmt(row['hot batched / ceiling'])} | "
@@ -303,6 +343,7 @@ def markdown(results: list[Result], ratio_rows: list[dict[str, Any]], command: s
 def plot(results: list[Result], path: Path) -> None:
     import matplotlib
 
+    results = medians(results)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -335,7 +376,8 @@ def update_doc(table: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=int, default=10, help="seconds per scenario")
+    parser.add_argument("--duration", type=int, default=8, help="seconds per scenario")
+    parser.add_argument("--rounds", type=int, default=3, help="times the scenario list runs")
     parser.add_argument("--connections", default="64,256")
     parser.add_argument("--databases", default="postgresql,sqlite")
     parser.add_argument("--only", default="", help="comma-separated scenario labels")
@@ -357,16 +399,22 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="boxoffice-bench-"))
     workdir.chmod(0o755)
     postgres = ThrowawayPostgres().start() if "postgresql" in databases else None
-    runs = [(d, s, c) for d in databases for s in chosen for c in connections]
+    runs = [
+        (n, d, s, c)
+        for n in range(1, args.rounds + 1)
+        for d in databases
+        for c in connections
+        for s in chosen
+    ]
     try:
         with Progress(console=console) as progress:
             task = progress.add_task("benchmark", total=len(runs))
-            for kind, scenario, conns in runs:
-                progress.update(task, description=f"{kind}: {scenario.label} @ {conns}")
-                result = run_one(wrk, kind, scenario, conns, args.duration, postgres, workdir)
+            for n, kind, scenario, conns in runs:
+                progress.update(task, description=f"round {n}: {kind}: {scenario.label} @ {conns}")
+                result = run_one(wrk, kind, scenario, conns, args.duration, postgres, workdir, n)
                 results.append(result)
                 progress.console.print(
-                    f"{kind:10} {scenario.label:16} c={conns:<4} {result.rps:8,.0f} req/s  "
+                    f"r{n} {kind:10} {scenario.label:16} c={conns:<4} {result.rps:8,.0f} req/s  "
                     f"p99 {result.p99_ms:6.1f} ms  verified={result.verified}"
                 )
                 progress.advance(task)
@@ -380,7 +428,7 @@ def main() -> None:
         else "make bench BENCH_ARGS='" + " ".join(sys.argv[1:]) + "'"
     )
     ratio_rows = ratios(results)
-    table = markdown(results, ratio_rows, command)
+    table = markdown(results, ratio_rows, command, args.rounds)
     # Only the full default run is the published figure; any other run is kept aside.
     full = vars(args) == vars(parser.parse_args([]))
     stem = "latest" if full else "partial"
