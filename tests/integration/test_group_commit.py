@@ -76,7 +76,7 @@ def hold_the_committer(
             if threading.current_thread() is threading.main_thread():
                 await_only(gate.wait())  # inside run_sync's greenlet, on the event loop
             else:  # on SQLite's writer thread
-                asyncio.run_coroutine_threadsafe(gate.wait(), loop).result()
+                asyncio.run_coroutine_threadsafe(gate.wait(), loop).result(timeout=10)
         return real_batch(conn, requests, now)
 
     monkeypatch.setattr(batched_module, "reserve_batch", slow_batch)
@@ -405,6 +405,32 @@ async def test_stop_lets_the_batch_in_flight_finish(
     await stopping
     assert (await pending).qty == 2
     assert await inventory(database, s) == (10, 8, 2)
+
+
+async def test_a_batch_cut_short_by_stop_is_rolled_back(
+    booker: BatchedBooker, database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past its timeout, stop() cancels the batch in flight and answers it 503, which
+    says nothing was written: so the transaction must roll back, even on SQLite's
+    writer thread, which cannot be interrupted and is told to give up instead."""
+    event = await new_event(database, 10)
+    s = event.sections[0].id
+    gate = asyncio.Event()
+    hold_the_committer(monkeypatch, gate)
+    monkeypatch.setattr(batched_module, "STOP_TIMEOUT_SECONDS", 0.2)
+    pending = asyncio.create_task(booker.book(BookingRequest(event.id, s, 2)))
+    await asyncio.sleep(0.05)  # the committer is now inside the transaction
+    stopping = asyncio.create_task(booker.stop())
+    await asyncio.sleep(0.4)  # past the stop timeout: the committer has been cancelled
+    gate.set()  # the batch's work finishes only now, after its caller gave up
+    await asyncio.wait_for(stopping, 10)
+    with pytest.raises(DatabaseUnavailable):
+        await pending
+    if database.dialect == "sqlite":  # whatever the writer thread still had to do is done
+        await database.run_on_writer_thread(lambda *_: None)
+    assert await inventory(database, s) == (10, 10, 0), "answered 503 but committed"
+    more = BookingRequest(event.id, s, 1)
+    await DirectBooker(database, max_tickets_per_booking=10).book(more)  # the lock is free
 
 
 async def test_a_dead_committer_answers_instead_of_hanging(

@@ -102,8 +102,10 @@ class BatchedBooker:
         """Finish the batch in flight and whatever is queued, then stop.
 
         Past STOP_TIMEOUT_SECONDS the committer is cancelled; the requests it
-        still held are answered 503 (a statement cut short may or may not have
-        been applied: the database never half-applies it).
+        still held are answered 503, and the batch in flight is rolled back
+        (on SQLite's writer thread too). Only a cancellation that lands while
+        the COMMIT itself is under way can leave it applied; the database never
+        half-applies it.
         """
         log.info(
             "group_commit_stats",

@@ -21,6 +21,8 @@ for a concurrent writer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal, TypeVar
@@ -30,6 +32,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from boxoffice.config import Settings
+from boxoffice.db.errors import DatabaseUnavailable
 
 Dialect = Literal["sqlite", "postgresql"]
 
@@ -50,6 +53,7 @@ class Database:
         self.write_lock: asyncio.Lock | None = asyncio.Lock() if dialect == "sqlite" else None
         self.blocking_engine = blocking_engine
         self._writer_thread: ThreadPoolExecutor | None = None
+        self._closed = False
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Database:
@@ -83,24 +87,37 @@ class Database:
         async with self.engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
 
-    async def run_on_writer_thread(self, work: Callable[[Engine], T]) -> T:
-        """SQLite: run `work(blocking_engine)` on the writer thread, holding the write lock.
+    async def run_on_writer_thread(self, work: Callable[[Engine, threading.Event], T]) -> T:
+        """SQLite: run `work(blocking_engine, abandoned)` on the writer thread, under the lock.
 
-        One hop from the event loop, whatever `work` does. If the caller is
-        cancelled, `work` still runs to its end (the lock is released at once;
-        SQLite's own lock and busy timeout keep the file consistent).
+        One hop from the event loop, whatever `work` does. A thread cannot be
+        interrupted: if the caller is cancelled meanwhile, `abandoned` is set
+        for `work` to roll back instead of committing, and the write lock is
+        held until `work` has finished, so no other writer of this process
+        overlaps it.
         """
         if self.blocking_engine is None or self.write_lock is None:
             raise RuntimeError("only SQLite has a writer thread")
+        if self._closed:
+            raise DatabaseUnavailable("the database has been closed")
         engine = self.blocking_engine
         if self._writer_thread is None:
             self._writer_thread = ThreadPoolExecutor(1, thread_name_prefix="boxoffice-writer")
+        abandoned = threading.Event()
         async with self.write_lock:
-            return await asyncio.get_running_loop().run_in_executor(
-                self._writer_thread, work, engine
+            done = asyncio.get_running_loop().run_in_executor(
+                self._writer_thread, work, engine, abandoned
             )
+            try:
+                return await asyncio.shield(done)
+            except asyncio.CancelledError:
+                abandoned.set()
+                with contextlib.suppress(Exception):
+                    await done
+                raise
 
     async def dispose(self) -> None:
+        self._closed = True
         if self._writer_thread is not None:
             # Lets a transaction still running there (its caller cancelled) finish first.
             await asyncio.to_thread(self._writer_thread.shutdown)

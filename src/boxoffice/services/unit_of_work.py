@@ -26,6 +26,7 @@ there, BEGIN IMMEDIATE to COMMIT, in one hop from the event loop.
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable
 from types import TracebackType
 from typing import Self, TypeVar
@@ -119,19 +120,28 @@ class UnitOfWork:
                 self._holds_lock = False
 
 
+class _Abandoned(Exception):
+    """Rolls back a writer-thread transaction whose caller was cancelled."""
+
+
 async def write_in_one_hop(database: Database, work: Callable[[Connection], T]) -> T:
     """SQLite: run `work(conn)` as one write transaction on the writer thread.
 
     Commits if `work` returns and rolls back if it raises, like `UnitOfWork`;
     an unavailable database (locked past the busy timeout, say) leaves as
-    `DatabaseUnavailable`.
+    `DatabaseUnavailable`. If the caller is cancelled while `work` runs (the
+    server stopping, say), the transaction is rolled back unless its COMMIT has
+    already begun: the caller answers "nothing was written", and that must hold.
     """
 
-    def transaction(engine: Engine) -> T:
+    def transaction(engine: Engine, abandoned: threading.Event) -> T:
         with engine.connect() as conn:
             conn.execution_options(**{BEGIN_MODE_OPTION: "IMMEDIATE"})
             with conn.begin():
-                return work(conn)
+                result = work(conn)
+                if abandoned.is_set():
+                    raise _Abandoned("the caller went away before the commit")
+                return result
 
     try:
         return await database.run_on_writer_thread(transaction)
