@@ -229,13 +229,17 @@ def run_one(
     stored, oversold, leaked = asyncio.run(verify(url))
     requests = max(stats["requests"], 1)
     created = stats["created"] + (warm["created"] if warm else 0)
+    phases = [stats, warm] if warm else [stats]
+    errors = ("err_connect", "err_read", "err_write", "err_timeout")
     if scenario.strategy is None:
         verified = stored == 0
     else:
         # A request cut off when wrk stops may commit without wrk seeing its 201.
         cut_off = connections * (2 if warm else 1)
         verified = oversold == 0 and leaked == 0 and created <= stored <= created + cut_off
-    socket_errors = sum(stats[k] for k in ("err_connect", "err_read", "err_write", "err_timeout"))
+    # The warm-up's failures count as much as the measured run's.
+    socket_errors = sum(phase[k] for phase in phases for k in errors)
+    non_2xx = sum(phase["other"] for phase in phases)
     return Result(
         database=kind,
         scenario=scenario.label,
@@ -245,7 +249,7 @@ def run_one(
         p50_ms=stats["p50_us"] / 1000,
         p99_ms=stats["p99_us"] / 1000,
         p999_ms=stats["p999_us"] / 1000,
-        non_2xx_share=stats["other"] / requests,
+        non_2xx_share=non_2xx / (requests + (warm["requests"] if warm else 0)),
         socket_errors=socket_errors,
         created=created,
         stored=stored,
@@ -274,11 +278,12 @@ def ratios(results: list[Result]) -> list[dict[str, Any]]:
                 by[(database, top, connections, n)] / by[(database, bottom, connections, n)]
                 for n in sorted({r.round for r in results})
                 if (database, top, connections, n) in by
-                and (database, bottom, connections, n) in by
+                and by.get((database, bottom, connections, n))
             ]
             row[name] = (
                 {
-                    "median": statistics.median(per_round),
+                    # The lower middle round for an even count, as in `medians`.
+                    "median": statistics.median_low(per_round),
                     "min": min(per_round),
                     "max": max(per_round),
                     "rounds": per_round,
@@ -316,12 +321,29 @@ def markdown(
         "socket errors | 201s | stored | verified |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
+    every_round_verified = {
+        key: all(r.verified for r in results if (r.database, r.scenario, r.connections) == key)
+        for key in {(r.database, r.scenario, r.connections) for r in results}
+    }
     for r in medians(results):
+        verified = every_round_verified[(r.database, r.scenario, r.connections)]
         lines.append(
             f"| {r.database} | {r.scenario} | {r.connections} | {r.rps:,.0f} | {r.p50_ms:.1f} | "
             f"{r.p99_ms:.1f} | {r.p999_ms:.1f} | {r.non_2xx_share:.2%} | {r.socket_errors} | "
-            f"{r.created:,} | {r.stored:,} | {'yes' if r.verified else 'NO'} |"
+            f"{r.created:,} | {r.stored:,} | {'yes' if verified else 'NO'} |"
         )
+    failed = [r for r in results if not r.verified]
+    lines += [
+        "",
+        f"All {len(results)} runs (every round, warm-ups included): "
+        f"{sum(r.socket_errors for r in results)} socket errors, "
+        f"{sum(1 for r in results if r.non_2xx_share)} runs with non-2xx responses, "
+        + (
+            "inventory verified after every run."
+            if not failed
+            else f"inventory verification FAILED in {len(failed)} runs."
+        ),
+    ]
     lines += [
         "",
         "| database | conns | hot batched / ceiling | hot batched / direct | "
@@ -423,6 +445,10 @@ def main() -> None:
                     wrk, kind, scenario, conns, args.duration, postgres, workdir, n, args.warmup
                 )
                 results.append(result)
+                # Kept as it goes: a failure in the last round loses nothing measured.
+                (RESULTS / "partial.json").write_text(
+                    json.dumps([asdict(r) for r in results], indent=2)
+                )
                 progress.console.print(
                     f"r{n} {kind:10} {scenario.label:16} c={conns:<4} {result.rps:8,.0f} req/s  "
                     f"p99 {result.p99_ms:6.1f} ms  verified={result.verified}"
@@ -454,13 +480,16 @@ def main() -> None:
         )
     )
     (RESULTS / f"{stem}.md").write_text(table)
-    if full:
+    verified = all(r.verified for r in results)
+    if full and verified:
         plot(results, RESULTS / "throughput.png")
         update_doc(table)
+    elif full:
+        console.print("A failed run is not published: docs and plot untouched.")
     else:
         console.print(f"A partial run: written to {RESULTS / 'partial.md'}, docs untouched.")
     console.print(table)
-    if not all(r.verified for r in results):
+    if not verified:
         console.print("[red]Inventory verification FAILED[/red]")
         raise SystemExit(1)
 

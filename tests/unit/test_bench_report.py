@@ -61,3 +61,22 @@ def test_the_report_shows_the_range_over_rounds() -> None:
     table = markdown(RESULTS, ratios(RESULTS), "make bench", 3)
     assert "| sqlite | 64 | 0.80 (0.75–0.90) | 7.50 (7.20–8.00) | n/a | n/a |" in table
     assert "3 round(s)" in table
+    assert "inventory verified after every run" in table
+
+
+def test_a_failure_in_any_round_shows_even_when_the_median_round_passed() -> None:
+    failed = result("hot batched", 1800, 2)
+    failed.verified = False
+    failed.socket_errors = 3
+    results = [failed if r.round == 2 and r.scenario == "hot batched" else r for r in RESULTS]
+    table = markdown(results, ratios(results), "make bench", 3)
+    assert "| sqlite | hot batched | 64 | 3,600 |" in table  # round 3 is the median ...
+    assert table.split("| sqlite | hot batched | 64 |")[1].split("\n")[0].endswith("| NO |")
+    assert "3 socket errors" in table
+    assert "inventory verification FAILED in 1 runs" in table
+
+
+def test_a_zero_throughput_round_is_left_out_of_the_ratios() -> None:
+    results = [result("ceiling", 0, 1), result("hot batched", 10, 1), *RESULTS[3:]]
+    (row,) = ratios(results)
+    assert row["hot batched / ceiling"]["rounds"] == [1800 / 2000, 3600 / 4800]
