@@ -11,8 +11,17 @@ from hypothesis import strategies as st
 
 from boxoffice.config import Settings, UnsupportedDatabaseURL, async_database_url
 from boxoffice.domain.errors import InvalidRequest
-from boxoffice.services.ids import parse_id
+from boxoffice.services.ids import new_ids, parse_id
 from boxoffice.services.pages import Cursor
+
+
+def test_ids_made_in_bulk_are_random_version_4_uuids() -> None:
+    ids = new_ids(1000)
+    assert len(ids) == 1000
+    assert len(set(ids)) == 1000
+    assert all(i.version == 4 and i.variant == uuid.RFC_4122 for i in ids)
+    assert all(parse_id(str(i)) == i for i in ids)
+    assert new_ids(0) == []
 
 
 def test_cursor_round_trips() -> None:

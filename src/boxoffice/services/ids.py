@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 
 
@@ -17,3 +18,13 @@ def parse_id(value: str) -> uuid.UUID | None:
 
 def new_id() -> uuid.UUID:
     return uuid.uuid4()
+
+
+def new_ids(count: int) -> list[uuid.UUID]:
+    """`count` random (version 4) ids, like `uuid4()`, from one read of the OS's CSPRNG.
+
+    A batch of bookings needs dozens at once; one `os.urandom` call instead of
+    one each was a fifth of the committer's time.
+    """
+    pool = os.urandom(16 * count)
+    return [uuid.UUID(bytes=pool[i : i + 16], version=4) for i in range(0, 16 * count, 16)]
