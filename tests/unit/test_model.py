@@ -116,6 +116,14 @@ def test_money_round_trips_exactly(amount: str, cents: int) -> None:
     assert from_cents(cents) == Decimal(amount)
 
 
+@given(st.integers(min_value=0, max_value=10**12))
+def test_any_cents_become_exactly_two_decimal_places(cents: int) -> None:
+    amount = from_cents(cents)
+    assert amount == Decimal(cents) / 100
+    assert amount.as_tuple().exponent == -2
+    assert to_cents(amount) == cents
+
+
 def test_money_refuses_sub_cent_amounts() -> None:
     with pytest.raises(ValueError, match="two decimal places"):
         to_cents(Decimal("0.001"))

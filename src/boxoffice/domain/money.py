@@ -18,5 +18,6 @@ def to_cents(amount: Decimal) -> Cents:
 
 
 def from_cents(cents: Cents) -> Decimal:
-    """The decimal amount for a number of cents, with two places."""
-    return (Decimal(cents) / CENTS_PER_UNIT).quantize(Decimal("0.01"))
+    """The decimal amount for a number of cents, with two places (`500` is `5.00`)."""
+    # Exact: moves the decimal point instead of dividing and rounding (half the time).
+    return Decimal(cents).scaleb(-2)
