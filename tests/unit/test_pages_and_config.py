@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -8,8 +9,10 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from sqlalchemy import exc as sa_exc
 
 from boxoffice.config import Settings, UnsupportedDatabaseURL, async_database_url
+from boxoffice.db.errors import is_unavailable
 from boxoffice.domain.errors import InvalidRequest
 from boxoffice.services.ids import new_ids, parse_id
 from boxoffice.services.pages import Cursor
@@ -122,3 +125,25 @@ def test_transient_database_errors_are_unavailable(sqlstate: str | None, transie
             self.sqlstate = sqlstate
 
     assert is_unavailable(DBAPIError("SELECT 1", {}, DriverError())) is transient
+
+
+def test_sqlite_errors_that_are_bugs_are_not_reported_as_outages(tmp_path: Path) -> None:
+    """pysqlite raises OperationalError both for a locked file and for a missing table:
+    only the first is a 503; the second is a bug and must stay a 500."""
+    path = tmp_path / "errors.db"
+    holder = sqlite3.connect(path, isolation_level=None)
+    other = sqlite3.connect(path, isolation_level=None, timeout=0)
+    try:
+        holder.execute("CREATE TABLE t (x)")
+        holder.execute("BEGIN IMMEDIATE")
+        with pytest.raises(sqlite3.OperationalError) as busy:
+            other.execute("BEGIN IMMEDIATE")
+        with pytest.raises(sqlite3.OperationalError) as missing:
+            other.execute("SELECT * FROM nowhere")
+    finally:
+        holder.close()
+        other.close()
+    assert is_unavailable(sa_exc.OperationalError("BEGIN", {}, busy.value))
+    assert not is_unavailable(sa_exc.OperationalError("SELECT", {}, missing.value))
+    # Errors without SQLite's codes (other drivers, injected failures) keep the old rule.
+    assert is_unavailable(sa_exc.OperationalError("COMMIT", {}, Exception("connection lost")))

@@ -17,6 +17,11 @@ class DatabaseUnavailable(Exception):
 _TRANSIENT_SQLSTATES = {"40001", "40P01", "55P03", "57014", "57P01", "57P02", "57P03"}
 
 
+# SQLITE_BUSY and _LOCKED (another writer past the busy timeout), _IOERR, _FULL,
+# _CANTOPEN, _PROTOCOL, _READONLY: the file or its locks, not the statement.
+_SQLITE_UNAVAILABLE = {"BUSY", "LOCKED", "IOERR", "FULL", "CANTOPEN", "PROTOCOL", "READONLY"}
+
+
 def _sqlstate(error: sa_exc.DBAPIError) -> str:
     return str(getattr(error.orig, "sqlstate", None) or getattr(error.orig, "pgcode", None) or "")
 
@@ -32,6 +37,11 @@ def is_unavailable(error: BaseException) -> bool:
     if isinstance(error, sa_exc.DBAPIError):
         if error.connection_invalidated:
             return True
+        sqlite_error = getattr(error.orig, "sqlite_errorname", None)
+        if sqlite_error is not None:
+            # pysqlite raises OperationalError for "no such table" and bad SQL too:
+            # only these primary result codes mean the database itself is in the way.
+            return str(sqlite_error).split("_")[1] in _SQLITE_UNAVAILABLE
         if _sqlstate(error) in _TRANSIENT_SQLSTATES or _sqlstate(error)[:2] == "08":
             return True
         return isinstance(error, sa_exc.OperationalError | sa_exc.InterfaceError)
