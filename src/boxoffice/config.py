@@ -38,6 +38,12 @@ def async_database_url(url: str) -> URL:
             f"unsupported database URL scheme {parsed.drivername!r}: "
             "use postgresql://user@host:port/db or sqlite:///path/to/file.db"
         )
+    if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
+        # Every pooled connection, and the writer thread's, would get a database of its own.
+        raise UnsupportedDatabaseURL(
+            "an in-memory SQLite database cannot be shared by the server's connections: "
+            "use sqlite:///path/to/file.db"
+        )
     return parsed.set(drivername=driver)
 
 

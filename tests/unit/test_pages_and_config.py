@@ -70,6 +70,12 @@ def test_unsupported_databases_are_refused() -> None:
         async_database_url("mysql://u@h/db")
 
 
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:"])
+def test_in_memory_sqlite_is_refused_with_a_reason(url: str) -> None:
+    with pytest.raises(UnsupportedDatabaseURL, match="in-memory"):
+        async_database_url(url)
+
+
 def test_settings_defaults_are_the_embedded_setup(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("PORT", "DATABASE_URL", "MAX_TICKETS_PER_BOOKING"):
         monkeypatch.delenv(name, raising=False)
