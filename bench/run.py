@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
+import pwd
 import re
 import shutil
 import statistics
@@ -101,6 +103,8 @@ class Result:
     oversold: int
     leaked: int
     verified: bool
+    server_cpu_us: float = 0.0  # the server's processes, per measured request
+    postgres_cpu_us: float = 0.0  # every PostgreSQL process, per measured request
 
 
 def ensure_wrk() -> str:
@@ -113,6 +117,44 @@ def ensure_wrk() -> str:
     found = shutil.which("wrk")
     if not found:
         raise SystemExit("wrk could not be installed")
+    return found
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of `pids` so far (processes gone meanwhile count 0)."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    return total / CLOCK_TICKS
+
+
+def process_group(pgid: int) -> list[int]:
+    """The server and its workers: it is started in a session of its own."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if int(entry.joinpath("stat").read_text().rsplit(")", 1)[1].split()[2]) == pgid:
+                    found.append(int(entry.name))
+    return found
+
+
+def postgres_processes() -> list[int]:
+    try:
+        uid = pwd.getpwnam("postgres").pw_uid
+    except KeyError:
+        return []
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if entry.stat().st_uid == uid:
+                    found.append(int(entry.name))
     return found
 
 
@@ -225,7 +267,13 @@ def run_one(
         path = "/noop" if scenario.strategy is None else "/book"
         # Warm-up, not measured: connections opened, sections remembered, code paths hot.
         warm = run_wrk(wrk, server.url, path, targets, connections, warmup) if warmup else None
+        assert server.process is not None
+        server_pids = process_group(server.process.pid)
+        db_pids = postgres_processes() if kind == "postgresql" else []
+        server_cpu, db_cpu = cpu_seconds(server_pids), cpu_seconds(db_pids)
         stats = run_wrk(wrk, server.url, path, targets, connections, duration)
+        server_cpu = cpu_seconds(server_pids) - server_cpu
+        db_cpu = cpu_seconds(db_pids) - db_cpu
     stored, oversold, leaked = asyncio.run(verify(url))
     requests = max(stats["requests"], 1)
     created = stats["created"] + (warm["created"] if warm else 0)
@@ -256,6 +304,8 @@ def run_one(
         oversold=oversold,
         leaked=leaked,
         verified=verified,
+        server_cpu_us=server_cpu * 1e6 / requests,
+        postgres_cpu_us=db_cpu * 1e6 / requests,
     )
 
 
@@ -318,8 +368,8 @@ def markdown(
         f"Reproduce: `{command}`",
         "",
         "| database | scenario | conns | req/s | p50 ms | p99 ms | p99.9 ms | non-2xx | "
-        "socket errors | 201s | stored | verified |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "socket errors | 201s | stored | verified | server CPU µs/req | PostgreSQL CPU µs/req |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
     every_round_verified = {
         key: all(r.verified for r in results if (r.database, r.scenario, r.connections) == key)
@@ -330,7 +380,8 @@ def markdown(
         lines.append(
             f"| {r.database} | {r.scenario} | {r.connections} | {r.rps:,.0f} | {r.p50_ms:.1f} | "
             f"{r.p99_ms:.1f} | {r.p999_ms:.1f} | {r.non_2xx_share:.2%} | {r.socket_errors} | "
-            f"{r.created:,} | {r.stored:,} | {'yes' if verified else 'NO'} |"
+            f"{r.created:,} | {r.stored:,} | {'yes' if verified else 'NO'} | "
+            f"{r.server_cpu_us:.0f} | {r.postgres_cpu_us:.0f} |"
         )
     failed = [r for r in results if not r.verified]
     lines += [

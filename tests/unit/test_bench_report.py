@@ -71,7 +71,7 @@ def test_a_failure_in_any_round_shows_even_when_the_median_round_passed() -> Non
     results = [failed if r.round == 2 and r.scenario == "hot batched" else r for r in RESULTS]
     table = markdown(results, ratios(results), "make bench", 3)
     assert "| sqlite | hot batched | 64 | 3,600 |" in table  # round 3 is the median ...
-    assert table.split("| sqlite | hot batched | 64 |")[1].split("\n")[0].endswith("| NO |")
+    assert "| NO |" in table.split("| sqlite | hot batched | 64 |")[1].split("\n")[0]
     assert "3 socket errors" in table
     assert "inventory verification FAILED in 1 runs" in table
 
