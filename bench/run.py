@@ -123,14 +123,24 @@ def ensure_wrk() -> str:
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU time of `pids` so far (processes gone meanwhile count 0)."""
-    total = 0
+def cpu_seconds(pids: list[int]) -> dict[int, float]:
+    """User + system CPU time so far of each of `pids` still running."""
+    found = {}
     for pid in pids:
         with contextlib.suppress(OSError):
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
-    return total / CLOCK_TICKS
+            found[pid] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return found
+
+
+def cpu_spent(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU spent between two readings by the processes alive at the second one.
+
+    A process started in between counts whole; one that exited in between is
+    lost (PostgreSQL backends of connections the pool closed): an undercount,
+    never a negative.
+    """
+    return sum(now - before.get(pid, 0.0) for pid, now in after.items())
 
 
 def process_group(pgid: int) -> list[int]:
@@ -269,11 +279,13 @@ def run_one(
         warm = run_wrk(wrk, server.url, path, targets, connections, warmup) if warmup else None
         assert server.process is not None
         server_pids = process_group(server.process.pid)
-        db_pids = postgres_processes() if kind == "postgresql" else []
-        server_cpu, db_cpu = cpu_seconds(server_pids), cpu_seconds(db_pids)
+        server_before = cpu_seconds(server_pids)
+        db_before = cpu_seconds(postgres_processes()) if kind == "postgresql" else {}
         stats = run_wrk(wrk, server.url, path, targets, connections, duration)
-        server_cpu = cpu_seconds(server_pids) - server_cpu
-        db_cpu = cpu_seconds(db_pids) - db_cpu
+        server_cpu = cpu_spent(server_before, cpu_seconds(server_pids))
+        db_cpu = (
+            cpu_spent(db_before, cpu_seconds(postgres_processes())) if kind == "postgresql" else 0.0
+        )
     stored, oversold, leaked = asyncio.run(verify(url))
     requests = max(stats["requests"], 1)
     created = stats["created"] + (warm["created"] if warm else 0)
