@@ -153,3 +153,11 @@ def test_inventory_invariant_holds_for_any_sequence(
             assert s.remaining == before, "a refused operation changed the inventory"
         assert 0 <= s.remaining <= capacity
         assert s.remaining + held == capacity
+
+
+def test_a_section_copy_is_equal_and_independent() -> None:
+    original = Section("s", "e", "GA", 500, 10, 4)
+    working = original.copy()
+    assert working == original
+    working.reserve(3)
+    assert (original.remaining, working.remaining) == (4, 1)

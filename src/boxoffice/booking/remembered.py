@@ -25,7 +25,7 @@ from __future__ import annotations
 import uuid
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 
 import structlog
@@ -87,13 +87,14 @@ class RememberedSections:
                 section = self._sections.get(section_id)
                 if section is None:
                     return None
-                found[section_id] = replace(section)
+                found[section_id] = section.copy()
         return found
 
     def remember(self, sections: Sequence[Section]) -> None:
+        """Keep `sections` as they are; the caller hands them over and changes them no more."""
         for section in sections:
             key = uuid.UUID(section.id)
-            self._sections[key] = replace(section)
+            self._sections[key] = section
             self._sections.move_to_end(key)
         while len(self._sections) > self._max_size:
             self._sections.popitem(last=False)
