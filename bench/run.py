@@ -37,6 +37,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -143,15 +144,22 @@ def cpu_spent(before: dict[int, float], after: dict[int, float]) -> float:
     return sum(now - before.get(pid, 0.0) for pid, now in after.items())
 
 
-def process_group(pgid: int) -> list[int]:
-    """The server and its workers: it is started in a session of its own."""
+def processes(where: Callable[[Path], bool]) -> list[int]:
+    """The pids of the running processes whose /proc entry satisfies `where`."""
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             with contextlib.suppress(OSError):
-                if int(entry.joinpath("stat").read_text().rsplit(")", 1)[1].split()[2]) == pgid:
+                if where(entry):
                     found.append(int(entry.name))
     return found
+
+
+def process_group(pgid: int) -> list[int]:
+    """The server and its workers: it is started in a session of its own."""
+    return processes(
+        lambda entry: int(entry.joinpath("stat").read_text().rsplit(")", 1)[1].split()[2]) == pgid
+    )
 
 
 def postgres_processes() -> list[int]:
@@ -159,13 +167,7 @@ def postgres_processes() -> list[int]:
         uid = pwd.getpwnam("postgres").pw_uid
     except KeyError:
         return []
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                if entry.stat().st_uid == uid:
-                    found.append(int(entry.name))
-    return found
+    return processes(lambda entry: entry.stat().st_uid == uid)
 
 
 def fresh_database(kind: str, postgres: ThrowawayPostgres | None, workdir: Path) -> str:

@@ -63,13 +63,9 @@ _TAKE_SEATS = (
 )
 _RECORD_BOOKINGS = insert(bookings)
 
-_PG_TAKE_SEATS_AND_RECORD = text(
-    """
-    WITH taken AS (
-        UPDATE sections AS s SET remaining = s.remaining - t.taken
-          FROM unnest(CAST(:section_ids AS uuid[]), CAST(:taken AS integer[])) AS t(id, taken)
-         WHERE s.id = t.id
-    )
+# PostgreSQL: a batch's bookings inserted from the arrays of `booking_columns`, in one
+# statement; both one-statement paths (here and `remembered.py`) build on it.
+PG_INSERT_BOOKINGS = """
     INSERT INTO bookings (id, event_id, section_id, qty, unit_price_cents, total_price_cents,
                           status, created_at)
     SELECT b.id, b.event_id, b.section_id, b.qty, b.unit, b.unit * b.qty, 'confirmed',
@@ -77,6 +73,15 @@ _PG_TAKE_SEATS_AND_RECORD = text(
       FROM unnest(CAST(:booking_ids AS uuid[]), CAST(:event_ids AS uuid[]),
                   CAST(:booked_sections AS uuid[]), CAST(:qtys AS integer[]),
                   CAST(:units AS bigint[])) AS b(id, event_id, section_id, qty, unit)
+"""
+_PG_TAKE_SEATS_AND_RECORD = text(
+    f"""
+    WITH taken AS (
+        UPDATE sections AS s SET remaining = s.remaining - t.taken
+          FROM unnest(CAST(:section_ids AS uuid[]), CAST(:taken AS integer[])) AS t(id, taken)
+         WHERE s.id = t.id
+    )
+    {PG_INSERT_BOOKINGS}
     """
 )
 
@@ -203,17 +208,24 @@ def _write(
             {
                 "section_ids": list(taken),
                 "taken": list(taken.values()),
-                "booking_ids": [b["id"] for b in new_bookings],
-                "event_ids": [b["event_id"] for b in new_bookings],
-                "booked_sections": [b["section_id"] for b in new_bookings],
-                "qtys": [b["qty"] for b in new_bookings],
-                "units": [b["unit_price_cents"] for b in new_bookings],
-                "created_at": now,
+                **booking_columns(new_bookings, now),
             },
         )
         return
     conn.execute(_TAKE_SEATS, [{"section_id": ident, "taken": qty} for ident, qty in taken.items()])
     conn.execute(_RECORD_BOOKINGS, new_bookings)
+
+
+def booking_columns(new_bookings: list[dict[str, Any]], now: datetime) -> dict[str, Any]:
+    """The parameters of `PG_INSERT_BOOKINGS`: one array per column."""
+    return {
+        "booking_ids": [b["id"] for b in new_bookings],
+        "event_ids": [b["event_id"] for b in new_bookings],
+        "booked_sections": [b["section_id"] for b in new_bookings],
+        "qtys": [b["qty"] for b in new_bookings],
+        "units": [b["unit_price_cents"] for b in new_bookings],
+        "created_at": now,
+    }
 
 
 def explain_unknown(

@@ -32,13 +32,13 @@ import structlog
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from boxoffice.booking.batch import Outcome, Target, decide
+from boxoffice.booking.batch import PG_INSERT_BOOKINGS, Outcome, Target, booking_columns, decide
 from boxoffice.domain.model import BookingRequest, Section
 
 log = structlog.get_logger("boxoffice.booking")
 
 _BOOK_IF_UNCHANGED = text(
-    """
+    f"""
     WITH t AS (
         SELECT * FROM unnest(CAST(:section_ids AS uuid[]), CAST(:expected AS integer[]),
                              CAST(:taken AS integer[])) AS t(id, expected, taken)
@@ -52,13 +52,7 @@ _BOOK_IF_UNCHANGED = text(
          WHERE s.id = t.id AND s.remaining = t.expected
         RETURNING s.id, s.remaining
     ), recorded AS (
-        INSERT INTO bookings (id, event_id, section_id, qty, unit_price_cents,
-                              total_price_cents, status, created_at)
-        SELECT b.id, b.event_id, b.section_id, b.qty, b.unit, b.unit * b.qty, 'confirmed',
-               CAST(:created_at AS timestamptz)
-          FROM unnest(CAST(:booking_ids AS uuid[]), CAST(:event_ids AS uuid[]),
-                      CAST(:booked_sections AS uuid[]), CAST(:qtys AS integer[]),
-                      CAST(:units AS bigint[])) AS b(id, event_id, section_id, qty, unit)
+        {PG_INSERT_BOOKINGS}
           JOIN verified ON verified.id = b.section_id
         RETURNING 1
     )
@@ -124,7 +118,6 @@ async def book_if_unchanged(
     """Decide from `remembered` copies and write in one autocommitted statement."""
     expected = {ident: section.remaining for ident, section in remembered.items()}
     decisions = decide(requests, targets, remembered, now)
-    bookings = decisions.new_bookings
     section_ids = sorted(decisions.taken)
     rows = await conn.execute(
         _BOOK_IF_UNCHANGED,
@@ -132,12 +125,7 @@ async def book_if_unchanged(
             "section_ids": section_ids,
             "expected": [expected[ident] for ident in section_ids],
             "taken": [decisions.taken[ident] for ident in section_ids],
-            "booking_ids": [b["id"] for b in bookings],
-            "event_ids": [b["event_id"] for b in bookings],
-            "booked_sections": [b["section_id"] for b in bookings],
-            "qtys": [b["qty"] for b in bookings],
-            "units": [b["unit_price_cents"] for b in bookings],
-            "created_at": now,
+            **booking_columns(decisions.new_bookings, now),
         },
     )
     now_remaining = {row.id: row.remaining for row in rows}
