@@ -1,6 +1,7 @@
 """Micro-benchmark of the booking path without HTTP: how many bookings/s one process commits.
 
     .venv/bin/python -m bench.committer [--database sqlite|postgresql] [--bookings 20000]
+                                        [--sections 1] [--rounds 1]
 
 It drives `booker.book()` from N concurrent tasks in one process, so the
 numbers isolate the combiner and the database work from the web stack. Besides
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import random
 import tempfile
 import time
 from pathlib import Path
@@ -22,23 +24,35 @@ from boxoffice.booking import make_booker
 from boxoffice.config import async_database_url
 from boxoffice.db.database import Database
 from boxoffice.db.migrate import upgrade
-from boxoffice.domain.model import BookingRequest, EventSpec, SectionSpec
+from boxoffice.domain.model import (
+    MAX_SECTIONS_PER_EVENT,
+    BookingRequest,
+    EventSpec,
+    SectionSpec,
+)
 from boxoffice.services.events import create_event
 
 
-async def drive(url: str, strategy: str, bookings: int, concurrency: int) -> tuple[float, float]:
+async def drive(
+    url: str, strategy: str, bookings: int, concurrency: int, sections: int
+) -> tuple[float, float]:
     database = Database.from_url(async_database_url(url), pool_size=20)
     booker = make_booker(strategy, database, max_tickets_per_booking=10)  # type: ignore[arg-type]
     await booker.start()
-    event = await create_event(database, EventSpec("Bench", (SectionSpec("GA", 500, 1_000_000),)))
-    request = BookingRequest(event.id, event.sections[0].id, 1)
+    requests: list[BookingRequest] = []
+    for first in range(0, sections, MAX_SECTIONS_PER_EVENT):
+        count = min(MAX_SECTIONS_PER_EVENT, sections - first)
+        specs = tuple(SectionSpec(f"S{n}", 500, 1_000_000) for n in range(count))
+        event = await create_event(database, EventSpec(f"Bench {first}", specs))
+        requests += [BookingRequest(event.id, section.id, 1) for section in event.sections]
+    # Spread like the HTTP benchmark: each booking picks a section at random.
     left = bookings
 
     async def worker() -> None:
         nonlocal left
         while left > 0:
             left -= 1
-            await booker.book(request)
+            await booker.book(random.choice(requests))
 
     start, cpu_start = time.perf_counter(), time.process_time()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -54,20 +68,26 @@ def main() -> None:
     parser.add_argument("--bookings", type=int, default=20_000)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--strategies", default="batched,direct")
+    parser.add_argument("--sections", type=int, default=1, help="1: one hot section")
+    parser.add_argument("--rounds", type=int, default=1)
     args = parser.parse_args()
     postgres = ThrowawayPostgres().start() if args.database == "postgresql" else None
     try:
-        for strategy in args.strategies.split(","):
-            if postgres is not None:
-                url = postgres.create_database(f"committer_{strategy}")
-            else:
-                url = f"sqlite:///{Path(tempfile.mkdtemp()) / 'committer.db'}"
-            upgrade(url)
-            rate, cpu = asyncio.run(drive(url, strategy, args.bookings, args.concurrency))
-            print(
-                f"{args.database} {strategy}: {rate:,.0f} bookings/s, "
-                f"{cpu * 1e6:.1f} µs of CPU per booking in this process"
-            )
+        for round_number in range(1, args.rounds + 1):
+            for strategy in args.strategies.split(","):
+                name = f"committer_{strategy}_{round_number}"
+                if postgres is not None:
+                    url = postgres.create_database(name)
+                else:
+                    url = f"sqlite:///{Path(tempfile.mkdtemp()) / f'{name}.db'}"
+                upgrade(url)
+                rate, cpu = asyncio.run(
+                    drive(url, strategy, args.bookings, args.concurrency, args.sections)
+                )
+                print(
+                    f"{args.database} {strategy} ({args.sections} sections): {rate:,.0f} "
+                    f"bookings/s, {cpu * 1e6:.1f} µs of CPU per booking in this process"
+                )
     finally:
         if postgres is not None:
             postgres.stop()

@@ -323,7 +323,7 @@ def test_remembered_sections_are_bounded() -> None:
 
     remembered = RememberedSections(max_size=2)
     ids = [uuid.uuid4() for _ in range(3)]
-    remembered.remember([Section(str(i), "e", "S", 1, 5, 5) for i in ids])
+    remembered.remember({i: Section(str(i), "e", "S", 1, 5, 5) for i in ids})
     assert len(remembered) == 2
     assert remembered.copies([(None, ids[0])]) is None  # the oldest was dropped
     copies = remembered.copies([(None, ids[2])])

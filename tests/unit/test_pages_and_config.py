@@ -18,13 +18,26 @@ from boxoffice.services.ids import new_ids, parse_id
 from boxoffice.services.pages import Cursor
 
 
-def test_ids_made_in_bulk_are_random_version_4_uuids() -> None:
+def test_ids_made_in_bulk_are_canonical_random_version_4_uuids() -> None:
     ids = new_ids(1000)
     assert len(ids) == 1000
     assert len(set(ids)) == 1000
-    assert all(i.version == 4 and i.variant == uuid.RFC_4122 for i in ids)
-    assert all(parse_id(str(i)) == i for i in ids)
+    parsed = [uuid.UUID(i) for i in ids]
+    assert all(u.version == 4 and u.variant == uuid.RFC_4122 for u in parsed)
+    assert [str(u) for u in parsed] == ids  # canonical: lower case, hyphenated
+    assert all(parse_id(i) == u for i, u in zip(ids, parsed, strict=True))
     assert new_ids(0) == []
+
+
+@pytest.mark.parametrize("fill", [0x00, 0xFF, 0x5A])
+def test_bulk_ids_set_version_and_variant_whatever_the_random_bytes(
+    fill: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("os.urandom", lambda n: bytes([fill]) * n)
+    for i in new_ids(3):
+        parsed = uuid.UUID(i)
+        assert (parsed.version, parsed.variant) == (4, uuid.RFC_4122)
+        assert str(parsed) == i
 
 
 def test_cursor_round_trips() -> None:

@@ -92,7 +92,12 @@ class Decisions:
 
     outcomes: list[Outcome | None]  # None: the event or section is unknown
     taken: dict[uuid.UUID, int]  # seats taken per section, 0 for refusals only
-    new_bookings: list[dict[str, Any]]
+    new_bookings: list[Booking]  # in arrival order
+    booked: list[Target]  # the parsed ids of each new booking's event and section
+
+    def section_ids(self) -> list[uuid.UUID]:
+        """The sections that give up seats, in id order: the order their rows are locked."""
+        return sorted(ident for ident, qty in self.taken.items() if qty)
 
 
 # In a sale the same few event and section ids arrive thousands of times a second:
@@ -114,16 +119,15 @@ def decide(
 
     Plain Python over the domain's `Section.reserve`; `found` is changed in place.
     """
-    decisions = Decisions([], {}, [])
+    decisions = Decisions([], {}, [], [])
     ids = iter(new_ids(len(requests)))
-    for request, (event_id, section_id) in zip(requests, targets, strict=True):
+    for request, target in zip(requests, targets, strict=True):
+        event_id, section_id = target
         section = found.get(section_id) if section_id is not None else None
-        if event_id is None or section_id is None or section is None:
+        if event_id is None or section is None or _parse_target_id(section.event_id) != event_id:
             decisions.outcomes.append(None)
             continue
-        if section.event_id != str(event_id):
-            decisions.outcomes.append(None)
-            continue
+        assert section_id is not None
         decisions.taken.setdefault(section_id, 0)
         try:
             section.reserve(request.qty)
@@ -131,27 +135,12 @@ def decide(
             decisions.outcomes.append(refused)
             continue
         decisions.taken[section_id] += request.qty
-        booking_id = next(ids)
+        # The section's own ids, as the database spells them, not the client's.
         booking = Booking(
-            id=str(booking_id),
-            event_id=section.event_id,
-            section_id=section.id,
-            qty=request.qty,
-            unit_price_cents=section.price_cents,
-            created_at=now,
+            next(ids), section.event_id, section.id, request.qty, section.price_cents, now
         )
-        decisions.new_bookings.append(
-            {
-                "id": booking_id,
-                "event_id": event_id,
-                "section_id": section_id,
-                "qty": booking.qty,
-                "unit_price_cents": booking.unit_price_cents,
-                "total_price_cents": booking.total_price_cents,
-                "status": booking.status,
-                "created_at": now,
-            }
-        )
+        decisions.new_bookings.append(booking)
+        decisions.booked.append(target)
         decisions.outcomes.append(booking)
     return decisions
 
@@ -179,9 +168,8 @@ def reserve_batch(
                 row.remaining,
             )
     decisions = decide(requests, targets, found, now)
-    taken = {ident: qty for ident, qty in decisions.taken.items() if qty}
-    if taken:
-        _write(conn, taken, decisions.new_bookings, now)
+    if decisions.new_bookings:
+        _write(conn, decisions, found, now)
     outcomes = decisions.outcomes
     if None in outcomes:
         explain_unknown(conn, requests, targets, outcomes)
@@ -197,33 +185,55 @@ def settled(outcomes: list[Outcome | None]) -> list[Outcome]:
 
 
 def _write(
-    conn: Connection,
-    taken: dict[uuid.UUID, int],
-    new_bookings: list[dict[str, Any]],
-    now: datetime,
+    conn: Connection, decisions: Decisions, found: Mapping[uuid.UUID, Section], now: datetime
 ) -> None:
+    section_ids = decisions.section_ids()
     if conn.dialect.name == "postgresql":
         conn.execute(
             _PG_TAKE_SEATS_AND_RECORD,
             {
-                "section_ids": list(taken),
-                "taken": list(taken.values()),
-                **booking_columns(new_bookings, now),
+                "section_ids": [found[ident].id for ident in section_ids],
+                "taken": [decisions.taken[ident] for ident in section_ids],
+                **booking_columns(decisions.new_bookings, now),
             },
         )
         return
-    conn.execute(_TAKE_SEATS, [{"section_id": ident, "taken": qty} for ident, qty in taken.items()])
-    conn.execute(_RECORD_BOOKINGS, new_bookings)
+    conn.execute(
+        _TAKE_SEATS,
+        [{"section_id": ident, "taken": decisions.taken[ident]} for ident in section_ids],
+    )
+    conn.execute(
+        _RECORD_BOOKINGS,
+        [
+            {
+                "id": uuid.UUID(booking.id),
+                "event_id": event_id,
+                "section_id": section_id,
+                "qty": booking.qty,
+                "unit_price_cents": booking.unit_price_cents,
+                "total_price_cents": booking.total_price_cents,
+                "status": booking.status,
+                "created_at": now,
+            }
+            for booking, (event_id, section_id) in zip(
+                decisions.new_bookings, decisions.booked, strict=True
+            )
+        ],
+    )
 
 
-def booking_columns(new_bookings: list[dict[str, Any]], now: datetime) -> dict[str, Any]:
-    """The parameters of `PG_INSERT_BOOKINGS`: one array per column."""
+def booking_columns(new_bookings: Sequence[Booking], now: datetime) -> dict[str, Any]:
+    """The parameters of `PG_INSERT_BOOKINGS`: one array per column.
+
+    Ids go as canonical strings, which asyncpg encodes in C; a `uuid.UUID` costs a
+    Python-level `.bytes` each.
+    """
     return {
-        "booking_ids": [b["id"] for b in new_bookings],
-        "event_ids": [b["event_id"] for b in new_bookings],
-        "booked_sections": [b["section_id"] for b in new_bookings],
-        "qtys": [b["qty"] for b in new_bookings],
-        "units": [b["unit_price_cents"] for b in new_bookings],
+        "booking_ids": [b.id for b in new_bookings],
+        "event_ids": [b.event_id for b in new_bookings],
+        "booked_sections": [b.section_id for b in new_bookings],
+        "qtys": [b.qty for b in new_bookings],
+        "units": [b.unit_price_cents for b in new_bookings],
         "created_at": now,
     }
 

@@ -282,7 +282,7 @@ class BatchedBooker:
             outcomes, sections = await uow.conn.run_sync(reserve_batch, requests, now)
             await uow.commit()
         if self._remembered is not None:
-            self._remembered.remember(list(sections.values()))
+            self._remembered.remember(sections)
         return outcomes
 
     async def _book_if_unchanged(

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import uuid
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -84,10 +84,9 @@ class RememberedSections:
                 found[section_id] = section.copy()
         return found
 
-    def remember(self, sections: Sequence[Section]) -> None:
+    def remember(self, sections: Mapping[uuid.UUID, Section]) -> None:
         """Keep `sections` as they are; the caller hands them over and changes them no more."""
-        for section in sections:
-            key = uuid.UUID(section.id)
+        for key, section in sections.items():
             self._sections[key] = section
             self._sections.move_to_end(key)
         while len(self._sections) > self._max_size:
@@ -104,7 +103,7 @@ class Verified:
 
     outcomes: dict[int, Outcome]  # request index -> its final outcome
     retry: list[int]  # request indexes whose section had changed
-    sections: list[Section]  # the verified sections, as they are now
+    sections: dict[uuid.UUID, Section]  # the verified sections, as they are now
     stale: list[uuid.UUID]  # sections whose remembered count was wrong
 
 
@@ -122,14 +121,15 @@ async def book_if_unchanged(
     rows = await conn.execute(
         _BOOK_IF_UNCHANGED,
         {
-            "section_ids": section_ids,
+            # Canonical strings, which asyncpg encodes in C (see `booking_columns`).
+            "section_ids": [remembered[ident].id for ident in section_ids],
             "expected": [expected[ident] for ident in section_ids],
             "taken": [decisions.taken[ident] for ident in section_ids],
             **booking_columns(decisions.new_bookings, now),
         },
     )
     now_remaining = {row.id: row.remaining for row in rows}
-    verified = Verified({}, [], [], [i for i in section_ids if i not in now_remaining])
+    verified = Verified({}, [], {}, [])
     for index, ((_, section_id), outcome) in enumerate(
         zip(targets, decisions.outcomes, strict=True)
     ):
@@ -137,11 +137,13 @@ async def book_if_unchanged(
             verified.outcomes[index] = outcome
         else:
             verified.retry.append(index)
-    for ident, remaining in now_remaining.items():
-        section = remembered[ident]
-        if section.remaining != remaining:  # cannot happen; never raise after a commit
+    for ident in section_ids:
+        section, remaining = remembered[ident], now_remaining.get(ident)
+        if remaining is None:  # changed by someone else: its requests are retried
+            verified.stale.append(ident)
+        elif section.remaining != remaining:  # cannot happen; never raise after a commit
             log.error("remembered_count_mismatch", section=str(ident), stored=remaining)
             verified.stale.append(ident)
-            continue
-        verified.sections.append(section)
+        else:
+            verified.sections[ident] = section
     return verified

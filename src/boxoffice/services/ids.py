@@ -20,11 +20,20 @@ def new_id() -> uuid.UUID:
     return uuid.uuid4()
 
 
-def new_ids(count: int) -> list[uuid.UUID]:
-    """`count` random (version 4) ids, like `uuid4()`, from one read of the OS's CSPRNG.
+def new_ids(count: int) -> list[str]:
+    """`count` random (version 4) UUIDs in canonical form, from one read of the OS's CSPRNG.
 
-    A batch of bookings needs dozens at once; one `os.urandom` call instead of
-    one each was a fifth of the committer's time.
+    A batch of bookings needs dozens at once: one `os.urandom` call instead of
+    one each was a fifth of the committer's time, and formatting the hex of the
+    whole batch at once takes a third of the time of `str(uuid.UUID(...))` per id.
     """
-    pool = os.urandom(16 * count)
-    return [uuid.UUID(bytes=pool[i : i + 16], version=4) for i in range(0, 16 * count, 16)]
+    pool = bytearray(os.urandom(16 * count))
+    # RFC 9562: the version (4) in the high nibble of byte 6, the variant (0b10) in byte 8.
+    pool[6::16] = bytes(byte & 0x0F | 0x40 for byte in pool[6::16])
+    pool[8::16] = bytes(byte & 0x3F | 0x80 for byte in pool[8::16])
+    h = pool.hex()
+    return [
+        f"{h[i : i + 8]}-{h[i + 8 : i + 12]}-{h[i + 12 : i + 16]}-"
+        f"{h[i + 16 : i + 20]}-{h[i + 20 : i + 32]}"
+        for i in range(0, 32 * count, 32)
+    ]
