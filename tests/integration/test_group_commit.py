@@ -354,6 +354,34 @@ async def test_a_database_restart_during_a_lull_costs_no_request(
 
 
 @POSTGRESQL_ONLY
+async def test_a_connection_killed_under_load_fails_one_batch_cleanly(
+    booker: BatchedBooker, database: Database
+) -> None:
+    """The one statement runs on asyncpg itself (db/driver.py): its errors must still
+    become a clean 503 for the batch, with nothing written, and a fresh connection."""
+    event = await new_event(database, 10)
+    s = event.sections[0].id
+    await booker.book(BookingRequest(event.id, s, 1))  # locked path: now remembered
+    await booker.book(BookingRequest(event.id, s, 1))  # one statement: connection kept
+    assert booker.stats.verified == 1
+    async with database.engine.connect() as conn:
+        killed = await conn.execute(
+            text(
+                "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) "
+                "FROM pg_stat_activity "
+                "WHERE application_name = 'boxoffice' AND pid <> pg_backend_pid()"
+            )
+        )
+        assert killed.scalar_one() >= 1
+    results = await book_all(booker, [BookingRequest(event.id, s, q) for q in (1, 2)])
+    assert all(isinstance(r, DatabaseUnavailable) for r in results), results
+    assert booker.stats.verified == 1, "the failed batch went through the one statement"
+    assert await inventory(database, s) == (10, 8, 2), "a failed batch wrote seats"
+    assert (await booker.book(BookingRequest(event.id, s, 3))).qty == 3, "no fresh connection"
+    assert await inventory(database, s) == (10, 5, 5)
+
+
+@POSTGRESQL_ONLY
 @pytest.mark.parametrize(
     "failure",
     [

@@ -6,6 +6,7 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
+import asyncpg.exceptions as asyncpg_errors
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -144,6 +145,26 @@ def test_transient_database_errors_are_unavailable(sqlstate: str | None, transie
             self.sqlstate = sqlstate
 
     assert is_unavailable(DBAPIError("SELECT 1", {}, DriverError())) is transient
+
+
+@pytest.mark.parametrize(
+    ("error", "transient"),
+    [
+        (asyncpg_errors.DeadlockDetectedError("deadlock"), True),
+        (asyncpg_errors.SerializationError("serialization"), True),
+        (asyncpg_errors.LockNotAvailableError("lock timeout"), True),
+        (asyncpg_errors.QueryCanceledError("statement timeout"), True),
+        (asyncpg_errors.AdminShutdownError("shutting down"), True),
+        (asyncpg_errors.ConnectionDoesNotExistError("connection lost"), True),
+        (asyncpg_errors.InterfaceError("connection is closed"), True),
+        (asyncpg_errors.UniqueViolationError("duplicate key"), False),
+        (asyncpg_errors.CheckViolationError("remaining >= 0"), False),
+        (asyncpg_errors.UndefinedTableError("no such table"), False),
+    ],
+)
+def test_driver_errors_are_classified_like_wrapped_ones(error: Exception, transient: bool) -> None:
+    """Statements run on asyncpg itself (db/driver.py) raise its errors unwrapped."""
+    assert is_unavailable(error) is transient
 
 
 def test_sqlite_errors_that_are_bugs_are_not_reported_as_outages(tmp_path: Path) -> None:

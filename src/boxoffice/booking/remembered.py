@@ -33,12 +33,15 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from boxoffice.booking.batch import PG_INSERT_BOOKINGS, Outcome, Target, booking_columns, decide
+from boxoffice.db.driver import DriverStatement
 from boxoffice.domain.model import BookingRequest, Section
 
 log = structlog.get_logger("boxoffice.booking")
 
-_BOOK_IF_UNCHANGED = text(
-    f"""
+# Run on asyncpg directly: this statement is the hot path (see `db/driver.py`).
+_BOOK_IF_UNCHANGED = DriverStatement(
+    text(
+        f"""
     WITH t AS (
         SELECT * FROM unnest(CAST(:section_ids AS uuid[]), CAST(:expected AS integer[]),
                              CAST(:taken AS integer[])) AS t(id, expected, taken)
@@ -58,6 +61,7 @@ _BOOK_IF_UNCHANGED = text(
     )
     SELECT id, remaining FROM verified
     """
+    )
 )
 
 
@@ -118,8 +122,8 @@ async def book_if_unchanged(
     expected = {ident: section.remaining for ident, section in remembered.items()}
     decisions = decide(requests, targets, remembered, now)
     section_ids = sorted(decisions.taken)
-    rows = await conn.execute(
-        _BOOK_IF_UNCHANGED,
+    rows = await _BOOK_IF_UNCHANGED.fetch(
+        conn,
         {
             # Canonical strings, which asyncpg encodes in C (see `booking_columns`).
             "section_ids": [remembered[ident].id for ident in section_ids],
@@ -128,7 +132,7 @@ async def book_if_unchanged(
             **booking_columns(decisions.new_bookings, now),
         },
     )
-    now_remaining = {row.id: row.remaining for row in rows}
+    now_remaining = {row[0]: row[1] for row in rows}
     verified = Verified({}, [], {}, [])
     for index, ((_, section_id), outcome) in enumerate(
         zip(targets, decisions.outcomes, strict=True)

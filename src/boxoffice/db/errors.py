@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import asyncpg
 from sqlalchemy import exc as sa_exc
 
 
@@ -45,4 +46,11 @@ def is_unavailable(error: BaseException) -> bool:
         if _sqlstate(error) in _TRANSIENT_SQLSTATES or _sqlstate(error)[:2] == "08":
             return True
         return isinstance(error, sa_exc.OperationalError | sa_exc.InterfaceError)
+    # Raised unwrapped by the statements run on asyncpg itself (`db/driver.py`),
+    # classified as SQLAlchemy classifies them when it wraps them.
+    if isinstance(error, asyncpg.PostgresError):
+        sqlstate = str(getattr(error, "sqlstate", None) or "")
+        return sqlstate in _TRANSIENT_SQLSTATES or sqlstate[:2] == "08"
+    if isinstance(error, asyncpg.InterfaceError):
+        return True
     return isinstance(error, ConnectionError | OSError)
