@@ -322,8 +322,8 @@ def test_remembered_sections_are_bounded() -> None:
     from boxoffice.domain.model import Section
 
     remembered = RememberedSections(max_size=2)
-    ids = [uuid.uuid4() for _ in range(3)]
-    remembered.remember({i: Section(str(i), "e", "S", 1, 5, 5) for i in ids})
+    ids = [str(uuid.uuid4()) for _ in range(3)]
+    remembered.remember({i: Section(i, "e", "S", 1, 5, 5) for i in ids})
     assert len(remembered) == 2
     assert remembered.copies([(None, ids[0])]) is None  # the oldest was dropped
     copies = remembered.copies([(None, ids[2])])
@@ -355,10 +355,12 @@ async def test_a_database_restart_during_a_lull_costs_no_request(
 
 @POSTGRESQL_ONLY
 async def test_a_connection_killed_under_load_fails_one_batch_cleanly(
-    booker: BatchedBooker, database: Database
+    booker: BatchedBooker, database: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The one statement runs on asyncpg itself (db/driver.py): its errors must still
     become a clean 503 for the batch, with nothing written, and a fresh connection."""
+    # "Under load": however slow this machine, the kept connection is not swapped out.
+    monkeypatch.setattr(batched_module, "KEEP_CONNECTION_IDLE_SECONDS", 3600.0)
     event = await new_event(database, 10)
     s = event.sections[0].id
     await booker.book(BookingRequest(event.id, s, 1))  # locked path: now remembered
@@ -367,7 +369,8 @@ async def test_a_connection_killed_under_load_fails_one_batch_cleanly(
     async with database.engine.connect() as conn:
         killed = await conn.execute(
             text(
-                "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) "
+                # With a timeout, pg_terminate_backend waits until the backend is gone.
+                "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, 10000)) "
                 "FROM pg_stat_activity "
                 "WHERE application_name = 'boxoffice' AND pid <> pg_backend_pid()"
             )

@@ -40,7 +40,10 @@ from boxoffice.domain.model import Booking, BookingRequest, Section
 from boxoffice.services.ids import new_ids, parse_id
 
 Outcome = Booking | BoxofficeError
-Target = tuple[uuid.UUID | None, uuid.UUID | None]
+# A request's event and section ids in canonical form (lower-case, hyphenated), or None
+# where the client's string is not a UUID. Strings, not `uuid.UUID`s: the committer hashes,
+# compares and sorts them many times per booking, and a UUID does each in Python.
+Target = tuple[str | None, str | None]
 
 # Built once: SQLAlchemy then reuses the compiled form from its cache.
 _LOCK_SECTIONS = (
@@ -91,40 +94,50 @@ class Decisions:
     """What one batch does, decided in arrival order before anything is written."""
 
     outcomes: list[Outcome | None]  # None: the event or section is unknown
-    taken: dict[uuid.UUID, int]  # seats taken per section, 0 for refusals only
+    taken: dict[str, int]  # seats taken per section, 0 for refusals only
     new_bookings: list[Booking]  # in arrival order
-    booked: list[Target]  # the parsed ids of each new booking's event and section
 
-    def section_ids(self) -> list[uuid.UUID]:
+    def section_ids(self) -> list[str]:
         """The sections that give up seats, in id order: the order their rows are locked."""
         return sorted(ident for ident, qty in self.taken.items() if qty)
 
 
-# In a sale the same few event and section ids arrive thousands of times a second:
-# parse each once. Bounded, so arbitrary client strings cannot grow it.
-_parse_target_id = functools.lru_cache(maxsize=4096)(parse_id)
+@functools.lru_cache(maxsize=4096)
+def canonical_id(value: str) -> str | None:
+    """`value` as the database spells that UUID, or None if it is not one.
+
+    In a sale the same few event and section ids arrive thousands of times a
+    second: each is parsed once. Bounded, so arbitrary client strings cannot grow it.
+    """
+    parsed = parse_id(value)
+    return None if parsed is None else str(parsed)
+
+
+@functools.lru_cache(maxsize=4096)
+def _as_uuid(canonical: str) -> uuid.UUID:
+    """For SQLAlchemy's `Uuid` columns, which bind `uuid.UUID`s."""
+    return uuid.UUID(canonical)
 
 
 def target_ids(requests: Sequence[BookingRequest]) -> list[Target]:
-    return [(_parse_target_id(r.event_id), _parse_target_id(r.section_id)) for r in requests]
+    return [(canonical_id(r.event_id), canonical_id(r.section_id)) for r in requests]
 
 
 def decide(
     requests: Sequence[BookingRequest],
     targets: Sequence[Target],
-    found: Mapping[uuid.UUID, Section],
+    found: Mapping[str, Section],
     now: datetime,
 ) -> Decisions:
     """First come, first served: each request takes its seats or is refused, in order.
 
     Plain Python over the domain's `Section.reserve`; `found` is changed in place.
     """
-    decisions = Decisions([], {}, [], [])
+    decisions = Decisions([], {}, [])
     ids = iter(new_ids(len(requests)))
-    for request, target in zip(requests, targets, strict=True):
-        event_id, section_id = target
+    for request, (event_id, section_id) in zip(requests, targets, strict=True):
         section = found.get(section_id) if section_id is not None else None
-        if event_id is None or section is None or _parse_target_id(section.event_id) != event_id:
+        if event_id is None or section is None or section.event_id != event_id:
             decisions.outcomes.append(None)
             continue
         assert section_id is not None
@@ -140,14 +153,13 @@ def decide(
             next(ids), section.event_id, section.id, request.qty, section.price_cents, now
         )
         decisions.new_bookings.append(booking)
-        decisions.booked.append(target)
         decisions.outcomes.append(booking)
     return decisions
 
 
 def reserve_batch(
     conn: Connection, requests: Sequence[BookingRequest], now: datetime
-) -> tuple[list[Outcome], dict[uuid.UUID, Section]]:
+) -> tuple[list[Outcome], dict[str, Section]]:
     """Book `requests` in order inside the caller's transaction; one outcome per request.
 
     Also returns the locked sections as they will be after the commit, so the
@@ -155,11 +167,11 @@ def reserve_batch(
     """
     targets = target_ids(requests)
     wanted = sorted({section for _, section in targets if section is not None})
-    found: dict[uuid.UUID, Section] = {}
+    found: dict[str, Section] = {}
     if wanted:
-        rows = conn.execute(_LOCK_SECTIONS, {"ids": wanted})
+        rows = conn.execute(_LOCK_SECTIONS, {"ids": [_as_uuid(ident) for ident in wanted]})
         for row in rows:
-            found[row.id] = Section(
+            section = Section(
                 str(row.id),
                 str(row.event_id),
                 row.name,
@@ -167,9 +179,10 @@ def reserve_batch(
                 row.capacity,
                 row.remaining,
             )
+            found[section.id] = section
     decisions = decide(requests, targets, found, now)
     if decisions.new_bookings:
-        _write(conn, decisions, found, now)
+        _write(conn, decisions, now)
     outcomes = decisions.outcomes
     if None in outcomes:
         explain_unknown(conn, requests, targets, outcomes)
@@ -184,15 +197,13 @@ def settled(outcomes: list[Outcome | None]) -> list[Outcome]:
     return result
 
 
-def _write(
-    conn: Connection, decisions: Decisions, found: Mapping[uuid.UUID, Section], now: datetime
-) -> None:
+def _write(conn: Connection, decisions: Decisions, now: datetime) -> None:
     section_ids = decisions.section_ids()
     if conn.dialect.name == "postgresql":
         conn.execute(
             _PG_TAKE_SEATS_AND_RECORD,
             {
-                "section_ids": [found[ident].id for ident in section_ids],
+                "section_ids": section_ids,
                 "taken": [decisions.taken[ident] for ident in section_ids],
                 **booking_columns(decisions.new_bookings, now),
             },
@@ -200,24 +211,22 @@ def _write(
         return
     conn.execute(
         _TAKE_SEATS,
-        [{"section_id": ident, "taken": decisions.taken[ident]} for ident in section_ids],
+        [{"section_id": _as_uuid(ident), "taken": decisions.taken[ident]} for ident in section_ids],
     )
     conn.execute(
         _RECORD_BOOKINGS,
         [
             {
                 "id": uuid.UUID(booking.id),
-                "event_id": event_id,
-                "section_id": section_id,
+                "event_id": _as_uuid(booking.event_id),
+                "section_id": _as_uuid(booking.section_id),
                 "qty": booking.qty,
                 "unit_price_cents": booking.unit_price_cents,
                 "total_price_cents": booking.total_price_cents,
                 "status": booking.status,
                 "created_at": now,
             }
-            for booking, (event_id, section_id) in zip(
-                decisions.new_bookings, decisions.booked, strict=True
-            )
+            for booking in decisions.new_bookings
         ],
     )
 
@@ -250,11 +259,8 @@ def explain_unknown(
         for (event, _), outcome in zip(keys, outcomes, strict=True)
         if outcome is None and event is not None
     }
-    existing = (
-        set(conn.execute(select(events.c.id).where(events.c.id.in_(event_ids))).scalars())
-        if event_ids
-        else set()
-    )
+    query = select(events.c.id).where(events.c.id.in_([_as_uuid(e) for e in event_ids]))
+    existing = {str(found) for found in conn.execute(query).scalars()} if event_ids else set()
     for index, outcome in enumerate(outcomes):
         if outcome is not None:
             continue

@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import uuid
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -289,7 +288,7 @@ class BatchedBooker:
         self,
         requests: list[BookingRequest],
         targets: list[Target],
-        copies: dict[uuid.UUID, Section],
+        copies: dict[str, Section],
         now: datetime,
     ) -> list[Answer]:
         assert self._remembered is not None

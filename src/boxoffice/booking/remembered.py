@@ -22,7 +22,6 @@ only while PostgreSQL executes one statement.
 
 from __future__ import annotations
 
-import uuid
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -59,7 +58,7 @@ _BOOK_IF_UNCHANGED = DriverStatement(
           JOIN verified ON verified.id = b.section_id
         RETURNING 1
     )
-    SELECT id, remaining FROM verified
+    SELECT CAST(id AS text), remaining FROM verified
     """
     )
 )
@@ -69,15 +68,15 @@ class RememberedSections:
     """The sections as this process's last committed batches left them (bounded, LRU)."""
 
     def __init__(self, max_size: int = 100_000) -> None:
-        self._sections: OrderedDict[uuid.UUID, Section] = OrderedDict()
+        self._sections: OrderedDict[str, Section] = OrderedDict()
         self._max_size = max_size
 
     def __len__(self) -> int:
         return len(self._sections)
 
-    def copies(self, targets: Sequence[Target]) -> dict[uuid.UUID, Section] | None:
+    def copies(self, targets: Sequence[Target]) -> dict[str, Section] | None:
         """Working copies of every targeted section, or None if one is not remembered."""
-        found: dict[uuid.UUID, Section] = {}
+        found: dict[str, Section] = {}
         for _, section_id in targets:
             if section_id is None:
                 return None
@@ -88,7 +87,7 @@ class RememberedSections:
                 found[section_id] = section.copy()
         return found
 
-    def remember(self, sections: Mapping[uuid.UUID, Section]) -> None:
+    def remember(self, sections: Mapping[str, Section]) -> None:
         """Keep `sections` as they are; the caller hands them over and changes them no more."""
         for key, section in sections.items():
             self._sections[key] = section
@@ -96,7 +95,7 @@ class RememberedSections:
         while len(self._sections) > self._max_size:
             self._sections.popitem(last=False)
 
-    def forget(self, section_ids: Sequence[uuid.UUID]) -> None:
+    def forget(self, section_ids: Sequence[str]) -> None:
         for section_id in section_ids:
             self._sections.pop(section_id, None)
 
@@ -107,15 +106,15 @@ class Verified:
 
     outcomes: dict[int, Outcome]  # request index -> its final outcome
     retry: list[int]  # request indexes whose section had changed
-    sections: dict[uuid.UUID, Section]  # the verified sections, as they are now
-    stale: list[uuid.UUID]  # sections whose remembered count was wrong
+    sections: dict[str, Section]  # the verified sections, as they are now
+    stale: list[str]  # sections whose remembered count was wrong
 
 
 async def book_if_unchanged(
     conn: AsyncConnection,
     requests: Sequence[BookingRequest],
     targets: Sequence[Target],
-    remembered: dict[uuid.UUID, Section],
+    remembered: dict[str, Section],
     now: datetime,
 ) -> Verified:
     """Decide from `remembered` copies and write in one autocommitted statement."""
@@ -125,8 +124,7 @@ async def book_if_unchanged(
     rows = await _BOOK_IF_UNCHANGED.fetch(
         conn,
         {
-            # Canonical strings, which asyncpg encodes in C (see `booking_columns`).
-            "section_ids": [remembered[ident].id for ident in section_ids],
+            "section_ids": section_ids,
             "expected": [expected[ident] for ident in section_ids],
             "taken": [decisions.taken[ident] for ident in section_ids],
             **booking_columns(decisions.new_bookings, now),

@@ -105,6 +105,7 @@ async def _raise_why_not(
         if remaining is not None:
             raise InsufficientSeats(requested=request.qty, remaining=remaining)
     outcomes: list[Outcome | None] = [None]
-    await conn.run_sync(explain_unknown, [request], [(event_id, section_id)], outcomes)
+    target = (str(event_id), None if section_id is None else str(section_id))
+    await conn.run_sync(explain_unknown, [request], [target], outcomes)
     assert isinstance(outcomes[0], NotFound)
     raise outcomes[0]
