@@ -49,3 +49,23 @@ async def test_configured_limits_apply(tight: httpx.AsyncClient) -> None:
     assert "next" in page.links
     assert len((await tight.get("/events", params={"limit": 3})).json()) == 3
     assert_problem(await tight.get("/events", params={"limit": 4}), 400, "validation_error")
+
+
+async def test_started_app_tunes_the_garbage_collector(
+    settings: Settings, database: Database
+) -> None:
+    """Start-up freezes what lives as long as the process and widens the young
+    generation (see GC_THRESHOLDS); both were measured under load, so keep them."""
+    import gc
+
+    from boxoffice.api.app import GC_THRESHOLDS
+
+    before = gc.get_threshold()
+    try:
+        gc.set_threshold(700, 10, 10)
+        app = create_app(settings, database)
+        async with app.router.lifespan_context(app):
+            assert gc.get_threshold() == GC_THRESHOLDS
+            assert gc.get_freeze_count() > 0
+    finally:
+        gc.set_threshold(*before)
