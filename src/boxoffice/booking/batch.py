@@ -37,7 +37,7 @@ from sqlalchemy import Connection, bindparam, insert, select, text, update
 from boxoffice.db.tables import bookings, events, sections
 from boxoffice.domain.errors import BoxofficeError, EventNotFound, SectionNotFound
 from boxoffice.domain.model import Booking, BookingRequest, Section
-from boxoffice.services.ids import new_ids, parse_id
+from boxoffice.services.ids import canonical_id, new_ids
 
 Outcome = Booking | BoxofficeError
 # A request's event and section ids in canonical form (lower-case, hyphenated), or None
@@ -102,15 +102,9 @@ class Decisions:
         return sorted(ident for ident, qty in self.taken.items() if qty)
 
 
-@functools.lru_cache(maxsize=4096)
-def canonical_id(value: str) -> str | None:
-    """`value` as the database spells that UUID, or None if it is not one.
-
-    In a sale the same few event and section ids arrive thousands of times a
-    second: each is parsed once. Bounded, so arbitrary client strings cannot grow it.
-    """
-    parsed = parse_id(value)
-    return None if parsed is None else str(parsed)
+# In a sale the same few event and section ids arrive thousands of times a second:
+# each is parsed once. Bounded, so arbitrary client strings cannot grow it.
+_target_id = functools.lru_cache(maxsize=4096)(canonical_id)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -120,7 +114,7 @@ def _as_uuid(canonical: str) -> uuid.UUID:
 
 
 def target_ids(requests: Sequence[BookingRequest]) -> list[Target]:
-    return [(canonical_id(r.event_id), canonical_id(r.section_id)) for r in requests]
+    return [(_target_id(r.event_id), _target_id(r.section_id)) for r in requests]
 
 
 def decide(

@@ -23,8 +23,12 @@ _TRANSIENT_SQLSTATES = {"40001", "40P01", "55P03", "57014", "57P01", "57P02", "5
 _SQLITE_UNAVAILABLE = {"BUSY", "LOCKED", "IOERR", "FULL", "CANTOPEN", "PROTOCOL", "READONLY"}
 
 
-def _sqlstate(error: sa_exc.DBAPIError) -> str:
-    return str(getattr(error.orig, "sqlstate", None) or getattr(error.orig, "pgcode", None) or "")
+def _transient(driver_error: object) -> bool:
+    """The driver's error carries a SQLSTATE that a later retry can get past."""
+    sqlstate = str(
+        getattr(driver_error, "sqlstate", None) or getattr(driver_error, "pgcode", None) or ""
+    )
+    return sqlstate in _TRANSIENT_SQLSTATES or sqlstate[:2] == "08"
 
 
 def is_unavailable(error: BaseException) -> bool:
@@ -43,14 +47,13 @@ def is_unavailable(error: BaseException) -> bool:
             # pysqlite raises OperationalError for "no such table" and bad SQL too:
             # only these primary result codes mean the database itself is in the way.
             return str(sqlite_error).split("_")[1] in _SQLITE_UNAVAILABLE
-        if _sqlstate(error) in _TRANSIENT_SQLSTATES or _sqlstate(error)[:2] == "08":
+        if _transient(error.orig):
             return True
         return isinstance(error, sa_exc.OperationalError | sa_exc.InterfaceError)
     # Raised unwrapped by the statements run on asyncpg itself (`db/driver.py`),
     # classified as SQLAlchemy classifies them when it wraps them.
     if isinstance(error, asyncpg.PostgresError):
-        sqlstate = str(getattr(error, "sqlstate", None) or "")
-        return sqlstate in _TRANSIENT_SQLSTATES or sqlstate[:2] == "08"
+        return _transient(error)
     if isinstance(error, asyncpg.InterfaceError):
         return True
     return isinstance(error, ConnectionError | OSError)

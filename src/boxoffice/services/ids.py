@@ -16,6 +16,12 @@ def parse_id(value: str) -> uuid.UUID | None:
         return None
 
 
+def canonical_id(value: str) -> str | None:
+    """`value` as the database spells that UUID (lower case, hyphenated), or None."""
+    parsed = parse_id(value)
+    return None if parsed is None else str(parsed)
+
+
 def new_id() -> uuid.UUID:
     return uuid.uuid4()
 
