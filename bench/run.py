@@ -37,7 +37,6 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -48,7 +47,7 @@ from rich.console import Console
 from rich.progress import Progress
 from sqlalchemy import func, select
 from tests.support.postgres import ThrowawayPostgres
-from tests.support.server import ServerProcess
+from tests.support.server import ServerProcess, process_group, processes
 
 from boxoffice.config import async_database_url
 from boxoffice.db.database import Database
@@ -142,24 +141,6 @@ def cpu_spent(before: dict[int, float], after: dict[int, float]) -> float:
     never a negative.
     """
     return sum(now - before.get(pid, 0.0) for pid, now in after.items())
-
-
-def processes(where: Callable[[Path], bool]) -> list[int]:
-    """The pids of the running processes whose /proc entry satisfies `where`."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                if where(entry):
-                    found.append(int(entry.name))
-    return found
-
-
-def process_group(pgid: int) -> list[int]:
-    """The server and its workers: it is started in a session of its own."""
-    return processes(
-        lambda entry: int(entry.joinpath("stat").read_text().rsplit(")", 1)[1].split()[2]) == pgid
-    )
 
 
 def postgres_processes() -> list[int]:

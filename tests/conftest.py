@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from boxoffice.api.app import create_app
-from boxoffice.config import Settings, async_database_url
+from boxoffice.config import Settings
 from boxoffice.db.database import Database
 from boxoffice.db.migrate import upgrade
 from tests.support.postgres import ThrowawayPostgres
@@ -76,17 +76,24 @@ def booking_strategy() -> str:
 
 
 @pytest.fixture
-def settings(database_url: str, booking_strategy: str) -> Settings:
+def sqlite_writer() -> str:
+    """Where SQLite's group commits run; tests of both writers parametrize this name."""
+    return "process"
+
+
+@pytest.fixture
+def settings(database_url: str, booking_strategy: str, sqlite_writer: str) -> Settings:
     return Settings(
         database_url=database_url,
         booking_strategy=booking_strategy,
+        sqlite_writer=sqlite_writer,
         _env_file=None,  # type: ignore[call-arg]
     )
 
 
 @pytest.fixture
 async def database(settings: Settings) -> AsyncIterator[Database]:
-    db = Database.from_url(async_database_url(settings.database_url))
+    db = Database.from_settings(settings)
     try:
         yield db
     finally:

@@ -39,7 +39,7 @@ def async_database_url(url: str) -> URL:
             "use postgresql://user@host:port/db or sqlite:///path/to/file.db"
         )
     if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
-        # Every pooled connection, and the writer thread's, would get a database of its own.
+        # Every pooled connection, and the writer's, would get a database of its own.
         raise UnsupportedDatabaseURL(
             "an in-memory SQLite database cannot be shared by the server's connections: "
             "use sqlite:///path/to/file.db"
@@ -70,6 +70,11 @@ class Settings(BaseSettings):
     )
     max_batch_size: int = Field(
         64, ge=1, le=10_000, description="Most requests one group commit takes (measured best)."
+    )
+
+    sqlite_writer: Literal["process", "thread"] = Field(
+        "process",
+        description="Where SQLite's group commits run: a process of their own, or a thread.",
     )
 
     db_pool_size: int = Field(10, ge=1, le=200)

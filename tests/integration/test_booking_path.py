@@ -27,6 +27,7 @@ from boxoffice.domain.errors import (
 from boxoffice.domain.model import BookingRequest, Event, EventSpec, SectionSpec
 from boxoffice.services.events import create_event, get_event
 from boxoffice.services.unit_of_work import UnitOfWork
+from tests.support.writer_faults import Crash, reserve_then_crash
 
 
 async def new_event(database: Database, *capacities: int) -> Event:
@@ -181,27 +182,19 @@ async def test_a_crash_before_the_commit_leaks_nothing(
     """The original wrote the decrement and the booking separately; here they share a commit.
 
     The seats are taken and the booking inserted, then the process "dies" before
-    COMMIT: nothing of it may remain. (The batched path on SQLite commits on the
-    writer thread, not through `UnitOfWork.commit`: there the crash comes right
-    after the batch's writes.)
+    COMMIT: nothing of it may remain. (The batched path on SQLite commits on its
+    writer, not through `UnitOfWork.commit`: there the crash comes right after
+    the batch's writes. A real kill of SQLite's writer process is in
+    tests/integration/test_sqlite_writer.py.)
     """
     event = await new_event(database, 5)
     section = event.sections[0]
 
-    class Crash(Exception):
-        pass
-
     async def die(self: UnitOfWork) -> None:
         raise Crash("process died before the commit")
 
-    real_batch = batched_module.reserve_batch
-
-    def write_then_die(conn, requests, now):  # type: ignore[no-untyped-def]
-        real_batch(conn, requests, now)
-        raise Crash("process died before the commit")
-
     monkeypatch.setattr(UnitOfWork, "commit", die)
-    monkeypatch.setattr(batched_module, "reserve_batch", write_then_die)
+    monkeypatch.setattr(batched_module, "reserve_batch", reserve_then_crash)
     with pytest.raises(Crash):
         await (await new_booker()).book(BookingRequest(event.id, section.id, 2))
     monkeypatch.undo()

@@ -4,16 +4,17 @@ Requests created in one go (`asyncio.gather`) all queue before the committer
 task runs, so they form one batch; `booker.stats` proves it.
 
 Failures are injected by replacing `reserve_batch`, which is synchronous: on
-SQLite it runs on the writer thread, on PostgreSQL inside `run_sync`.
+SQLite it runs on the writer (a process of its own by default, or a thread),
+on PostgreSQL inside `run_sync`. A fault that SQLite's writer process must run
+is a module-level function of `tests/support/writer_faults.py`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
-import threading
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -29,19 +30,20 @@ from boxoffice.db.errors import DatabaseUnavailable
 from boxoffice.domain.errors import EventNotFound, InsufficientSeats, SectionNotFound
 from boxoffice.domain.model import Booking, BookingRequest
 from tests.integration.test_booking_path import inventory, new_event
+from tests.support.writer_faults import (
+    gate_path,
+    nothing,
+    reserve_then_fail_batches,
+    reserve_then_lose_the_connection,
+    reserve_then_wait_for_gate,
+)
 
 # These exercise what only PostgreSQL has (the one-statement path, killable
 # server connections): they take the PostgreSQL half of `database_url` only.
 POSTGRESQL_ONLY = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-
-
-@pytest.fixture
-async def booker(database: Database) -> AsyncIterator[BatchedBooker]:
-    path = BatchedBooker(database, max_tickets_per_booking=10)
-    await path.start()
-    yield path
-    await path.stop()
+# SQLite's writer runs as a process by default; these also run it on a thread.
+BOTH_SQLITE_WRITERS = pytest.mark.parametrize("sqlite_writer", ["process", "thread"])
 
 
 async def book_all(booker: BatchedBooker, requests: list[BookingRequest]) -> list[Any]:
@@ -65,21 +67,25 @@ def assert_first_come_first_served(results: list[Any]) -> None:
 
 
 def hold_the_committer(
-    monkeypatch: pytest.MonkeyPatch, gate: asyncio.Event, *, only_qty: int | None = None
-) -> None:
-    """Make the committer wait on `gate` inside its transaction (the locked path)."""
+    monkeypatch: pytest.MonkeyPatch, database_url: str, *, only_qty: int | None = None
+) -> Callable[[], None]:
+    """Make the committer wait inside its transaction (the locked path) until the
+    returned function is called. On SQLite the wait comes after the batch's writes."""
+    if database_url.startswith("sqlite"):
+        gate = gate_path(database_url)
+        monkeypatch.setattr(batched_module, "reserve_batch", reserve_then_wait_for_gate)
+        return gate.touch
+
+    event = asyncio.Event()
     real_batch = batched_module.reserve_batch
-    loop = asyncio.get_running_loop()
 
     def slow_batch(conn, requests, now):  # type: ignore[no-untyped-def]
         if only_qty is None or requests[0].qty == only_qty:
-            if threading.current_thread() is threading.main_thread():
-                await_only(gate.wait())  # inside run_sync's greenlet, on the event loop
-            else:  # on SQLite's writer thread
-                asyncio.run_coroutine_threadsafe(gate.wait(), loop).result(timeout=10)
+            await_only(event.wait())  # inside run_sync's greenlet, on the event loop
         return real_batch(conn, requests, now)
 
     monkeypatch.setattr(batched_module, "reserve_batch", slow_batch)
+    return event.set
 
 
 async def test_a_lone_request_commits_at_once(booker: BatchedBooker, database: Database) -> None:
@@ -89,6 +95,7 @@ async def test_a_lone_request_commits_at_once(booker: BatchedBooker, database: D
     assert (booker.stats.batches, booker.stats.largest) == (1, 1)
 
 
+@BOTH_SQLITE_WRITERS
 async def test_fifo_with_partial_sell_out_inside_one_batch(
     booker: BatchedBooker, database: Database
 ) -> None:
@@ -149,21 +156,12 @@ async def test_mixed_sections_and_unknown_targets_in_one_batch(
     }
 
 
+@BOTH_SQLITE_WRITERS
 async def test_a_failure_mid_batch_fails_only_that_request(
     booker: BatchedBooker, database: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     event = await new_event(database, 10)
     s = event.sections[0].id
-    real_batch = batched_module.reserve_batch
-
-    def batch_then_fail(conn, requests, now):  # type: ignore[no-untyped-def]
-        if len(requests) > 1:
-            real_batch(conn, requests, now)  # the writes happen, then the batch dies
-            raise IntegrityError("INSERT", {}, Exception("constraint violated"))
-        if requests[0].qty == 3:
-            raise IntegrityError("INSERT", {}, Exception("this one is bad"))
-        return real_batch(conn, requests, now)
-
     real_verify = batched_module.book_if_unchanged
 
     async def verify_faulty(conn, requests, targets, copies, now):  # type: ignore[no-untyped-def]
@@ -172,7 +170,7 @@ async def test_a_failure_mid_batch_fails_only_that_request(
         return await real_verify(conn, requests, targets, copies, now)
 
     # The faulty request fails on every path a request can take.
-    monkeypatch.setattr(batched_module, "reserve_batch", batch_then_fail)
+    monkeypatch.setattr(batched_module, "reserve_batch", reserve_then_fail_batches)
     monkeypatch.setattr(batched_module, "book_if_unchanged", verify_faulty)
     results = await book_all(booker, [BookingRequest(event.id, s, q) for q in (1, 3, 2)])
     assert isinstance(results[0], Booking)
@@ -181,18 +179,14 @@ async def test_a_failure_mid_batch_fails_only_that_request(
     assert await inventory(database, s) == (10, 7, 3)
 
 
+@BOTH_SQLITE_WRITERS
 async def test_database_errors_fail_the_whole_batch_cleanly(
     booker: BatchedBooker, database: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     event = await new_event(database, 10)
     s = event.sections[0].id
     real_batch = batched_module.reserve_batch
-
-    def connection_lost(conn, requests, now):  # type: ignore[no-untyped-def]
-        real_batch(conn, requests, now)
-        raise OperationalError("COMMIT", {}, Exception("server closed the connection"))
-
-    monkeypatch.setattr(batched_module, "reserve_batch", connection_lost)
+    monkeypatch.setattr(batched_module, "reserve_batch", reserve_then_lose_the_connection)
     results = await book_all(booker, [BookingRequest(event.id, s, q) for q in (1, 2, 3)])
     assert all(isinstance(r, DatabaseUnavailable) for r in results)
     assert await inventory(database, s) == (10, 10, 0), "half a batch was written"
@@ -200,20 +194,23 @@ async def test_database_errors_fail_the_whole_batch_cleanly(
     assert (await booker.book(BookingRequest(event.id, s, 1))).qty == 1, "the committer died"
 
 
+@BOTH_SQLITE_WRITERS
 async def test_a_cancelled_waiting_request_takes_no_seat(
-    booker: BatchedBooker, database: Database, monkeypatch: pytest.MonkeyPatch
+    booker: BatchedBooker,
+    database: Database,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     event = await new_event(database, 10)
     s = event.sections[0].id
-    gate = asyncio.Event()
-    hold_the_committer(monkeypatch, gate, only_qty=1)
+    open_gate = hold_the_committer(monkeypatch, database_url, only_qty=1)
     first = asyncio.create_task(booker.book(BookingRequest(event.id, s, 1)))
     await asyncio.sleep(0.05)  # the committer is now inside the first transaction
     gone = asyncio.create_task(booker.book(BookingRequest(event.id, s, 4)))
     stays = asyncio.create_task(booker.book(BookingRequest(event.id, s, 2)))
     await asyncio.sleep(0.01)
     gone.cancel()  # the client disconnected while waiting
-    gate.set()
+    open_gate()
     assert (await first).qty == 1
     assert (await stays).qty == 2
     with pytest.raises(asyncio.CancelledError):
@@ -421,44 +418,50 @@ async def test_a_failed_retry_never_touches_requests_already_committed(
 
 
 async def test_stop_lets_the_batch_in_flight_finish(
-    booker: BatchedBooker, database: Database, monkeypatch: pytest.MonkeyPatch
+    booker: BatchedBooker,
+    database: Database,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     event = await new_event(database, 10)
     s = event.sections[0].id
-    gate = asyncio.Event()
-    hold_the_committer(monkeypatch, gate)
+    open_gate = hold_the_committer(monkeypatch, database_url)
     pending = asyncio.create_task(booker.book(BookingRequest(event.id, s, 2)))
     await asyncio.sleep(0.05)
     stopping = asyncio.create_task(booker.stop())
     await asyncio.sleep(0.05)
     assert not stopping.done(), "stop() did not wait for the batch in flight"
-    gate.set()
+    open_gate()
     await stopping
     assert (await pending).qty == 2
     assert await inventory(database, s) == (10, 8, 2)
 
 
+@BOTH_SQLITE_WRITERS
 async def test_a_batch_cut_short_by_stop_is_rolled_back(
-    booker: BatchedBooker, database: Database, monkeypatch: pytest.MonkeyPatch
+    booker: BatchedBooker,
+    database: Database,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Past its timeout, stop() cancels the batch in flight and answers it 503, which
     says nothing was written: so the transaction must roll back, even on SQLite's
-    writer thread, which cannot be interrupted and is told to give up instead."""
+    writer (a process or a thread), which cannot be interrupted and is told to give
+    up instead."""
     event = await new_event(database, 10)
     s = event.sections[0].id
-    gate = asyncio.Event()
-    hold_the_committer(monkeypatch, gate)
+    open_gate = hold_the_committer(monkeypatch, database_url)
     monkeypatch.setattr(batched_module, "STOP_TIMEOUT_SECONDS", 0.2)
     pending = asyncio.create_task(booker.book(BookingRequest(event.id, s, 2)))
     await asyncio.sleep(0.05)  # the committer is now inside the transaction
     stopping = asyncio.create_task(booker.stop())
     await asyncio.sleep(0.4)  # past the stop timeout: the committer has been cancelled
-    gate.set()  # the batch's work finishes only now, after its caller gave up
+    open_gate()  # the batch's work finishes only now, after its caller gave up
     await asyncio.wait_for(stopping, 10)
     with pytest.raises(DatabaseUnavailable):
         await pending
-    if database.dialect == "sqlite":  # whatever the writer thread still had to do is done
-        await database.run_on_writer_thread(lambda *_: None)
+    if database.dialect == "sqlite":  # whatever the writer still had to do is done
+        await database.run_on_writer(nothing)
     assert await inventory(database, s) == (10, 10, 0), "answered 503 but committed"
     more = BookingRequest(event.id, s, 1)
     await DirectBooker(database, max_tickets_per_booking=10).book(more)  # the lock is free
@@ -484,7 +487,7 @@ async def test_a_dead_committer_answers_instead_of_hanging(
 async def test_another_writer_past_the_busy_timeout_fails_the_batch_cleanly(
     database_url: str, database: Database
 ) -> None:
-    """SQLite's batches run on the writer thread, with a blocking connection: a lock held
+    """SQLite's batches run on the writer, with a blocking connection: a lock held
     by another process past the busy timeout is a 503 for the whole batch, nothing is
     written, and the committer books again once the lock is gone."""
     event = await new_event(database, 10)

@@ -8,11 +8,30 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 
 from tests.support.postgres import free_port
+
+
+def processes(where: Callable[[Path], bool]) -> list[int]:
+    """The pids of the running processes whose /proc entry satisfies `where`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if where(entry):
+                    found.append(int(entry.name))
+    return found
+
+
+def process_group(pgid: int) -> list[int]:
+    """The server and its workers: it is started in a session of its own."""
+    return processes(
+        lambda entry: int(entry.joinpath("stat").read_text().rsplit(")", 1)[1].split()[2]) == pgid
+    )
 
 
 class ServerProcess:

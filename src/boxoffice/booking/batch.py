@@ -18,9 +18,11 @@ Statements per batch, whatever its size:
 The caller commits. Every request gets its own outcome: a `Booking`, or the
 domain error that refused it.
 
-The code is synchronous on purpose: SQLite's committer runs it whole on the
-writer thread, in one hop from the event loop, and PostgreSQL's runs it through
-`AsyncConnection.run_sync`, where each statement is awaited on asyncpg.
+The code is synchronous on purpose: SQLite's committer runs it whole on its
+writer (a process of its own; `db/sqlite_writer.py`), in one hop from the
+event loop, and PostgreSQL's runs it through `AsyncConnection.run_sync`, where
+each statement is awaited on asyncpg. So it must stay a module-level function
+whose arguments and results pickle.
 """
 
 from __future__ import annotations

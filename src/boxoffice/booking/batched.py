@@ -93,6 +93,7 @@ class BatchedBooker:
 
     async def start(self) -> None:
         if self._committer is None:
+            await self._database.start_writer()
             self._stopping = False
             self._committer = asyncio.create_task(self._run(), name="boxoffice-committer")
             self._committer.add_done_callback(self._on_committer_exit)
@@ -102,7 +103,7 @@ class BatchedBooker:
 
         Past STOP_TIMEOUT_SECONDS the committer is cancelled; the requests it
         still held are answered 503, and the batch in flight is rolled back
-        (on SQLite's writer thread too). Only a cancellation that lands while
+        (on SQLite's writer too). Only a cancellation that lands while
         the COMMIT itself is under way can leave it applied; the database never
         half-applies it.
         """
@@ -271,10 +272,8 @@ class BatchedBooker:
         self, requests: Sequence[BookingRequest], now: datetime
     ) -> list[Outcome]:
         if self._database.dialect == "sqlite":
-            # In-process database: the whole transaction in one hop to the writer thread.
-            outcomes, _ = await write_in_one_hop(
-                self._database, lambda conn: reserve_batch(conn, requests, now)
-            )
+            # Embedded database: the whole transaction in one hop to the writer.
+            outcomes, _ = await write_in_one_hop(self._database, reserve_batch, list(requests), now)
             return outcomes
         conn = await self._connection(autocommit=False)
         async with UnitOfWork(self._database, write=True, connection=conn) as uow:

@@ -9,9 +9,10 @@ than SQLite's sleeping busy handler.
 
 aiosqlite runs each statement on its connection's thread and wakes the event
 loop for every result: a hop per statement. The booking committer instead runs
-a whole transaction on the *writer thread*, with a blocking pysqlite
-connection (`run_on_writer_thread`): one hop per batch, however many
-statements it takes. Both kinds of connection get the same tuning.
+a whole transaction on the *writer* (`run_on_writer`), a process of its own by
+default, with a blocking pysqlite connection: one hop per batch, however many
+statements it takes (see `db/sqlite_writer.py`). Both kinds of connection get
+the same tuning.
 
 PostgreSQL: asyncpg, READ COMMITTED; the booking statement is a conditional
 UPDATE, which PostgreSQL re-checks against the latest row version after waiting
@@ -21,10 +22,6 @@ for a concurrent writer.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import threading
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal, TypeVar
 
 from sqlalchemy import Engine, create_engine, event, text
@@ -33,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from boxoffice.config import Settings
 from boxoffice.db.errors import DatabaseUnavailable
+from boxoffice.db.sqlite_writer import Job, ProcessWriter, ThreadWriter, Writer, WriterKind
 
 Dialect = Literal["sqlite", "postgresql"]
 
@@ -45,14 +43,13 @@ class Database:
     """An engine plus what its dialect needs to run transactions safely."""
 
     def __init__(
-        self, engine: AsyncEngine, dialect: Dialect, *, blocking_engine: Engine | None = None
+        self, engine: AsyncEngine, dialect: Dialect, *, writer: Writer | None = None
     ) -> None:
         self.engine = engine
         self.dialect: Dialect = dialect
-        # Only SQLite needs them: one writer at a time per file, and the writer thread.
+        # Only SQLite needs them: one writer at a time per file, and the writer.
         self.write_lock: asyncio.Lock | None = asyncio.Lock() if dialect == "sqlite" else None
-        self.blocking_engine = blocking_engine
-        self._writer_thread: ThreadPoolExecutor | None = None
+        self.writer = writer
         self._closed = False
 
     @classmethod
@@ -61,16 +58,25 @@ class Database:
             settings.async_url,
             pool_size=settings.db_pool_size,
             timeout_seconds=settings.db_timeout_seconds,
+            sqlite_writer=settings.sqlite_writer,
         )
 
     @classmethod
-    def from_url(cls, url: URL, *, pool_size: int = 10, timeout_seconds: float = 10.0) -> Database:
+    def from_url(
+        cls,
+        url: URL,
+        *,
+        pool_size: int = 10,
+        timeout_seconds: float = 10.0,
+        sqlite_writer: WriterKind = "process",
+    ) -> Database:
         if url.get_backend_name() == "sqlite":
-            return cls(
-                _sqlite_engine(url, pool_size, timeout_seconds),
-                "sqlite",
-                blocking_engine=_sqlite_blocking_engine(url, timeout_seconds),
-            )
+            writer: Writer
+            if sqlite_writer == "process":
+                writer = ProcessWriter(url, timeout_seconds)
+            else:
+                writer = ThreadWriter(lambda: sqlite_blocking_engine(url, timeout_seconds))
+            return cls(_sqlite_engine(url, pool_size, timeout_seconds), "sqlite", writer=writer)
         return cls(_postgresql_engine(url, pool_size, timeout_seconds), "postgresql")
 
     async def connect(self, *, write: bool) -> AsyncConnection:
@@ -87,43 +93,31 @@ class Database:
         async with self.engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
 
-    async def run_on_writer_thread(self, work: Callable[[Engine, threading.Event], T]) -> T:
-        """SQLite: run `work(blocking_engine, abandoned)` on the writer thread, under the lock.
+    async def start_writer(self) -> None:
+        """SQLite: have the writer ready (its process started), so no request waits for it."""
+        if self.writer is not None:
+            await self.writer.start()
 
-        One hop from the event loop, whatever `work` does. A thread cannot be
-        interrupted: if the caller is cancelled meanwhile, `abandoned` is set
-        for `work` to roll back instead of committing, and the write lock is
-        held until `work` has finished, so no other writer of this process
-        overlaps it.
+    async def run_on_writer(self, job: Job[T]) -> T:
+        """SQLite: run `job(engine, abandoned)` on the writer, under the write lock.
+
+        One hop from the event loop, whatever `job` does (see `db/sqlite_writer.py`).
+        The writer cannot be interrupted: if the caller is cancelled meanwhile,
+        `abandoned` is set for `job` to roll back instead of committing, and the
+        write lock is held until `job` has finished, so no other writer of this
+        process overlaps it.
         """
-        if self.blocking_engine is None or self.write_lock is None:
-            raise RuntimeError("only SQLite has a writer thread")
+        if self.writer is None or self.write_lock is None:
+            raise RuntimeError("only SQLite has a writer")
         if self._closed:
             raise DatabaseUnavailable("the database has been closed")
-        engine = self.blocking_engine
-        if self._writer_thread is None:
-            self._writer_thread = ThreadPoolExecutor(1, thread_name_prefix="boxoffice-writer")
-        abandoned = threading.Event()
         async with self.write_lock:
-            done = asyncio.get_running_loop().run_in_executor(
-                self._writer_thread, work, engine, abandoned
-            )
-            try:
-                return await asyncio.shield(done)
-            except asyncio.CancelledError:
-                abandoned.set()
-                with contextlib.suppress(Exception):
-                    await done
-                raise
+            return await self.writer.run(job)
 
     async def dispose(self) -> None:
         self._closed = True
-        if self._writer_thread is not None:
-            # Lets a transaction still running there (its caller cancelled) finish first.
-            await asyncio.to_thread(self._writer_thread.shutdown)
-            self._writer_thread = None
-        if self.blocking_engine is not None:
-            self.blocking_engine.dispose()
+        if self.writer is not None:
+            await self.writer.close()
         await self.engine.dispose()
 
 
@@ -139,8 +133,8 @@ def _sqlite_engine(url: URL, pool_size: int, timeout_seconds: float) -> AsyncEng
     return engine
 
 
-def _sqlite_blocking_engine(url: URL, timeout_seconds: float) -> Engine:
-    """pysqlite, for the writer thread only: one connection, kept in the pool."""
+def sqlite_blocking_engine(url: URL, timeout_seconds: float) -> Engine:
+    """pysqlite, for the writer only: one connection, kept in the pool."""
     engine = create_engine(
         url.set(drivername="sqlite+pysqlite"),
         pool_size=1,

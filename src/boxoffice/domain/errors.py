@@ -30,6 +30,20 @@ class BoxofficeError(Exception):
         """Extra problem+json members that help the client act on the error."""
         return {}
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickle rebuilds exceptions as `cls(*args)`, which keyword-only or differently
+        # shaped constructors refuse; SQLite's writer process sends these back whole.
+        return (_rebuild, (type(self), self.args, self.__dict__))
+
+
+def _rebuild(
+    cls: type[BoxofficeError], args: tuple[Any, ...], state: dict[str, Any]
+) -> BoxofficeError:
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error
+
 
 class NotFound(BoxofficeError):
     code = "not_found"

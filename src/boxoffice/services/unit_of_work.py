@@ -26,16 +26,17 @@ there, BEGIN IMMEDIATE to COMMIT, in one hop from the event loop.
 from __future__ import annotations
 
 import contextlib
-import threading
+import functools
 from collections.abc import Callable
 from types import TracebackType
-from typing import Self, TypeVar
+from typing import Any, Self, TypeVar
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Engine
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from boxoffice.db.database import BEGIN_MODE_OPTION, Database
 from boxoffice.db.errors import DatabaseUnavailable, is_unavailable
+from boxoffice.db.sqlite_writer import Abandoned
 
 T = TypeVar("T")
 
@@ -121,30 +122,36 @@ class UnitOfWork:
 
 
 class _Abandoned(Exception):
-    """Rolls back a writer-thread transaction whose caller was cancelled."""
+    """Rolls back a writer transaction whose caller was cancelled."""
 
 
-async def write_in_one_hop(database: Database, work: Callable[[Connection], T]) -> T:
-    """SQLite: run `work(conn)` as one write transaction on the writer thread.
+def _one_write_transaction(
+    work: Callable[..., T], args: tuple[Any, ...], engine: Engine, abandoned: Abandoned
+) -> T:
+    """The transaction `write_in_one_hop` promises, as the writer runs it."""
+    with engine.connect() as conn:
+        conn.execution_options(**{BEGIN_MODE_OPTION: "IMMEDIATE"})
+        with conn.begin():
+            result = work(conn, *args)
+            if abandoned.is_set():
+                raise _Abandoned("the caller went away before the commit")
+            return result
+
+
+async def write_in_one_hop(database: Database, work: Callable[..., T], *args: Any) -> T:
+    """SQLite: run `work(conn, *args)` as one write transaction on the writer.
 
     Commits if `work` returns and rolls back if it raises, like `UnitOfWork`;
     an unavailable database (locked past the busy timeout, say) leaves as
     `DatabaseUnavailable`. If the caller is cancelled while `work` runs (the
     server stopping, say), the transaction is rolled back unless its COMMIT has
     already begun: the caller answers "nothing was written", and that must hold.
+
+    The writer may be another process (`db/sqlite_writer.py`): `work` must then
+    be a module-level function, and `args` and its result must pickle.
     """
-
-    def transaction(engine: Engine, abandoned: threading.Event) -> T:
-        with engine.connect() as conn:
-            conn.execution_options(**{BEGIN_MODE_OPTION: "IMMEDIATE"})
-            with conn.begin():
-                result = work(conn)
-                if abandoned.is_set():
-                    raise _Abandoned("the caller went away before the commit")
-                return result
-
     try:
-        return await database.run_on_writer_thread(transaction)
+        return await database.run_on_writer(functools.partial(_one_write_transaction, work, args))
     except Exception as error:
         if is_unavailable(error):
             raise DatabaseUnavailable(str(error)) from error

@@ -1,0 +1,110 @@
+"""SQLite's writer process (`db/sqlite_writer.py`): real kills, real pickling, real rollback.
+
+The group-commit tests (test_group_commit.py) already run on the writer
+process, SQLite's default; these cover what only a process can do: die, be
+replaced, and send back what it raised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from boxoffice.booking import BatchedBooker
+from boxoffice.booking import batched as batched_module
+from boxoffice.config import async_database_url
+from boxoffice.db.database import Database
+from boxoffice.db.errors import DatabaseUnavailable
+from boxoffice.db.sqlite_writer import ProcessWriter
+from boxoffice.domain.model import Booking, BookingRequest
+from tests.integration.test_booking_path import inventory, new_event
+from tests.support.writer_faults import (
+    fail_with_an_unpicklable_error,
+    gate_path,
+    reserve_then_wait_for_gate,
+)
+
+SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+
+
+def writer_pid(database: Database) -> int:
+    assert isinstance(database.writer, ProcessWriter)
+    assert database.writer.pid is not None
+    return database.writer.pid
+
+
+@SQLITE_ONLY
+async def test_the_writer_is_a_process_of_its_own_started_with_the_booker(
+    booker: BatchedBooker, database: Database
+) -> None:
+    pid = writer_pid(database)  # started by booker.start(), before any request
+    assert pid != os.getpid()
+    event = await new_event(database, 5)
+    booking = await booker.book(BookingRequest(event.id, event.sections[0].id, 2))
+    assert isinstance(booking, Booking)
+    assert writer_pid(database) == pid
+    assert await inventory(database, event.sections[0].id) == (5, 3, 2)
+
+
+@SQLITE_ONLY
+async def test_a_writer_killed_mid_batch_leaks_nothing_and_is_replaced(
+    booker: BatchedBooker,
+    database: Database,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Seats taken and bookings inserted, then SIGKILL before COMMIT: the batch is a
+    503, SQLite keeps none of it, and the next request gets a new writer process."""
+    event = await new_event(database, 10)
+    s = event.sections[0].id
+    monkeypatch.setattr(batched_module, "reserve_batch", reserve_then_wait_for_gate)
+    first = writer_pid(database)
+    pending = [asyncio.create_task(booker.book(BookingRequest(event.id, s, q))) for q in (1, 2)]
+    await asyncio.sleep(0.5)  # the writer has written and now waits for the gate
+    os.kill(first, signal.SIGKILL)
+    results = await asyncio.gather(*pending, return_exceptions=True)
+    assert all(isinstance(r, DatabaseUnavailable) for r in results), results
+    assert await inventory(database, s) == (10, 10, 0), "a killed batch left seats taken"
+
+    gate_path(database_url).touch()
+    assert (await booker.book(BookingRequest(event.id, s, 3))).qty == 3, "no new writer"
+    assert writer_pid(database) != first
+    assert await inventory(database, s) == (10, 7, 3)
+
+
+@SQLITE_ONLY
+async def test_an_error_that_cannot_cross_the_pipe_still_answers(
+    booker: BatchedBooker, database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    event = await new_event(database, 10)
+    s = event.sections[0].id
+    real_batch = batched_module.reserve_batch
+    monkeypatch.setattr(batched_module, "reserve_batch", fail_with_an_unpicklable_error)
+    with pytest.raises(RuntimeError, match="_Unpicklable: no pickle for me"):
+        await asyncio.wait_for(booker.book(BookingRequest(event.id, s, 1)), 10)
+    monkeypatch.setattr(batched_module, "reserve_batch", real_batch)
+    assert (await booker.book(BookingRequest(event.id, s, 1))).qty == 1
+    assert await inventory(database, s) == (10, 9, 1)
+
+
+async def test_a_writer_that_cannot_open_the_database_says_so(tmp_path: Path) -> None:
+    missing = tmp_path / "no" / "such" / "folder" / "boxoffice.db"
+    database = Database.from_url(async_database_url(f"sqlite:///{missing}"))
+    try:
+        with pytest.raises(DatabaseUnavailable, match=r"could not start.*unable to open"):
+            await database.start_writer()
+    finally:
+        await database.dispose()
+
+
+@SQLITE_ONLY
+async def test_dispose_stops_the_writer_process(database: Database) -> None:
+    await database.start_writer()
+    pid = writer_pid(database)
+    await database.dispose()
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
