@@ -68,11 +68,14 @@ class Scenario:
     strategy: str | None  # None: the no-op ceiling
     sections: int
     workers: int = 1
+    sqlite_writer: str | None = None  # SQLITE_WRITER, when not the default
+    databases: tuple[str, ...] = ("postgresql", "sqlite")
 
     @property
     def label(self) -> str:
         suffix = f" w{self.workers}" if self.workers > 1 else ""
-        return f"{self.name}{suffix}"
+        writer = f" {self.sqlite_writer}-writer" if self.sqlite_writer else ""
+        return f"{self.name}{suffix}{writer}"
 
 
 SCENARIOS = [
@@ -83,6 +86,13 @@ SCENARIOS = [
     Scenario("spread batched", "batched", 1000),
     Scenario("ceiling", None, 1, workers=2),
     Scenario("hot batched", "batched", 1, workers=2),
+]
+
+# Run only when named in --only: SQLite's group commits on a thread of the server
+# process instead of the writer process, to compare the two side by side.
+OPT_IN_SCENARIOS = [
+    Scenario("hot batched", "batched", 1, sqlite_writer="thread", databases=("sqlite",)),
+    Scenario("spread batched", "batched", 1000, sqlite_writer="thread", databases=("sqlite",)),
 ]
 
 
@@ -233,6 +243,18 @@ async def verify(database_url: str) -> tuple[int, int, int]:
     return int(stored), oversold, leaked
 
 
+def server_env(scenario: Scenario) -> dict[str, str]:
+    """The server's settings for `scenario`, then those given with --set."""
+    env = {
+        "BOOKING_STRATEGY": scenario.strategy or "batched",
+        "LOG_LEVEL": "WARNING",
+        "DB_POOL_SIZE": "20",
+    }
+    if scenario.sqlite_writer:
+        env["SQLITE_WRITER"] = scenario.sqlite_writer
+    return {**env, **EXTRA_ENV}
+
+
 def run_one(
     wrk: str,
     kind: str,
@@ -245,11 +267,7 @@ def run_one(
     warmup: int = 0,
 ) -> Result:
     url = fresh_database(kind, postgres, workdir)
-    env = {
-        "BOOKING_STRATEGY": scenario.strategy or "batched",
-        "LOG_LEVEL": "WARNING",
-        "DB_POOL_SIZE": "20",
-    }
+    env = server_env(scenario)
     factory = "bench.noop_app:create_noop_app" if scenario.strategy is None else None
     server = ServerProcess(
         url, workers=scenario.workers, env=env, log_dir=workdir, asgi_factory=factory
@@ -468,7 +486,9 @@ def main() -> None:
     EXTRA_ENV.update(item.split("=", 1) for item in args.set)
     connections = [int(c) for c in args.connections.split(",")]
     databases = [d.strip() for d in args.databases.split(",")]
-    chosen = [s for s in SCENARIOS if not args.only or s.label in args.only.split(",")]
+    named = args.only.split(",") if args.only else []
+    chosen = [s for s in SCENARIOS if not named or s.label in named]
+    chosen += [s for s in OPT_IN_SCENARIOS if s.label in named]
     wrk = ensure_wrk()
     RESULTS.mkdir(parents=True, exist_ok=True)
     results: list[Result] = []
@@ -481,6 +501,7 @@ def main() -> None:
         for d in databases
         for c in connections
         for s in chosen
+        if d in s.databases
     ]
     try:
         with Progress(console=console) as progress:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from bench.run import Result, markdown, medians, ratios
+import pytest
+from bench import run as bench_run
+from bench.run import OPT_IN_SCENARIOS, SCENARIOS, Result, markdown, medians, ratios, server_env
 
 
 def result(scenario: str, rps: float, round_number: int) -> Result:
@@ -80,3 +82,17 @@ def test_a_zero_throughput_round_is_left_out_of_the_ratios() -> None:
     results = [result("ceiling", 0, 1), result("hot batched", 10, 1), *RESULTS[3:]]
     (row,) = ratios(results)
     assert row["hot batched / ceiling"]["rounds"] == [1800 / 2000, 3600 / 4800]
+
+
+def test_set_reaches_the_server_and_wins_over_the_scenario(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`--set NAME=VALUE` was once parsed and then never passed on: every "A/B" was A/A."""
+    thread_writer = next(s for s in OPT_IN_SCENARIOS if s.sqlite_writer == "thread")
+    assert server_env(thread_writer)["SQLITE_WRITER"] == "thread"
+    assert "SQLITE_WRITER" not in server_env(SCENARIOS[1])
+    monkeypatch.setattr(bench_run, "EXTRA_ENV", {"MAX_BATCH_SIZE": "16", "SQLITE_WRITER": "x"})
+    env = server_env(thread_writer)
+    assert env["MAX_BATCH_SIZE"] == "16"
+    assert env["SQLITE_WRITER"] == "x"
+    assert env["BOOKING_STRATEGY"] == "batched"
