@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -25,6 +27,7 @@ from tests.integration.test_booking_path import inventory, new_event
 from tests.support.writer_faults import (
     fail_with_an_unpicklable_error,
     gate_path,
+    nothing,
     reserve_then_wait_for_gate,
 )
 
@@ -108,3 +111,26 @@ async def test_dispose_stops_the_writer_process(database: Database) -> None:
     await database.dispose()
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+@SQLITE_ONLY
+async def test_a_job_the_writer_cannot_load_is_answered_and_the_writer_stays(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Say the code on disk changed under a running server and a new writer lacks a
+    function: that job fails with the reason, and the writer goes on serving."""
+    phantom = types.ModuleType("boxoffice_phantom_module")
+
+    def job(engine: object, abandoned: object) -> None:
+        """Exists in this process only."""
+
+    job.__module__ = phantom.__name__
+    job.__qualname__ = "job"
+    phantom.job = job  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, phantom.__name__, phantom)
+    await database.start_writer()
+    pid = writer_pid(database)
+    with pytest.raises(ModuleNotFoundError, match="boxoffice_phantom_module"):
+        await database.run_on_writer(job)
+    await database.run_on_writer(nothing)
+    assert writer_pid(database) == pid

@@ -161,7 +161,8 @@ class ProcessWriter:
         await self.start()
         self._sequence += 1
         sequence = self._sequence
-        self._send(("job", sequence, job))
+        # Pickled on its own, so that a job the writer cannot load is answered, not fatal.
+        self._send(("job", sequence, pickle.dumps(job, pickle.HIGHEST_PROTOCOL)))
         reply = asyncio.ensure_future(self._reply(sequence))
         try:
             ok, value = await asyncio.shield(reply)
@@ -296,20 +297,21 @@ def serve(sock: socket.socket, url: str, timeout_seconds: float) -> None:
         return
     gc.freeze()
     _send_blocking(sock, ("ready", None))
-    while True:
-        message = _receive_blocking(sock)
-        if message is None:
-            break
-        kind, sequence, job = message
-        if kind != "job":
-            continue  # an "abandon" for a job that had already finished
-        try:
-            result = job(engine, _AbandonMessage(sock, sequence))
-        except Exception as error:
-            _send_reply(sock, sequence, False, _portable(error))
-        else:
-            _send_reply(sock, sequence, True, result)
-    engine.dispose()
+    try:
+        while (message := _receive_blocking(sock)) is not None:
+            kind, sequence, job = message
+            if kind != "job":
+                continue  # an "abandon" for a job that had already finished
+            try:
+                result = pickle.loads(job)(engine, _AbandonMessage(sock, sequence))
+            except Exception as error:
+                _send_reply(sock, sequence, False, _portable(error))
+            else:
+                _send_reply(sock, sequence, True, result)
+    except ConnectionError:
+        pass  # the server went away while we answered; there is no one left to tell
+    finally:
+        engine.dispose()
 
 
 def main() -> None:
