@@ -483,7 +483,11 @@ def main() -> None:
         help="a server setting for every scenario, e.g. --set MAX_BATCH_SIZE=128",
     )
     args = parser.parse_args()
-    EXTRA_ENV.update(item.split("=", 1) for item in args.set)
+    for item in args.set:
+        name, equals, value = item.partition("=")
+        if not equals or not name:
+            parser.error(f"--set wants NAME=VALUE, not {item!r}")
+        EXTRA_ENV[name] = value
     connections = [int(c) for c in args.connections.split(",")]
     databases = [d.strip() for d in args.databases.split(",")]
     named = args.only.split(",") if args.only else []

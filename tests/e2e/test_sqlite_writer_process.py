@@ -44,7 +44,8 @@ async def test_one_writer_per_server_process_and_sigterm_stops_them_all(
         # they outlive it until their server has finished, then leave with it.
         server.stop()
         assert "Traceback" not in server.log(), server.log()
-        # A writer whose server is gone sees its pipe close and leaves right after.
+        # With two workers uvicorn may force-exit a worker (a second SIGTERM): its writer
+        # then sees the pipe close and leaves right after.
         deadline = time.monotonic() + 10
         while process_group(pgid) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)

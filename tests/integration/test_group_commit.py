@@ -70,7 +70,9 @@ def hold_the_committer(
     monkeypatch: pytest.MonkeyPatch, database_url: str, *, only_qty: int | None = None
 ) -> Callable[[], None]:
     """Make the committer wait inside its transaction (the locked path) until the
-    returned function is called. On SQLite the wait comes after the batch's writes."""
+    returned function is called. On SQLite the wait comes after the batch's writes,
+    and every batch waits (`only_qty` is PostgreSQL's): the gate is a file, open for
+    good once opened, so later batches pass."""
     if database_url.startswith("sqlite"):
         gate = gate_path(database_url)
         monkeypatch.setattr(batched_module, "reserve_batch", reserve_then_wait_for_gate)

@@ -28,7 +28,9 @@ from tests.support.writer_faults import (
     fail_with_an_unpicklable_error,
     gate_path,
     nothing,
+    reserve_then_return_the_unsendable,
     reserve_then_wait_for_gate,
+    wait_for_gate,
 )
 
 SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -134,3 +136,75 @@ async def test_a_job_the_writer_cannot_load_is_answered_and_the_writer_stays(
         await database.run_on_writer(job)
     await database.run_on_writer(nothing)
     assert writer_pid(database) == pid
+
+
+@SQLITE_ONLY
+async def test_a_result_that_cannot_be_sent_back_is_rolled_back(
+    booker: BatchedBooker, database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Committed and then reported as failed, a batch would be retried and booked twice:
+    the writer pickles the result before COMMIT, and rolls back if it cannot."""
+    event = await new_event(database, 10)
+    s = event.sections[0].id
+    monkeypatch.setattr(batched_module, "reserve_batch", reserve_then_return_the_unsendable)
+    with pytest.raises(TypeError, match="pickle"):
+        await asyncio.wait_for(booker.book(BookingRequest(event.id, s, 2)), 10)
+    assert await inventory(database, s) == (10, 10, 0), "committed, yet answered as failed"
+
+
+@pytest.mark.parametrize("sqlite_writer", ["process", "thread"])
+@SQLITE_ONLY
+async def test_a_caller_cancelled_twice_still_holds_the_lock_until_the_job_ends(
+    database: Database, database_url: str
+) -> None:
+    """However often the caller is cancelled, the write lock stays held while its job
+    runs, and the next job gets its own answer, not the abandoned one's."""
+    running = asyncio.create_task(database.run_on_writer(wait_for_gate))
+    await asyncio.sleep(0.5)  # the job is running on the writer
+    for _ in range(2):
+        running.cancel()
+        await asyncio.sleep(0.05)
+    assert not running.done(), "the caller left while its job still ran"
+    assert database.write_lock is not None
+    assert database.write_lock.locked()
+    gate_path(database_url).touch()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(running, 10)
+    assert not database.write_lock.locked()
+    assert await database.run_on_writer(wait_for_gate) == "done"
+
+
+@SQLITE_ONLY
+async def test_a_writer_whose_server_was_killed_leaves(database_url: str, tmp_path: Path) -> None:
+    """SIGKILL leaves no one to close the pipe politely; the writer must see EOF and go."""
+    script = tmp_path / "server.py"
+    script.write_text(
+        "import asyncio, sys\n"
+        "from boxoffice.config import async_database_url\n"
+        "from boxoffice.db.database import Database\n"
+        "async def main():\n"
+        "    database = Database.from_url(async_database_url(sys.argv[1]))\n"
+        "    await database.start_writer()\n"
+        "    print(database.writer.pid, flush=True)\n"
+        "    await asyncio.sleep(60)\n"
+        "asyncio.run(main())\n"
+    )
+    server = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(script),
+        database_url,
+        stdout=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(p or os.getcwd() for p in sys.path)},
+    )
+    assert server.stdout is not None
+    writer = int(await asyncio.wait_for(server.stdout.readline(), 30))
+    os.kill(writer, 0)  # alive
+    server.kill()
+    await server.wait()
+    for _ in range(200):
+        try:
+            os.kill(writer, 0)
+        except ProcessLookupError:
+            return
+        await asyncio.sleep(0.05)
+    pytest.fail("the writer outlived its killed server")

@@ -69,7 +69,7 @@ def reserve_then_crash(conn: Connection, requests: Sequence[BookingRequest], now
     raise Crash("process died before the commit")
 
 
-def nothing(engine: Any, abandoned: Any) -> None:
+def nothing(engine: Any, gate: Any) -> None:
     """A writer job that does nothing: once it returns, the jobs before it are done."""
 
 
@@ -83,3 +83,25 @@ def fail_with_an_unpicklable_error(
     conn: Connection, requests: Sequence[BookingRequest], now: datetime
 ) -> Any:
     raise _Unpicklable()
+
+
+class _Unsendable:
+    """A result the writer cannot pickle back to the server."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+
+
+def reserve_then_return_the_unsendable(
+    conn: Connection, requests: Sequence[BookingRequest], now: datetime
+) -> Any:
+    reserve_batch(conn, requests, now)
+    return _Unsendable()
+
+
+def wait_for_gate(engine: Any, gate: Any) -> str:
+    """A writer job that blocks until the gate file of `engine`'s database appears."""
+    deadline = time.monotonic() + GATE_TIMEOUT_SECONDS
+    while not gate_path(str(engine.url.database)).exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return "done"

@@ -99,25 +99,26 @@ class Database:
             await self.writer.start()
 
     async def run_on_writer(self, job: Job[T]) -> T:
-        """SQLite: run `job(engine, abandoned)` on the writer, under the write lock.
+        """SQLite: run `job(engine, gate)` on the writer, under the write lock.
 
         One hop from the event loop, whatever `job` does (see `db/sqlite_writer.py`).
         The writer cannot be interrupted: if the caller is cancelled meanwhile,
-        `abandoned` is set for `job` to roll back instead of committing, and the
+        `gate.allows()` says no for `job` to roll back instead of committing, and the
         write lock is held until `job` has finished, so no other writer of this
         process overlaps it.
         """
         if self.writer is None or self.write_lock is None:
             raise RuntimeError("only SQLite has a writer")
-        if self._closed:
-            raise DatabaseUnavailable("the database has been closed")
         async with self.write_lock:
+            if self._closed:  # checked under the lock: dispose() takes it too
+                raise DatabaseUnavailable("the database has been closed")
             return await self.writer.run(job)
 
     async def dispose(self) -> None:
         self._closed = True
-        if self.writer is not None:
-            await self.writer.close()
+        if self.writer is not None and self.write_lock is not None:
+            async with self.write_lock:  # a job still running finishes first
+                await self.writer.close()
         await self.engine.dispose()
 
 

@@ -11,14 +11,19 @@ as PostgreSQL's backends are:
 
 - One job at a time: the caller holds the database's asyncio write lock, so
   the process needs no queue and each reply answers the job just sent.
-- `job(engine, abandoned)` is the whole transaction (see
-  `services/unit_of_work.write_in_one_hop`). If the caller is cancelled, an
-  "abandon" message follows the job, and `abandoned.is_set()`, asked just
-  before COMMIT, sees it; the caller waits for the reply either way, so no
-  other write of this process overlaps the abandoned one.
+- `job(engine, gate)` is the whole transaction (see
+  `services/unit_of_work.write_in_one_hop`); just before COMMIT it asks
+  `gate.allows(result)`. The process pickles the result there, so a result
+  that could not be sent back rolls the transaction back instead of being
+  committed and then reported as a failure. If the caller is cancelled, an
+  "abandon" message follows the job, and `allows` sees it and says no; the
+  caller waits for the reply either way (however often it is cancelled), so
+  no other write of this process overlaps the abandoned one.
 - If the process dies, the job in flight fails with `DatabaseUnavailable`
   (SQLite rolls back a transaction whose process died) and the next job
-  starts a new process.
+  starts a new process. Only a death between its COMMIT and its reply leaves
+  the batch written though answered 503, as a connection lost during COMMIT
+  does on any database.
 - Jobs and results cross the pipe with pickle, which is safe here: both
   ends are this program, over a socket pair no one else holds.
 
@@ -30,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import pickle
 import select
 import socket
@@ -54,13 +60,36 @@ STOP_TIMEOUT_SECONDS = 10.0
 _HEADER = struct.Struct("!I")
 
 
-class Abandoned(Protocol):
-    """Tells a running job whether its caller has gone away (it then rolls back)."""
+class CommitGate(Protocol):
+    """Asked by a job just before COMMIT, with the result it is about to return."""
 
-    def is_set(self) -> bool: ...
+    def allows(self, result: object) -> bool:
+        """False if the caller went away (roll back); raises if `result` cannot reach it."""
+        ...
 
 
-Job = Callable[[Engine, Abandoned], T]
+Job = Callable[[Engine, CommitGate], T]
+
+
+class _ThreadGate:
+    def __init__(self) -> None:
+        self.abandoned = threading.Event()
+
+    def allows(self, result: object) -> bool:
+        return not self.abandoned.is_set()
+
+
+async def _wait_out(future: asyncio.Future[Any]) -> None:
+    """Wait until `future` is done, however often we are cancelled meanwhile.
+
+    A job that has started cannot be interrupted; until it ends, the caller keeps
+    the write lock, so no other write of this process overlaps it.
+    """
+    while not future.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait([future])  # never cancels `future`, never raises its error
+    if not future.cancelled():
+        future.exception()  # retrieved: the caller is answered by its cancellation
 
 
 class ThreadWriter:
@@ -70,8 +99,11 @@ class ThreadWriter:
         self._engine_factory = engine_factory
         self._engine: Engine | None = None
         self._thread: ThreadPoolExecutor | None = None
+        self._closed = False
 
     async def start(self) -> None:
+        if self._closed:
+            raise DatabaseUnavailable("the SQLite writer has been closed")
         if self._thread is None:
             self._engine = self._engine_factory()
             self._thread = ThreadPoolExecutor(1, thread_name_prefix="boxoffice-writer")
@@ -80,19 +112,17 @@ class ThreadWriter:
         await self.start()
         assert self._thread is not None
         assert self._engine is not None
-        abandoned = threading.Event()
-        done = asyncio.get_running_loop().run_in_executor(
-            self._thread, job, self._engine, abandoned
-        )
+        gate = _ThreadGate()
+        done = asyncio.get_running_loop().run_in_executor(self._thread, job, self._engine, gate)
         try:
             return await asyncio.shield(done)
         except asyncio.CancelledError:
-            abandoned.set()
-            with contextlib.suppress(Exception):
-                await done
+            gate.abandoned.set()
+            await _wait_out(done)
             raise
 
     async def close(self) -> None:
+        self._closed = True
         if self._thread is not None:
             # Lets a job still running there (its caller cancelled) finish first.
             await asyncio.to_thread(self._thread.shutdown)
@@ -113,6 +143,7 @@ class ProcessWriter:
         self._writer: asyncio.StreamWriter | None = None
         self._sequence = 0
         self._starting = asyncio.Lock()
+        self._closed = False
 
     @property
     def pid(self) -> int | None:
@@ -120,11 +151,22 @@ class ProcessWriter:
 
     async def start(self) -> None:
         """Start the process, unless it runs; return once it has opened the database."""
-        if self._process is not None and self._process.returncode is None:
+        if self._running():
             return
         async with self._starting:
-            if self._process is None or self._process.returncode is not None:
+            if self._closed:
+                raise DatabaseUnavailable("the SQLite writer has been closed")
+            if not self._running():
                 await self._spawn()
+
+    def _running(self) -> bool:
+        # A process that died between jobs may not be reaped yet; its pipe tells.
+        return (
+            self._process is not None
+            and self._process.returncode is None
+            and self._reader is not None
+            and not self._reader.at_eof()
+        )
 
     async def _spawn(self) -> None:
         await self._forget_process()
@@ -133,6 +175,7 @@ class ProcessWriter:
             try:
                 self._process = await asyncio.create_subprocess_exec(
                     sys.executable,
+                    "-P",  # not the working directory first: our own import path, below
                     "-m",
                     __name__,
                     str(theirs.fileno()),
@@ -140,6 +183,7 @@ class ProcessWriter:
                     str(self._timeout),
                     pass_fds=(theirs.fileno(),),
                     stdin=asyncio.subprocess.DEVNULL,
+                    env={**os.environ, "PYTHONPATH": _our_import_path()},
                 )
             finally:
                 theirs.close()
@@ -169,15 +213,18 @@ class ProcessWriter:
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
                 self._send(("abandon", sequence, None))
-            with contextlib.suppress(Exception):
-                await reply
+            await _wait_out(reply)
             raise
         if ok:
             return value  # type: ignore[no-any-return]
         raise value
 
     async def close(self) -> None:
-        """Let the process finish its job, then stop it (closing the pipe tells it to)."""
+        """Stop the process: closing the pipe tells it to. For good: no job starts it again.
+
+        `Database.dispose` holds the write lock meanwhile, so no job is running.
+        """
+        self._closed = True
         await self._forget_process(grace=STOP_TIMEOUT_SECONDS)
 
     async def _reply(self, sequence: int) -> tuple[bool, Any]:
@@ -186,6 +233,11 @@ class ProcessWriter:
         except (asyncio.IncompleteReadError, ConnectionError) as error:
             await self._forget_process()
             raise DatabaseUnavailable("the SQLite writer process stopped") from error
+        except Exception as error:  # a reply we cannot read: never retried as unwritten
+            await self._forget_process()
+            raise DatabaseUnavailable(
+                f"unreadable reply from the SQLite writer: {error}"
+            ) from error
         if answered != sequence:  # cannot happen while one job runs at a time
             await self._forget_process()
             raise DatabaseUnavailable("the SQLite writer process lost track of its jobs")
@@ -221,23 +273,30 @@ class ProcessWriter:
 Writer = ThreadWriter | ProcessWriter
 
 
+def _our_import_path() -> str:
+    """This process's `sys.path`, for the writer to import the very same code."""
+    return os.pathsep.join(entry or os.getcwd() for entry in sys.path)
+
+
 # The child process ------------------------------------------------------------
 
 
-class _AbandonMessage:
-    """`abandoned` as the child sees it: has the parent sent "abandon" for this job?"""
+class _ProcessGate:
+    """The gate as the child sees it: the result pickled, and no "abandon" for this job."""
 
     def __init__(self, sock: socket.socket, sequence: int) -> None:
         self._sock = sock
         self._sequence = sequence
-        self._set = False
+        self._abandoned = False
+        self.reply: bytes | None = None
 
-    def is_set(self) -> bool:
-        while not self._set and select.select([self._sock], [], [], 0)[0]:
+    def allows(self, result: object) -> bool:
+        self.reply = _frame((self._sequence, True, result))  # raises before COMMIT
+        while not self._abandoned and select.select([self._sock], [], [], 0)[0]:
             message = _receive_blocking(self._sock)
             # The parent gone, or gave up on this job: nobody would hear of its commit.
-            self._set = message is None or message[:2] == ("abandon", self._sequence)
-        return self._set
+            self._abandoned = message is None or message[:2] == ("abandon", self._sequence)
+        return not self._abandoned
 
 
 def _receive_blocking(sock: socket.socket) -> Any:
@@ -261,16 +320,17 @@ def _read_exactly(sock: socket.socket, size: int) -> bytes | None:
     return bytes(buffer)
 
 
-def _send_blocking(sock: socket.socket, message: object) -> None:
+def _frame(message: object) -> bytes:
     payload = pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
-    sock.sendall(_HEADER.pack(len(payload)) + payload)
+    return _HEADER.pack(len(payload)) + payload
 
 
-def _send_reply(sock: socket.socket, sequence: int, ok: bool, value: object) -> None:
+def _send_error(sock: socket.socket, sequence: int, error: Exception) -> None:
     try:
-        _send_blocking(sock, (sequence, ok, value))
-    except (pickle.PicklingError, TypeError, AttributeError):  # an exception that won't pickle
-        _send_blocking(sock, (sequence, False, RuntimeError(f"{type(value).__name__}: {value}")))
+        frame = _frame((sequence, False, error))
+    except Exception:  # an exception that won't pickle: its name and message will
+        frame = _frame((sequence, False, RuntimeError(f"{type(error).__name__}: {error}")))
+    sock.sendall(frame)
 
 
 def _portable(error: Exception) -> Exception:
@@ -292,22 +352,26 @@ def serve(sock: socket.socket, url: str, timeout_seconds: float) -> None:
         engine = sqlite_blocking_engine(make_url(url), timeout_seconds)
         with engine.connect():
             pass  # opens the file and applies the pragmas: fail here, not on a booking
+        gc.freeze()
+        sock.sendall(_frame(("ready", None)))
     except Exception as error:
-        _send_blocking(sock, ("failed", f"{type(error).__name__}: {error}"))
+        with contextlib.suppress(ConnectionError):
+            sock.sendall(_frame(("failed", f"{type(error).__name__}: {error}")))
         return
-    gc.freeze()
-    _send_blocking(sock, ("ready", None))
     try:
         while (message := _receive_blocking(sock)) is not None:
             kind, sequence, job = message
             if kind != "job":
                 continue  # an "abandon" for a job that had already finished
+            gate = _ProcessGate(sock, sequence)
             try:
-                result = pickle.loads(job)(engine, _AbandonMessage(sock, sequence))
+                result = pickle.loads(job)(engine, gate)
+                # A job that never asked the gate (no transaction) is pickled now.
+                sock.sendall(gate.reply or _frame((sequence, True, result)))
+            except ConnectionError:
+                raise
             except Exception as error:
-                _send_reply(sock, sequence, False, _portable(error))
-            else:
-                _send_reply(sock, sequence, True, result)
+                _send_error(sock, sequence, _portable(error))
     except ConnectionError:
         pass  # the server went away while we answered; there is no one left to tell
     finally:

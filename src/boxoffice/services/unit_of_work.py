@@ -36,7 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from boxoffice.db.database import BEGIN_MODE_OPTION, Database
 from boxoffice.db.errors import DatabaseUnavailable, is_unavailable
-from boxoffice.db.sqlite_writer import Abandoned
+from boxoffice.db.sqlite_writer import CommitGate
 
 T = TypeVar("T")
 
@@ -126,14 +126,14 @@ class _Abandoned(Exception):
 
 
 def _one_write_transaction(
-    work: Callable[..., T], args: tuple[Any, ...], engine: Engine, abandoned: Abandoned
+    work: Callable[..., T], args: tuple[Any, ...], engine: Engine, gate: CommitGate
 ) -> T:
     """The transaction `write_in_one_hop` promises, as the writer runs it."""
     with engine.connect() as conn:
         conn.execution_options(**{BEGIN_MODE_OPTION: "IMMEDIATE"})
         with conn.begin():
             result = work(conn, *args)
-            if abandoned.is_set():
+            if not gate.allows(result):
                 raise _Abandoned("the caller went away before the commit")
             return result
 
