@@ -159,6 +159,7 @@ async def test_a_caller_cancelled_twice_still_holds_the_lock_until_the_job_ends(
 ) -> None:
     """However often the caller is cancelled, the write lock stays held while its job
     runs, and the next job gets its own answer, not the abandoned one's."""
+    await database.start_writer()  # started first: a slow start is not the job running
     running = asyncio.create_task(database.run_on_writer(wait_for_gate))
     await asyncio.sleep(0.5)  # the job is running on the writer
     for _ in range(2):
