@@ -35,6 +35,10 @@ db_app = typer.Typer(
     help="Database schema.", no_args_is_help=True, pretty_exceptions_show_locals=False
 )
 app.add_typer(db_app, name="db")
+audit_app = typer.Typer(
+    help="The audit trail.", no_args_is_help=True, pretty_exceptions_show_locals=False
+)
+app.add_typer(audit_app, name="audit")
 console = Console(stderr=True)
 
 
@@ -178,3 +182,28 @@ def simulate(
     target = url or f"http://127.0.0.1:{_settings_or_exit().port}"
     passed = asyncio.run(run_simulation(target, plan, Console(), show_progress=show_progress))
     raise typer.Exit(0 if passed else 1)
+
+
+@audit_app.command("verify")
+def audit_verify() -> None:
+    """Rebuild every section's counts from the audit trail and compare them with the rows.
+
+    Prints each section whose stored remaining/held/sold differ from the trail's and
+    exits 1 if there is any; exits 0 when every section agrees.
+    """
+    from boxoffice.services.audit import verify
+
+    settings = _settings_or_exit()
+    checked, mismatches = _with_database(settings, verify)
+    out = Console()
+    for mismatch in mismatches:
+        stored = "/".join(map(str, mismatch.stored))
+        rebuilt = "/".join(map(str, mismatch.rebuilt))
+        out.print(
+            f"MISMATCH section {mismatch.section_id}: remaining/held/sold "
+            f"stored {stored}, audit trail {rebuilt}"
+        )
+    if mismatches:
+        out.print(f"{len(mismatches)} of {checked} sections disagree with the audit trail.")
+        raise typer.Exit(1)
+    out.print(f"All {checked} sections agree with the audit trail.")

@@ -77,6 +77,25 @@ class Settings(BaseSettings):
         description="Where SQLite's group commits run: a process of their own, or a thread.",
     )
 
+    hold_ttl_seconds: int = Field(
+        600, ge=1, le=86_400, description="A hold's lifetime when the request names none."
+    )
+    hold_ttl_min_seconds: int = Field(
+        30, ge=1, le=86_400, description="The shortest lifetime a request may ask for."
+    )
+    hold_ttl_max_seconds: int = Field(
+        3600, ge=1, le=86_400, description="The longest lifetime a request may ask for."
+    )
+    hold_sweep_interval_seconds: float = Field(
+        5.0,
+        ge=0,
+        le=3600,
+        description="How often expired holds are tidied up (0: never; nothing depends on it).",
+    )
+    idempotency_ttl_hours: float = Field(
+        24.0, ge=1, le=24 * 365, description="How long an idempotency key's answer is kept."
+    )
+
     db_pool_size: int = Field(10, ge=1, le=200)
     db_timeout_seconds: float = Field(
         10.0, gt=0, le=300, description="Connect timeout, and SQLite's busy timeout."
@@ -99,6 +118,12 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"DEFAULT_PAGE_SIZE ({self.default_page_size}) is larger than "
                 f"MAX_PAGE_SIZE ({self.max_page_size})"
+            )
+        if not self.hold_ttl_min_seconds <= self.hold_ttl_seconds <= self.hold_ttl_max_seconds:
+            raise ValueError(
+                f"HOLD_TTL_SECONDS ({self.hold_ttl_seconds}) must lie between "
+                f"HOLD_TTL_MIN_SECONDS ({self.hold_ttl_min_seconds}) and "
+                f"HOLD_TTL_MAX_SECONDS ({self.hold_ttl_max_seconds})"
             )
         return self
 

@@ -29,15 +29,23 @@ async def test_probes(client: httpx.AsyncClient) -> None:
     assert ready.json()["status"] == "ok"
 
 
-async def test_openapi_declares_problem_bodies_and_no_422(client: httpx.AsyncClient) -> None:
+async def test_openapi_declares_problem_bodies_and_no_validation_422(
+    client: httpx.AsyncClient,
+) -> None:
+    """Validation errors are 400s: FastAPI's own 422 is gone. The only 422 is a reused
+    idempotency key, declared as problem+json."""
     schema = (await client.get("/openapi.json")).json()
     book = schema["paths"]["/book"]["post"]
-    assert set(book["responses"]) == {"201", "400", "404", "413", "500", "503"}
+    assert set(book["responses"]) == {"201", "400", "404", "409", "413", "422", "500", "503"}
     assert "application/problem+json" in book["responses"]["400"]["content"]
+    assert "Retry-After" in book["responses"]["409"]["headers"]
     assert schema["components"]["schemas"]["BookIn"]["properties"]["qty"]["maximum"] == 10
+    assert "HTTPValidationError" not in schema["components"]["schemas"]
     for path in schema["paths"].values():
         for operation in path.values():
-            assert "422" not in operation["responses"]
+            if "422" in operation["responses"]:
+                assert "idempotency_key_reused" in operation["responses"]["422"]["description"]
+                assert "application/problem+json" in operation["responses"]["422"]["content"]
     assert (await client.get("/docs")).status_code == 200
 
 

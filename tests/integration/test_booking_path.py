@@ -15,16 +15,17 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from boxoffice.booking import Booker, make_booker
-from boxoffice.booking import batched as batched_module
+from boxoffice.booking import locked as locked_module
 from boxoffice.db.database import Database
 from boxoffice.db.tables import bookings, sections
+from boxoffice.domain.commands import Book
 from boxoffice.domain.errors import (
     EventNotFound,
     InsufficientSeats,
     InvalidRequest,
     SectionNotFound,
 )
-from boxoffice.domain.model import BookingRequest, Event, EventSpec, SectionSpec
+from boxoffice.domain.model import Event, EventSpec, SectionSpec
 from boxoffice.services.events import create_event, get_event
 from boxoffice.services.unit_of_work import UnitOfWork
 from tests.support.writer_faults import Crash, reserve_then_crash
@@ -37,6 +38,7 @@ async def new_event(database: Database, *capacities: int) -> Event:
             name="Concert",
             sections=tuple(SectionSpec(f"S{i}", 2500, c) for i, c in enumerate(capacities)),
         ),
+        datetime.now(UTC),
     )
 
 
@@ -90,7 +92,7 @@ async def test_booking_takes_seats_and_records_the_booking(
 ) -> None:
     event = await new_event(database, 5)
     section = event.sections[0]
-    booking = await (await new_booker()).book(BookingRequest(event.id, section.id, 3))
+    booking = await (await new_booker()).submit(Book(event.id, section.id, 3))
     assert (booking.qty, booking.unit_price_cents, booking.total_price_cents) == (3, 2500, 7500)
     assert booking.status == "confirmed"
     assert await inventory(database, section.id) == (5, 2, 3)
@@ -101,9 +103,9 @@ async def test_insufficient_seats_changes_nothing(
 ) -> None:
     event = await new_event(database, 5)
     section = event.sections[0]
-    await (await new_booker()).book(BookingRequest(event.id, section.id, 4))
+    await (await new_booker()).submit(Book(event.id, section.id, 4))
     with pytest.raises(InsufficientSeats) as refused:
-        await (await new_booker()).book(BookingRequest(event.id, section.id, 2))
+        await (await new_booker()).submit(Book(event.id, section.id, 2))
     assert refused.value.remaining == 1
     assert await inventory(database, section.id) == (5, 1, 4)
 
@@ -114,13 +116,13 @@ async def test_unknown_event_and_foreign_section_are_not_found(
     first = await new_event(database, 5)
     other = await new_event(database, 5)
     with pytest.raises(EventNotFound):
-        await (await new_booker()).book(BookingRequest(str(uuid.uuid4()), first.sections[0].id, 1))
+        await (await new_booker()).submit(Book(str(uuid.uuid4()), first.sections[0].id, 1))
     with pytest.raises(EventNotFound):
-        await (await new_booker()).book(BookingRequest("not-an-id", first.sections[0].id, 1))
+        await (await new_booker()).submit(Book("not-an-id", first.sections[0].id, 1))
     with pytest.raises(SectionNotFound):
-        await (await new_booker()).book(BookingRequest(first.id, other.sections[0].id, 1))
+        await (await new_booker()).submit(Book(first.id, other.sections[0].id, 1))
     with pytest.raises(SectionNotFound):
-        await (await new_booker()).book(BookingRequest(first.id, "nope", 1))
+        await (await new_booker()).submit(Book(first.id, "nope", 1))
     assert await inventory(database, other.sections[0].id) == (5, 5, 0)
 
 
@@ -129,7 +131,7 @@ async def test_quantity_over_the_limit_is_refused_before_the_database(
 ) -> None:
     event = await new_event(database, 50)
     with pytest.raises(InvalidRequest):
-        await (await new_booker(4)).book(BookingRequest(event.id, event.sections[0].id, 5))
+        await (await new_booker(4)).submit(Book(event.id, event.sections[0].id, 5))
     assert await inventory(database, event.sections[0].id) == (50, 50, 0)
 
 
@@ -148,6 +150,12 @@ async def test_check_constraint_refuses_overselling_whatever_the_code_does(
         async with UnitOfWork(database, write=True) as uow:
             await uow.conn.execute(
                 update(sections).where(sections.c.id == ident).values(remaining=3)
+            )
+            await uow.commit()
+    with pytest.raises(IntegrityError):  # a seat taken that is neither held nor sold: a leak
+        async with UnitOfWork(database, write=True) as uow:
+            await uow.conn.execute(
+                update(sections).where(sections.c.id == ident).values(remaining=1)
             )
             await uow.commit()
     assert await inventory(database, event.sections[0].id) == (2, 2, 0)
@@ -194,9 +202,9 @@ async def test_a_crash_before_the_commit_leaks_nothing(
         raise Crash("process died before the commit")
 
     monkeypatch.setattr(UnitOfWork, "commit", die)
-    monkeypatch.setattr(batched_module, "reserve_batch", reserve_then_crash)
+    monkeypatch.setattr(locked_module, "apply_commands", reserve_then_crash)
     with pytest.raises(Crash):
-        await (await new_booker()).book(BookingRequest(event.id, section.id, 2))
+        await (await new_booker()).submit(Book(event.id, section.id, 2))
     monkeypatch.undo()
     assert await inventory(database, section.id) == (5, 5, 0)
 
@@ -212,7 +220,7 @@ async def test_concurrent_bookings_in_one_process_never_oversell(
 
     async def attempt(qty: int) -> tuple[int, bool]:
         try:
-            await path.book(BookingRequest(event.id, section.id, qty))
+            await path.submit(Book(event.id, section.id, qty))
             return qty, True
         except InsufficientSeats:
             return qty, False
@@ -228,8 +236,8 @@ async def test_concurrent_bookings_in_one_process_never_oversell(
 
 async def test_get_event_reports_live_remaining(database: Database, new_booker: NewBooker) -> None:
     event = await new_event(database, 5, 7)
-    await (await new_booker()).book(BookingRequest(event.id, event.sections[1].id, 2))
-    fresh = await get_event(database, event.id)
+    await (await new_booker()).submit(Book(event.id, event.sections[1].id, 2))
+    fresh = await get_event(database, event.id, datetime.now(UTC))
     assert [(s.name, s.remaining) for s in fresh.sections] == [("S0", 5), ("S1", 5)]
 
 
@@ -252,7 +260,7 @@ async def test_database_matches_the_inventory_model(
         index %= len(capacities)
         section = event.sections[index]
         try:
-            await (await new_booker()).book(BookingRequest(event.id, section.id, qty))
+            await (await new_booker()).submit(Book(event.id, section.id, qty))
             assert qty <= model[index]
             model[index] -= qty
         except InsufficientSeats as refused:

@@ -24,11 +24,14 @@ from sqlalchemy.util import await_only
 
 from boxoffice.booking import BatchedBooker, DirectBooker
 from boxoffice.booking import batched as batched_module
+from boxoffice.booking import connections as connections_module
+from boxoffice.booking import locked as locked_module
 from boxoffice.config import async_database_url
 from boxoffice.db.database import Database
 from boxoffice.db.errors import DatabaseUnavailable
+from boxoffice.domain.commands import Book
 from boxoffice.domain.errors import EventNotFound, InsufficientSeats, SectionNotFound
-from boxoffice.domain.model import Booking, BookingRequest
+from boxoffice.domain.model import Booking
 from tests.integration.test_booking_path import inventory, new_event
 from tests.support.writer_faults import (
     gate_path,
@@ -46,8 +49,8 @@ SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 BOTH_SQLITE_WRITERS = pytest.mark.parametrize("sqlite_writer", ["process", "thread"])
 
 
-async def book_all(booker: BatchedBooker, requests: list[BookingRequest]) -> list[Any]:
-    return await asyncio.gather(*(booker.book(r) for r in requests), return_exceptions=True)
+async def book_all(booker: BatchedBooker, requests: list[Book]) -> list[Any]:
+    return await asyncio.gather(*(booker.submit(r) for r in requests), return_exceptions=True)
 
 
 # Both the one-statement path and the locked path must yield exactly this.
@@ -75,24 +78,24 @@ def hold_the_committer(
     good once opened, so later batches pass."""
     if database_url.startswith("sqlite"):
         gate = gate_path(database_url)
-        monkeypatch.setattr(batched_module, "reserve_batch", reserve_then_wait_for_gate)
+        monkeypatch.setattr(locked_module, "apply_commands", reserve_then_wait_for_gate)
         return gate.touch
 
     event = asyncio.Event()
-    real_batch = batched_module.reserve_batch
+    real_batch = locked_module.apply_commands
 
     def slow_batch(conn, requests, now):  # type: ignore[no-untyped-def]
         if only_qty is None or requests[0].qty == only_qty:
             await_only(event.wait())  # inside run_sync's greenlet, on the event loop
         return real_batch(conn, requests, now)
 
-    monkeypatch.setattr(batched_module, "reserve_batch", slow_batch)
+    monkeypatch.setattr(locked_module, "apply_commands", slow_batch)
     return event.set
 
 
 async def test_a_lone_request_commits_at_once(booker: BatchedBooker, database: Database) -> None:
     event = await new_event(database, 5)
-    booking = await booker.book(BookingRequest(event.id, event.sections[0].id, 2))
+    booking = await booker.submit(Book(event.id, event.sections[0].id, 2))
     assert booking.qty == 2
     assert (booker.stats.batches, booker.stats.largest) == (1, 1)
 
@@ -103,7 +106,7 @@ async def test_fifo_with_partial_sell_out_inside_one_batch(
 ) -> None:
     event = await new_event(database, 4)
     s = event.sections[0].id
-    results = await book_all(booker, [BookingRequest(event.id, s, q) for q in FIFO_ASKS])
+    results = await book_all(booker, [Book(event.id, s, q) for q in FIFO_ASKS])
     assert booker.stats.largest == len(FIFO_ASKS), "the requests did not share one transaction"
     assert_first_come_first_served(results)
     assert await inventory(database, s) == (4, 0, 4)
@@ -114,7 +117,7 @@ async def test_a_big_early_request_is_refused_while_a_later_small_one_fits(
 ) -> None:
     event = await new_event(database, 2)
     s = event.sections[0].id
-    results = await book_all(booker, [BookingRequest(event.id, s, q) for q in (3, 1, 2)])
+    results = await book_all(booker, [Book(event.id, s, q) for q in (3, 1, 2)])
     assert isinstance(results[0], InsufficientSeats)
     assert isinstance(results[1], Booking)
     assert isinstance(results[2], InsufficientSeats), "the 2-seat request came after the 1"
@@ -128,14 +131,14 @@ async def test_mixed_sections_and_unknown_targets_in_one_batch(
     other = await new_event(database, 2)
     a, b = first.sections[0].id, first.sections[1].id
     requests = [
-        BookingRequest(first.id, a, 2),
-        BookingRequest(first.id, b, 5),
-        BookingRequest(first.id, other.sections[0].id, 1),  # section of another event
-        BookingRequest(str(uuid.uuid4()), a, 1),  # unknown event
-        BookingRequest("garbage", "garbage", 1),
-        BookingRequest(first.id, a, 1),
-        BookingRequest(other.id, other.sections[0].id, 2),
-        BookingRequest(first.id, b, 1),
+        Book(first.id, a, 2),
+        Book(first.id, b, 5),
+        Book(first.id, other.sections[0].id, 1),  # section of another event
+        Book(str(uuid.uuid4()), a, 1),  # unknown event
+        Book("garbage", "garbage", 1),
+        Book(first.id, a, 1),
+        Book(other.id, other.sections[0].id, 2),
+        Book(first.id, b, 1),
     ]
     results = await book_all(booker, requests)
     assert booker.stats.largest == len(requests)
@@ -164,17 +167,17 @@ async def test_a_failure_mid_batch_fails_only_that_request(
 ) -> None:
     event = await new_event(database, 10)
     s = event.sections[0].id
-    real_verify = batched_module.book_if_unchanged
+    real_verify = batched_module.apply_if_unchanged
 
-    async def verify_faulty(conn, requests, targets, copies, now):  # type: ignore[no-untyped-def]
-        if any(r.qty == 3 for r in requests):
+    async def verify_faulty(conn, commands, inventory, remembered, now):  # type: ignore[no-untyped-def]
+        if any(c.qty == 3 for c in commands):
             raise IntegrityError("INSERT", {}, Exception("this one is bad"))
-        return await real_verify(conn, requests, targets, copies, now)
+        return await real_verify(conn, commands, inventory, remembered, now)
 
     # The faulty request fails on every path a request can take.
-    monkeypatch.setattr(batched_module, "reserve_batch", reserve_then_fail_batches)
-    monkeypatch.setattr(batched_module, "book_if_unchanged", verify_faulty)
-    results = await book_all(booker, [BookingRequest(event.id, s, q) for q in (1, 3, 2)])
+    monkeypatch.setattr(locked_module, "apply_commands", reserve_then_fail_batches)
+    monkeypatch.setattr(batched_module, "apply_if_unchanged", verify_faulty)
+    results = await book_all(booker, [Book(event.id, s, q) for q in (1, 3, 2)])
     assert isinstance(results[0], Booking)
     assert isinstance(results[1], IntegrityError)
     assert isinstance(results[2], Booking)
@@ -187,13 +190,13 @@ async def test_database_errors_fail_the_whole_batch_cleanly(
 ) -> None:
     event = await new_event(database, 10)
     s = event.sections[0].id
-    real_batch = batched_module.reserve_batch
-    monkeypatch.setattr(batched_module, "reserve_batch", reserve_then_lose_the_connection)
-    results = await book_all(booker, [BookingRequest(event.id, s, q) for q in (1, 2, 3)])
+    real_batch = locked_module.apply_commands
+    monkeypatch.setattr(locked_module, "apply_commands", reserve_then_lose_the_connection)
+    results = await book_all(booker, [Book(event.id, s, q) for q in (1, 2, 3)])
     assert all(isinstance(r, DatabaseUnavailable) for r in results)
     assert await inventory(database, s) == (10, 10, 0), "half a batch was written"
-    monkeypatch.setattr(batched_module, "reserve_batch", real_batch)
-    assert (await booker.book(BookingRequest(event.id, s, 1))).qty == 1, "the committer died"
+    monkeypatch.setattr(locked_module, "apply_commands", real_batch)
+    assert (await booker.submit(Book(event.id, s, 1))).qty == 1, "the committer died"
 
 
 @BOTH_SQLITE_WRITERS
@@ -206,10 +209,10 @@ async def test_a_cancelled_waiting_request_takes_no_seat(
     event = await new_event(database, 10)
     s = event.sections[0].id
     open_gate = hold_the_committer(monkeypatch, database_url, only_qty=1)
-    first = asyncio.create_task(booker.book(BookingRequest(event.id, s, 1)))
+    first = asyncio.create_task(booker.submit(Book(event.id, s, 1)))
     await asyncio.sleep(0.05)  # the committer is now inside the first transaction
-    gone = asyncio.create_task(booker.book(BookingRequest(event.id, s, 4)))
-    stays = asyncio.create_task(booker.book(BookingRequest(event.id, s, 2)))
+    gone = asyncio.create_task(booker.submit(Book(event.id, s, 4)))
+    stays = asyncio.create_task(booker.submit(Book(event.id, s, 2)))
     await asyncio.sleep(0.01)
     gone.cancel()  # the client disconnected while waiting
     open_gate()
@@ -226,7 +229,7 @@ async def test_stop_answers_queued_requests_instead_of_dropping_them(database: D
     await path.start()
     await path.stop()
     with pytest.raises(RuntimeError, match="start"):
-        await path.book(BookingRequest(event.id, event.sections[0].id, 1))
+        await path.submit(Book(event.id, event.sections[0].id, 1))
 
 
 async def test_batches_are_capped(database: Database) -> None:
@@ -234,9 +237,7 @@ async def test_batches_are_capped(database: Database) -> None:
     path = BatchedBooker(database, max_tickets_per_booking=10, max_batch_size=4)
     await path.start()
     try:
-        results = await book_all(
-            path, [BookingRequest(event.id, event.sections[0].id, 1) for _ in range(10)]
-        )
+        results = await book_all(path, [Book(event.id, event.sections[0].id, 1) for _ in range(10)])
     finally:
         await path.stop()
     assert all(isinstance(r, Booking) for r in results)
@@ -249,21 +250,38 @@ async def test_batches_are_capped(database: Database) -> None:
 
 async def warm(booker: BatchedBooker, event: Any, index: int = 0) -> None:
     """One booking under lock, after which the committer remembers the section."""
-    await booker.book(BookingRequest(event.id, event.sections[index].id, 1))
+    await booker.submit(Book(event.id, event.sections[index].id, 1))
 
 
-async def test_remembered_sections_book_in_one_statement_first_come_first_served(
+async def test_remembered_sections_book_in_one_statement(
     booker: BatchedBooker, database: Database
 ) -> None:
+    event = await new_event(database, 10)
+    s = event.sections[0].id
+    await warm(booker, event)  # 9 left
+    results = await book_all(booker, [Book(event.id, s, q) for q in (2, 3, 1)])
+    assert all(isinstance(r, Booking) for r in results)
+    assert await inventory(database, s) == (10, 3, 7)
+    if database.dialect == "postgresql":
+        assert booker.stats.verified == 3
+        assert booker.stats.retried == 0
+
+
+async def test_a_refusal_on_remembered_sections_is_decided_under_lock_first_come_first_served(
+    booker: BatchedBooker, database: Database
+) -> None:
+    """A refusal must be decided on locked rows (where expired holds give their seats
+    back first), so a remembered batch that would refuse anything goes the locked way,
+    whole, and is decided there in the same order."""
     event = await new_event(database, 5)
     s = event.sections[0].id
     await warm(booker, event)  # 4 left
-    results = await book_all(booker, [BookingRequest(event.id, s, q) for q in FIFO_ASKS])
+    results = await book_all(booker, [Book(event.id, s, q) for q in FIFO_ASKS])
     assert_first_come_first_served(results)
     assert await inventory(database, s) == (5, 0, 5)
     if database.dialect == "postgresql":
-        assert booker.stats.verified == 5
-        assert booker.stats.retried == 0
+        assert booker.stats.verified == 0
+        assert booker.stats.retried == 5
 
 
 async def test_seats_taken_behind_our_back_are_retried_under_lock(
@@ -273,12 +291,12 @@ async def test_seats_taken_behind_our_back_are_retried_under_lock(
     decided on it; the batch is retried with row locks, against the true count."""
     event = await new_event(database, 6, 6)
     stale, fresh = event.sections[0].id, event.sections[1].id
-    await book_all(booker, [BookingRequest(event.id, stale, 1), BookingRequest(event.id, fresh, 1)])
+    await book_all(booker, [Book(event.id, stale, 1), Book(event.id, fresh, 1)])
     other_process = DirectBooker(database, max_tickets_per_booking=10)
-    await other_process.book(BookingRequest(event.id, stale, 3))  # stale: 2 left, not 5
+    await other_process.submit(Book(event.id, stale, 3))  # stale: 2 left, not 5
 
     asks = [(stale, 3), (fresh, 2), (stale, 2), (fresh, 4)]
-    results = await book_all(booker, [BookingRequest(event.id, s, q) for s, q in asks])
+    results = await book_all(booker, [Book(event.id, s, q) for s, q in asks])
     assert isinstance(results[0], InsufficientSeats)
     assert results[0].remaining == 2, "decided on the remembered 5 instead of the true 2"
     assert isinstance(results[1], Booking)
@@ -287,10 +305,10 @@ async def test_seats_taken_behind_our_back_are_retried_under_lock(
     assert await inventory(database, stale) == (6, 0, 6)
     assert await inventory(database, fresh) == (6, 3, 3)
     if database.dialect == "postgresql":
-        assert booker.stats.retried == 2  # only the stale section's requests
+        assert booker.stats.retried == 4  # all or nothing: the whole batch, under lock
         # Refreshed: the next batch on it is settled in one statement again.
         verified = booker.stats.verified
-        more = await book_all(booker, [BookingRequest(event.id, fresh, 1) for _ in range(3)])
+        more = await book_all(booker, [Book(event.id, fresh, 1) for _ in range(3)])
         assert all(isinstance(r, Booking) for r in more)
         assert booker.stats.verified == verified + 3
 
@@ -306,9 +324,9 @@ async def test_unknown_targets_next_to_remembered_ones(
     results = await book_all(
         booker,
         [
-            BookingRequest(event.id, s, 1),
-            BookingRequest(event.id, other.sections[0].id, 1),  # remembered, wrong event
-            BookingRequest(event.id, s, 1),
+            Book(event.id, s, 1),
+            Book(event.id, other.sections[0].id, 1),  # remembered, wrong event
+            Book(event.id, s, 1),
         ],
     )
     assert [type(r) for r in results] == [Booking, SectionNotFound, Booking]
@@ -316,19 +334,41 @@ async def test_unknown_targets_next_to_remembered_ones(
     assert await inventory(database, other.sections[0].id) == (4, 3, 1)
 
 
-def test_remembered_sections_are_bounded() -> None:
+def test_remembered_sections_are_bounded_and_hand_out_copies() -> None:
     from boxoffice.booking.remembered import RememberedSections
     from boxoffice.domain.model import Section
 
     remembered = RememberedSections(max_size=2)
     ids = [str(uuid.uuid4()) for _ in range(3)]
-    remembered.remember({i: Section(i, "e", "S", 1, 5, 5) for i in ids})
+    event = str(uuid.uuid4())
+    remembered.remember({i: Section(i, event, "S", 1, 5, 5) for i in ids})
     assert len(remembered) == 2
-    assert remembered.copies([(None, ids[0])]) is None  # the oldest was dropped
-    copies = remembered.copies([(None, ids[2])])
+    assert remembered.inventory_for([Book(event, ids[0], 1)]) is None  # the oldest was dropped
+    copies = remembered.inventory_for([Book(event, ids[2], 1)])
     assert copies is not None
-    copies[ids[2]].reserve(5)
-    assert remembered.copies([(None, ids[2])])[ids[2]].remaining == 5  # type: ignore[index]
+    copies.sections[ids[2]].sell(5)
+    again = remembered.inventory_for([Book(event, ids[2], 1)])
+    assert again is not None
+    assert again.sections[ids[2]].remaining == 5
+
+
+def test_capped_customers_and_other_commands_are_not_decided_from_memory() -> None:
+    from boxoffice.booking.remembered import RememberedSections
+    from boxoffice.domain.commands import CancelBooking
+    from boxoffice.domain.model import Section
+
+    remembered = RememberedSections()
+    event, capped, free = (str(uuid.uuid4()) for _ in range(3))
+    remembered.remember(
+        {
+            capped: Section(capped, event, "S", 1, 5, 5, max_per_customer=2),
+            free: Section(free, event, "T", 1, 5, 5),
+        }
+    )
+    assert remembered.inventory_for([Book(event, capped, 1)]) is not None  # no customer named
+    assert remembered.inventory_for([Book(event, capped, 1, customer_id="c")]) is None
+    assert remembered.inventory_for([Book(event, free, 1, customer_id="c")]) is not None
+    assert remembered.inventory_for([CancelBooking(str(uuid.uuid4()))]) is None
 
 
 @POSTGRESQL_ONLY
@@ -339,7 +379,7 @@ async def test_a_database_restart_during_a_lull_costs_no_request(
     pinged one from the pool, so connections killed meanwhile are never used."""
     event = await new_event(database, 10)
     s = event.sections[0].id
-    await booker.book(BookingRequest(event.id, s, 1))
+    await booker.submit(Book(event.id, s, 1))
     async with database.engine.connect() as conn:
         await conn.execute(
             text(
@@ -348,7 +388,7 @@ async def test_a_database_restart_during_a_lull_costs_no_request(
             )
         )
     await asyncio.sleep(1.2)
-    assert (await booker.book(BookingRequest(event.id, s, 2))).qty == 2
+    assert (await booker.submit(Book(event.id, s, 2))).qty == 2
     assert await inventory(database, s) == (10, 7, 3)
 
 
@@ -359,11 +399,11 @@ async def test_a_connection_killed_under_load_fails_one_batch_cleanly(
     """The one statement runs on asyncpg itself (db/driver.py): its errors must still
     become a clean 503 for the batch, with nothing written, and a fresh connection."""
     # "Under load": however slow this machine, the kept connection is not swapped out.
-    monkeypatch.setattr(batched_module, "KEEP_CONNECTION_IDLE_SECONDS", 3600.0)
+    monkeypatch.setattr(connections_module, "KEEP_CONNECTION_IDLE_SECONDS", 3600.0)
     event = await new_event(database, 10)
     s = event.sections[0].id
-    await booker.book(BookingRequest(event.id, s, 1))  # locked path: now remembered
-    await booker.book(BookingRequest(event.id, s, 1))  # one statement: connection kept
+    await booker.submit(Book(event.id, s, 1))  # locked path: now remembered
+    await booker.submit(Book(event.id, s, 1))  # one statement: connection kept
     assert booker.stats.verified == 1
     async with database.engine.connect() as conn:
         killed = await conn.execute(
@@ -375,48 +415,39 @@ async def test_a_connection_killed_under_load_fails_one_batch_cleanly(
             )
         )
         assert killed.scalar_one() >= 1
-    results = await book_all(booker, [BookingRequest(event.id, s, q) for q in (1, 2)])
+    results = await book_all(booker, [Book(event.id, s, q) for q in (1, 2)])
     assert all(isinstance(r, DatabaseUnavailable) for r in results), results
     assert booker.stats.verified == 1, "the failed batch went through the one statement"
     assert await inventory(database, s) == (10, 8, 2), "a failed batch wrote seats"
-    assert (await booker.book(BookingRequest(event.id, s, 3))).qty == 3, "no fresh connection"
+    assert (await booker.submit(Book(event.id, s, 3))).qty == 3, "no fresh connection"
     assert await inventory(database, s) == (10, 5, 5)
 
 
 @POSTGRESQL_ONLY
-@pytest.mark.parametrize(
-    "failure",
-    [
-        OperationalError("SELECT", {}, Exception("connection lost")),
-        IntegrityError("INSERT", {}, Exception("constraint violated")),
-    ],
-    ids=["unavailable", "integrity"],
-)
-async def test_a_failed_retry_never_touches_requests_already_committed(
-    booker: BatchedBooker,
-    database: Database,
-    monkeypatch: pytest.MonkeyPatch,
-    failure: Exception,
+async def test_a_stale_section_writes_nothing_of_the_one_statement(
+    booker: BatchedBooker, database: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """On the one-statement path, verified requests are committed when the statement
-    returns; if the locked retry of the stale ones fails, only those get the error,
-    and nothing is booked twice."""
+    """All or nothing: when one section of a remembered batch was changed by another
+    process, the statement writes none of the batch (not even the fresh section's
+    bookings), and the whole batch is decided again under lock: each booked once."""
     event = await new_event(database, 10, 10)
     a, b = event.sections[0].id, event.sections[1].id
-    await book_all(booker, [BookingRequest(event.id, a, 1), BookingRequest(event.id, b, 1)])
-    await DirectBooker(database, max_tickets_per_booking=10).book(BookingRequest(event.id, b, 1))
+    await book_all(booker, [Book(event.id, a, 1), Book(event.id, b, 1)])
+    await DirectBooker(database, max_tickets_per_booking=10).submit(Book(event.id, b, 1))
 
-    def retry_fails(conn, requests, now):  # type: ignore[no-untyped-def]
-        raise failure
+    def locked_path_fails(conn, commands, now):  # type: ignore[no-untyped-def]
+        raise OperationalError("SELECT", {}, Exception("connection lost"))
 
-    monkeypatch.setattr(batched_module, "reserve_batch", retry_fails)
-    results = await book_all(
-        booker, [BookingRequest(event.id, a, 2), BookingRequest(event.id, b, 3)]
-    )
-    assert isinstance(results[0], Booking)
-    assert isinstance(results[1], DatabaseUnavailable | IntegrityError)
-    assert await inventory(database, b) == (10, 8, 2), "the failed retry wrote seats"
-    assert await inventory(database, a) == (10, 7, 3), "a committed request was booked again"
+    monkeypatch.setattr(locked_module, "apply_commands", locked_path_fails)
+    results = await book_all(booker, [Book(event.id, a, 2), Book(event.id, b, 3)])
+    assert all(isinstance(r, DatabaseUnavailable) for r in results), results
+    assert await inventory(database, a) == (10, 9, 1), "the statement wrote the fresh section"
+    assert await inventory(database, b) == (10, 8, 2)
+    monkeypatch.undo()
+    results = await book_all(booker, [Book(event.id, a, 2), Book(event.id, b, 3)])
+    assert all(isinstance(r, Booking) for r in results)
+    assert await inventory(database, a) == (10, 7, 3)
+    assert await inventory(database, b) == (10, 5, 5)
 
 
 async def test_stop_lets_the_batch_in_flight_finish(
@@ -428,7 +459,7 @@ async def test_stop_lets_the_batch_in_flight_finish(
     event = await new_event(database, 10)
     s = event.sections[0].id
     open_gate = hold_the_committer(monkeypatch, database_url)
-    pending = asyncio.create_task(booker.book(BookingRequest(event.id, s, 2)))
+    pending = asyncio.create_task(booker.submit(Book(event.id, s, 2)))
     await asyncio.sleep(0.05)
     stopping = asyncio.create_task(booker.stop())
     await asyncio.sleep(0.05)
@@ -454,7 +485,7 @@ async def test_a_batch_cut_short_by_stop_is_rolled_back(
     s = event.sections[0].id
     open_gate = hold_the_committer(monkeypatch, database_url)
     monkeypatch.setattr(batched_module, "STOP_TIMEOUT_SECONDS", 0.2)
-    pending = asyncio.create_task(booker.book(BookingRequest(event.id, s, 2)))
+    pending = asyncio.create_task(booker.submit(Book(event.id, s, 2)))
     await asyncio.sleep(0.05)  # the committer is now inside the transaction
     stopping = asyncio.create_task(booker.stop())
     await asyncio.sleep(0.4)  # past the stop timeout: the committer has been cancelled
@@ -465,8 +496,8 @@ async def test_a_batch_cut_short_by_stop_is_rolled_back(
     if database.dialect == "sqlite":  # whatever the writer still had to do is done
         await database.run_on_writer(nothing)
     assert await inventory(database, s) == (10, 10, 0), "answered 503 but committed"
-    more = BookingRequest(event.id, s, 1)
-    await DirectBooker(database, max_tickets_per_booking=10).book(more)  # the lock is free
+    more = Book(event.id, s, 1)
+    await DirectBooker(database, max_tickets_per_booking=10).submit(more)  # the lock is free
 
 
 async def test_a_dead_committer_answers_instead_of_hanging(
@@ -478,11 +509,11 @@ async def test_a_dead_committer_answers_instead_of_hanging(
         raise RuntimeError("a bug in the committer")
 
     monkeypatch.setattr(BatchedBooker, "_commit", bug)
-    request = BookingRequest(event.id, event.sections[0].id, 1)
+    request = Book(event.id, event.sections[0].id, 1)
     with pytest.raises(DatabaseUnavailable):
-        await asyncio.wait_for(booker.book(request), 5)
+        await asyncio.wait_for(booker.submit(request), 5)
     with pytest.raises(DatabaseUnavailable):
-        await asyncio.wait_for(booker.book(request), 5)
+        await asyncio.wait_for(booker.submit(request), 5)
 
 
 @SQLITE_ONLY
@@ -500,10 +531,10 @@ async def test_another_writer_past_the_busy_timeout_fails_the_batch_cleanly(
     other_process = sqlite3.connect(database_url.removeprefix("sqlite:///"), isolation_level=None)
     try:
         other_process.execute("BEGIN IMMEDIATE")
-        results = await book_all(path, [BookingRequest(event.id, s, q) for q in (1, 2, 3)])
+        results = await book_all(path, [Book(event.id, s, q) for q in (1, 2, 3)])
         assert all(isinstance(r, DatabaseUnavailable) for r in results), results
         other_process.execute("ROLLBACK")
-        assert (await path.book(BookingRequest(event.id, s, 4))).qty == 4
+        assert (await path.submit(Book(event.id, s, 4))).qty == 4
     finally:
         other_process.close()
         await path.stop()

@@ -17,12 +17,13 @@ from pathlib import Path
 import pytest
 
 from boxoffice.booking import BatchedBooker
-from boxoffice.booking import batched as batched_module
+from boxoffice.booking import locked as locked_module
 from boxoffice.config import async_database_url
 from boxoffice.db.database import Database
 from boxoffice.db.errors import DatabaseUnavailable
 from boxoffice.db.sqlite_writer import ProcessWriter
-from boxoffice.domain.model import Booking, BookingRequest
+from boxoffice.domain.commands import Book
+from boxoffice.domain.model import Booking
 from tests.integration.test_booking_path import inventory, new_event
 from tests.support.writer_faults import (
     fail_with_an_unpicklable_error,
@@ -49,7 +50,7 @@ async def test_the_writer_is_a_process_of_its_own_started_with_the_booker(
     pid = writer_pid(database)  # started by booker.start(), before any request
     assert pid != os.getpid()
     event = await new_event(database, 5)
-    booking = await booker.book(BookingRequest(event.id, event.sections[0].id, 2))
+    booking = await booker.submit(Book(event.id, event.sections[0].id, 2))
     assert isinstance(booking, Booking)
     assert writer_pid(database) == pid
     assert await inventory(database, event.sections[0].id) == (5, 3, 2)
@@ -66,9 +67,9 @@ async def test_a_writer_killed_mid_batch_leaks_nothing_and_is_replaced(
     503, SQLite keeps none of it, and the next request gets a new writer process."""
     event = await new_event(database, 10)
     s = event.sections[0].id
-    monkeypatch.setattr(batched_module, "reserve_batch", reserve_then_wait_for_gate)
+    monkeypatch.setattr(locked_module, "apply_commands", reserve_then_wait_for_gate)
     first = writer_pid(database)
-    pending = [asyncio.create_task(booker.book(BookingRequest(event.id, s, q))) for q in (1, 2)]
+    pending = [asyncio.create_task(booker.submit(Book(event.id, s, q))) for q in (1, 2)]
     await asyncio.sleep(0.5)  # the writer has written and now waits for the gate
     os.kill(first, signal.SIGKILL)
     results = await asyncio.gather(*pending, return_exceptions=True)
@@ -76,7 +77,7 @@ async def test_a_writer_killed_mid_batch_leaks_nothing_and_is_replaced(
     assert await inventory(database, s) == (10, 10, 0), "a killed batch left seats taken"
 
     gate_path(database_url).touch()
-    assert (await booker.book(BookingRequest(event.id, s, 3))).qty == 3, "no new writer"
+    assert (await booker.submit(Book(event.id, s, 3))).qty == 3, "no new writer"
     assert writer_pid(database) != first
     assert await inventory(database, s) == (10, 7, 3)
 
@@ -87,12 +88,12 @@ async def test_an_error_that_cannot_cross_the_pipe_still_answers(
 ) -> None:
     event = await new_event(database, 10)
     s = event.sections[0].id
-    real_batch = batched_module.reserve_batch
-    monkeypatch.setattr(batched_module, "reserve_batch", fail_with_an_unpicklable_error)
+    real_batch = locked_module.apply_commands
+    monkeypatch.setattr(locked_module, "apply_commands", fail_with_an_unpicklable_error)
     with pytest.raises(RuntimeError, match="_Unpicklable: no pickle for me"):
-        await asyncio.wait_for(booker.book(BookingRequest(event.id, s, 1)), 10)
-    monkeypatch.setattr(batched_module, "reserve_batch", real_batch)
-    assert (await booker.book(BookingRequest(event.id, s, 1))).qty == 1
+        await asyncio.wait_for(booker.submit(Book(event.id, s, 1)), 10)
+    monkeypatch.setattr(locked_module, "apply_commands", real_batch)
+    assert (await booker.submit(Book(event.id, s, 1))).qty == 1
     assert await inventory(database, s) == (10, 9, 1)
 
 
@@ -146,9 +147,9 @@ async def test_a_result_that_cannot_be_sent_back_is_rolled_back(
     the writer pickles the result before COMMIT, and rolls back if it cannot."""
     event = await new_event(database, 10)
     s = event.sections[0].id
-    monkeypatch.setattr(batched_module, "reserve_batch", reserve_then_return_the_unsendable)
+    monkeypatch.setattr(locked_module, "apply_commands", reserve_then_return_the_unsendable)
     with pytest.raises(TypeError, match="pickle"):
-        await asyncio.wait_for(booker.book(BookingRequest(event.id, s, 2)), 10)
+        await asyncio.wait_for(booker.submit(Book(event.id, s, 2)), 10)
     assert await inventory(database, s) == (10, 10, 0), "committed, yet answered as failed"
 
 

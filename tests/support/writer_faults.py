@@ -18,8 +18,8 @@ from typing import Any
 from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from boxoffice.booking.batch import reserve_batch
-from boxoffice.domain.model import BookingRequest
+from boxoffice.booking.transaction import apply_commands
+from boxoffice.domain.commands import Command
 
 GATE_TIMEOUT_SECONDS = 20.0
 
@@ -30,33 +30,29 @@ def gate_path(conn: Connection | str) -> Path:
     return Path(database.removeprefix("sqlite:///") + ".gate")
 
 
-def reserve_then_wait_for_gate(
-    conn: Connection, requests: Sequence[BookingRequest], now: datetime
-) -> Any:
+def reserve_then_wait_for_gate(conn: Connection, requests: Sequence[Command], now: datetime) -> Any:
     """Do the batch's writes, then wait inside the transaction until the gate opens."""
-    result = reserve_batch(conn, requests, now)
+    result = apply_commands(conn, requests, now)
     deadline = time.monotonic() + GATE_TIMEOUT_SECONDS
     while not gate_path(conn).exists() and time.monotonic() < deadline:
         time.sleep(0.01)
     return result
 
 
-def reserve_then_fail_batches(
-    conn: Connection, requests: Sequence[BookingRequest], now: datetime
-) -> Any:
+def reserve_then_fail_batches(conn: Connection, requests: Sequence[Command], now: datetime) -> Any:
     """A batch writes, then dies; alone, only the 3-seat request is bad."""
     if len(requests) > 1:
-        reserve_batch(conn, requests, now)
+        apply_commands(conn, requests, now)
         raise IntegrityError("INSERT", {}, Exception("constraint violated"))
     if requests[0].qty == 3:
         raise IntegrityError("INSERT", {}, Exception("this one is bad"))
-    return reserve_batch(conn, requests, now)
+    return apply_commands(conn, requests, now)
 
 
 def reserve_then_lose_the_connection(
-    conn: Connection, requests: Sequence[BookingRequest], now: datetime
+    conn: Connection, requests: Sequence[Command], now: datetime
 ) -> Any:
-    reserve_batch(conn, requests, now)
+    apply_commands(conn, requests, now)
     raise OperationalError("COMMIT", {}, Exception("server closed the connection"))
 
 
@@ -64,8 +60,8 @@ class Crash(Exception):
     """Stands for the process dying between the batch's writes and its COMMIT."""
 
 
-def reserve_then_crash(conn: Connection, requests: Sequence[BookingRequest], now: datetime) -> Any:
-    reserve_batch(conn, requests, now)
+def reserve_then_crash(conn: Connection, requests: Sequence[Command], now: datetime) -> Any:
+    apply_commands(conn, requests, now)
     raise Crash("process died before the commit")
 
 
@@ -80,7 +76,7 @@ class _Unpicklable(Exception):
 
 
 def fail_with_an_unpicklable_error(
-    conn: Connection, requests: Sequence[BookingRequest], now: datetime
+    conn: Connection, requests: Sequence[Command], now: datetime
 ) -> Any:
     raise _Unpicklable()
 
@@ -93,9 +89,9 @@ class _Unsendable:
 
 
 def reserve_then_return_the_unsendable(
-    conn: Connection, requests: Sequence[BookingRequest], now: datetime
+    conn: Connection, requests: Sequence[Command], now: datetime
 ) -> Any:
-    reserve_batch(conn, requests, now)
+    apply_commands(conn, requests, now)
     return _Unsendable()
 
 

@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 from bench import run as bench_run
-from bench.run import OPT_IN_SCENARIOS, SCENARIOS, Result, markdown, medians, ratios, server_env
+from bench.run import (
+    BASELINE_SCENARIOS,
+    OPT_IN_SCENARIOS,
+    SCENARIOS,
+    Result,
+    markdown,
+    medians,
+    ratios,
+    server_env,
+)
 
 
 def result(scenario: str, rps: float, round_number: int) -> Result:
@@ -61,7 +73,10 @@ def test_each_scenario_row_is_its_median_round() -> None:
 
 def test_the_report_shows_the_range_over_rounds() -> None:
     table = markdown(RESULTS, ratios(RESULTS), "make bench", 3)
-    assert "| sqlite | 64 | 0.80 (0.75–0.90) | 7.50 (7.20–8.00) | n/a | n/a |" in table
+    assert "| ratio | target | sqlite 64 |" in table
+    assert "| hot batched / ceiling | ≥ 0.8 | 0.80 (0.75–0.90) |" in table
+    assert "| hot batched / direct | ≥ 5 | 7.50 (7.20–8.00) |" in table
+    assert "spread batched" not in table.split("Ratios")[1], "a ratio with no figures is shown"
     assert "3 round(s)" in table
     assert "inventory verified after every run" in table
 
@@ -96,3 +111,22 @@ def test_set_reaches_the_server_and_wins_over_the_scenario(
     assert env["MAX_BATCH_SIZE"] == "16"
     assert env["SQLITE_WRITER"] == "x"
     assert env["BOOKING_STRATEGY"] == "batched"
+
+
+def test_a_checkout_counts_request_pairs_against_the_ceiling() -> None:
+    (row,) = ratios([result("ceiling", 5000, 1), result("checkout", 4000, 1)])
+    assert row["checkout pairs / ceiling"]["median"] == pytest.approx(0.4)
+
+
+def test_baseline_scenarios_run_the_older_tree(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(bench_run, "BASELINE", tmp_path)
+    (before,) = [s for s in BASELINE_SCENARIOS if s.name == "hot batched"]
+    assert before.label == "hot batched (before)"
+    assert server_env(before)["PYTHONPATH"].split(os.pathsep) == [
+        str(tmp_path / "src"),
+        str(tmp_path),
+    ]
+    (now,) = [s for s in SCENARIOS if s.label == "hot batched"]
+    assert "PYTHONPATH" not in server_env(now)

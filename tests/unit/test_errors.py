@@ -1,4 +1,5 @@
-"""Domain errors cross SQLite's writer process pickled; every one must come back whole."""
+"""Domain errors cross SQLite's writer process pickled, and are stored as idempotent
+answers in JSON: every one must come back whole both ways."""
 
 from __future__ import annotations
 
@@ -9,12 +10,20 @@ import pytest
 from boxoffice.domain.errors import (
     BookingNotFound,
     BoxofficeError,
+    Conflict,
+    CustomerLimitExceeded,
     EventNotFound,
+    HoldExpired,
+    HoldNotActive,
+    HoldNotFound,
+    IdempotencyInProgress,
+    IdempotencyKeyReused,
     InsufficientSeats,
     InvalidRequest,
     NotFound,
     SectionNotFound,
 )
+from boxoffice.services.idempotency import decode, encode
 
 ERRORS = [
     InsufficientSeats(requested=3, remaining=1),
@@ -23,6 +32,12 @@ ERRORS = [
     EventNotFound("e1"),
     SectionNotFound("e1", "s1"),
     BookingNotFound("b1"),
+    HoldNotFound("h1"),
+    HoldExpired("h1"),
+    HoldNotActive("h1", "confirmed"),
+    CustomerLimitExceeded(limit=4, remaining_for_customer=1, requested=2),
+    IdempotencyInProgress(),
+    IdempotencyKeyReused(),
 ]
 
 
@@ -36,6 +51,18 @@ def test_a_domain_error_survives_pickling(error: BoxofficeError) -> None:
     assert copy.extensions() == error.extensions()
 
 
+@pytest.mark.parametrize("error", ERRORS, ids=lambda error: type(error).__name__)
+def test_a_domain_error_survives_being_stored_as_an_answer(error: BoxofficeError) -> None:
+    copy = decode(encode(error))
+    assert isinstance(copy, BoxofficeError)
+    assert type(copy) is type(error)
+    assert (copy.detail, copy.code, copy.extensions()) == (
+        error.detail,
+        error.code,
+        error.extensions(),
+    )
+
+
 def _subclasses(cls: type[BoxofficeError]) -> set[type[BoxofficeError]]:
     found = set(cls.__subclasses__())
     for sub in list(found):
@@ -45,5 +72,5 @@ def _subclasses(cls: type[BoxofficeError]) -> set[type[BoxofficeError]]:
 
 def test_every_concrete_domain_error_is_checked_above() -> None:
     checked = {type(error) for error in ERRORS}
-    abstract = {NotFound}  # raised only through its subclasses
+    abstract = {NotFound, Conflict}  # raised only through its subclasses
     assert _subclasses(BoxofficeError) - abstract <= checked

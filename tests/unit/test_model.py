@@ -8,11 +8,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from boxoffice.domain.commands import Book, HoldItemRequest, PlaceHold
 from boxoffice.domain.errors import InsufficientSeats, InvalidRequest
 from boxoffice.domain.model import (
     MAX_NAME_LENGTH,
     MAX_SECTIONS_PER_EVENT,
-    BookingRequest,
     EventSpec,
     Section,
     SectionSpec,
@@ -21,7 +21,8 @@ from boxoffice.domain.money import from_cents, to_cents
 
 
 def section(capacity: int = 5, remaining: int | None = None) -> Section:
-    return Section("s", "e", "VIP", 1000, capacity, capacity if remaining is None else remaining)
+    left = capacity if remaining is None else remaining
+    return Section("s", "e", "VIP", 1000, capacity, left, sold=capacity - left)
 
 
 def spec(*sections: SectionSpec, name: str = "Concert") -> EventSpec:
@@ -31,48 +32,88 @@ def spec(*sections: SectionSpec, name: str = "Concert") -> EventSpec:
 GA = SectionSpec("GA", 1000, 10)
 
 
-def test_reserve_takes_seats_all_or_none() -> None:
+def test_sell_takes_free_seats_all_or_none() -> None:
     s = section(capacity=5)
-    s.reserve(3)
-    assert s.remaining == 2
+    s.sell(3)
+    assert (s.remaining, s.held, s.sold) == (2, 0, 3)
     with pytest.raises(InsufficientSeats) as refused:
-        s.reserve(3)
+        s.sell(3)
     assert refused.value.remaining == 2
     assert refused.value.requested == 3
-    assert s.remaining == 2
+    assert (s.remaining, s.held, s.sold) == (2, 0, 3)
 
 
-def test_reserve_exactly_the_rest_sells_out() -> None:
+def test_selling_exactly_the_rest_sells_out() -> None:
     s = section(capacity=5, remaining=2)
-    s.reserve(2)
-    assert s.remaining == 0
-    assert s.sold == 5
+    s.sell(2)
+    assert (s.remaining, s.sold) == (0, 5)
 
 
 @pytest.mark.parametrize("qty", [0, -1])
-def test_reserve_refuses_non_positive_quantities(qty: int) -> None:
+def test_non_positive_quantities_are_refused(qty: int) -> None:
     s = section()
-    with pytest.raises(InvalidRequest):
-        s.reserve(qty)
+    for take in (s.sell, s.hold):
+        with pytest.raises(InvalidRequest):
+            take(qty)
     assert s.remaining == 5
 
 
-def test_release_cannot_create_seats() -> None:
-    s = section(capacity=5, remaining=4)
-    with pytest.raises(ValueError, match="only 1 are sold"):
-        s.release(2)
-    s.release(1)
-    assert s.remaining == 5
+def test_held_seats_are_sold_or_freed_never_both() -> None:
+    s = section(capacity=5)
+    s.hold(3)
+    assert (s.remaining, s.held, s.sold) == (2, 3, 0)
+    s.sell_held(2)
+    assert (s.remaining, s.held, s.sold) == (2, 1, 2)
+    s.free_held(1)
+    assert (s.remaining, s.held, s.sold) == (3, 0, 2)
+    with pytest.raises(ValueError, match="only 0 are held"):
+        s.free_held(1)
+    s.free_sold(2)
+    assert (s.remaining, s.held, s.sold) == (5, 0, 0)
+    with pytest.raises(ValueError, match="only 0 are sold"):
+        s.free_sold(1)
 
 
 @pytest.mark.parametrize(("qty", "ok"), [(0, False), (1, True), (10, True), (11, False)])
 def test_booking_quantity_limit(qty: int, ok: bool) -> None:
-    request = BookingRequest("e", "s", qty)
+    request = Book("e", "s", qty)
     if ok:
         request.check_quantity(10)
     else:
         with pytest.raises(InvalidRequest, match="between 1 and 10"):
             request.check_quantity(10)
+
+
+def test_a_hold_is_limited_as_a_whole_and_names_each_section_once() -> None:
+    def hold(*items: tuple[str, int]) -> PlaceHold:
+        return PlaceHold("e", tuple(HoldItemRequest(s, q) for s, q in items), 600)
+
+    hold(("a", 4), ("b", 6)).check_quantity(10)
+    with pytest.raises(InvalidRequest, match="items must be between 1 and 10"):
+        hold(("a", 5), ("b", 6)).check_quantity(10)
+    with pytest.raises(InvalidRequest, match="once"):
+        hold(("a", 1), ("a", 1)).check_quantity(10)
+
+
+# The inventory invariant: whatever sequence of moves, seats are neither created nor
+# lost: capacity == remaining + held + sold, none negative, a refused move changes nothing.
+MOVES = ["sell", "hold", "sell_held", "free_held", "free_sold"]
+operations = st.lists(st.tuples(st.sampled_from(MOVES), st.integers(-2, 12)))
+
+
+@given(capacity=st.integers(1, 50), ops=operations)
+def test_inventory_invariant_holds_for_any_sequence(
+    capacity: int, ops: list[tuple[str, int]]
+) -> None:
+    s = section(capacity=capacity)
+    for op, qty in ops:
+        before = (s.remaining, s.held, s.sold)
+        try:
+            getattr(s, op)(qty)
+        except (InsufficientSeats, InvalidRequest, ValueError):
+            assert (s.remaining, s.held, s.sold) == before, "a refused move changed seats"
+        assert min(s.remaining, s.held, s.sold) >= 0
+        assert s.remaining + s.held + s.sold == capacity
 
 
 def test_event_spec_accepts_a_valid_event() -> None:
@@ -129,35 +170,9 @@ def test_money_refuses_sub_cent_amounts() -> None:
         to_cents(Decimal("0.001"))
 
 
-# The inventory invariant: whatever sequence of bookings and releases, seats are
-# neither created nor lost, and `remaining` stays in [0, capacity].
-operations = st.lists(st.tuples(st.sampled_from(["reserve", "release"]), st.integers(-2, 12)))
-
-
-@given(capacity=st.integers(1, 50), ops=operations)
-def test_inventory_invariant_holds_for_any_sequence(
-    capacity: int, ops: list[tuple[str, int]]
-) -> None:
-    s = section(capacity=capacity)
-    held = 0
-    for op, qty in ops:
-        before = s.remaining
-        try:
-            if op == "reserve":
-                s.reserve(qty)
-                held += qty
-            else:
-                s.release(qty)
-                held -= qty
-        except (InsufficientSeats, InvalidRequest, ValueError):
-            assert s.remaining == before, "a refused operation changed the inventory"
-        assert 0 <= s.remaining <= capacity
-        assert s.remaining + held == capacity
-
-
 def test_a_section_copy_is_equal_and_independent() -> None:
-    original = Section("s", "e", "GA", 500, 10, 4)
+    original = Section("s", "e", "GA", 500, 10, 4, 2, 4, version=7, max_per_customer=3)
     working = original.copy()
     assert working == original
-    working.reserve(3)
+    working.sell(3)
     assert (original.remaining, working.remaining) == (4, 1)

@@ -15,7 +15,7 @@ from sqlalchemy import exc as sa_exc
 from boxoffice.config import Settings, UnsupportedDatabaseURL, async_database_url
 from boxoffice.db.errors import is_unavailable
 from boxoffice.domain.errors import InvalidRequest
-from boxoffice.services.ids import new_ids, parse_id
+from boxoffice.domain.ids import new_ids, parse_id
 from boxoffice.services.pages import Cursor
 
 

@@ -14,12 +14,15 @@ from fastapi.routing import APIRoute
 from boxoffice import __version__
 from boxoffice.api.body_limit import BodyLimitMiddleware
 from boxoffice.api.problems import install_problem_handlers, move_errors_to_problem_media_type
-from boxoffice.api.routes import bookings, events, health
+from boxoffice.api.routes import bookings, events, health, holds
 from boxoffice.booking import make_booker
+from boxoffice.booking.sweeper import Sweeper
 from boxoffice.config import Settings, get_settings
 from boxoffice.db.database import Database
 from boxoffice.db.migrate import check_schema
 from boxoffice.observability.logging import configure_logging
+from boxoffice.services.clock import Clock, system_clock
+from boxoffice.services.idempotency import InFlight
 
 log = structlog.get_logger("boxoffice")
 
@@ -39,8 +42,16 @@ def _operation_id(route: APIRoute) -> str:
     return route.name
 
 
-def create_app(settings: Settings | None = None, database: Database | None = None) -> FastAPI:
-    """Build the ASGI app. Without arguments it reads the environment (uvicorn's factory)."""
+def create_app(
+    settings: Settings | None = None,
+    database: Database | None = None,
+    *,
+    clock: Clock = system_clock,
+) -> FastAPI:
+    """Build the ASGI app. Without arguments it reads the environment (uvicorn's factory).
+
+    `clock` is the time every decision and every read is made at (tests move it).
+    """
     if settings is None:
         settings = get_settings()
         configure_logging(settings.log_level, settings.log_format)
@@ -49,16 +60,28 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         db = database or Database.from_settings(settings)
         app.state.database = db
+        in_flight = InFlight()
+        app.state.in_flight = in_flight
         booker = make_booker(
             settings.booking_strategy,
             db,
             max_tickets_per_booking=settings.max_tickets_per_booking,
             max_batch_size=settings.max_batch_size,
+            clock=clock,
+            in_flight=in_flight,
         )
         app.state.booker = booker
+        sweeper = Sweeper(
+            db,
+            clock=clock,
+            interval_seconds=settings.hold_sweep_interval_seconds,
+            idempotency_ttl_hours=settings.idempotency_ttl_hours,
+        )
+        app.state.sweeper = sweeper
         try:
             await check_schema(db)
             await booker.start()
+            await sweeper.start()
             log.info(f"Database connected successfully ({db.dialect})")
             log.info(f"Server is running on port {settings.port}")
             # Everything loaded so far lives as long as the process: keep it out of
@@ -72,6 +95,7 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
             gc.set_threshold(*GC_THRESHOLDS)
             yield
         finally:
+            await sweeper.stop()
             await booker.stop()
             if database is None:
                 await db.dispose()
@@ -84,18 +108,21 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
         generate_unique_id_function=_operation_id,
     )
     app.state.settings = settings
+    app.state.clock = clock
     install_problem_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.include_router(events.router)
     app.include_router(bookings.router)
+    app.include_router(holds.router)
     app.include_router(health.router)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = move_errors_to_problem_media_type(FastAPI.openapi(app))
             # The per-booking limit is a setting; publish the one in force.
-            qty = schema["components"]["schemas"]["BookIn"]["properties"]["qty"]
-            qty["maximum"] = settings.max_tickets_per_booking
+            for model in ("BookIn", "HoldItemIn"):
+                qty = schema["components"]["schemas"][model]["properties"]["qty"]
+                qty["maximum"] = settings.max_tickets_per_booking
             app.openapi_schema = schema
         return app.openapi_schema
 

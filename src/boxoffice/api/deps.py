@@ -7,13 +7,18 @@ under load (see docs/performance.md).
 
 from __future__ import annotations
 
+import itertools
+import os
 from typing import Annotated
 
-from fastapi import Depends, Query, Request
+from fastapi import Depends, Header, Query, Request, Response
 
+from boxoffice.booking import Booker
 from boxoffice.config import Settings
 from boxoffice.db.database import Database
-from boxoffice.services.pages import MAX_CURSOR_LENGTH, Cursor, check_limit
+from boxoffice.services.clock import Clock
+from boxoffice.services.idempotency import MAX_KEY_LENGTH
+from boxoffice.services.pages import MAX_CURSOR_LENGTH, Cursor, SeqCursor, check_limit
 
 
 async def _database(request: Request) -> Database:
@@ -59,3 +64,77 @@ async def _page_params(
 
 
 PageDep = Annotated[PageParams, Depends(_page_params)]
+
+
+class SeqPageParams:
+    """`?limit=&cursor=` for lists read oldest first (the audit trail)."""
+
+    def __init__(self, limit: int, cursor: SeqCursor | None) -> None:
+        self.limit = limit
+        self.cursor = cursor
+
+
+async def _seq_page_params(
+    settings: SettingsDep,
+    limit: Annotated[
+        int | None,
+        Query(ge=1, le=1000, description="Page size: default 100, at most MAX_PAGE_SIZE (1000)."),
+    ] = None,
+    cursor: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=MAX_CURSOR_LENGTH,
+            description='Opaque cursor from the previous page\'s `Link: rel="next"`.',
+        ),
+    ] = None,
+) -> SeqPageParams:
+    size = settings.default_page_size if limit is None else limit
+    check_limit(size, settings.max_page_size)
+    return SeqPageParams(size, None if cursor is None else SeqCursor.decode(cursor))
+
+
+SeqPageDep = Annotated[SeqPageParams, Depends(_seq_page_params)]
+
+
+async def _clock(request: Request) -> Clock:
+    clock: Clock = request.app.state.clock
+    return clock
+
+
+async def _booker(request: Request) -> Booker:
+    booker: Booker = request.app.state.booker
+    return booker
+
+
+ClockDep = Annotated[Clock, Depends(_clock)]
+BookerDep = Annotated[Booker, Depends(_booker)]
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=MAX_KEY_LENGTH,
+        description="Makes a retry safe: a request with a key already answered gets that "
+        "answer again and changes nothing (1 to 255 printable ASCII characters; kept "
+        "IDEMPOTENCY_TTL_HOURS).",
+    ),
+]
+
+# Request ids: the client's X-Request-ID when it is sensible, else ours; recorded in the
+# audit trail and echoed back. Ours are a per-process random prefix and a counter: unique
+# without a system call per request.
+_PREFIX = os.urandom(6).hex()
+_counter = itertools.count(1)
+MAX_REQUEST_ID_LENGTH = 128
+
+
+def request_id(request: Request, response: Response) -> str:
+    given = request.headers.get("x-request-id")
+    if given and len(given) <= MAX_REQUEST_ID_LENGTH and given.isascii() and given.isprintable():
+        ident = given
+    else:
+        ident = f"{_PREFIX}-{next(_counter):x}"
+    response.headers["X-Request-ID"] = ident
+    return ident

@@ -5,6 +5,10 @@
 | RequestValidationError, InvalidRequest   | 400    | validation_error      |
 | InsufficientSeats                        | 400    | insufficient_seats    |
 | NotFound, unknown route                  | 404    | not_found             |
+| Conflict (HoldExpired, HoldNotActive,    | 409    | hold_expired, …       |
+|   CustomerLimitExceeded,                 |        |                       |
+|   IdempotencyInProgress + Retry-After)   |        |                       |
+| IdempotencyKeyReused                     | 422    | idempotency_key_reused|
 | wrong method                             | 405    | method_not_allowed    |
 | body over MAX_BODY_BYTES                 | 413    | payload_too_large     |
 | DatabaseUnavailable                      | 503    | service_unavailable   |
@@ -29,7 +33,15 @@ from starlette.routing import Match
 
 from boxoffice.api.schemas import FieldError, Problem
 from boxoffice.db.errors import DatabaseUnavailable
-from boxoffice.domain.errors import BoxofficeError, InsufficientSeats, InvalidRequest, NotFound
+from boxoffice.domain.errors import (
+    BoxofficeError,
+    Conflict,
+    IdempotencyInProgress,
+    IdempotencyKeyReused,
+    InsufficientSeats,
+    InvalidRequest,
+    NotFound,
+)
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 RETRY_AFTER_SECONDS = "1"
@@ -43,6 +55,7 @@ _HTTP_CODES = {
     404: "not_found",
     405: "method_not_allowed",
     406: "not_acceptable",
+    409: "conflict",
     413: "payload_too_large",
     415: "unsupported_media_type",
 }
@@ -84,6 +97,10 @@ def _status_of(error: BoxofficeError) -> int:
         return 404
     if isinstance(error, InvalidRequest | InsufficientSeats):
         return 400
+    if isinstance(error, Conflict):
+        return 409
+    if isinstance(error, IdempotencyKeyReused):
+        return 422
     return 500
 
 
@@ -108,7 +125,10 @@ def _field_errors(errors: Sequence[Any]) -> list[FieldError]:
 
 async def _on_domain_error(request: Request, exc: Exception) -> ProblemResponse:
     assert isinstance(exc, BoxofficeError)
-    return problem(request, _status_of(exc), exc.code, exc.detail, **exc.extensions())
+    headers = (
+        {"Retry-After": RETRY_AFTER_SECONDS} if isinstance(exc, IdempotencyInProgress) else None
+    )
+    return problem(request, _status_of(exc), exc.code, exc.detail, headers, **exc.extensions())
 
 
 async def _on_validation_error(request: Request, exc: Exception) -> ProblemResponse:
@@ -116,7 +136,8 @@ async def _on_validation_error(request: Request, exc: Exception) -> ProblemRespo
     errors = _field_errors(exc.errors())
     detail = "; ".join(f"{e.field}: {e.message}" for e in errors[:5]) or "Invalid request."
     content_type = request.headers.get("content-type", "")
-    if request.method in {"POST", "PUT", "PATCH"} and "json" not in content_type:
+    about_body = any(error.get("loc", ("",))[0] == "body" for error in exc.errors())
+    if about_body and request.method in {"POST", "PUT", "PATCH"} and "json" not in content_type:
         detail = "Send the body as JSON with 'Content-Type: application/json'. " + detail
     return problem(request, 400, "validation_error", detail, errors=errors)
 
@@ -182,7 +203,11 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     descriptions = {
         400: "Invalid input (`validation_error`) or, for bookings, `insufficient_seats`.",
         404: "Not found (`not_found`).",
+        409: "Conflict: `hold_expired`, `hold_not_active`, `customer_limit_exceeded`, or "
+        "`idempotency_in_progress` (retry after `Retry-After`).",
         413: "Body larger than MAX_BODY_BYTES (`payload_too_large`).",
+        422: "The Idempotency-Key was used before with a different request "
+        "(`idempotency_key_reused`).",
         500: "Unexpected error (`internal_error`).",
         503: "Database unavailable (`service_unavailable`); retry after `Retry-After`.",
     }
@@ -200,12 +225,13 @@ def move_errors_to_problem_media_type(schema: dict[str, Any]) -> dict[str, Any]:
     for path_item in schema.get("paths", {}).values():
         for operation in path_item.values():
             responses = operation.get("responses", {})
-            responses.pop("422", None)
+            if "HTTPValidationError" in str(responses.get("422", "")):
+                del responses["422"]  # FastAPI's own; our validation errors are 400s
             for status, response in responses.items():
                 content = response.get("content", {})
                 if int(status) >= 400 and "application/json" in content:
                     content[PROBLEM_MEDIA_TYPE] = content.pop("application/json")
-                if status == "503":
+                if status in ("503", "409"):
                     response.setdefault("headers", {})["Retry-After"] = {
                         "description": "Seconds to wait before retrying.",
                         "schema": {"type": "string"},

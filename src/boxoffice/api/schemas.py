@@ -24,12 +24,20 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from boxoffice.domain.audit import AuditRecord
+from boxoffice.domain.commands import Confirmation
 from boxoffice.domain.model import (
     MAX_CAPACITY,
+    MAX_CUSTOMER_ID_LENGTH,
+    MAX_ITEMS_PER_HOLD,
     MAX_NAME_LENGTH,
+    MAX_PAYMENT_REFERENCE_LENGTH,
+    MAX_PER_CUSTOMER,
     MAX_SECTIONS_PER_EVENT,
     Booking,
     Event,
+    Hold,
+    HoldStatus,
     Section,
 )
 from boxoffice.domain.money import from_cents
@@ -52,6 +60,17 @@ Name = Annotated[
     StringConstraints(strict=True, strip_whitespace=True, min_length=1, max_length=MAX_NAME_LENGTH),
 ]
 Id = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=ID_MAX_LENGTH)]
+CustomerId = Annotated[
+    str,
+    StringConstraints(
+        strict=True, min_length=1, max_length=MAX_CUSTOMER_ID_LENGTH, pattern=r"^[\x21-\x7e]+$"
+    ),
+    Field(description="Your id for the customer: 1 to 128 printable ASCII characters, no spaces."),
+]
+Quantity = Annotated[
+    StrictInt,
+    Field(ge=1, le=1000, description="Seats; at most MAX_TICKETS_PER_BOOKING (default 10)."),
+]
 
 
 class _Request(BaseModel):
@@ -76,19 +95,49 @@ class SectionIn(_Request):
 class EventIn(_Request):
     name: Name
     sections: Annotated[list[SectionIn], Field(min_length=1, max_length=MAX_SECTIONS_PER_EVENT)]
+    max_per_customer: Annotated[
+        StrictInt | None,
+        Field(
+            ge=1,
+            le=MAX_PER_CUSTOMER,
+            description="Most tickets one customerId may have in this event (holds + bookings).",
+        ),
+    ] = None
 
 
 class BookIn(_Request):
     event_id: Id
     section_id: Id
-    qty: Annotated[
-        StrictInt,
+    qty: Quantity
+    customer_id: CustomerId | None = None
+
+
+class HoldItemIn(_Request):
+    section_id: Id
+    qty: Quantity
+
+
+class HoldIn(_Request):
+    event_id: Id
+    items: Annotated[list[HoldItemIn], Field(min_length=1, max_length=MAX_ITEMS_PER_HOLD)]
+    customer_id: CustomerId | None = None
+    ttl_seconds: Annotated[
+        StrictInt | None,
         Field(
             ge=1,
-            le=1000,
-            description="Seats to book; at most MAX_TICKETS_PER_BOOKING (default 10).",
+            le=86_400,
+            description="Lifetime in seconds: HOLD_TTL_MIN_SECONDS (30) to "
+            "HOLD_TTL_MAX_SECONDS (3600); default HOLD_TTL_SECONDS (600).",
         ),
-    ]
+    ] = None
+
+
+class ConfirmIn(_Request):
+    payment_reference: Annotated[
+        str | None,
+        StringConstraints(strict=True, min_length=1, max_length=MAX_PAYMENT_REFERENCE_LENGTH),
+        Field(description="Your payment provider's id for the payment (a Stripe PaymentIntent)."),
+    ] = None
 
 
 class SectionOut(_Response):
@@ -96,7 +145,9 @@ class SectionOut(_Response):
     name: str
     price: Money
     capacity: int
-    remaining: int
+    remaining: int = Field(description="Free to book now (seats of expired holds included).")
+    held: int = Field(description="Set aside by active holds.")
+    sold: int = Field(description="In confirmed bookings.")
 
     @classmethod
     def of(cls, section: Section) -> SectionOut:
@@ -106,6 +157,8 @@ class SectionOut(_Response):
             price=from_cents(section.price_cents),
             capacity=section.capacity,
             remaining=section.remaining,
+            held=section.held,
+            sold=section.sold,
         )
 
 
@@ -113,6 +166,7 @@ class EventOut(_Response):
     id: str
     name: str
     created_at: datetime
+    max_per_customer: int | None
     sections: list[SectionOut]
 
     @classmethod
@@ -121,6 +175,7 @@ class EventOut(_Response):
             id=event.id,
             name=event.name,
             created_at=event.created_at,
+            max_per_customer=event.max_per_customer,
             sections=[SectionOut.of(section) for section in event.sections],
         )
 
@@ -132,8 +187,12 @@ class BookingOut(_Response):
     qty: int
     unit_price: Money
     total_price: Money
-    status: Literal["confirmed"]
+    status: Literal["confirmed", "cancelled"]
     created_at: datetime
+    customer_id: str | None
+    hold_id: str | None
+    payment_reference: str | None
+    cancelled_at: datetime | None
 
     @classmethod
     def of(cls, booking: Booking) -> BookingOut:
@@ -146,6 +205,94 @@ class BookingOut(_Response):
             total_price=from_cents(booking.total_price_cents),
             status=booking.status,
             created_at=booking.created_at,
+            customer_id=booking.customer_id,
+            hold_id=booking.hold_id,
+            payment_reference=booking.payment_reference,
+            cancelled_at=booking.cancelled_at,
+        )
+
+
+class HoldItemOut(_Response):
+    section_id: str
+    qty: int
+    unit_price: Money
+    total_price: Money
+
+
+class HoldOut(_Response):
+    id: str
+    event_id: str
+    items: list[HoldItemOut]
+    total_price: Money
+    customer_id: str | None
+    status: HoldStatus
+    expires_at: datetime
+    created_at: datetime
+
+    @classmethod
+    def of(cls, hold: Hold, now: datetime) -> HoldOut:
+        return cls(
+            id=hold.id,
+            event_id=hold.event_id,
+            items=[
+                HoldItemOut(
+                    section_id=item.section_id,
+                    qty=item.qty,
+                    unit_price=from_cents(item.unit_price_cents),
+                    total_price=from_cents(item.total_price_cents),
+                )
+                for item in hold.items
+            ],
+            total_price=from_cents(hold.total_price_cents),
+            customer_id=hold.customer_id,
+            status=hold.status_at(now),
+            expires_at=hold.expires_at,
+            created_at=hold.created_at,
+        )
+
+
+class ConfirmationOut(_Response):
+    hold: HoldOut
+    bookings: list[BookingOut]
+
+    @classmethod
+    def of(cls, confirmation: Confirmation, now: datetime) -> ConfirmationOut:
+        return cls(
+            hold=HoldOut.of(confirmation.hold, now),
+            bookings=[BookingOut.of(booking) for booking in confirmation.bookings],
+        )
+
+
+class AuditRecordOut(_Response):
+    seq: int
+    at: datetime
+    event_id: str
+    section_id: str | None
+    action: str = Field(description="create, book, hold, confirm, release, expire or cancel.")
+    qty: int
+    outcome: Literal["ok", "refused"]
+    reason: str | None = Field(description="The error code of a refusal.")
+    customer_id: str | None
+    hold_id: str | None
+    booking_id: str | None
+    request_id: str | None
+
+    @classmethod
+    def of(cls, record: AuditRecord) -> AuditRecordOut:
+        assert record.seq is not None
+        return cls(
+            seq=record.seq,
+            at=record.at,
+            event_id=record.event_id,
+            section_id=record.section_id,
+            action=record.action,
+            qty=record.qty,
+            outcome=record.outcome,
+            reason=record.reason,
+            customer_id=record.customer_id,
+            hold_id=record.hold_id,
+            booking_id=record.booking_id,
+            request_id=record.request_id,
         )
 
 
@@ -165,10 +312,17 @@ class Problem(BaseModel):
     instance: str | None = None
     errors: list[FieldError] | None = Field(None, description="Per-field validation errors.")
     remaining: int | None = Field(None, description="Seats left (insufficient_seats).")
-    requested: int | None = Field(None, description="Seats asked for (insufficient_seats).")
+    requested: int | None = Field(None, description="Seats asked for.")
+    limit: int | None = Field(None, description="The event's maxPerCustomer.")
+    remaining_for_customer: int | None = Field(
+        None,
+        alias="remainingForCustomer",
+        description="Tickets the customer may still take (customer_limit_exceeded).",
+    )
+    status_of_hold: str | None = Field(None, alias="holdStatus", description="hold_not_active.")
 
     def body(self) -> dict[str, Any]:
-        return self.model_dump(exclude_none=True)
+        return self.model_dump(exclude_none=True, by_alias=True)
 
 
 class Health(BaseModel):

@@ -1,13 +1,18 @@
-"""The hot path: how a booking request becomes seats taken and a booking stored.
+"""The write path: how commands become seats taken, held or freed, and rows stored.
 
-- `reserve.py`: one request's statements (a single conditional UPDATE, then the INSERT).
-- `batch.py`: many requests' statements, decided first come first served.
-- `direct.py`: one transaction per request.
-- `batched.py`: group commit; requests that queue up during a transaction share the next one.
-- `remembered.py`: PostgreSQL's one-statement batch: decide from remembered seat counts,
-  compare-and-set while writing.
+- `load.py`: read what a batch touches, locked, as the domain's `Inventory`.
+- `write.py`: write what the domain decided: one statement (PostgreSQL) or one per table.
+- `transaction.py`: load, decide, write: the one transaction body every locked path runs.
+- `locked.py`: run that transaction (SQLite's writer, or a PostgreSQL connection).
+- `remembered.py`: PostgreSQL's one-round-trip batch, decided on remembered sections.
+- `connections.py`: the committer's kept connections.
+- `narrowing.py`: a failing batch narrowed down to the command that fails it.
+- `batched.py`: group commit; commands that queue up during a transaction share the next one.
+- `direct.py`: one transaction per command.
+- `sweeper.py`: gives back the seats of expired holds, and purges old idempotency keys.
 
-`BOOKING_STRATEGY` picks the booker; both keep the same promise.
+The rules themselves live in `domain/decisions.py`. `BOOKING_STRATEGY` picks
+the booker; both keep the same promise.
 """
 
 from __future__ import annotations
@@ -17,19 +22,22 @@ from typing import Literal, Protocol
 from boxoffice.booking.batched import BatchedBooker
 from boxoffice.booking.direct import DirectBooker
 from boxoffice.db.database import Database
-from boxoffice.domain.model import Booking, BookingRequest
+from boxoffice.domain.commands import Command
+from boxoffice.domain.decisions import Result
+from boxoffice.services.clock import Clock, system_clock
+from boxoffice.services.idempotency import InFlight
 
 Strategy = Literal["direct", "batched"]
 
 
 class Booker(Protocol):
-    """Books one request all-or-nothing, whatever the strategy behind it."""
+    """Applies one command all-or-nothing, whatever the strategy behind it."""
 
     async def start(self) -> None: ...
 
     async def stop(self) -> None: ...
 
-    async def book(self, request: BookingRequest) -> Booking: ...
+    async def submit(self, command: Command) -> Result: ...
 
 
 def make_booker(
@@ -38,11 +46,22 @@ def make_booker(
     *,
     max_tickets_per_booking: int,
     max_batch_size: int = 64,
+    clock: Clock = system_clock,
+    in_flight: InFlight | None = None,
 ) -> Booker:
     if strategy == "direct":
-        return DirectBooker(database, max_tickets_per_booking=max_tickets_per_booking)
+        return DirectBooker(
+            database,
+            max_tickets_per_booking=max_tickets_per_booking,
+            clock=clock,
+            in_flight=in_flight,
+        )
     return BatchedBooker(
-        database, max_tickets_per_booking=max_tickets_per_booking, max_batch_size=max_batch_size
+        database,
+        max_tickets_per_booking=max_tickets_per_booking,
+        max_batch_size=max_batch_size,
+        clock=clock,
+        in_flight=in_flight,
     )
 
 

@@ -1,32 +1,47 @@
-"""One transaction per booking request: the simplest correct path."""
+"""One transaction per command: the simplest correct path, and the baseline of the benchmark."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
-from boxoffice.booking.reserve import reserve_seats
+from boxoffice.booking.locked import LockedWriter
 from boxoffice.db.database import Database
-from boxoffice.domain.model import Booking, BookingRequest
-from boxoffice.services.unit_of_work import UnitOfWork
+from boxoffice.domain.commands import Command
+from boxoffice.domain.decisions import Result
+from boxoffice.domain.errors import BoxofficeError
+from boxoffice.services.clock import Clock, system_clock
+from boxoffice.services.idempotency import InFlight
 
 
 class DirectBooker:
-    """Books each request in its own transaction, committed before the answer is sent."""
+    """Applies each command in its own transaction, committed before the answer is sent."""
 
-    def __init__(self, database: Database, *, max_tickets_per_booking: int) -> None:
+    def __init__(
+        self,
+        database: Database,
+        *,
+        max_tickets_per_booking: int,
+        clock: Clock = system_clock,
+        in_flight: InFlight | None = None,
+    ) -> None:
         self._database = database
         self._max_tickets = max_tickets_per_booking
+        self._clock = clock
+        self._writer = LockedWriter(database)
+        self._keys = InFlight() if in_flight is None else in_flight
 
     async def start(self) -> None:
-        """Nothing to start: each request runs its own transaction."""
+        await self._database.start_writer()
 
     async def stop(self) -> None:
-        """Nothing to stop."""
+        """Nothing to stop: each command ran its own transaction."""
 
-    async def book(self, request: BookingRequest) -> Booking:
-        """Take the seats and store the booking atomically, or raise and change nothing."""
-        request.check_quantity(self._max_tickets)
-        async with UnitOfWork(self._database, write=True) as uow:
-            booking = await reserve_seats(uow.conn, request, datetime.now(UTC))
-            await uow.commit()
-        return booking
+    async def submit(self, command: Command) -> Result:
+        """Apply `command` atomically and return its result, or raise and change nothing."""
+        check = getattr(command, "check_quantity", None)
+        if check is not None:
+            check(self._max_tickets)
+        with self._keys.claim(command.idempotency):
+            applied = await self._writer.apply([command], self._clock())
+        outcome = applied.outcomes[0]
+        if isinstance(outcome, BoxofficeError):
+            raise outcome
+        return outcome

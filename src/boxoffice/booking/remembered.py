@@ -1,67 +1,47 @@
-"""One round trip per batch on PostgreSQL: decide from remembered seats, verify while writing.
+"""One round trip per batch on PostgreSQL: decide on remembered sections, verify while writing.
 
-The committer remembers each section as its last batch left it. For a batch
-whose sections are all remembered, it decides in arrival order from copies of
-those sections (`batch.decide`, the same rule as under lock), then sends ONE
-statement, outside any explicit transaction, so PostgreSQL runs it as its own
-atomic transaction:
+The committer remembers each section as its last batch left it. A batch of
+bookings and holds whose sections are all remembered is decided on copies of
+them (`domain.decisions.decide`, the same rules as under lock) and written with
+the one statement of `booking/write.py`, outside any explicit transaction, so
+PostgreSQL runs it as its own atomic transaction. That statement compares each
+changed section's `version` with the remembered one and writes nothing at all
+unless every one matches, so every decision it commits was made on the true
+counts. No row lock is held across a network round trip.
 
-    UPDATE sections SET remaining = remaining - taken
-     WHERE id = section AND remaining = expected          -- compare and set
-    INSERT INTO bookings ... only for the sections whose UPDATE matched
+The batch goes the locked way instead (the caller's `LockedWriter`) when:
 
-A section matches only if nobody else booked it since we remembered it, so
-every decision about it (bookings and refusals alike) was made on the true
-count. Sections that did not match (another process booked them, or a
-request failed) are written by nothing; their requests are retried under row
-locks by the caller, which also refreshes what is remembered.
-
-No row lock is held across a network round trip, so the hot row is locked
-only while PostgreSQL executes one statement.
+- a section it names is not remembered (first use, or forgotten as stale);
+- it holds anything but bookings and holds, or a customer of a capped event
+  (their tallies live in rows this process does not remember);
+- any command would be refused: a refusal must be decided on locked rows,
+  where the seats of expired holds are given back first;
+- the statement finds a section changed (another process wrote it): those
+  sections are forgotten, and the next locked batch remembers them afresh;
+- an idempotency key was used before: its unique index refuses the statement
+  (nothing written), and the locked path replays the stored answer.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 
-import structlog
-from sqlalchemy import text
+import asyncpg
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from boxoffice.booking.batch import PG_INSERT_BOOKINGS, Outcome, Target, booking_columns, decide
+from boxoffice.booking.transaction import new_id
+from boxoffice.booking.write import PG_WRITE, pg_parameters
 from boxoffice.db.driver import DriverStatement
-from boxoffice.domain.model import BookingRequest, Section
-
-log = structlog.get_logger("boxoffice.booking")
+from boxoffice.domain.commands import Book, Command, PlaceHold
+from boxoffice.domain.decisions import Inventory, Outcome, decide
+from boxoffice.domain.errors import BoxofficeError
+from boxoffice.domain.ids import cached_canonical_id
+from boxoffice.domain.model import Section
 
 # Run on asyncpg directly: this statement is the hot path (see `db/driver.py`).
-_BOOK_IF_UNCHANGED = DriverStatement(
-    text(
-        f"""
-    WITH t AS (
-        SELECT * FROM unnest(CAST(:section_ids AS uuid[]), CAST(:expected AS integer[]),
-                             CAST(:taken AS integer[])) AS t(id, expected, taken)
-    ), locked AS (
-        -- Row locks in id order, as on the locked path: processes cannot deadlock.
-        SELECT s.id FROM sections AS s WHERE s.id = ANY(CAST(:section_ids AS uuid[]))
-         ORDER BY s.id FOR UPDATE
-    ), verified AS (
-        UPDATE sections AS s SET remaining = s.remaining - t.taken
-          FROM t JOIN locked ON locked.id = t.id
-         WHERE s.id = t.id AND s.remaining = t.expected
-        RETURNING s.id, s.remaining
-    ), recorded AS (
-        {PG_INSERT_BOOKINGS}
-          JOIN verified ON verified.id = b.section_id
-        RETURNING 1
-    )
-    SELECT CAST(id AS text), remaining FROM verified
-    """
-    )
-)
+_WRITE_IF_UNCHANGED = DriverStatement(PG_WRITE)
 
 
 class RememberedSections:
@@ -74,18 +54,29 @@ class RememberedSections:
     def __len__(self) -> int:
         return len(self._sections)
 
-    def copies(self, targets: Sequence[Target]) -> dict[str, Section] | None:
-        """Working copies of every targeted section, or None if one is not remembered."""
+    def inventory_for(self, commands: Sequence[Command]) -> Inventory | None:
+        """Working copies of every section `commands` name, or None if they need locks."""
         found: dict[str, Section] = {}
-        for _, section_id in targets:
-            if section_id is None:
+        for command in commands:
+            names: tuple[str, ...]
+            if isinstance(command, Book):
+                names = (command.section_id,)
+            elif isinstance(command, PlaceHold):
+                names = tuple(item.section_id for item in command.items)
+            else:
                 return None
-            if section_id not in found:
-                section = self._sections.get(section_id)
-                if section is None:
+            for name in names:
+                ident = cached_canonical_id(name)
+                if ident is None:
                     return None
-                found[section_id] = section.copy()
-        return found
+                if ident not in found:
+                    section = self._sections.get(ident)
+                    if section is None:
+                        return None
+                    found[ident] = section.copy()
+                if command.customer_id is not None and found[ident].max_per_customer is not None:
+                    return None
+        return Inventory(sections=found)
 
     def remember(self, sections: Mapping[str, Section]) -> None:
         """Keep `sections` as they are; the caller hands them over and changes them no more."""
@@ -100,52 +91,32 @@ class RememberedSections:
             self._sections.pop(section_id, None)
 
 
-@dataclass(slots=True)
-class Verified:
-    """What the one statement settled, and what must be retried under lock."""
-
-    outcomes: dict[int, Outcome]  # request index -> its final outcome
-    retry: list[int]  # request indexes whose section had changed
-    sections: dict[str, Section]  # the verified sections, as they are now
-    stale: list[str]  # sections whose remembered count was wrong
-
-
-async def book_if_unchanged(
+async def apply_if_unchanged(
     conn: AsyncConnection,
-    requests: Sequence[BookingRequest],
-    targets: Sequence[Target],
-    remembered: dict[str, Section],
+    commands: Sequence[Command],
+    inventory: Inventory,
+    remembered: RememberedSections,
     now: datetime,
-) -> Verified:
-    """Decide from `remembered` copies and write in one autocommitted statement."""
-    expected = {ident: section.remaining for ident, section in remembered.items()}
-    decisions = decide(requests, targets, remembered, now)
-    section_ids = sorted(decisions.taken)
-    rows = await _BOOK_IF_UNCHANGED.fetch(
-        conn,
-        {
-            "section_ids": section_ids,
-            "expected": [expected[ident] for ident in section_ids],
-            "taken": [decisions.taken[ident] for ident in section_ids],
-            **booking_columns(decisions.new_bookings, now),
-        },
-    )
-    now_remaining = {row[0]: row[1] for row in rows}
-    verified = Verified({}, [], {}, [])
-    for index, ((_, section_id), outcome) in enumerate(
-        zip(targets, decisions.outcomes, strict=True)
-    ):
-        if outcome is not None and section_id in now_remaining:
-            verified.outcomes[index] = outcome
-        else:
-            verified.retry.append(index)
-    for ident in section_ids:
-        section, remaining = remembered[ident], now_remaining.get(ident)
-        if remaining is None:  # changed by someone else: its requests are retried
-            verified.stale.append(ident)
-        elif section.remaining != remaining:  # cannot happen; never raise after a commit
-            log.error("remembered_count_mismatch", section=str(ident), stored=remaining)
-            verified.stale.append(ident)
-        else:
-            verified.sections[ident] = section
-    return verified
+) -> list[Outcome] | None:
+    """The outcomes, committed; or None when nothing was written and the batch needs locks.
+
+    `inventory` is `remembered.inventory_for(commands)`: copies, decided on here.
+    """
+    decisions = decide(commands, inventory, now, new_id)
+    if any(isinstance(outcome, BoxofficeError) for outcome in decisions.outcomes):
+        return None
+    try:
+        rows = await _WRITE_IF_UNCHANGED.fetch(conn, pg_parameters(decisions.effects, now))
+    except asyncpg.UniqueViolationError as error:
+        if error.constraint_name == "pk_idempotency_keys":
+            return None  # a retry: the locked path finds the stored answer
+        raise
+    ok, stale = rows[0]
+    if not ok:
+        remembered.forget(stale or [])
+        return None
+    # Committed: nothing below may raise.
+    for section in decisions.effects.sections.values():
+        section.version += 1
+    remembered.remember(decisions.effects.sections)
+    return decisions.outcomes

@@ -1,14 +1,21 @@
-"""The schema, with the inventory rule written as CHECK constraints.
+"""The schema, with the inventory rules written as CHECK constraints.
 
-Whatever the code does, the database refuses a section whose `remaining`
-leaves `[0, capacity]`, a booking whose total is not `unit price × qty`, and a
-booking for a section of another event (composite foreign key).
+Whatever the code does, the database refuses a section whose seats do not add
+up (`remaining + held + sold = capacity`, none negative), a booking whose
+total is not `unit price × qty`, a booking or hold item for a section of
+another event (composite foreign keys), and a customer with more tickets in an
+event than its cap (`customer_tickets`).
+
+`hold_items.expires_at` and `.active` repeat the hold's expiry and whether the
+item's seats are still counted as held, so that the seats of expired holds in
+a section are one index range away (`ix_hold_items_expiring`).
 """
 
 from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     Column,
     ForeignKey,
@@ -18,12 +25,21 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
     UniqueConstraint,
     Uuid,
+    text,
 )
 
 from boxoffice.db.types import UTCDateTime
-from boxoffice.domain.model import MAX_NAME_LENGTH
+from boxoffice.domain.model import (
+    MAX_CUSTOMER_ID_LENGTH,
+    MAX_NAME_LENGTH,
+    MAX_PAYMENT_REFERENCE_LENGTH,
+)
+
+MAX_IDEMPOTENCY_KEY_LENGTH = 255
+MAX_REQUEST_ID_LENGTH = 128
 
 # Stable constraint names, so migrations can refer to them on every database.
 metadata = MetaData(
@@ -42,6 +58,10 @@ events = Table(
     Column("id", Uuid(), primary_key=True),
     Column("name", String(MAX_NAME_LENGTH), nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
+    Column("max_per_customer", Integer(), nullable=True),
+    CheckConstraint(
+        "max_per_customer IS NULL OR max_per_customer >= 1", name="max_per_customer_positive"
+    ),
     Index(None, "created_at", "id"),
 )
 
@@ -55,9 +75,15 @@ sections = Table(
     Column("price_cents", BigInteger(), nullable=False),
     Column("capacity", Integer(), nullable=False),
     Column("remaining", Integer(), nullable=False),
+    Column("held", Integer(), nullable=False, server_default=text("0")),
+    Column("sold", Integer(), nullable=False, server_default=text("0")),
+    Column("version", BigInteger(), nullable=False, server_default=text("0")),
     CheckConstraint("capacity >= 1", name="capacity_positive"),
     CheckConstraint("price_cents >= 0", name="price_not_negative"),
-    CheckConstraint("remaining >= 0 AND remaining <= capacity", name="remaining_in_range"),
+    CheckConstraint(
+        "remaining >= 0 AND held >= 0 AND sold >= 0 AND remaining + held + sold = capacity",
+        name="seats_add_up",
+    ),
     UniqueConstraint("event_id", "name"),
     UniqueConstraint("event_id", "position"),
     UniqueConstraint("id", "event_id"),
@@ -74,10 +100,100 @@ bookings = Table(
     Column("total_price_cents", BigInteger(), nullable=False),
     Column("status", String(16), nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
+    Column("customer_id", String(MAX_CUSTOMER_ID_LENGTH), nullable=True),
+    Column("hold_id", Uuid(), ForeignKey("holds.id"), nullable=True),
+    Column("payment_reference", String(MAX_PAYMENT_REFERENCE_LENGTH), nullable=True),
+    Column("cancelled_at", UTCDateTime(), nullable=True),
     CheckConstraint("qty >= 1", name="qty_positive"),
     CheckConstraint("total_price_cents = unit_price_cents * qty", name="total_is_unit_times_qty"),
-    CheckConstraint("status IN ('confirmed')", name="status_known"),
+    CheckConstraint("status IN ('confirmed', 'cancelled')", name="status_known"),
     ForeignKeyConstraint(["section_id", "event_id"], ["sections.id", "sections.event_id"]),
     Index(None, "created_at", "id"),
     Index(None, "event_id", "created_at", "id"),
+    Index(None, "customer_id", "created_at", "id"),
+    Index(None, "hold_id"),
+)
+
+holds = Table(
+    "holds",
+    metadata,
+    Column("id", Uuid(), primary_key=True),
+    Column("event_id", Uuid(), ForeignKey("events.id"), nullable=False),
+    Column("customer_id", String(MAX_CUSTOMER_ID_LENGTH), nullable=True),
+    Column("status", String(16), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("settled_at", UTCDateTime(), nullable=True),
+    CheckConstraint(
+        "status IN ('active', 'confirmed', 'released', 'expired')", name="status_known"
+    ),
+    Index(None, "event_id", "customer_id", "expires_at"),
+)
+
+hold_items = Table(
+    "hold_items",
+    metadata,
+    Column("hold_id", Uuid(), ForeignKey("holds.id"), primary_key=True),
+    Column("section_id", Uuid(), primary_key=True),
+    Column("event_id", Uuid(), nullable=False),
+    Column("position", Integer(), nullable=False),
+    Column("qty", Integer(), nullable=False),
+    Column("unit_price_cents", BigInteger(), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=False),
+    Column("active", Boolean(), nullable=False),
+    CheckConstraint("qty >= 1", name="qty_positive"),
+    ForeignKeyConstraint(["section_id", "event_id"], ["sections.id", "sections.event_id"]),
+    Index(
+        "ix_hold_items_expiring",
+        "section_id",
+        "expires_at",
+        postgresql_where=text("active"),
+        sqlite_where=text("active"),
+    ),
+)
+
+# Tickets (active holds + confirmed bookings) per customer in each event with a cap,
+# and the cap itself, so the database refuses a customer over it whatever the code does.
+customer_tickets = Table(
+    "customer_tickets",
+    metadata,
+    Column("event_id", Uuid(), ForeignKey("events.id"), primary_key=True),
+    Column("customer_id", String(MAX_CUSTOMER_ID_LENGTH), primary_key=True),
+    Column("tickets", Integer(), nullable=False),
+    Column("max_tickets", Integer(), nullable=False),
+    CheckConstraint("tickets >= 0 AND tickets <= max_tickets", name="within_limit"),
+)
+
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("scope", String(MAX_CUSTOMER_ID_LENGTH), primary_key=True),
+    Column("key", String(MAX_IDEMPOTENCY_KEY_LENGTH), primary_key=True),
+    Column("fingerprint", String(64), nullable=False),
+    Column("outcome", Text(), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Index(None, "created_at"),
+)
+
+audit_records = Table(
+    "audit_records",
+    metadata,
+    Column(
+        "seq",
+        BigInteger().with_variant(Integer(), "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
+    Column("at", UTCDateTime(), nullable=False),
+    Column("event_id", Uuid(), nullable=False),
+    Column("section_id", Uuid(), nullable=True),
+    Column("action", String(16), nullable=False),
+    Column("qty", Integer(), nullable=False),
+    Column("outcome", String(8), nullable=False),
+    Column("reason", String(64), nullable=True),
+    Column("customer_id", String(MAX_CUSTOMER_ID_LENGTH), nullable=True),
+    Column("hold_id", Uuid(), nullable=True),
+    Column("booking_id", Uuid(), nullable=True),
+    Column("request_id", String(MAX_REQUEST_ID_LENGTH), nullable=True),
+    Index(None, "event_id", "seq"),
 )

@@ -1,12 +1,19 @@
 """The domain's error tree; the HTTP edge maps each to one problem+json status.
 
     BoxofficeError
-    ├── NotFound                 404 not_found
+    ├── NotFound                   404 not_found
     │   ├── EventNotFound
     │   ├── SectionNotFound
-    │   └── BookingNotFound
-    ├── InvalidRequest           400 validation_error
-    └── InsufficientSeats        400 insufficient_seats (carries `remaining`)
+    │   ├── BookingNotFound
+    │   └── HoldNotFound
+    ├── InvalidRequest             400 validation_error
+    ├── InsufficientSeats          400 insufficient_seats (carries `remaining`)
+    ├── Conflict                   409: the request is fine, the state of things says no
+    │   ├── HoldExpired                hold_expired
+    │   ├── HoldNotActive              hold_not_active (confirmed or released already)
+    │   ├── CustomerLimitExceeded      customer_limit_exceeded (`limit`, `remainingForCustomer`)
+    │   └── IdempotencyInProgress      idempotency_in_progress (retry after a moment)
+    └── IdempotencyKeyReused       422 idempotency_key_reused (same key, different request)
 
 Infrastructure failures (the database is down or locked for too long) are not
 domain errors: see `boxoffice.db.errors.DatabaseUnavailable`.
@@ -33,10 +40,10 @@ class BoxofficeError(Exception):
     def __reduce__(self) -> tuple[Any, ...]:
         # Pickle rebuilds exceptions as `cls(*args)`, which keyword-only or differently
         # shaped constructors refuse; SQLite's writer process sends these back whole.
-        return (_rebuild, (type(self), self.args, self.__dict__))
+        return (rebuild_error, (type(self), self.args, self.__dict__))
 
 
-def _rebuild(
+def rebuild_error(
     cls: type[BoxofficeError], args: tuple[Any, ...], state: dict[str, Any]
 ) -> BoxofficeError:
     error = cls.__new__(cls)
@@ -91,3 +98,77 @@ class InsufficientSeats(BoxofficeError):
 
     def extensions(self) -> dict[str, Any]:
         return {"remaining": self.remaining, "requested": self.requested}
+
+
+class HoldNotFound(NotFound):
+    def __init__(self, hold_id: str) -> None:
+        super().__init__(f"Hold {hold_id!r} was not found.")
+
+
+class Conflict(BoxofficeError):
+    """The request is well-formed, but the current state of things refuses it."""
+
+    code = "conflict"
+
+
+class HoldExpired(Conflict):
+    code = "hold_expired"
+
+    def __init__(self, hold_id: str) -> None:
+        super().__init__(f"Hold {hold_id!r} has expired; its seats are free again.")
+
+
+class HoldNotActive(Conflict):
+    code = "hold_not_active"
+
+    def __init__(self, hold_id: str, status: str) -> None:
+        super().__init__(f"Hold {hold_id!r} is {status}, not active.")
+        self.status = status
+
+    def extensions(self) -> dict[str, Any]:
+        return {"holdStatus": self.status}
+
+
+class CustomerLimitExceeded(Conflict):
+    """The customer would have more tickets in the event than its `maxPerCustomer`."""
+
+    code = "customer_limit_exceeded"
+
+    def __init__(self, *, limit: int, remaining_for_customer: int, requested: int) -> None:
+        super().__init__(
+            f"At most {limit} tickets per customer for this event: requested {requested}, "
+            f"{remaining_for_customer} more allowed."
+        )
+        self.limit = limit
+        self.remaining_for_customer = remaining_for_customer
+        self.requested = requested
+
+    def extensions(self) -> dict[str, Any]:
+        return {
+            "limit": self.limit,
+            "remainingForCustomer": self.remaining_for_customer,
+            "requested": self.requested,
+        }
+
+
+class IdempotencyInProgress(Conflict):
+    """A request with the same idempotency key is still being processed."""
+
+    code = "idempotency_in_progress"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "A request with this Idempotency-Key is still in progress; retry after a moment."
+        )
+
+
+class IdempotencyKeyReused(BoxofficeError):
+    """The idempotency key was first used for a different request."""
+
+    code = "idempotency_key_reused"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "This Idempotency-Key was already used with a different request; "
+            "use a new key for a new request."
+        )

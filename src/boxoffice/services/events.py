@@ -1,27 +1,54 @@
-"""Organizer use cases: create an event with its sections, read and list events."""
+"""Organizer use cases: create an event with its sections, read and list events.
+
+Reads show each section as any reader must see it: seats of holds that have
+expired count as remaining, not held, whether or not the sweeper has given
+them back in the row yet. Section and expired seats are read in one
+statement, so the counts always add up to the capacity.
+"""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, insert, select
+from sqlalchemy import Row, func, insert, select
+from sqlalchemy.exc import IntegrityError
 
+from boxoffice.booking.load import claim_answers
+from boxoffice.booking.write import audit_rows
 from boxoffice.db.database import Database
-from boxoffice.db.tables import events, sections
-from boxoffice.domain.errors import EventNotFound
+from boxoffice.db.tables import audit_records, events, hold_items, idempotency_keys, sections
+from boxoffice.domain.audit import AuditRecord
+from boxoffice.domain.commands import Idempotency
+from boxoffice.domain.errors import (
+    BoxofficeError,
+    EventNotFound,
+    IdempotencyInProgress,
+    IdempotencyKeyReused,
+)
+from boxoffice.domain.ids import new_id, parse_id
 from boxoffice.domain.model import Event, EventSpec, Section
-from boxoffice.services.ids import new_id, parse_id
+from boxoffice.services.idempotency import encode
 from boxoffice.services.pages import Cursor, Page
 from boxoffice.services.unit_of_work import UnitOfWork
 
 
-async def create_event(database: Database, spec: EventSpec) -> Event:
-    """Store a new event and all its sections in one transaction; every seat starts free."""
+async def create_event(
+    database: Database,
+    spec: EventSpec,
+    now: datetime,
+    *,
+    idempotency: Idempotency | None = None,
+    request_id: str | None = None,
+    retry: bool = True,
+) -> Event:
+    """Store a new event and all its sections in one transaction; every seat starts free.
+
+    With an idempotency key, a retry gets the event the first request made.
+    """
     event_id = new_id()
-    now = datetime.now(UTC)
     section_rows = [
         {
             "id": new_id(),
@@ -34,22 +61,87 @@ async def create_event(database: Database, spec: EventSpec) -> Event:
         }
         for position, section in enumerate(spec.sections)
     ]
-    async with UnitOfWork(database, write=True) as uow:
-        await uow.conn.execute(
-            insert(events), [{"id": event_id, "name": spec.name, "created_at": now}]
-        )
-        await uow.conn.execute(insert(sections), section_rows)
-        await uow.commit()
-    return Event(
+    event = Event(
         id=str(event_id),
         name=spec.name,
         created_at=now,
         sections=[_section(row) for row in section_rows],
+        max_per_customer=spec.max_per_customer,
+    )
+    trail = [
+        AuditRecord(now, event.id, s.id, "create", s.capacity, request_id=request_id)
+        for s in event.sections
+    ]
+    try:
+        async with UnitOfWork(database, write=True) as uow:
+            if idempotency is not None:
+                answers, busy = await uow.conn.run_sync(claim_answers, [idempotency.ident])
+                if busy:
+                    raise IdempotencyInProgress()
+                stored = answers.get(idempotency.ident)
+                if stored is not None:
+                    if stored.fingerprint != idempotency.fingerprint:
+                        raise IdempotencyKeyReused()
+                    if isinstance(stored.outcome, BoxofficeError):
+                        raise stored.outcome
+                    assert isinstance(stored.outcome, Event)
+                    return stored.outcome
+            await uow.conn.execute(
+                insert(events),
+                [
+                    {
+                        "id": event_id,
+                        "name": spec.name,
+                        "created_at": now,
+                        "max_per_customer": spec.max_per_customer,
+                    }
+                ],
+            )
+            await uow.conn.execute(insert(sections), section_rows)
+            await uow.conn.execute(insert(audit_records), audit_rows(trail, now))
+            if idempotency is not None:
+                await uow.conn.execute(
+                    insert(idempotency_keys),
+                    [
+                        {
+                            "scope": idempotency.scope,
+                            "key": idempotency.key,
+                            "fingerprint": idempotency.fingerprint,
+                            "outcome": encode(event),
+                            "created_at": now,
+                        }
+                    ],
+                )
+            await uow.commit()
+    except IntegrityError:
+        if idempotency is None or not retry:
+            raise
+        # Another process stored this key between our read and our insert (SQLite
+        # cannot: it holds the write lock throughout): its answer is the answer.
+        return await create_event(
+            database, spec, now, idempotency=idempotency, request_id=request_id, retry=False
+        )
+    return event
+
+
+def sections_as_seen(now: datetime) -> Any:
+    """Sections with the seats of expired holds counted as remaining: one statement."""
+    expired = (
+        select(
+            hold_items.c.section_id,
+            func.sum(hold_items.c.qty).label("expired"),
+        )
+        .where(hold_items.c.active, hold_items.c.expires_at <= now)
+        .group_by(hold_items.c.section_id)
+        .subquery()
+    )
+    return select(sections, func.coalesce(expired.c.expired, 0).label("expired")).outerjoin(
+        expired, expired.c.section_id == sections.c.id
     )
 
 
-async def get_event(database: Database, event_id: str) -> Event:
-    """The event with the live number of seats left in each section."""
+async def get_event(database: Database, event_id: str, now: datetime) -> Event:
+    """The event with the live seats per section: remaining, held and sold."""
     ident = parse_id(event_id)
     if ident is None:
         raise EventNotFound(event_id)
@@ -59,13 +151,17 @@ async def get_event(database: Database, event_id: str) -> Event:
             raise EventNotFound(event_id)
         section_rows = (
             await uow.conn.execute(
-                select(sections).where(sections.c.event_id == ident).order_by(sections.c.position)
+                sections_as_seen(now)
+                .where(sections.c.event_id == ident)
+                .order_by(sections.c.position)
             )
         ).all()
     return _event(row, section_rows)
 
 
-async def list_events(database: Database, *, limit: int, cursor: Cursor | None) -> Page[Event]:
+async def list_events(
+    database: Database, now: datetime, *, limit: int, cursor: Cursor | None
+) -> Page[Event]:
     """One page of events, newest first, each with its sections."""
     query = select(events).order_by(events.c.created_at.desc(), events.c.id.desc()).limit(limit + 1)
     if cursor is not None:
@@ -76,7 +172,7 @@ async def list_events(database: Database, *, limit: int, cursor: Cursor | None) 
         by_event: dict[uuid.UUID, list[Row[Any]]] = {row.id: [] for row in page}
         if by_event:
             section_rows = await uow.conn.execute(
-                select(sections)
+                sections_as_seen(now)
                 .where(sections.c.event_id.in_(list(by_event)))
                 .order_by(sections.c.event_id, sections.c.position)
             )
@@ -92,15 +188,20 @@ def _event(row: Row[Any], section_rows: Sequence[Row[Any]]) -> Event:
         name=row.name,
         created_at=row.created_at,
         sections=[_section(section._mapping) for section in section_rows],
+        max_per_customer=row.max_per_customer,
     )
 
 
 def _section(row: Any) -> Section:
+    expired = int(row.get("expired", 0) or 0)
     return Section(
         id=str(row["id"]),
         event_id=str(row["event_id"]),
         name=row["name"],
         price_cents=row["price_cents"],
         capacity=row["capacity"],
-        remaining=row["remaining"],
+        remaining=row["remaining"] + expired,
+        held=row.get("held", 0) - expired,
+        sold=row.get("sold", 0),
+        version=row.get("version", 0),
     )

@@ -65,3 +65,28 @@ class Page(Generic[T]):
 def check_limit(limit: int, max_page_size: int) -> None:
     if not 1 <= limit <= max_page_size:
         raise InvalidRequest(f"limit must be between 1 and {max_page_size}.", field="limit")
+
+
+@dataclass(frozen=True, slots=True)
+class SeqCursor:
+    """A cursor for lists read oldest first by a sequence number (the audit trail)."""
+
+    seq: int
+
+    def encode(self) -> str:
+        return (
+            base64.urlsafe_b64encode(json.dumps({"after": self.seq}).encode()).decode().rstrip("=")
+        )
+
+    @classmethod
+    def decode(cls, token: str) -> SeqCursor:
+        try:
+            if len(token) > MAX_CURSOR_LENGTH:
+                raise ValueError("too long")
+            padded = token + "=" * (-len(token) % 4)
+            seq = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))["after"]
+            if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+                raise ValueError("not a sequence number")
+            return cls(seq)
+        except (ValueError, TypeError, KeyError, binascii.Error, UnicodeError) as error:
+            raise InvalidRequest("cursor is not valid.", field="cursor") from error

@@ -11,6 +11,9 @@ is its own atomic transaction (PostgreSQL autocommit), which saves the BEGIN
 and COMMIT round trips. Only the one-statement booking path uses it
 (`booking/remembered.py`); `commit()` then only marks the work as done.
 
+`snapshot=True` reads every statement from one snapshot: REPEATABLE READ on
+PostgreSQL (a read transaction on SQLite always is one).
+
 `connection=` runs the unit of work on a connection the caller keeps (the
 group-commit committer keeps one, saving a pool checkout, a liveness ping and
 a reset per batch); it is left open, and the caller drops it after a failure.
@@ -50,10 +53,12 @@ class UnitOfWork:
         *,
         write: bool,
         single_statement: bool = False,
+        snapshot: bool = False,
         connection: AsyncConnection | None = None,
     ) -> None:
         self._database = database
         self._write = write
+        self._snapshot = snapshot
         self._single_statement = single_statement
         self._borrowed = connection
         self._conn: AsyncConnection | None = None
@@ -78,6 +83,8 @@ class UnitOfWork:
                 self._conn = await self._database.connect(write=self._write)
                 if self._single_statement:
                     await self._conn.execution_options(isolation_level="AUTOCOMMIT")
+                elif self._snapshot and self._database.dialect == "postgresql":
+                    await self._conn.execution_options(isolation_level="REPEATABLE READ")
             if not self._single_statement:
                 await self._conn.begin()
         except BaseException as error:

@@ -1,4 +1,4 @@
-"""Customer endpoints: book seats, read bookings back."""
+"""Customer endpoints: book seats, read bookings back, cancel them."""
 
 from __future__ import annotations
 
@@ -6,13 +6,15 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 
-from boxoffice.api.deps import DatabaseDep, PageDep
+from boxoffice.api.deps import BookerDep, DatabaseDep, IdempotencyKey, PageDep, request_id
 from boxoffice.api.problems import problem_responses
 from boxoffice.api.routes.links import LINK_HEADER_DOC, set_next_link
-from boxoffice.api.schemas import BookIn, BookingOut
+from boxoffice.api.schemas import BookIn, BookingOut, CustomerId
 from boxoffice.booking import Booker
-from boxoffice.domain.model import BookingRequest
+from boxoffice.domain.commands import Book, CancelBooking
+from boxoffice.domain.model import Booking
 from boxoffice.services import bookings as booking_service
+from boxoffice.services.idempotency import idempotency
 
 router = APIRouter(tags=["bookings"])
 
@@ -21,15 +23,35 @@ router = APIRouter(tags=["bookings"])
     "/book",
     status_code=201,
     response_model=BookingOut,
-    responses=problem_responses(400, 404, 413, 503),
+    responses=problem_responses(400, 404, 409, 413, 422, 503),
     summary="Book seats in a section: all of them, or none",
 )
-async def book(body: BookIn, request: Request, response: Response) -> BookingOut:
+async def book(
+    body: BookIn,
+    request: Request,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
+) -> BookingOut:
     # The hot path takes the booker straight from app state: no dependency to resolve.
     booker: Booker = request.app.state.booker
-    booking = await booker.book(
-        BookingRequest(event_id=body.event_id, section_id=body.section_id, qty=body.qty)
+    key = (
+        None
+        if idempotency_key is None
+        else idempotency(
+            idempotency_key, scope=body.customer_id, operation="book", request=body.model_dump()
+        )
     )
+    booking = await booker.submit(
+        Book(
+            body.event_id,
+            body.section_id,
+            body.qty,
+            body.customer_id,
+            key,
+            request_id(request, response),
+        )
+    )
+    assert isinstance(booking, Booking)
     # Not request.url_for: it walks every route, a cost paid on each booking.
     response.headers["Location"] = f"/bookings/{booking.id}"
     return BookingOut.of(booking)
@@ -39,7 +61,7 @@ async def book(body: BookIn, request: Request, response: Response) -> BookingOut
     "/bookings",
     response_model=list[BookingOut],
     responses={200: {"headers": LINK_HEADER_DOC}, **problem_responses(400, 503)},
-    summary="Bookings, newest first, paginated",
+    summary="Bookings, newest first, paginated; cancelled ones included",
 )
 async def list_bookings(
     request: Request,
@@ -49,9 +71,12 @@ async def list_bookings(
     event_id: Annotated[
         str | None, Query(alias="eventId", description="Only this event's bookings.")
     ] = None,
+    customer_id: Annotated[
+        CustomerId | None, Query(alias="customerId", description="Only this customer's bookings.")
+    ] = None,
 ) -> list[BookingOut]:
     found = await booking_service.list_bookings(
-        database, event_id=event_id, limit=page.limit, cursor=page.cursor
+        database, event_id=event_id, customer_id=customer_id, limit=page.limit, cursor=page.cursor
     )
     set_next_link(request, response, found.next_cursor)
     return [BookingOut.of(booking) for booking in found.items]
@@ -65,3 +90,24 @@ async def list_bookings(
 )
 async def get_booking(booking_id: str, database: DatabaseDep) -> BookingOut:
     return BookingOut.of(await booking_service.get_booking(database, booking_id))
+
+
+@router.post(
+    "/bookings/{booking_id}/cancel",
+    response_model=BookingOut,
+    responses=problem_responses(400, 404, 409, 422, 503),
+    summary="Cancel a booking: its seats are free again (repeating it changes nothing)",
+)
+async def cancel_booking(
+    booking_id: str,
+    request: Request,
+    response: Response,
+    booker: BookerDep,
+    idempotency_key: IdempotencyKey = None,
+) -> BookingOut:
+    key = idempotency(
+        idempotency_key, scope=None, operation="cancel", request={"bookingId": booking_id}
+    )
+    booking = await booker.submit(CancelBooking(booking_id, key, request_id(request, response)))
+    assert isinstance(booking, Booking)
+    return BookingOut.of(booking)

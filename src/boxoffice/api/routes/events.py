@@ -1,16 +1,25 @@
-"""Organizer endpoints: create, read and list events."""
+"""Organizer endpoints: create, read and list events; read an event's audit trail."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
-from boxoffice.api.deps import DatabaseDep, PageDep
+from boxoffice.api.deps import (
+    ClockDep,
+    DatabaseDep,
+    IdempotencyKey,
+    PageDep,
+    SeqPageDep,
+    request_id,
+)
 from boxoffice.api.problems import problem_responses
 from boxoffice.api.routes.links import LINK_HEADER_DOC, set_next_link
-from boxoffice.api.schemas import EventIn, EventOut
+from boxoffice.api.schemas import AuditRecordOut, EventIn, EventOut
 from boxoffice.domain.model import EventSpec, SectionSpec
 from boxoffice.domain.money import to_cents
+from boxoffice.services import audit as audit_service
 from boxoffice.services import events as event_service
+from boxoffice.services.idempotency import idempotency
 
 router = APIRouter(tags=["events"])
 
@@ -22,6 +31,7 @@ def _spec(body: EventIn) -> EventSpec:
             SectionSpec(name=s.name, price_cents=to_cents(s.price), capacity=s.capacity)
             for s in body.sections
         ),
+        max_per_customer=body.max_per_customer,
     )
 
 
@@ -29,11 +39,26 @@ def _spec(body: EventIn) -> EventSpec:
     "/events",
     status_code=201,
     response_model=EventOut,
-    responses=problem_responses(400, 413, 503),
+    responses=problem_responses(400, 409, 413, 422, 503),
     summary="Create an event with its sections",
 )
-async def create_event(body: EventIn, response: Response, database: DatabaseDep) -> EventOut:
-    event = await event_service.create_event(database, _spec(body))
+async def create_event(
+    body: EventIn,
+    request: Request,
+    response: Response,
+    database: DatabaseDep,
+    clock: ClockDep,
+    idempotency_key: IdempotencyKey = None,
+) -> EventOut:
+    spec = _spec(body)
+    key = idempotency(
+        idempotency_key, scope=None, operation="create_event", request=body.model_dump(mode="json")
+    )
+    in_flight = request.app.state.in_flight
+    with in_flight.claim(key):
+        event = await event_service.create_event(
+            database, spec, clock(), idempotency=key, request_id=request_id(request, response)
+        )
     response.headers["Location"] = f"/events/{event.id}"
     return EventOut.of(event)
 
@@ -44,7 +69,7 @@ router.add_api_route(
     methods=["POST"],
     status_code=201,
     response_model=EventOut,
-    responses=problem_responses(400, 413, 503),
+    responses=problem_responses(400, 409, 413, 422, 503),
     summary="Create an event (the original API's path)",
     operation_id="create_event_legacy",
 )
@@ -54,10 +79,10 @@ router.add_api_route(
     "/events/{event_id}",
     response_model=EventOut,
     responses=problem_responses(404, 503),
-    summary="An event with the live seats left per section",
+    summary="An event with the live seats per section: remaining, held and sold",
 )
-async def get_event(event_id: str, database: DatabaseDep) -> EventOut:
-    return EventOut.of(await event_service.get_event(database, event_id))
+async def get_event(event_id: str, database: DatabaseDep, clock: ClockDep) -> EventOut:
+    return EventOut.of(await event_service.get_event(database, event_id, clock()))
 
 
 @router.get(
@@ -67,8 +92,22 @@ async def get_event(event_id: str, database: DatabaseDep) -> EventOut:
     summary="Events, newest first, paginated",
 )
 async def list_events(
-    request: Request, response: Response, database: DatabaseDep, page: PageDep
+    request: Request, response: Response, database: DatabaseDep, page: PageDep, clock: ClockDep
 ) -> list[EventOut]:
-    found = await event_service.list_events(database, limit=page.limit, cursor=page.cursor)
+    found = await event_service.list_events(database, clock(), limit=page.limit, cursor=page.cursor)
     set_next_link(request, response, found.next_cursor)
     return [EventOut.of(event) for event in found.items]
+
+
+@router.get(
+    "/events/{event_id}/audit",
+    response_model=list[AuditRecordOut],
+    responses={200: {"headers": LINK_HEADER_DOC}, **problem_responses(400, 404, 503)},
+    summary="The event's audit trail, oldest first, paginated",
+)
+async def event_audit(
+    event_id: str, request: Request, response: Response, database: DatabaseDep, page: SeqPageDep
+) -> list[AuditRecordOut]:
+    found = await audit_service.list_audit(database, event_id, limit=page.limit, cursor=page.cursor)
+    set_next_link(request, response, found.next_cursor)
+    return [AuditRecordOut.of(record) for record in found.items]

@@ -20,6 +20,13 @@ def _url() -> str:
 
 
 def _run(connection: Connection) -> None:
+    sqlite = connection.dialect.name == "sqlite"
+    if sqlite:
+        # SQLite rebuilds a table to change its constraints (Alembic's batch mode): with
+        # foreign keys enforced, dropping the old copy of a referenced table would fail.
+        # Off for the migration (outside any transaction, or SQLite ignores it), and
+        # every reference checked before the end.
+        _pragma(connection, "PRAGMA foreign_keys=OFF")
     context.configure(
         connection=connection,
         target_metadata=metadata,
@@ -28,6 +35,21 @@ def _run(connection: Connection) -> None:
     )
     with context.begin_transaction():
         context.run_migrations()
+        if sqlite:
+            broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+            if broken:
+                raise RuntimeError(f"the migration broke foreign keys: {broken[:5]}")
+    if sqlite:
+        _pragma(connection, "PRAGMA foreign_keys=ON")
+
+
+def _pragma(connection: Connection, statement: str) -> None:
+    """Run `statement` on the driver's connection, past SQLAlchemy's automatic BEGIN."""
+    cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.execute(statement)
+    finally:
+        cursor.close()
 
 
 async def _run_online() -> None:

@@ -1,7 +1,12 @@
-"""Public ids are UUID strings; anything that is not one names nothing."""
+"""Public ids are UUID strings; anything that is not one names nothing.
+
+Plain Python, like the rest of the domain: a UUID is parsed, or made from the
+OS's random bytes.
+"""
 
 from __future__ import annotations
 
+import functools
 import os
 import uuid
 
@@ -43,3 +48,21 @@ def new_ids(count: int) -> list[str]:
         f"{h[i + 16 : i + 20]}-{h[i + 20 : i + 32]}"
         for i in range(0, 32 * count, 32)
     ]
+
+
+# In a sale the same few event and section ids arrive thousands of times a second:
+# each is parsed once. Bounded, so arbitrary client strings cannot grow it.
+cached_canonical_id = functools.lru_cache(maxsize=4096)(canonical_id)
+
+
+class IdPool:
+    """New ids drawn from bulk reads of the CSPRNG, `batch` at a time."""
+
+    def __init__(self, batch: int = 64) -> None:
+        self._batch = batch
+        self._ids: list[str] = []
+
+    def __call__(self) -> str:
+        if not self._ids:
+            self._ids = new_ids(self._batch)
+        return self._ids.pop()

@@ -1,0 +1,123 @@
+"""Checkout: hold seats while the customer pays, then confirm, or release them."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+
+from boxoffice.api.deps import (
+    BookerDep,
+    ClockDep,
+    DatabaseDep,
+    IdempotencyKey,
+    SettingsDep,
+    request_id,
+)
+from boxoffice.api.problems import problem_responses
+from boxoffice.api.schemas import ConfirmationOut, ConfirmIn, HoldIn, HoldOut
+from boxoffice.domain.commands import (
+    Confirmation,
+    ConfirmHold,
+    HoldItemRequest,
+    PlaceHold,
+    ReleaseHold,
+)
+from boxoffice.domain.errors import InvalidRequest
+from boxoffice.domain.model import Hold
+from boxoffice.services import holds as hold_service
+from boxoffice.services.idempotency import idempotency
+
+router = APIRouter(tags=["holds"])
+
+
+@router.post(
+    "/holds",
+    status_code=201,
+    response_model=HoldOut,
+    responses=problem_responses(400, 404, 409, 413, 422, 503),
+    summary="Hold seats in one or more sections of an event: every item, or none",
+)
+async def place_hold(
+    body: HoldIn,
+    request: Request,
+    response: Response,
+    booker: BookerDep,
+    settings: SettingsDep,
+    clock: ClockDep,
+    idempotency_key: IdempotencyKey = None,
+) -> HoldOut:
+    ttl = settings.hold_ttl_seconds if body.ttl_seconds is None else body.ttl_seconds
+    if not settings.hold_ttl_min_seconds <= ttl <= settings.hold_ttl_max_seconds:
+        raise InvalidRequest(
+            f"ttlSeconds must be between {settings.hold_ttl_min_seconds} and "
+            f"{settings.hold_ttl_max_seconds}.",
+            field="ttlSeconds",
+        )
+    key = idempotency(
+        idempotency_key, scope=body.customer_id, operation="hold", request=body.model_dump()
+    )
+    hold = await booker.submit(
+        PlaceHold(
+            body.event_id,
+            tuple(HoldItemRequest(item.section_id, item.qty) for item in body.items),
+            ttl,
+            body.customer_id,
+            key,
+            request_id(request, response),
+        )
+    )
+    assert isinstance(hold, Hold)
+    response.headers["Location"] = f"/holds/{hold.id}"
+    return HoldOut.of(hold, clock())
+
+
+@router.get(
+    "/holds/{hold_id}",
+    response_model=HoldOut,
+    responses=problem_responses(404, 503),
+    summary="One hold, with its status as of now",
+)
+async def get_hold(hold_id: str, database: DatabaseDep, clock: ClockDep) -> HoldOut:
+    return HoldOut.of(await hold_service.get_hold(database, hold_id), clock())
+
+
+@router.post(
+    "/holds/{hold_id}/confirm",
+    status_code=201,
+    response_model=ConfirmationOut,
+    responses=problem_responses(400, 404, 409, 413, 422, 503),
+    summary="Confirm an active hold: one booking per item, with your payment reference",
+)
+async def confirm_hold(
+    hold_id: str,
+    request: Request,
+    response: Response,
+    booker: BookerDep,
+    clock: ClockDep,
+    body: ConfirmIn | None = None,
+    idempotency_key: IdempotencyKey = None,
+) -> ConfirmationOut:
+    reference = None if body is None else body.payment_reference
+    key = idempotency(
+        idempotency_key,
+        scope=None,
+        operation="confirm",
+        request={"holdId": hold_id, "paymentReference": reference},
+    )
+    confirmation = await booker.submit(
+        ConfirmHold(hold_id, reference, key, request_id(request, response))
+    )
+    assert isinstance(confirmation, Confirmation)
+    return ConfirmationOut.of(confirmation, clock())
+
+
+@router.delete(
+    "/holds/{hold_id}",
+    status_code=204,
+    responses=problem_responses(404, 409, 503),
+    summary="Release a hold: its seats are free again at once (releasing twice is harmless)",
+)
+async def release_hold(
+    hold_id: str, request: Request, response: Response, booker: BookerDep
+) -> Response:
+    await booker.submit(ReleaseHold(hold_id, request_id=request_id(request, response)))
+    return Response(status_code=204, headers={"X-Request-ID": response.headers["X-Request-ID"]})

@@ -1,0 +1,339 @@
+"""Load what a batch of commands touches, locked, as an `Inventory` to decide on.
+
+Statements, each only when some command needs it:
+
+1. The sections of held or booked seats the commands name (confirm, release
+   and cancel name a hold or a booking; their sections are read first, without
+   a lock: they never change).
+2. `SELECT … FROM sections JOIN events … ORDER BY id FOR UPDATE`: one row lock
+   per section, in id order, so two processes locking overlapping sections
+   cannot deadlock (SQLite holds its write lock already). The sweeper skips
+   rows another transaction holds (`SKIP LOCKED`): that transaction gives the
+   expired seats back itself.
+3. The holds and bookings named, as they are now. Every change to a hold or a
+   booking moves seats, so it happens under the lock of its sections: once
+   those are locked, what is read here stays true until the commit.
+4. Each capped customer's tally (`customer_tickets`), locked.
+5. Idempotency keys: on PostgreSQL a transaction-scoped advisory lock per key
+   first (a key another transaction holds is "in progress"), then the answers
+   stored for them.
+6. The events named by commands whose section was not found, to tell an
+   unknown event from a section of another event.
+
+`load_expired` adds the expired holds that still keep seats in the locked
+sections, or tickets of a capped customer in the batch: only needed when a
+command was refused for want of them.
+
+Synchronous, like the rest of the transaction (see `booking/transaction.py`).
+"""
+
+from __future__ import annotations
+
+import functools
+import uuid
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+
+from sqlalchemy import Connection, bindparam, select, text, tuple_
+
+from boxoffice.db.rows import booking_from_row, hold_from_row, section_from_row
+from boxoffice.db.tables import (
+    bookings,
+    customer_tickets,
+    events,
+    hold_items,
+    holds,
+    idempotency_keys,
+    sections,
+)
+from boxoffice.domain.commands import (
+    Book,
+    CancelBooking,
+    Command,
+    ConfirmHold,
+    PlaceHold,
+    ReleaseHold,
+    SweepExpired,
+)
+from boxoffice.domain.decisions import Inventory, StoredAnswer, Tally
+from boxoffice.domain.ids import cached_canonical_id
+from boxoffice.domain.model import HoldItem, Section
+from boxoffice.services.idempotency import decode
+
+_SECTION_COLUMNS = (
+    sections.c.id,
+    sections.c.event_id,
+    sections.c.name,
+    sections.c.price_cents,
+    sections.c.capacity,
+    sections.c.remaining,
+    sections.c.held,
+    sections.c.sold,
+    sections.c.version,
+    events.c.max_per_customer,
+)
+_SECTIONS = (
+    select(*_SECTION_COLUMNS)
+    .join_from(sections, events, events.c.id == sections.c.event_id)
+    .where(sections.c.id.in_(bindparam("ids", expanding=True)))
+    .order_by(sections.c.id)
+)
+_LOCK_SECTIONS = _SECTIONS.with_for_update(of=sections)
+_LOCK_FREE_SECTIONS = _SECTIONS.with_for_update(of=sections, skip_locked=True)
+_HOLD_SECTIONS = select(hold_items.c.section_id).where(
+    hold_items.c.hold_id.in_(bindparam("ids", expanding=True))
+)
+_BOOKING_SECTIONS = select(bookings.c.section_id).where(
+    bookings.c.id.in_(bindparam("ids", expanding=True))
+)
+_HOLDS = (
+    select(holds, events.c.max_per_customer)
+    .join_from(holds, events, events.c.id == holds.c.event_id)
+    .where(holds.c.id.in_(bindparam("ids", expanding=True)))
+)
+_ITEMS = select(hold_items).where(hold_items.c.hold_id.in_(bindparam("ids", expanding=True)))
+_BOOKINGS = (
+    select(bookings, events.c.max_per_customer)
+    .join_from(bookings, events, events.c.id == bookings.c.event_id)
+    .where(bookings.c.id.in_(bindparam("ids", expanding=True)))
+)
+_EXPIRED_IN_SECTIONS = (
+    select(hold_items.c.hold_id)
+    .where(
+        hold_items.c.section_id.in_(bindparam("ids", expanding=True)),
+        hold_items.c.active,
+        hold_items.c.expires_at <= bindparam("now"),
+    )
+    .distinct()
+)
+_EVENTS = select(events.c.id).where(events.c.id.in_(bindparam("ids", expanding=True)))
+_PG_CLAIM_KEYS = text(
+    "SELECT k, pg_try_advisory_xact_lock(hashtextextended(k, 0)) "
+    "FROM unnest(CAST(:keys AS text[])) AS k"
+)
+
+
+@functools.lru_cache(maxsize=4096)
+def as_uuid(canonical: str) -> uuid.UUID:
+    """For SQLAlchemy's `Uuid` columns, which bind `uuid.UUID`s."""
+    return uuid.UUID(canonical)
+
+
+def _uuids(ids: Iterable[str]) -> list[uuid.UUID]:
+    return [as_uuid(ident) for ident in sorted(ids)]
+
+
+def _canonical(values: Iterable[str]) -> set[str]:
+    return {found for value in values if (found := cached_canonical_id(value)) is not None}
+
+
+def load_inventory(conn: Connection, commands: Sequence[Command], now: datetime) -> Inventory:
+    """Everything `commands` touch, locked where it will change, as stored now."""
+    inventory = Inventory()
+    wanted = _canonical(_named_sections(commands))
+    hold_ids = _canonical(c.hold_id for c in commands if isinstance(c, ConfirmHold | ReleaseHold))
+    booking_ids = _canonical(c.booking_id for c in commands if isinstance(c, CancelBooking))
+    if hold_ids:
+        wanted.update(
+            str(s) for s in conn.execute(_HOLD_SECTIONS, {"ids": _uuids(hold_ids)}).scalars()
+        )
+    if booking_ids:
+        wanted.update(
+            str(s) for s in conn.execute(_BOOKING_SECTIONS, {"ids": _uuids(booking_ids)}).scalars()
+        )
+    sweeping = bool(commands) and all(isinstance(c, SweepExpired) for c in commands)
+    if wanted:
+        query = _LOCK_FREE_SECTIONS if sweeping else _LOCK_SECTIONS
+        for row in conn.execute(query, {"ids": _uuids(wanted)}):
+            section = section_from_row(row)
+            inventory.sections[section.id] = section
+    limits: dict[str, int] = {}
+    if hold_ids:
+        limits.update(_load_holds(conn, inventory, hold_ids))
+    if booking_ids:
+        for row in conn.execute(_BOOKINGS, {"ids": _uuids(booking_ids)}):
+            booking = booking_from_row(row)
+            inventory.bookings[booking.id] = booking
+            if row.max_per_customer is not None:
+                limits[booking.event_id] = row.max_per_customer
+    if sweeping:
+        limits.update(_load_expired_in(conn, inventory, inventory.sections, now))
+    _load_tallies(conn, inventory, commands, limits)
+    _load_answers(conn, inventory, commands)
+    _load_events(conn, inventory, commands)
+    return inventory
+
+
+def load_expired(
+    conn: Connection, inventory: Inventory, commands: Sequence[Command], now: datetime
+) -> bool:
+    """Add the expired holds that keep seats or tickets the batch could use; True if any."""
+    before = len(inventory.holds)
+    limits = _load_expired_in(conn, inventory, inventory.sections, now)
+    customers = {
+        (section.event_id, command.customer_id)
+        for command in commands
+        if isinstance(command, Book | PlaceHold) and command.customer_id is not None
+        for section in _sections_of(command, inventory)
+        if section.max_per_customer is not None
+    }
+    if customers:
+        query = select(holds.c.id).where(
+            tuple_(holds.c.event_id, holds.c.customer_id).in_(
+                [(as_uuid(event), customer) for event, customer in sorted(customers)]
+            ),
+            holds.c.status == "active",
+            holds.c.expires_at <= now,
+        )
+        found = {str(ident) for ident in conn.execute(query).scalars()} - set(inventory.holds)
+        if found:
+            limits.update(_load_holds(conn, inventory, found))
+    _load_tallies(conn, inventory, [], limits)
+    return len(inventory.holds) > before
+
+
+def _named_sections(commands: Sequence[Command]) -> list[str]:
+    named: list[str] = []
+    for command in commands:
+        if isinstance(command, Book):
+            named.append(command.section_id)
+        elif isinstance(command, PlaceHold):
+            named.extend(item.section_id for item in command.items)
+        elif isinstance(command, SweepExpired):
+            named.extend(command.section_ids)
+    return named
+
+
+def _sections_of(command: Book | PlaceHold, inventory: Inventory) -> list[Section]:
+    ids = (
+        [command.section_id] if isinstance(command, Book) else [i.section_id for i in command.items]
+    )
+    found = (inventory.sections.get(cached_canonical_id(i) or "") for i in ids)
+    return [section for section in found if section is not None]
+
+
+def _load_expired_in(
+    conn: Connection, inventory: Inventory, section_ids: Iterable[str], now: datetime
+) -> dict[str, int]:
+    ids = set(section_ids)
+    if not ids:
+        return {}
+    found = {
+        str(hold_id)
+        for hold_id in conn.execute(
+            _EXPIRED_IN_SECTIONS, {"ids": _uuids(ids), "now": now}
+        ).scalars()
+    } - set(inventory.holds)
+    return _load_holds(conn, inventory, found) if found else {}
+
+
+def _load_holds(conn: Connection, inventory: Inventory, hold_ids: set[str]) -> dict[str, int]:
+    """Read holds with their items into `inventory`; the caps of their events."""
+    ids = _uuids(hold_ids)
+    items: dict[str, list[tuple[int, HoldItem]]] = {}
+    for row in conn.execute(_ITEMS, {"ids": ids}):
+        items.setdefault(str(row.hold_id), []).append(
+            (row.position, HoldItem(str(row.section_id), row.qty, row.unit_price_cents, row.active))
+        )
+    limits: dict[str, int] = {}
+    for row in conn.execute(_HOLDS, {"ids": ids}):
+        hold = hold_from_row(row, [item for _, item in sorted(items.get(str(row.id), []))])
+        inventory.holds[hold.id] = hold
+        if row.max_per_customer is not None:
+            limits[hold.event_id] = row.max_per_customer
+    return limits
+
+
+def _load_tallies(
+    conn: Connection, inventory: Inventory, commands: Sequence[Command], limits: dict[str, int]
+) -> None:
+    """Lock the tallies of capped customers the batch may change; 0 for those with none."""
+    wanted: set[Tally] = set()
+    for command in commands:
+        if isinstance(command, Book | PlaceHold) and command.customer_id is not None:
+            for section in _sections_of(command, inventory)[:1]:
+                if section.max_per_customer is not None:
+                    wanted.add((section.event_id, command.customer_id))
+    for hold in inventory.holds.values():
+        if hold.customer_id is not None and hold.event_id in limits:
+            wanted.add((hold.event_id, hold.customer_id))
+    for booking in inventory.bookings.values():
+        if booking.customer_id is not None and booking.event_id in limits:
+            wanted.add((booking.event_id, booking.customer_id))
+    wanted -= set(inventory.tallies)
+    if not wanted:
+        return
+    query = (
+        select(
+            customer_tickets.c.event_id, customer_tickets.c.customer_id, customer_tickets.c.tickets
+        )
+        .where(
+            tuple_(customer_tickets.c.event_id, customer_tickets.c.customer_id).in_(
+                [(as_uuid(event), customer) for event, customer in sorted(wanted)]
+            )
+        )
+        .order_by(customer_tickets.c.event_id, customer_tickets.c.customer_id)
+        .with_for_update()
+    )
+    for key in wanted:
+        inventory.tallies[key] = 0
+    for row in conn.execute(query):
+        key = (str(row.event_id), row.customer_id)
+        inventory.tallies[key] = row.tickets
+        inventory.stored_tallies.add(key)
+
+
+def _load_answers(conn: Connection, inventory: Inventory, commands: Sequence[Command]) -> None:
+    keys = {c.idempotency.ident for c in commands if c.idempotency is not None}
+    if keys:
+        answers, busy = claim_answers(conn, keys)
+        inventory.answers.update(answers)
+        inventory.busy_keys.update(busy)
+
+
+def claim_answers(
+    conn: Connection, keys: Iterable[tuple[str, str]]
+) -> tuple[dict[tuple[str, str], StoredAnswer], set[tuple[str, str]]]:
+    """The answers stored for `keys`, and those of them another transaction holds now.
+
+    On PostgreSQL each key is claimed first with an advisory lock held until our
+    commit, and only then read, so the read sees any answer committed before.
+    """
+    ordered = sorted(set(keys))
+    busy: set[tuple[str, str]] = set()
+    if conn.dialect.name == "postgresql":
+        claimed = conn.execute(_PG_CLAIM_KEYS, {"keys": [f"{s}\x1f{k}" for s, k in ordered]})
+        for joined, ours in claimed:
+            if not ours:
+                scope, _, key = joined.partition("\x1f")
+                busy.add((scope, key))
+    query = select(
+        idempotency_keys.c.scope,
+        idempotency_keys.c.key,
+        idempotency_keys.c.fingerprint,
+        idempotency_keys.c.outcome,
+    ).where(tuple_(idempotency_keys.c.scope, idempotency_keys.c.key).in_(ordered))
+    answers = {
+        (row.scope, row.key): StoredAnswer(row.fingerprint, decode(row.outcome))  # type: ignore[arg-type]
+        for row in conn.execute(query)
+    }
+    return answers, busy
+
+
+def _load_events(conn: Connection, inventory: Inventory, commands: Sequence[Command]) -> None:
+    """The events that exist among those named with a section that was not found."""
+    unknown: set[str] = set()
+    for command in commands:
+        if not isinstance(command, Book | PlaceHold):
+            continue
+        event = cached_canonical_id(command.event_id)
+        if event is None:
+            continue
+        for section in _named_sections([command]):
+            found = inventory.sections.get(cached_canonical_id(section) or "")
+            if found is None or found.event_id != event:
+                unknown.add(event)
+    if unknown:
+        inventory.events.update(
+            str(ident) for ident in conn.execute(_EVENTS, {"ids": _uuids(unknown)}).scalars()
+        )

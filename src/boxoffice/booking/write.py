@@ -1,0 +1,478 @@
+"""Write what a batch decided: every table it touches, in one go, whatever the commands.
+
+The effects (`domain.decisions.Effects`) are already final states and new rows;
+this module only turns them into statements, one place per dialect:
+
+- PostgreSQL: ONE statement, a chain of data-modifying CTEs, each over one
+  JSON document holding its table's rows (`json_to_recordset`). Its first
+  part locks the changed sections in id order and compares each one's
+  `version` with the version the decision
+  was made on; every other part writes only if all of them match. So the
+  same statement serves the locked transaction (the versions match: the rows
+  are locked) and the one-round-trip path that decides on remembered copies
+  (`booking/remembered.py`), where a mismatch writes nothing at all.
+- SQLite (in-process, no round trips): one executemany per table that has rows.
+
+Adding a column is one more key here and one more column in its table; adding
+a command adds nothing here. The CHECK constraints still back every count.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, bindparam, insert, text, update
+
+from boxoffice.booking.load import as_uuid
+from boxoffice.db.tables import (
+    audit_records,
+    bookings,
+    customer_tickets,
+    hold_items,
+    holds,
+    idempotency_keys,
+    sections,
+)
+from boxoffice.domain.decisions import Effects
+from boxoffice.services.idempotency import encode
+
+PG_WRITE = text(
+    """
+    WITH s_new AS (
+        SELECT * FROM json_to_recordset(CAST(:sections AS json))
+                   AS t(id uuid, expected bigint, remaining integer, held integer, sold integer)
+    ), s_locked AS (
+        -- Row locks in id order, as everywhere: processes cannot deadlock.
+        SELECT s.id, s.version FROM sections AS s
+         WHERE s.id IN (SELECT id FROM s_new) ORDER BY s.id FOR UPDATE
+    ), checked AS (
+        SELECT count(*) FILTER (WHERE l.version = n.expected)
+                   = (SELECT count(*) FROM s_new) AS ok,
+               array_agg(CAST(l.id AS text)) FILTER (WHERE l.version <> n.expected) AS stale
+          FROM s_locked AS l JOIN s_new AS n ON n.id = l.id
+    ), s_write AS (
+        UPDATE sections AS s
+           SET remaining = n.remaining, held = n.held, sold = n.sold, version = s.version + 1
+          FROM s_new AS n
+         WHERE s.id = n.id AND s.version = n.expected AND (SELECT ok FROM checked)
+    ), h_new AS (
+        INSERT INTO holds (id, event_id, customer_id, status, expires_at, created_at)
+        SELECT h.id, h.event_id, h.customer_id, 'active', h.expires_at, :now
+          FROM json_to_recordset(CAST(:holds AS json))
+               AS h(id uuid, event_id uuid, customer_id text, expires_at timestamptz)
+         WHERE (SELECT ok FROM checked)
+    ), i_new AS (
+        INSERT INTO hold_items (hold_id, section_id, event_id, position, qty, unit_price_cents,
+                                expires_at, active)
+        SELECT i.hold_id, i.section_id, i.event_id, i.position, i.qty, i.unit, i.expires_at, true
+          FROM json_to_recordset(CAST(:items AS json))
+               AS i(hold_id uuid, section_id uuid, event_id uuid, position integer, qty integer,
+                    unit bigint, expires_at timestamptz)
+         WHERE (SELECT ok FROM checked)
+    ), h_write AS (
+        UPDATE holds AS h SET status = c.status, settled_at = :now
+          FROM json_to_recordset(CAST(:settled AS json)) AS c(id uuid, status text)
+         WHERE h.id = c.id AND (SELECT ok FROM checked)
+    ), i_write AS (
+        UPDATE hold_items AS i SET active = false
+          FROM json_to_recordset(CAST(:freed AS json)) AS f(hold_id uuid, section_id uuid)
+         WHERE i.hold_id = f.hold_id AND i.section_id = f.section_id AND (SELECT ok FROM checked)
+    ), b_new AS (
+        INSERT INTO bookings (id, event_id, section_id, qty, unit_price_cents, total_price_cents,
+                              status, created_at, customer_id, hold_id, payment_reference)
+        SELECT b.id, b.event_id, b.section_id, b.qty, b.unit, b.unit * b.qty, 'confirmed', :now,
+               b.customer_id, b.hold_id, b.payment
+          FROM json_to_recordset(CAST(:bookings AS json))
+               AS b(id uuid, event_id uuid, section_id uuid, qty integer, unit bigint,
+                    customer_id text, hold_id uuid, payment text)
+         WHERE (SELECT ok FROM checked)
+    ), b_write AS (
+        UPDATE bookings AS b SET status = 'cancelled', cancelled_at = :now
+          FROM json_to_recordset(CAST(:cancelled AS json)) AS c(id uuid)
+         WHERE b.id = c.id AND (SELECT ok FROM checked)
+    ), t_new AS (
+        -- A customer's first tickets in a capped event; another process may have
+        -- made the row meanwhile, and the CHECK refuses the sum if it is over the cap.
+        INSERT INTO customer_tickets (event_id, customer_id, tickets, max_tickets)
+        SELECT t.event_id, t.customer_id, t.delta, t.max_tickets
+          FROM json_to_recordset(CAST(:new_tallies AS json))
+               AS t(event_id uuid, customer_id text, delta integer, max_tickets integer)
+         WHERE (SELECT ok FROM checked)
+        ON CONFLICT (event_id, customer_id)
+        DO UPDATE SET tickets = customer_tickets.tickets + EXCLUDED.tickets
+    ), t_write AS (
+        UPDATE customer_tickets AS c SET tickets = c.tickets + t.delta
+          FROM json_to_recordset(CAST(:tallies AS json))
+               AS t(event_id uuid, customer_id text, delta integer)
+         WHERE c.event_id = t.event_id AND c.customer_id = t.customer_id
+           AND (SELECT ok FROM checked)
+    ), answers AS (
+        INSERT INTO idempotency_keys (scope, key, fingerprint, outcome, created_at)
+        SELECT a.scope, a.key, a.fingerprint, a.outcome, :now
+          FROM json_to_recordset(CAST(:answers AS json))
+               AS a(scope text, key text, fingerprint text, outcome text)
+         WHERE (SELECT ok FROM checked)
+    ), trail AS (
+        INSERT INTO audit_records (at, event_id, section_id, action, qty, outcome, reason,
+                                   customer_id, hold_id, booking_id, request_id)
+        SELECT :now, r.event_id, r.section_id, r.action, r.qty, r.outcome, r.reason,
+               r.customer_id, r.hold_id, r.booking_id, r.request_id
+          FROM json_to_recordset(CAST(:trail AS json))
+               AS r(n integer, event_id uuid, section_id uuid, action text, qty integer,
+                    outcome text, reason text, customer_id text, hold_id uuid, booking_id uuid,
+                    request_id text)
+         WHERE (SELECT ok FROM checked)
+         ORDER BY r.n
+    )
+    SELECT COALESCE((SELECT ok FROM checked), true), (SELECT stale FROM checked)
+    """
+)
+
+_EMPTY = "[]"
+
+
+def _rows(rows: Sequence[dict[str, Any]]) -> str:
+    """One JSON document for a table's rows: json's C encoder, and one parameter for
+    asyncpg to send, instead of an array per column checked element by element."""
+    return json.dumps(rows, separators=(",", ":")) if rows else _EMPTY
+
+
+def pg_parameters(effects: Effects, now: datetime) -> dict[str, Any]:
+    """The parameters of `PG_WRITE`: `now`, and one JSON list of rows per table."""
+    stored, new = _tallies(effects)
+    return {
+        "now": now,
+        "sections": _rows(
+            [
+                {
+                    "id": s.id,
+                    "expected": effects.versions[s.id],
+                    "remaining": s.remaining,
+                    "held": s.held,
+                    "sold": s.sold,
+                }
+                for s in effects.sections.values()
+            ]
+        ),
+        "holds": _rows(
+            [
+                {
+                    "id": h.id,
+                    "event_id": h.event_id,
+                    "customer_id": h.customer_id,
+                    "expires_at": h.expires_at.isoformat(),
+                }
+                for h in effects.new_holds
+            ]
+        ),
+        "items": _rows(
+            [
+                {
+                    "hold_id": h.id,
+                    "section_id": i.section_id,
+                    "event_id": h.event_id,
+                    "position": position,
+                    "qty": i.qty,
+                    "unit": i.unit_price_cents,
+                    "expires_at": h.expires_at.isoformat(),
+                }
+                for h in effects.new_holds
+                for position, i in enumerate(h.items)
+            ]
+        ),
+        "settled": _rows(
+            [{"id": h.id, "status": h.status} for h in effects.changed_holds.values()]
+        ),
+        "freed": _rows(
+            [{"hold_id": hold, "section_id": section} for hold, section in effects.freed_items]
+        ),
+        "bookings": _rows(
+            [
+                {
+                    "id": b.id,
+                    "event_id": b.event_id,
+                    "section_id": b.section_id,
+                    "qty": b.qty,
+                    "unit": b.unit_price_cents,
+                    "customer_id": b.customer_id,
+                    "hold_id": b.hold_id,
+                    "payment": b.payment_reference,
+                }
+                for b in effects.new_bookings
+            ]
+        ),
+        "cancelled": _rows([{"id": ident} for ident in effects.changed_bookings]),
+        "new_tallies": _rows(
+            [
+                {
+                    "event_id": event,
+                    "customer_id": customer,
+                    "delta": delta,
+                    "max_tickets": effects.tally_limits[(event, customer)],
+                }
+                for (event, customer), delta in new
+            ]
+        ),
+        "tallies": _rows(
+            [
+                {"event_id": event, "customer_id": customer, "delta": delta}
+                for (event, customer), delta in stored
+            ]
+        ),
+        "answers": _rows(
+            [
+                {
+                    "scope": key.scope,
+                    "key": key.key,
+                    "fingerprint": key.fingerprint,
+                    "outcome": encode(outcome),
+                }
+                for key, outcome in effects.answers
+            ]
+        ),
+        "trail": _rows(
+            [
+                {
+                    "n": n,
+                    "event_id": r.event_id,
+                    "section_id": r.section_id,
+                    "action": r.action,
+                    "qty": r.qty,
+                    "outcome": r.outcome,
+                    "reason": r.reason,
+                    "customer_id": r.customer_id,
+                    "hold_id": r.hold_id,
+                    "booking_id": r.booking_id,
+                    "request_id": r.request_id,
+                }
+                for n, r in enumerate(effects.audit)
+            ]
+        ),
+    }
+
+
+Changes = list[tuple[tuple[str, str], int]]
+
+
+def _tallies(effects: Effects) -> tuple[Changes, Changes]:
+    """(changes to rows that exist, first tickets of customers with no row yet)."""
+    stored: Changes = []
+    new: Changes = []
+    for key, delta in sorted(effects.tally_changes.items()):
+        if delta:
+            (stored if key in effects.stored_tallies else new).append((key, delta))
+    return stored, new
+
+
+class LostUpdate(RuntimeError):
+    """A locked section changed under us: a bug, never a customer's problem."""
+
+
+def write_effects(conn: Connection, effects: Effects, now: datetime) -> None:
+    """Write `effects` inside the caller's transaction, which holds the rows' locks."""
+    if not effects:
+        return
+    if conn.dialect.name == "postgresql":
+        ok, stale = conn.execute(PG_WRITE, pg_parameters(effects, now)).one()
+        if not ok:
+            raise LostUpdate(f"locked sections changed under the batch: {stale}")
+        return
+    _write_sqlite(conn, effects, now)
+
+
+# SQLite ---------------------------------------------------------------------------------
+
+_S_WRITE = (
+    update(sections)
+    .where(sections.c.id == bindparam("s_id"), sections.c.version == bindparam("s_expected"))
+    .values(
+        remaining=bindparam("s_remaining"),
+        held=bindparam("s_held"),
+        sold=bindparam("s_sold"),
+        version=sections.c.version + 1,
+    )
+)
+_H_WRITE = (
+    update(holds)
+    .where(holds.c.id == bindparam("h_id"))
+    .values(status=bindparam("h_status"), settled_at=bindparam("h_at"))
+)
+_I_WRITE = (
+    update(hold_items)
+    .where(
+        hold_items.c.hold_id == bindparam("f_hold"),
+        hold_items.c.section_id == bindparam("f_section"),
+    )
+    .values(active=False)
+)
+_B_WRITE = (
+    update(bookings)
+    .where(bookings.c.id == bindparam("b_id"))
+    .values(status="cancelled", cancelled_at=bindparam("b_at"))
+)
+_T_NEW = insert(customer_tickets)
+_T_WRITE = (
+    update(customer_tickets)
+    .where(
+        customer_tickets.c.event_id == bindparam("t_event"),
+        customer_tickets.c.customer_id == bindparam("t_customer"),
+    )
+    .values(tickets=customer_tickets.c.tickets + bindparam("t_delta"))
+)
+
+
+@functools.lru_cache(maxsize=4096)
+def _maybe_uuid(value: str | None) -> uuid.UUID | None:
+    return None if value is None else as_uuid(value)
+
+
+def _write_sqlite(conn: Connection, effects: Effects, now: datetime) -> None:
+    if effects.sections:
+        rows = [
+            {
+                "s_id": as_uuid(s.id),
+                "s_expected": effects.versions[s.id],
+                "s_remaining": s.remaining,
+                "s_held": s.held,
+                "s_sold": s.sold,
+            }
+            for s in effects.sections.values()
+        ]
+        if conn.execute(_S_WRITE, rows).rowcount != len(rows):
+            raise LostUpdate("sections changed under the batch's write lock")
+    if effects.new_holds:
+        conn.execute(
+            insert(holds),
+            [
+                {
+                    "id": uuid.UUID(h.id),
+                    "event_id": as_uuid(h.event_id),
+                    "customer_id": h.customer_id,
+                    "status": "active",
+                    "expires_at": h.expires_at,
+                    "created_at": now,
+                }
+                for h in effects.new_holds
+            ],
+        )
+        conn.execute(
+            insert(hold_items),
+            [
+                {
+                    "hold_id": uuid.UUID(h.id),
+                    "section_id": as_uuid(i.section_id),
+                    "event_id": as_uuid(h.event_id),
+                    "position": position,
+                    "qty": i.qty,
+                    "unit_price_cents": i.unit_price_cents,
+                    "expires_at": h.expires_at,
+                    "active": True,
+                }
+                for h in effects.new_holds
+                for position, i in enumerate(h.items)
+            ],
+        )
+    if effects.changed_holds:
+        conn.execute(
+            _H_WRITE,
+            [
+                {"h_id": uuid.UUID(h.id), "h_status": h.status, "h_at": now}
+                for h in effects.changed_holds.values()
+            ],
+        )
+    if effects.freed_items:
+        conn.execute(
+            _I_WRITE,
+            [
+                {"f_hold": uuid.UUID(hold), "f_section": as_uuid(section)}
+                for hold, section in effects.freed_items
+            ],
+        )
+    if effects.new_bookings:
+        conn.execute(
+            insert(bookings),
+            [
+                {
+                    "id": uuid.UUID(b.id),
+                    "event_id": as_uuid(b.event_id),
+                    "section_id": as_uuid(b.section_id),
+                    "qty": b.qty,
+                    "unit_price_cents": b.unit_price_cents,
+                    "total_price_cents": b.total_price_cents,
+                    "status": "confirmed",
+                    "created_at": now,
+                    "customer_id": b.customer_id,
+                    "hold_id": _maybe_uuid(b.hold_id),
+                    "payment_reference": b.payment_reference,
+                }
+                for b in effects.new_bookings
+            ],
+        )
+    if effects.changed_bookings:
+        conn.execute(
+            _B_WRITE,
+            [{"b_id": uuid.UUID(ident), "b_at": now} for ident in effects.changed_bookings],
+        )
+    stored, new = _tallies(effects)
+    if stored:
+        conn.execute(
+            _T_WRITE,
+            [
+                {"t_event": as_uuid(event), "t_customer": customer, "t_delta": delta}
+                for (event, customer), delta in stored
+            ],
+        )
+    if new:  # no other process writes while SQLite's write lock is ours
+        conn.execute(
+            _T_NEW,
+            [
+                {
+                    "event_id": as_uuid(event),
+                    "customer_id": customer,
+                    "tickets": delta,
+                    "max_tickets": effects.tally_limits[(event, customer)],
+                }
+                for (event, customer), delta in new
+            ],
+        )
+    if effects.answers:
+        conn.execute(
+            insert(idempotency_keys),
+            [
+                {
+                    "scope": key.scope,
+                    "key": key.key,
+                    "fingerprint": key.fingerprint,
+                    "outcome": encode(outcome),
+                    "created_at": now,
+                }
+                for key, outcome in effects.answers
+            ],
+        )
+    if effects.audit:
+        conn.execute(insert(audit_records), audit_rows(effects.audit, now))
+
+
+def audit_rows(records: Sequence[Any], now: datetime) -> list[dict[str, Any]]:
+    """Audit records as rows for SQLAlchemy's `insert(audit_records)`."""
+    return [
+        {
+            "at": now,
+            "event_id": as_uuid(r.event_id),
+            "section_id": _maybe_uuid(r.section_id),
+            "action": r.action,
+            "qty": r.qty,
+            "outcome": r.outcome,
+            "reason": r.reason,
+            "customer_id": r.customer_id,
+            "hold_id": _maybe_uuid(r.hold_id),
+            "booking_id": _maybe_uuid(r.booking_id),
+            "request_id": r.request_id,
+        }
+        for r in records
+    ]

@@ -1,0 +1,53 @@
+"""Stored rows as domain objects: one mapping per table, for every reader and the loader."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from boxoffice.domain.model import Booking, Hold, HoldItem, Section
+
+
+def section_from_row(row: Any) -> Section:
+    """A section row joined with its event's `max_per_customer`."""
+    return Section(
+        str(row.id),
+        str(row.event_id),
+        row.name,
+        row.price_cents,
+        row.capacity,
+        row.remaining,
+        row.held,
+        row.sold,
+        row.version,
+        row.max_per_customer,
+    )
+
+
+def hold_from_row(row: Any, items: Sequence[HoldItem]) -> Hold:
+    return Hold(
+        id=str(row.id),
+        event_id=str(row.event_id),
+        customer_id=row.customer_id,
+        items=tuple(items),
+        status=row.status,
+        expires_at=row.expires_at,
+        created_at=row.created_at,
+        settled_at=row.settled_at,
+    )
+
+
+def booking_from_row(row: Any) -> Booking:
+    return Booking(
+        id=str(row.id),
+        event_id=str(row.event_id),
+        section_id=str(row.section_id),
+        qty=row.qty,
+        unit_price_cents=row.unit_price_cents,
+        created_at=row.created_at,
+        status=row.status,
+        customer_id=row.customer_id,
+        hold_id=None if row.hold_id is None else str(row.hold_id),
+        payment_reference=row.payment_reference,
+        cancelled_at=row.cancelled_at,
+    )
