@@ -1,28 +1,47 @@
 -- wrk script: POST /book (or /noop) for the targets listed in TARGETS_FILE, at random.
+-- Arguments: PATH TARGETS_FILE [idempotent]. With "idempotent", every request carries
+-- an Idempotency-Key of its own (thread id and a counter: unique within the run).
 -- Counts 201s per thread and prints one BENCH_JSON line with the summary.
 local threads = {}
+local thread_count = 0
 
 function setup(thread)
+  thread_count = thread_count + 1
+  thread:set("tid", thread_count)
   table.insert(threads, thread)
 end
 
 function init(args)
   created = 0
   other = 0
+  sent = 0
   local path = args[1]
   local file = assert(io.open(args[2], "r"))
+  idempotent = args[3] == "idempotent"
+  prefix = string.format("%d-%d-", os.time(), tid or 0)
   prepared = {}
+  bodies = {}
   for line in file:lines() do
     local event, section = line:match("^(%S+)%s+(%S+)$")
     local body = '{"eventId":"' .. event .. '","sectionId":"' .. section .. '","qty":1}'
+    table.insert(bodies, body)
     table.insert(prepared, wrk.format("POST", path, {["Content-Type"] = "application/json"}, body))
   end
   file:close()
-  math.randomseed(os.time() + math.floor(os.clock() * 1000000))
+  bench_path = path
+  math.randomseed(os.time() + math.floor(os.clock() * 1000000) + (tid or 0))
 end
 
 function request()
-  return prepared[math.random(#prepared)]
+  local i = math.random(#prepared)
+  if not idempotent then
+    return prepared[i]
+  end
+  sent = sent + 1
+  return wrk.format("POST", bench_path, {
+    ["Content-Type"] = "application/json",
+    ["Idempotency-Key"] = prefix .. sent,
+  }, bodies[i])
 end
 
 function response(status, headers, body)

@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.committer [--database sqlite|postgresql] [--bookings 20000]
                                         [--sections 1] [--rounds 1]
 
-It drives `booker.book()` from N concurrent tasks in one process, so the
+It drives `booker.submit()` from N concurrent tasks in one process, so the
 numbers isolate the combiner and the database work from the web stack. Besides
 bookings/s it prints this process's CPU time per booking (all its threads,
 not the database's), which is far steadier than throughput on shared cores.
@@ -16,6 +16,7 @@ import asyncio
 import random
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 from tests.support.postgres import ThrowawayPostgres
@@ -24,12 +25,8 @@ from boxoffice.booking import make_booker
 from boxoffice.config import async_database_url
 from boxoffice.db.database import Database
 from boxoffice.db.migrate import upgrade
-from boxoffice.domain.model import (
-    MAX_SECTIONS_PER_EVENT,
-    BookingRequest,
-    EventSpec,
-    SectionSpec,
-)
+from boxoffice.domain.commands import Book
+from boxoffice.domain.model import MAX_SECTIONS_PER_EVENT, EventSpec, SectionSpec
 from boxoffice.services.events import create_event
 
 
@@ -39,12 +36,12 @@ async def drive(
     database = Database.from_url(async_database_url(url), pool_size=20)
     booker = make_booker(strategy, database, max_tickets_per_booking=10)  # type: ignore[arg-type]
     await booker.start()
-    requests: list[BookingRequest] = []
+    requests: list[Book] = []
     for first in range(0, sections, MAX_SECTIONS_PER_EVENT):
         count = min(MAX_SECTIONS_PER_EVENT, sections - first)
         specs = tuple(SectionSpec(f"S{n}", 500, 1_000_000) for n in range(count))
-        event = await create_event(database, EventSpec(f"Bench {first}", specs))
-        requests += [BookingRequest(event.id, section.id, 1) for section in event.sections]
+        event = await create_event(database, EventSpec(f"Bench {first}", specs), datetime.now(UTC))
+        requests += [Book(event.id, section.id, 1) for section in event.sections]
     # Spread like the HTTP benchmark: each booking picks a section at random.
     left = bookings
 
@@ -52,7 +49,7 @@ async def drive(
         nonlocal left
         while left > 0:
             left -= 1
-            await booker.book(random.choice(requests))
+            await booker.submit(random.choice(requests))
 
     start, cpu_start = time.perf_counter(), time.process_time()
     await asyncio.gather(*(worker() for _ in range(concurrency)))

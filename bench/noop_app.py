@@ -19,10 +19,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, FastAPI, Response
 from fastapi.routing import _IncludedRouter
 
 from boxoffice.api.app import create_app
+from boxoffice.api.deps import IdempotencyKey
 from boxoffice.api.routes import bookings
 from boxoffice.api.schemas import BookIn, BookingOut
 
@@ -32,7 +33,11 @@ router = APIRouter()
 
 
 @router.post("/noop", status_code=201, response_model=BookingOut)
-async def noop(body: BookIn) -> BookingOut:
+async def noop(
+    body: BookIn, response: Response, idempotency_key: IdempotencyKey = None
+) -> BookingOut:
+    """Parses and answers exactly what `POST /book` does, headers included."""
+    response.headers["Location"] = f"/bookings/{NO_ID}"
     return BookingOut(
         id=NO_ID,
         event_id=body.event_id,
@@ -42,6 +47,10 @@ async def noop(body: BookIn) -> BookingOut:
         total_price=Decimal("5.00") * body.qty,
         status="confirmed",
         created_at=datetime.now(UTC),
+        customer_id=body.customer_id,
+        hold_id=None,
+        payment_reference=None,
+        cancelled_at=None,
     )
 
 

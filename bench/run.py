@@ -52,11 +52,13 @@ from tests.support.server import ServerProcess, process_group, processes
 from boxoffice.config import async_database_url
 from boxoffice.db.database import Database
 from boxoffice.db.migrate import upgrade
-from boxoffice.db.tables import bookings, sections
+from boxoffice.db.tables import bookings, hold_items, sections
+from boxoffice.services.audit import verify as audit_verify
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 LUA = ROOT / "bench" / "book.lua"
+CHECKOUT_LUA = ROOT / "bench" / "checkout.lua"
 PERFORMANCE_DOC = ROOT / "docs" / "performance.md"
 console = Console()
 EXTRA_ENV: dict[str, str] = {}  # server settings from --set NAME=VALUE
@@ -65,26 +67,33 @@ EXTRA_ENV: dict[str, str] = {}  # server settings from --set NAME=VALUE
 @dataclass(frozen=True)
 class Scenario:
     name: str
-    strategy: str | None  # None: the no-op ceiling
+    strategy: str | None  # None: a no-op ceiling
     sections: int
     workers: int = 1
     sqlite_writer: str | None = None  # SQLITE_WRITER, when not the default
     databases: tuple[str, ...] = ("postgresql", "sqlite")
+    app: str = "book"  # book, checkout, noop (our own no-op route), bare (bare FastAPI)
+    idempotent: bool = False  # an Idempotency-Key of its own on every request
+    baseline: bool = False  # served by the --baseline tree's code, not this one
 
     @property
     def label(self) -> str:
         suffix = f" w{self.workers}" if self.workers > 1 else ""
         writer = f" {self.sqlite_writer}-writer" if self.sqlite_writer else ""
-        return f"{self.name}{suffix}{writer}"
+        before = " (before)" if self.baseline else ""
+        return f"{self.name}{suffix}{writer}{before}"
 
 
 SCENARIOS = [
-    Scenario("ceiling", None, 1),
+    Scenario("ceiling", None, 1, app="noop"),
+    Scenario("bare ceiling", None, 1, app="bare"),
     Scenario("hot direct", "direct", 1),
     Scenario("hot batched", "batched", 1),
+    Scenario("hot idempotent", "batched", 1, idempotent=True),
     Scenario("spread direct", "direct", 1000),
     Scenario("spread batched", "batched", 1000),
-    Scenario("ceiling", None, 1, workers=2),
+    Scenario("checkout", "batched", 1000, app="checkout"),
+    Scenario("ceiling", None, 1, workers=2, app="noop"),
     Scenario("hot batched", "batched", 1, workers=2),
 ]
 
@@ -94,6 +103,15 @@ OPT_IN_SCENARIOS = [
     Scenario("hot batched", "batched", 1, sqlite_writer="thread", databases=("sqlite",)),
     Scenario("spread batched", "batched", 1000, sqlite_writer="thread", databases=("sqlite",)),
 ]
+
+# With --baseline DIR: the same scenarios served by an older tree's code (a `git worktree`
+# of an earlier commit), side by side with this one's in every round.
+BASELINE_SCENARIOS = [
+    Scenario("ceiling", None, 1, app="noop", baseline=True),
+    Scenario("hot batched", "batched", 1, baseline=True),
+    Scenario("spread batched", "batched", 1000, baseline=True),
+]
+BASELINE: Path | None = None  # --baseline
 
 
 @dataclass
@@ -115,6 +133,7 @@ class Result:
     verified: bool
     server_cpu_us: float = 0.0  # the server's processes, per measured request
     postgres_cpu_us: float = 0.0  # every PostgreSQL process, per measured request
+    audit_verified: bool | None = None  # `audit verify` after the run (None: not checked)
 
 
 def ensure_wrk() -> str:
@@ -161,14 +180,29 @@ def postgres_processes() -> list[int]:
     return processes(lambda entry: entry.stat().st_uid == uid)
 
 
-def fresh_database(kind: str, postgres: ThrowawayPostgres | None, workdir: Path) -> str:
+def fresh_database(
+    kind: str, postgres: ThrowawayPostgres | None, workdir: Path, *, baseline: bool = False
+) -> str:
     if kind == "sqlite":
         url = f"sqlite:///{workdir / f'bench-{uuid.uuid4().hex[:8]}.db'}"
     else:
         assert postgres is not None
         url = postgres.create_database(f"bench_{uuid.uuid4().hex[:8]}")
-    upgrade(url)
+    if baseline:  # the baseline's own migrations: its server wants its own schema
+        subprocess.run(
+            [sys.executable, "-c", f"from boxoffice.db.migrate import upgrade; upgrade({url!r})"],
+            env={**os.environ, "PYTHONPATH": baseline_path()},
+            check=True,
+            capture_output=True,
+        )
+    else:
+        upgrade(url)
     return url
+
+
+def baseline_path() -> str:
+    assert BASELINE is not None
+    return f"{BASELINE / 'src'}{os.pathsep}{BASELINE}"
 
 
 def create_targets(base_url: str, sections_wanted: int, path: Path) -> None:
@@ -191,7 +225,15 @@ def create_targets(base_url: str, sections_wanted: int, path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def run_wrk(wrk: str, url: str, path: str, targets: Path, connections: int, duration: int) -> Any:
+def wrk_script(scenario: Scenario, targets: Path) -> list[str]:
+    """The Lua script and its arguments for `scenario`."""
+    if scenario.app == "checkout":
+        return [str(CHECKOUT_LUA), "--", str(targets)]
+    path = "/book" if scenario.app == "book" else "/noop"
+    return [str(LUA), "--", path, str(targets), *(["idempotent"] if scenario.idempotent else [])]
+
+
+def run_wrk(wrk: str, url: str, script: list[str], connections: int, duration: int) -> Any:
     out = subprocess.run(
         [
             wrk,
@@ -201,11 +243,9 @@ def run_wrk(wrk: str, url: str, path: str, targets: Path, connections: int, dura
             "--timeout",
             "10s",
             "-s",
-            str(LUA),
+            script[0],
             url,
-            "--",
-            path,
-            str(targets),
+            *script[1:],
         ],
         capture_output=True,
         text=True,
@@ -218,29 +258,70 @@ def run_wrk(wrk: str, url: str, path: str, targets: Path, connections: int, dura
     return json.loads(match.group(1))
 
 
-async def verify(database_url: str) -> tuple[int, int, int]:
-    """(stored bookings, oversold sections, leaked seats) straight from the database."""
+async def verify(database_url: str, *, baseline: bool = False) -> tuple[int, int, int, bool | None]:
+    """(stored bookings, oversold sections, leaked seats, audit trail agrees) from the database.
+
+    A leaked seat is one the section's counts do not account for: capacity must be
+    remaining + held + sold, sold the seats of confirmed bookings, held those of the
+    holds still holding seats. The baseline's schema has remaining only.
+    """
     database = Database.from_url(async_database_url(database_url))
     try:
         async with database.engine.connect() as conn:
-            booked = (
+            stored = (await conn.execute(select(func.count()).select_from(bookings))).scalar_one()
+            if baseline:
+                booked = (
+                    select(bookings.c.section_id, func.sum(bookings.c.qty).label("seats"))
+                    .group_by(bookings.c.section_id)
+                    .subquery()
+                )
+                rows = (
+                    await conn.execute(
+                        select(
+                            sections.c.capacity,
+                            sections.c.remaining,
+                            func.coalesce(booked.c.seats, 0),
+                        ).outerjoin(booked, booked.c.section_id == sections.c.id)
+                    )
+                ).all()
+                oversold = sum(1 for _, remaining, _ in rows if remaining < 0)
+                leaked = sum(abs(cap - rem - int(seats)) for cap, rem, seats in rows)
+                return int(stored), oversold, leaked, None
+            sold = (
                 select(bookings.c.section_id, func.sum(bookings.c.qty).label("seats"))
+                .where(bookings.c.status == "confirmed")
                 .group_by(bookings.c.section_id)
+                .subquery()
+            )
+            held = (
+                select(hold_items.c.section_id, func.sum(hold_items.c.qty).label("seats"))
+                .where(hold_items.c.active)
+                .group_by(hold_items.c.section_id)
                 .subquery()
             )
             rows = (
                 await conn.execute(
                     select(
-                        sections.c.capacity, sections.c.remaining, func.coalesce(booked.c.seats, 0)
-                    ).outerjoin(booked, booked.c.section_id == sections.c.id)
+                        sections.c.capacity,
+                        sections.c.remaining,
+                        sections.c.held,
+                        sections.c.sold,
+                        func.coalesce(sold.c.seats, 0),
+                        func.coalesce(held.c.seats, 0),
+                    )
+                    .outerjoin(sold, sold.c.section_id == sections.c.id)
+                    .outerjoin(held, held.c.section_id == sections.c.id)
                 )
             ).all()
-            stored = (await conn.execute(select(func.count()).select_from(bookings))).scalar_one()
+        _, mismatches = await audit_verify(database)
     finally:
         await database.dispose()
-    oversold = sum(1 for _, remaining, _ in rows if remaining < 0)
-    leaked = sum(abs(cap - rem - int(seats)) for cap, rem, seats in rows)
-    return int(stored), oversold, leaked
+    oversold = sum(1 for row in rows if min(row[1], row[2], row[3]) < 0)
+    leaked = sum(
+        abs(cap - rem - hel - sol) + abs(sol - int(booked)) + abs(hel - int(holding))
+        for cap, rem, hel, sol, booked, holding in rows
+    )
+    return int(stored), oversold, leaked, not mismatches
 
 
 def server_env(scenario: Scenario) -> dict[str, str]:
@@ -252,7 +333,12 @@ def server_env(scenario: Scenario) -> dict[str, str]:
     }
     if scenario.sqlite_writer:
         env["SQLITE_WRITER"] = scenario.sqlite_writer
+    if scenario.baseline:
+        env["PYTHONPATH"] = baseline_path()
     return {**env, **EXTRA_ENV}
+
+
+FACTORIES = {"noop": "bench.noop_app:create_noop_app", "bare": "bench.bare_app:create_bare_app"}
 
 
 def run_one(
@@ -266,28 +352,31 @@ def run_one(
     round_number: int,
     warmup: int = 0,
 ) -> Result:
-    url = fresh_database(kind, postgres, workdir)
+    url = fresh_database(kind, postgres, workdir, baseline=scenario.baseline)
     env = server_env(scenario)
-    factory = "bench.noop_app:create_noop_app" if scenario.strategy is None else None
+    factory = FACTORIES.get(scenario.app)
     server = ServerProcess(
         url, workers=scenario.workers, env=env, log_dir=workdir, asgi_factory=factory
     )
     with server:
         targets = workdir / "targets.txt"
-        create_targets(server.url, scenario.sections, targets)
-        path = "/noop" if scenario.strategy is None else "/book"
+        if scenario.app == "bare":
+            targets.write_text(f"{uuid.uuid4()} {uuid.uuid4()}\n")  # nothing to create
+        else:
+            create_targets(server.url, scenario.sections, targets)
+        script = wrk_script(scenario, targets)
         # Warm-up, not measured: connections opened, sections remembered, code paths hot.
-        warm = run_wrk(wrk, server.url, path, targets, connections, warmup) if warmup else None
+        warm = run_wrk(wrk, server.url, script, connections, warmup) if warmup else None
         assert server.process is not None
         server_pids = process_group(server.process.pid)
         server_before = cpu_seconds(server_pids)
         db_before = cpu_seconds(postgres_processes()) if kind == "postgresql" else {}
-        stats = run_wrk(wrk, server.url, path, targets, connections, duration)
+        stats = run_wrk(wrk, server.url, script, connections, duration)
         server_cpu = cpu_spent(server_before, cpu_seconds(server_pids))
         db_cpu = (
             cpu_spent(db_before, cpu_seconds(postgres_processes())) if kind == "postgresql" else 0.0
         )
-    stored, oversold, leaked = asyncio.run(verify(url))
+    stored, oversold, leaked, audit_ok = asyncio.run(verify(url, baseline=scenario.baseline))
     requests = max(stats["requests"], 1)
     created = stats["created"] + (warm["created"] if warm else 0)
     phases = [stats, warm] if warm else [stats]
@@ -295,9 +384,15 @@ def run_one(
     if scenario.strategy is None:
         verified = stored == 0
     else:
-        # A request cut off when wrk stops may commit without wrk seeing its 201.
+        # A request cut off when wrk stops may commit without wrk seeing its 201. Each
+        # confirmation stores one booking (1 seat each), so checkouts count the same way.
         cut_off = connections * (2 if warm else 1)
-        verified = oversold == 0 and leaked == 0 and created <= stored <= created + cut_off
+        verified = (
+            oversold == 0
+            and leaked == 0
+            and created <= stored <= created + cut_off
+            and audit_ok is not False
+        )
     # The warm-up's failures count as much as the measured run's.
     socket_errors = sum(phase[k] for phase in phases for k in errors)
     non_2xx = sum(phase["other"] for phase in phases)
@@ -319,14 +414,35 @@ def run_one(
         verified=verified,
         server_cpu_us=server_cpu * 1e6 / requests,
         postgres_cpu_us=db_cpu * 1e6 / requests,
+        audit_verified=audit_ok,
     )
 
 
-RATIOS = {
-    "hot batched / ceiling": ("hot batched", "ceiling"),
-    "hot batched / direct": ("hot batched", "hot direct"),
-    "spread batched / ceiling": ("spread batched", "ceiling"),
-    "spread batched / direct": ("spread batched", "spread direct"),
+# name: (top scenario, bottom scenario, factor). A checkout is two requests: its ratio is
+# of completed checkouts (request pairs) per second, half the requests.
+RATIOS: dict[str, tuple[str, str, float]] = {
+    "hot batched / ceiling": ("hot batched", "ceiling", 1.0),
+    "hot batched / bare": ("hot batched", "bare ceiling", 1.0),
+    "hot batched / direct": ("hot batched", "hot direct", 1.0),
+    "hot idempotent / ceiling": ("hot idempotent", "ceiling", 1.0),
+    "hot idempotent / bare": ("hot idempotent", "bare ceiling", 1.0),
+    "spread batched / ceiling": ("spread batched", "ceiling", 1.0),
+    "spread batched / bare": ("spread batched", "bare ceiling", 1.0),
+    "spread batched / direct": ("spread batched", "spread direct", 1.0),
+    "checkout pairs / ceiling": ("checkout", "ceiling", 0.5),
+    "checkout pairs / bare": ("checkout", "bare ceiling", 0.5),
+    "ceiling / bare": ("ceiling", "bare ceiling", 1.0),
+    "hot batched / before": ("hot batched", "hot batched (before)", 1.0),
+    "spread batched / before": ("spread batched", "spread batched (before)", 1.0),
+    "ceiling / before": ("ceiling", "ceiling (before)", 1.0),
+}
+TARGETS = {  # the issues' bars, shown next to the figures
+    "hot batched / ceiling": 0.8,
+    "hot batched / direct": 5.0,
+    "spread batched / ceiling": 0.8,
+    "hot idempotent / ceiling": 0.75,
+    "hot batched / bare": 0.7,
+    "checkout pairs / ceiling": 0.35,
 }
 
 
@@ -336,9 +452,11 @@ def ratios(results: list[Result]) -> list[dict[str, Any]]:
     rows = []
     for database, connections in sorted({(r.database, r.connections) for r in results}):
         row: dict[str, Any] = {"database": database, "connections": connections}
-        for name, (top, bottom) in RATIOS.items():
+        for name, (top, bottom, factor) in RATIOS.items():
             per_round = [
-                by[(database, top, connections, n)] / by[(database, bottom, connections, n)]
+                factor
+                * by[(database, top, connections, n)]
+                / by[(database, bottom, connections, n)]
                 for n in sorted({r.round for r in results})
                 if (database, top, connections, n) in by
                 and by.get((database, bottom, connections, n))
@@ -408,26 +526,29 @@ def markdown(
             else f"inventory verification FAILED in {len(failed)} runs."
         ),
     ]
+    columns = [(row["database"], row["connections"]) for row in ratio_rows]
     lines += [
         "",
-        "| database | conns | hot batched / ceiling | hot batched / direct | "
-        "spread batched / ceiling | spread batched / direct |",
-        "|---|---:|---:|---:|---:|---:|",
+        "Ratios, each taken within a round: median round (range over rounds).",
+        "",
+        "| ratio | target | " + " | ".join(f"{db} {conns}" for db, conns in columns) + " |",
+        "|---|---:|" + "---:|" * len(columns),
     ]
-    for row in ratio_rows:
 
-        def fmt(value: dict[str, Any] | None) -> str:
-            if value is None:
-                return "n/a"
-            if value["min"] == value["max"]:
-                return f"{value['median']:.2f}"
-            return f"{value['median']:.2f} ({value['min']:.2f}–{value['max']:.2f})"
+    def fmt(value: dict[str, Any] | None) -> str:
+        if value is None:
+            return "n/a"
+        if value["min"] == value["max"]:
+            return f"{value['median']:.2f}"
+        return f"{value['median']:.2f} ({value['min']:.2f}–{value['max']:.2f})"
 
-        lines.append(
-            f"| {row['database']} | {row['connections']} | {fmt(row['hot batched / ceiling'])} | "
-            f"{fmt(row['hot batched / direct'])} | {fmt(row['spread batched / ceiling'])} | "
-            f"{fmt(row['spread batched / direct'])} |"
-        )
+    for name in RATIOS:
+        values = [row.get(name) for row in ratio_rows]
+        if all(value is None for value in values):
+            continue
+        target = TARGETS.get(name)
+        bar = "" if target is None else f"≥ {target:g}"
+        lines.append(f"| {name} | {bar} | " + " | ".join(fmt(v) for v in values) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -476,6 +597,12 @@ def main() -> None:
     parser.add_argument("--databases", default="postgresql,sqlite")
     parser.add_argument("--only", default="", help="comma-separated scenario labels")
     parser.add_argument(
+        "--baseline",
+        default="",
+        metavar="DIR",
+        help="also run a few scenarios on an older checkout (git worktree add DIR COMMIT)",
+    )
+    parser.add_argument(
         "--set",
         action="append",
         default=[],
@@ -493,6 +620,12 @@ def main() -> None:
     named = args.only.split(",") if args.only else []
     chosen = [s for s in SCENARIOS if not named or s.label in named]
     chosen += [s for s in OPT_IN_SCENARIOS if s.label in named]
+    if args.baseline:
+        global BASELINE
+        BASELINE = Path(args.baseline).resolve()
+        if not (BASELINE / "src" / "boxoffice").is_dir():
+            parser.error(f"--baseline wants a checkout of this repository, not {args.baseline}")
+        chosen += [s for s in BASELINE_SCENARIOS if not named or s.label in named]
     wrk = ensure_wrk()
     RESULTS.mkdir(parents=True, exist_ok=True)
     results: list[Result] = []
