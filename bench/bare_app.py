@@ -45,4 +45,8 @@ def create_bare_app() -> FastAPI:
             "createdAt": datetime.now(UTC).isoformat(),
         }
 
+    @app.get("/readyz")  # after /noop: for the benchmark to know the server is up
+    async def ready() -> dict[str, str]:
+        return {"status": "ok"}
+
     return app

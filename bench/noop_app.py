@@ -19,11 +19,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from fastapi import APIRouter, FastAPI, Response
+from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.routing import _IncludedRouter
 
 from boxoffice.api.app import create_app
-from boxoffice.api.deps import IdempotencyKey
+from boxoffice.api.deps import IDEMPOTENCY_KEY_DOC, idempotency_key
 from boxoffice.api.routes import bookings
 from boxoffice.api.schemas import BookIn, BookingOut
 
@@ -32,11 +32,10 @@ NO_ID = "00000000-0000-4000-8000-000000000000"
 router = APIRouter()
 
 
-@router.post("/noop", status_code=201, response_model=BookingOut)
-async def noop(
-    body: BookIn, response: Response, idempotency_key: IdempotencyKey = None
-) -> BookingOut:
+@router.post("/noop", status_code=201, response_model=BookingOut, openapi_extra=IDEMPOTENCY_KEY_DOC)
+async def noop(body: BookIn, request: Request, response: Response) -> BookingOut:
     """Parses and answers exactly what `POST /book` does, headers included."""
+    idempotency_key(request)
     response.headers["Location"] = f"/bookings/{NO_ID}"
     return BookingOut(
         id=NO_ID,

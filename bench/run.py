@@ -356,7 +356,12 @@ def run_one(
     env = server_env(scenario)
     factory = FACTORIES.get(scenario.app)
     server = ServerProcess(
-        url, workers=scenario.workers, env=env, log_dir=workdir, asgi_factory=factory
+        url,
+        workers=scenario.workers,
+        env=env,
+        log_dir=workdir,
+        asgi_factory=factory,
+        cwd=BASELINE if scenario.baseline else None,  # its `bench` package, not ours
     )
     with server:
         targets = workdir / "targets.txt"
@@ -670,7 +675,8 @@ def main() -> None:
     ratio_rows = ratios(results)
     table = markdown(results, ratio_rows, command, args.rounds)
     # Only the full default run is the published figure; any other run is kept aside.
-    full = vars(args) == vars(parser.parse_args([]))
+    # --baseline only adds scenarios: a full run with it is still the published figure.
+    full = {**vars(args), "baseline": ""} == vars(parser.parse_args([]))
     stem = "latest" if full else "partial"
     (RESULTS / f"{stem}.json").write_text(
         json.dumps(

@@ -45,6 +45,7 @@ class ServerProcess:
         env: dict[str, str] | None = None,
         log_dir: Path | None = None,
         asgi_factory: str | None = None,
+        cwd: Path | None = None,
     ) -> None:
         self.database_url = database_url
         self.workers = workers
@@ -52,6 +53,7 @@ class ServerProcess:
         self.extra_env = env or {}
         self.log_path = (log_dir or Path("/tmp")) / f"boxoffice-server-{self.port}.log"
         self.asgi_factory = asgi_factory  # serve another app factory with plain uvicorn
+        self.cwd = cwd  # where the server runs (an older checkout, for the benchmark)
         self.process: subprocess.Popen[bytes] | None = None
 
     def command(self) -> list[str]:
@@ -100,6 +102,7 @@ class ServerProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                cwd=self.cwd,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

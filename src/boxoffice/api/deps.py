@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import itertools
 import os
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import Depends, Header, Query, Request, Response
+from fastapi import Depends, Query, Request, Response
 
 from boxoffice.booking import Booker
 from boxoffice.config import Settings
@@ -110,17 +110,38 @@ async def _booker(request: Request) -> Booker:
 ClockDep = Annotated[Clock, Depends(_clock)]
 BookerDep = Annotated[Booker, Depends(_booker)]
 
-IdempotencyKey = Annotated[
-    str | None,
-    Header(
-        alias="Idempotency-Key",
-        min_length=1,
-        max_length=MAX_KEY_LENGTH,
-        description="Makes a retry safe: a request with a key already answered gets that "
-        "answer again and changes nothing (1 to 255 printable ASCII characters; kept "
-        "IDEMPOTENCY_TTL_HOURS).",
-    ),
-]
+
+def header(request: Request, name: bytes) -> str | None:
+    """A request header's value, read straight from the ASGI scope (`name` in lower case).
+
+    Not a FastAPI `Header()` parameter: FastAPI inspects such a parameter's type
+    annotation again on every request, which cost a no-op route 13 % of its
+    instructions (83,000 of 649,000 per request, counted with callgrind).
+    """
+    for key, value in request.scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")  # type: ignore[no-any-return]
+    return None
+
+
+def idempotency_key(request: Request) -> str | None:
+    return header(request, b"idempotency-key")
+
+
+# What `idempotency_key` reads, declared for the OpenAPI document (`openapi_extra`).
+IDEMPOTENCY_KEY_DOC: dict[str, Any] = {
+    "parameters": [
+        {
+            "name": "Idempotency-Key",
+            "in": "header",
+            "required": False,
+            "schema": {"type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH},
+            "description": "Makes a retry safe: a request with a key already answered gets "
+            "that answer again and changes nothing (1 to 255 printable ASCII characters; "
+            "kept IDEMPOTENCY_TTL_HOURS).",
+        }
+    ]
+}
 
 # Request ids: the client's X-Request-ID when it is sensible, else ours; recorded in the
 # audit trail and echoed back. Ours are a per-process random prefix and a counter: unique
@@ -131,7 +152,7 @@ MAX_REQUEST_ID_LENGTH = 128
 
 
 def request_id(request: Request, response: Response) -> str:
-    given = request.headers.get("x-request-id")
+    given = header(request, b"x-request-id")
     if given and len(given) <= MAX_REQUEST_ID_LENGTH and given.isascii() and given.isprintable():
         ident = given
     else:

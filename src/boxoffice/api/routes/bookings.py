@@ -6,7 +6,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 
-from boxoffice.api.deps import BookerDep, DatabaseDep, IdempotencyKey, PageDep, request_id
+from boxoffice.api.deps import (
+    IDEMPOTENCY_KEY_DOC,
+    BookerDep,
+    DatabaseDep,
+    PageDep,
+    idempotency_key,
+    request_id,
+)
 from boxoffice.api.problems import problem_responses
 from boxoffice.api.routes.links import LINK_HEADER_DOC, set_next_link
 from boxoffice.api.schemas import BookIn, BookingOut, CustomerId
@@ -25,21 +32,20 @@ router = APIRouter(tags=["bookings"])
     response_model=BookingOut,
     responses=problem_responses(400, 404, 409, 413, 422, 503),
     summary="Book seats in a section: all of them, or none",
+    openapi_extra=IDEMPOTENCY_KEY_DOC,
 )
 async def book(
     body: BookIn,
     request: Request,
     response: Response,
-    idempotency_key: IdempotencyKey = None,
 ) -> BookingOut:
     # The hot path takes the booker straight from app state: no dependency to resolve.
     booker: Booker = request.app.state.booker
+    given = idempotency_key(request)
     key = (
         None
-        if idempotency_key is None
-        else idempotency(
-            idempotency_key, scope=body.customer_id, operation="book", request=body.model_dump()
-        )
+        if given is None
+        else idempotency(given, scope=body.customer_id, operation="book", request=body.model_dump())
     )
     booking = await booker.submit(
         Book(
@@ -97,16 +103,16 @@ async def get_booking(booking_id: str, database: DatabaseDep) -> BookingOut:
     response_model=BookingOut,
     responses=problem_responses(400, 404, 409, 422, 503),
     summary="Cancel a booking: its seats are free again (repeating it changes nothing)",
+    openapi_extra=IDEMPOTENCY_KEY_DOC,
 )
 async def cancel_booking(
     booking_id: str,
     request: Request,
     response: Response,
     booker: BookerDep,
-    idempotency_key: IdempotencyKey = None,
 ) -> BookingOut:
     key = idempotency(
-        idempotency_key, scope=None, operation="cancel", request={"bookingId": booking_id}
+        idempotency_key(request), scope=None, operation="cancel", request={"bookingId": booking_id}
     )
     booking = await booker.submit(CancelBooking(booking_id, key, request_id(request, response)))
     assert isinstance(booking, Booking)

@@ -5,11 +5,12 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 
 from boxoffice.api.deps import (
+    IDEMPOTENCY_KEY_DOC,
     ClockDep,
     DatabaseDep,
-    IdempotencyKey,
     PageDep,
     SeqPageDep,
+    idempotency_key,
     request_id,
 )
 from boxoffice.api.problems import problem_responses
@@ -41,6 +42,7 @@ def _spec(body: EventIn) -> EventSpec:
     response_model=EventOut,
     responses=problem_responses(400, 409, 413, 422, 503),
     summary="Create an event with its sections",
+    openapi_extra=IDEMPOTENCY_KEY_DOC,
 )
 async def create_event(
     body: EventIn,
@@ -48,11 +50,13 @@ async def create_event(
     response: Response,
     database: DatabaseDep,
     clock: ClockDep,
-    idempotency_key: IdempotencyKey = None,
 ) -> EventOut:
     spec = _spec(body)
     key = idempotency(
-        idempotency_key, scope=None, operation="create_event", request=body.model_dump(mode="json")
+        idempotency_key(request),
+        scope=None,
+        operation="create_event",
+        request=body.model_dump(mode="json"),
     )
     in_flight = request.app.state.in_flight
     with in_flight.claim(key):
@@ -72,6 +76,7 @@ router.add_api_route(
     responses=problem_responses(400, 409, 413, 422, 503),
     summary="Create an event (the original API's path)",
     operation_id="create_event_legacy",
+    openapi_extra=IDEMPOTENCY_KEY_DOC,
 )
 
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 
 from boxoffice.api.deps import (
+    IDEMPOTENCY_KEY_DOC,
     BookerDep,
     ClockDep,
     DatabaseDep,
-    IdempotencyKey,
     SettingsDep,
+    idempotency_key,
     request_id,
 )
 from boxoffice.api.problems import problem_responses
@@ -35,6 +36,7 @@ router = APIRouter(tags=["holds"])
     response_model=HoldOut,
     responses=problem_responses(400, 404, 409, 413, 422, 503),
     summary="Hold seats in one or more sections of an event: every item, or none",
+    openapi_extra=IDEMPOTENCY_KEY_DOC,
 )
 async def place_hold(
     body: HoldIn,
@@ -43,7 +45,6 @@ async def place_hold(
     booker: BookerDep,
     settings: SettingsDep,
     clock: ClockDep,
-    idempotency_key: IdempotencyKey = None,
 ) -> HoldOut:
     ttl = settings.hold_ttl_seconds if body.ttl_seconds is None else body.ttl_seconds
     if not settings.hold_ttl_min_seconds <= ttl <= settings.hold_ttl_max_seconds:
@@ -53,7 +54,10 @@ async def place_hold(
             field="ttlSeconds",
         )
     key = idempotency(
-        idempotency_key, scope=body.customer_id, operation="hold", request=body.model_dump()
+        idempotency_key(request),
+        scope=body.customer_id,
+        operation="hold",
+        request=body.model_dump(),
     )
     hold = await booker.submit(
         PlaceHold(
@@ -86,6 +90,7 @@ async def get_hold(hold_id: str, database: DatabaseDep, clock: ClockDep) -> Hold
     response_model=ConfirmationOut,
     responses=problem_responses(400, 404, 409, 413, 422, 503),
     summary="Confirm an active hold: one booking per item, with your payment reference",
+    openapi_extra=IDEMPOTENCY_KEY_DOC,
 )
 async def confirm_hold(
     hold_id: str,
@@ -94,11 +99,10 @@ async def confirm_hold(
     booker: BookerDep,
     clock: ClockDep,
     body: ConfirmIn | None = None,
-    idempotency_key: IdempotencyKey = None,
 ) -> ConfirmationOut:
     reference = None if body is None else body.payment_reference
     key = idempotency(
-        idempotency_key,
+        idempotency_key(request),
         scope=None,
         operation="confirm",
         request={"holdId": hold_id, "paymentReference": reference},
