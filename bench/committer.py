@@ -1,7 +1,7 @@
 """Micro-benchmark of the booking path without HTTP: how many bookings/s one process commits.
 
     .venv/bin/python -m bench.committer [--database sqlite|postgresql] [--bookings 20000]
-                                        [--sections 1] [--rounds 1]
+                                        [--sections 1] [--rounds 1] [--idempotent]
 
 It drives `booker.submit()` from N concurrent tasks in one process, so the
 numbers isolate the combiner and the database work from the web stack. Besides
@@ -16,6 +16,7 @@ import asyncio
 import random
 import tempfile
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -28,10 +29,17 @@ from boxoffice.db.migrate import upgrade
 from boxoffice.domain.commands import Book
 from boxoffice.domain.model import MAX_SECTIONS_PER_EVENT, EventSpec, SectionSpec
 from boxoffice.services.events import create_event
+from boxoffice.services.idempotency import idempotency
 
 
 async def drive(
-    url: str, strategy: str, bookings: int, concurrency: int, sections: int
+    url: str,
+    strategy: str,
+    bookings: int,
+    concurrency: int,
+    sections: int,
+    *,
+    idempotent: bool = False,
 ) -> tuple[float, float]:
     database = Database.from_url(async_database_url(url), pool_size=20)
     booker = make_booker(strategy, database, max_tickets_per_booking=10)  # type: ignore[arg-type]
@@ -49,7 +57,18 @@ async def drive(
         nonlocal left
         while left > 0:
             left -= 1
-            await booker.submit(random.choice(requests))
+            command = random.choice(requests)
+            if idempotent:  # as the route makes it: a key, its fingerprint, per request
+                command = replace(
+                    command,
+                    idempotency=idempotency(
+                        f"k{left}",
+                        scope=None,
+                        operation="book",
+                        request=(command.event_id, command.section_id, command.qty, None),
+                    ),
+                )
+            await booker.submit(command)
 
     start, cpu_start = time.perf_counter(), time.process_time()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -67,6 +86,9 @@ def main() -> None:
     parser.add_argument("--strategies", default="batched,direct")
     parser.add_argument("--sections", type=int, default=1, help="1: one hot section")
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument(
+        "--idempotent", action="store_true", help="an Idempotency-Key on every booking"
+    )
     args = parser.parse_args()
     postgres = ThrowawayPostgres().start() if args.database == "postgresql" else None
     try:
@@ -79,7 +101,14 @@ def main() -> None:
                     url = f"sqlite:///{Path(tempfile.mkdtemp()) / f'{name}.db'}"
                 upgrade(url)
                 rate, cpu = asyncio.run(
-                    drive(url, strategy, args.bookings, args.concurrency, args.sections)
+                    drive(
+                        url,
+                        strategy,
+                        args.bookings,
+                        args.concurrency,
+                        args.sections,
+                        idempotent=args.idempotent,
+                    )
                 )
                 print(
                     f"{args.database} {strategy} ({args.sections} sections): {rate:,.0f} "

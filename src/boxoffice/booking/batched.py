@@ -38,7 +38,7 @@ from boxoffice.booking.narrowing import Answer, answer_each
 from boxoffice.booking.remembered import RememberedSections, apply_if_unchanged
 from boxoffice.db.database import Database
 from boxoffice.db.errors import DatabaseUnavailable
-from boxoffice.domain.commands import Command
+from boxoffice.domain.commands import Book, Command, PlaceHold
 from boxoffice.domain.decisions import Outcome, Result
 from boxoffice.services.clock import Clock, system_clock
 from boxoffice.services.idempotency import InFlight
@@ -136,19 +136,27 @@ class BatchedBooker:
 
     async def submit(self, command: Command) -> Result:
         """Apply `command` atomically and return its result, or raise and change nothing."""
-        check = getattr(command, "check_quantity", None)
-        if check is not None:
-            check(self._max_tickets)
+        if isinstance(command, Book | PlaceHold):
+            command.check_quantity(self._max_tickets)
         if self._committer is None:
             raise RuntimeError("BatchedBooker.start() was not called")
         if self._committer.done():
             raise DatabaseUnavailable("the booking committer has stopped")
-        with self._keys.claim(command.idempotency):
-            answer: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-            self._queue.append(_Waiting(command, answer))
-            self._arrived.set()
-            # If our caller is cancelled, so is `answer`, and the committer skips it.
-            return await answer
+        key = command.idempotency
+        if key is None:  # the common case, without a context manager's cost
+            return await self._queued(command)
+        self._keys.claim(key)
+        try:
+            return await self._queued(command)
+        finally:
+            self._keys.release(key)
+
+    async def _queued(self, command: Command) -> Result:
+        answer: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Waiting(command, answer))
+        self._arrived.set()
+        # If our caller is cancelled, so is `answer`, and the committer skips it.
+        return await answer
 
     async def _run(self) -> None:
         while self._queue or not self._stopping:

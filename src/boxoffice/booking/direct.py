@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from boxoffice.booking.locked import LockedWriter
 from boxoffice.db.database import Database
-from boxoffice.domain.commands import Command
+from boxoffice.domain.commands import Book, Command, PlaceHold
 from boxoffice.domain.decisions import Result
 from boxoffice.domain.errors import BoxofficeError
 from boxoffice.services.clock import Clock, system_clock
@@ -36,10 +36,9 @@ class DirectBooker:
 
     async def submit(self, command: Command) -> Result:
         """Apply `command` atomically and return its result, or raise and change nothing."""
-        check = getattr(command, "check_quantity", None)
-        if check is not None:
-            check(self._max_tickets)
-        with self._keys.claim(command.idempotency):
+        if isinstance(command, Book | PlaceHold):
+            command.check_quantity(self._max_tickets)
+        with self._keys.claimed(command.idempotency):
             applied = await self._writer.apply([command], self._clock())
         outcome = applied.outcomes[0]
         if isinstance(outcome, BoxofficeError):

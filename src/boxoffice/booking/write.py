@@ -39,7 +39,7 @@ from boxoffice.db.tables import (
     sections,
 )
 from boxoffice.domain.decisions import Effects
-from boxoffice.services.idempotency import encode
+from boxoffice.services.idempotency import encodable, encode
 
 PG_WRITE = text(
     """
@@ -113,9 +113,9 @@ PG_WRITE = text(
            AND (SELECT ok FROM checked)
     ), answers AS (
         INSERT INTO idempotency_keys (scope, key, fingerprint, outcome, created_at)
-        SELECT a.scope, a.key, a.fingerprint, a.outcome, :now
+        SELECT a.scope, a.key, a.fingerprint, CAST(a.outcome AS text), :now
           FROM json_to_recordset(CAST(:answers AS json))
-               AS a(scope text, key text, fingerprint text, outcome text)
+               AS a(scope text, key text, fingerprint text, outcome json)
          WHERE (SELECT ok FROM checked)
     ), trail AS (
         INSERT INTO audit_records (at, event_id, section_id, action, qty, outcome, reason,
@@ -230,7 +230,7 @@ def pg_parameters(effects: Effects, now: datetime) -> dict[str, Any]:
                     "scope": key.scope,
                     "key": key.key,
                     "fingerprint": key.fingerprint,
-                    "outcome": encode(outcome),
+                    "outcome": encodable(outcome),  # stored as its JSON text
                 }
                 for key, outcome in effects.answers
             ]

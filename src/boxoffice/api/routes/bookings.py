@@ -14,6 +14,7 @@ from boxoffice.api.deps import (
     idempotency_key,
     request_id,
 )
+from boxoffice.api.operation_links import CREATED_BOOKING, links
 from boxoffice.api.problems import problem_responses
 from boxoffice.api.routes.links import LINK_HEADER_DOC, set_next_link
 from boxoffice.api.schemas import BookIn, BookingOut, CustomerId
@@ -30,7 +31,7 @@ router = APIRouter(tags=["bookings"])
     "/book",
     status_code=201,
     response_model=BookingOut,
-    responses=problem_responses(400, 404, 409, 413, 422, 503),
+    responses={**links(CREATED_BOOKING), **problem_responses(400, 404, 409, 413, 422, 503)},
     summary="Book seats in a section: all of them, or none",
     openapi_extra=IDEMPOTENCY_KEY_DOC,
 )
@@ -45,7 +46,12 @@ async def book(
     key = (
         None
         if given is None
-        else idempotency(given, scope=body.customer_id, operation="book", request=body.model_dump())
+        else idempotency(
+            given,
+            scope=body.customer_id,
+            operation="book",
+            request=(body.event_id, body.section_id, body.qty, body.customer_id),
+        )
     )
     booking = await booker.submit(
         Book(

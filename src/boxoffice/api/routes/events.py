@@ -13,6 +13,7 @@ from boxoffice.api.deps import (
     idempotency_key,
     request_id,
 )
+from boxoffice.api.operation_links import CREATED_EVENT, links
 from boxoffice.api.problems import problem_responses
 from boxoffice.api.routes.links import LINK_HEADER_DOC, set_next_link
 from boxoffice.api.schemas import AuditRecordOut, EventIn, EventOut
@@ -40,7 +41,7 @@ def _spec(body: EventIn) -> EventSpec:
     "/events",
     status_code=201,
     response_model=EventOut,
-    responses=problem_responses(400, 409, 413, 422, 503),
+    responses={**links(CREATED_EVENT), **problem_responses(400, 409, 413, 422, 503)},
     summary="Create an event with its sections",
     openapi_extra=IDEMPOTENCY_KEY_DOC,
 )
@@ -59,7 +60,7 @@ async def create_event(
         request=body.model_dump(mode="json"),
     )
     in_flight = request.app.state.in_flight
-    with in_flight.claim(key):
+    with in_flight.claimed(key):
         event = await event_service.create_event(
             database, spec, clock(), idempotency=key, request_id=request_id(request, response)
         )
@@ -73,7 +74,7 @@ router.add_api_route(
     methods=["POST"],
     status_code=201,
     response_model=EventOut,
-    responses=problem_responses(400, 409, 413, 422, 503),
+    responses={**links(CREATED_EVENT), **problem_responses(400, 409, 413, 422, 503)},
     summary="Create an event (the original API's path)",
     operation_id="create_event_legacy",
     openapi_extra=IDEMPOTENCY_KEY_DOC,

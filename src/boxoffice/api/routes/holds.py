@@ -13,6 +13,7 @@ from boxoffice.api.deps import (
     idempotency_key,
     request_id,
 )
+from boxoffice.api.operation_links import CONFIRMED_HOLD, PLACED_HOLD, links
 from boxoffice.api.problems import problem_responses
 from boxoffice.api.schemas import ConfirmationOut, ConfirmIn, HoldIn, HoldOut
 from boxoffice.domain.commands import (
@@ -34,7 +35,7 @@ router = APIRouter(tags=["holds"])
     "/holds",
     status_code=201,
     response_model=HoldOut,
-    responses=problem_responses(400, 404, 409, 413, 422, 503),
+    responses={**links(PLACED_HOLD), **problem_responses(400, 404, 409, 413, 422, 503)},
     summary="Hold seats in one or more sections of an event: every item, or none",
     openapi_extra=IDEMPOTENCY_KEY_DOC,
 )
@@ -88,7 +89,7 @@ async def get_hold(hold_id: str, database: DatabaseDep, clock: ClockDep) -> Hold
     "/holds/{hold_id}/confirm",
     status_code=201,
     response_model=ConfirmationOut,
-    responses=problem_responses(400, 404, 409, 413, 422, 503),
+    responses={**links(CONFIRMED_HOLD), **problem_responses(400, 404, 409, 413, 422, 503)},
     summary="Confirm an active hold: one booking per item, with your payment reference",
     openapi_extra=IDEMPOTENCY_KEY_DOC,
 )
