@@ -4,9 +4,6 @@ processes (two workers), on both databases."""
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -14,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.server import ServerProcess
+from tests.support.server import ServerProcess, audit_verify
 
 pytestmark = pytest.mark.e2e
 
@@ -33,16 +30,6 @@ async def new_event(url: str, *capacities: int, cap: int | None = None) -> dict[
         assert response.status_code == 201, response.text
         event: dict[str, Any] = response.json()
         return event
-
-
-def audit_verify(database_url: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "boxoffice", "audit", "verify"],
-        env={**os.environ, "DATABASE_URL": database_url},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 async def test_a_retry_after_the_server_died_before_answering_gets_the_first_booking(

@@ -140,3 +140,14 @@ class ServerProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def audit_verify(database_url: str) -> subprocess.CompletedProcess[str]:
+    """`boxoffice audit verify` on `database_url`, as an operator runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "boxoffice", "audit", "verify"],
+        env={**os.environ, "DATABASE_URL": database_url},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
