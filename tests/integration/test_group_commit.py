@@ -15,6 +15,7 @@ import asyncio
 import sqlite3
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -335,29 +336,32 @@ async def test_unknown_targets_next_to_remembered_ones(
 
 
 def test_remembered_sections_are_bounded_and_hand_out_copies() -> None:
-    from boxoffice.booking.remembered import RememberedSections
+    from boxoffice.booking.remembered import Remembered
     from boxoffice.domain.model import Section
 
-    remembered = RememberedSections(max_size=2)
+    remembered = Remembered(max_size=2)
     ids = [str(uuid.uuid4()) for _ in range(3)]
     event = str(uuid.uuid4())
     remembered.remember({i: Section(i, event, "S", 1, 5, 5) for i in ids})
     assert len(remembered) == 2
-    assert remembered.inventory_for([Book(event, ids[0], 1)]) is None  # the oldest was dropped
-    copies = remembered.inventory_for([Book(event, ids[2], 1)])
+    assert remembered.inventory_for([Book(event, ids[0], 1)], NOW) is None  # the oldest was dropped
+    copies = remembered.inventory_for([Book(event, ids[2], 1)], NOW)
     assert copies is not None
     copies.sections[ids[2]].sell(5)
-    again = remembered.inventory_for([Book(event, ids[2], 1)])
+    again = remembered.inventory_for([Book(event, ids[2], 1)], NOW)
     assert again is not None
     assert again.sections[ids[2]].remaining == 5
 
 
+NOW = datetime(2026, 12, 1, 20, 0, tzinfo=UTC)
+
+
 def test_capped_customers_and_other_commands_are_not_decided_from_memory() -> None:
-    from boxoffice.booking.remembered import RememberedSections
+    from boxoffice.booking.remembered import Remembered
     from boxoffice.domain.commands import CancelBooking
     from boxoffice.domain.model import Section
 
-    remembered = RememberedSections()
+    remembered = Remembered()
     event, capped, free = (str(uuid.uuid4()) for _ in range(3))
     remembered.remember(
         {
@@ -365,10 +369,10 @@ def test_capped_customers_and_other_commands_are_not_decided_from_memory() -> No
             free: Section(free, event, "T", 1, 5, 5),
         }
     )
-    assert remembered.inventory_for([Book(event, capped, 1)]) is not None  # no customer named
-    assert remembered.inventory_for([Book(event, capped, 1, customer_id="c")]) is None
-    assert remembered.inventory_for([Book(event, free, 1, customer_id="c")]) is not None
-    assert remembered.inventory_for([CancelBooking(str(uuid.uuid4()))]) is None
+    assert remembered.inventory_for([Book(event, capped, 1)], NOW) is not None  # no customer named
+    assert remembered.inventory_for([Book(event, capped, 1, customer_id="c")], NOW) is None
+    assert remembered.inventory_for([Book(event, free, 1, customer_id="c")], NOW) is not None
+    assert remembered.inventory_for([CancelBooking(str(uuid.uuid4()))], NOW) is None
 
 
 @POSTGRESQL_ONLY
@@ -540,3 +544,60 @@ async def test_another_writer_past_the_busy_timeout_fails_the_batch_cleanly(
         await path.stop()
         await impatient.dispose()
     assert await inventory(database, s) == (10, 6, 4)
+
+
+def test_active_holds_placed_here_are_decided_from_memory_until_they_settle_or_expire() -> None:
+    from datetime import timedelta
+
+    from boxoffice.booking.remembered import Remembered
+    from boxoffice.domain.commands import ConfirmHold, ReleaseHold
+    from boxoffice.domain.model import Hold, HoldItem, Section
+
+    remembered = Remembered()
+    event, section, other = (str(uuid.uuid4()) for _ in range(3))
+    remembered.remember({section: Section(section, event, "S", 1, 5, 3, 2)})
+    hold = Hold(
+        str(uuid.uuid4()), event, "c", (HoldItem(section, 2, 1),), "active",
+        NOW + timedelta(minutes=5), NOW,
+    )  # fmt: skip
+    assert remembered.inventory_for([ConfirmHold(hold.id)], NOW) is None  # not placed here
+    remembered.remember_holds([hold], [])
+    found = remembered.inventory_for([ConfirmHold(hold.id), ReleaseHold(hold.id)], NOW)
+    assert found is not None
+    assert found.holds == {hold.id: hold}
+    assert remembered.inventory_for([ConfirmHold(hold.id)], hold.expires_at) is None  # expired
+    stranger = Hold(other, event, None, (HoldItem(str(uuid.uuid4()), 1, 1),), "active",
+                    NOW + timedelta(minutes=5), NOW)  # fmt: skip
+    remembered.remember_holds([stranger], [])
+    assert remembered.inventory_for([ConfirmHold(other)], NOW) is None  # section unknown
+    remembered.remember_holds([], [hold.settled("confirmed", NOW)])
+    assert remembered.inventory_for([ConfirmHold(hold.id)], NOW) is None  # settled: forgotten
+
+
+async def test_a_checkout_placed_here_is_confirmed_in_one_statement(
+    booker: BatchedBooker, database: Database
+) -> None:
+    """The hold and its confirmation both go the one-statement way once the section is
+    remembered; a hold released by another process meanwhile is found out by the
+    statement's checks, and the confirmation is decided again under lock."""
+    from boxoffice.domain.commands import ConfirmHold, HoldItemRequest, PlaceHold, ReleaseHold
+    from boxoffice.domain.errors import HoldNotActive
+
+    event = await new_event(database, 10)
+    s = event.sections[0].id
+    await warm(booker, event)  # 9 left, remembered
+    place = PlaceHold(event.id, (HoldItemRequest(s, 2),), 600)
+    hold = await booker.submit(place)
+    confirmed = await booker.submit(ConfirmHold(hold.id, "pi_1"))  # type: ignore[union-attr]
+    assert confirmed.hold.status == "confirmed"  # type: ignore[union-attr]
+    if database.dialect == "postgresql":
+        assert (booker.stats.verified, booker.stats.retried) == (2, 0)
+
+    other_process = DirectBooker(database, max_tickets_per_booking=10)
+    stale = await booker.submit(place)
+    await other_process.submit(ReleaseHold(stale.id))  # type: ignore[union-attr]
+    with pytest.raises(HoldNotActive):
+        await booker.submit(ConfirmHold(stale.id))  # type: ignore[union-attr]
+    if database.dialect == "postgresql":
+        assert booker.stats.retried == 1, "decided on the remembered hold"
+    assert await inventory(database, s) == (10, 7, 3)

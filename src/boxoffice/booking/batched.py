@@ -35,7 +35,7 @@ import structlog
 from boxoffice.booking.connections import KeptConnections
 from boxoffice.booking.locked import LockedWriter
 from boxoffice.booking.narrowing import Answer, answer_each
-from boxoffice.booking.remembered import RememberedSections, apply_if_unchanged
+from boxoffice.booking.remembered import Remembered, apply_if_unchanged
 from boxoffice.db.database import Database
 from boxoffice.db.errors import DatabaseUnavailable
 from boxoffice.domain.commands import Book, Command, PlaceHold
@@ -91,7 +91,7 @@ class BatchedBooker:
         postgresql = database.dialect == "postgresql"
         self._connections = KeptConnections(database) if postgresql else None
         self._locked = LockedWriter(database, self._connections)
-        self._remembered = RememberedSections() if postgresql else None
+        self._remembered = Remembered() if postgresql else None
         self.stats = BatchStats()
 
     async def start(self) -> None:
@@ -213,6 +213,7 @@ class BatchedBooker:
             raise
         if self._remembered is not None:
             self._remembered.remember(applied.sections)
+            self._remembered.remember_holds(applied.new_holds, applied.changed_holds)
         return applied.outcomes
 
     async def _apply_if_unchanged(
@@ -220,7 +221,7 @@ class BatchedBooker:
     ) -> list[Outcome] | None:
         assert self._remembered is not None
         assert self._connections is not None
-        inventory = self._remembered.inventory_for(commands)
+        inventory = self._remembered.inventory_for(commands, now)
         if inventory is None:
             return None
         conn = await self._connections.get(autocommit=True)

@@ -9,11 +9,18 @@ changed section's `version` with the remembered one and writes nothing at all
 unless every one matches, so every decision it commits was made on the true
 counts. No row lock is held across a network round trip.
 
+It also remembers the holds its batches placed, while they are active, so that
+a checkout's confirmation (or a release) is decided and written the same way:
+a hold's status only changes with seats moving in its sections, and the
+statement checks both the sections' versions and the hold's status anyway.
+
 The batch goes the locked way instead (the caller's `LockedWriter`) when:
 
-- a section it names is not remembered (first use, or forgotten as stale);
-- it holds anything but bookings and holds, or a customer of a capped event
-  (their tallies live in rows this process does not remember);
+- a section or hold it names is not remembered (first use, placed by another
+  process, or forgotten as stale), or the hold has expired (expiry gives seats
+  back, which is decided under lock);
+- it holds a cancellation, or touches a capped customer's tickets (their
+  tallies live in rows this process does not remember);
 - any command would be refused: a refusal must be decided on locked rows,
   where the seats of expired holds are given back first;
 - the statement finds a section changed (another process wrote it): those
@@ -25,7 +32,7 @@ The batch goes the locked way instead (the caller's `LockedWriter`) when:
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 
 import asyncpg
@@ -34,35 +41,50 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from boxoffice.booking.transaction import new_id
 from boxoffice.booking.write import PG_WRITE, pg_parameters
 from boxoffice.db.driver import DriverStatement
-from boxoffice.domain.commands import Book, Command, PlaceHold
+from boxoffice.domain.commands import Book, Command, ConfirmHold, PlaceHold, ReleaseHold
 from boxoffice.domain.decisions import Inventory, Outcome, decide
 from boxoffice.domain.errors import BoxofficeError
 from boxoffice.domain.ids import cached_canonical_id
-from boxoffice.domain.model import Section
+from boxoffice.domain.model import Hold, Section
 
 # Run on asyncpg directly: this statement is the hot path (see `db/driver.py`).
 _WRITE_IF_UNCHANGED = DriverStatement(PG_WRITE)
 
 
-class RememberedSections:
-    """The sections as this process's last committed batches left them (bounded, LRU)."""
+class Remembered:
+    """Sections as this process's last committed batches left them, and its active holds.
+
+    Both bounded, least recently used dropped first.
+    """
 
     def __init__(self, max_size: int = 100_000) -> None:
         self._sections: OrderedDict[str, Section] = OrderedDict()
+        self._holds: OrderedDict[str, Hold] = OrderedDict()
         self._max_size = max_size
 
     def __len__(self) -> int:
         return len(self._sections)
 
-    def inventory_for(self, commands: Sequence[Command]) -> Inventory | None:
-        """Working copies of every section `commands` name, or None if they need locks."""
+    def inventory_for(self, commands: Sequence[Command], now: datetime) -> Inventory | None:
+        """Working copies of all that `commands` touch, or None if they need locks."""
         found: dict[str, Section] = {}
+        holds: dict[str, Hold] = {}
         for command in commands:
             names: tuple[str, ...]
+            customer = None
             if isinstance(command, Book):
-                names = (command.section_id,)
+                names, customer = (command.section_id,), command.customer_id
             elif isinstance(command, PlaceHold):
                 names = tuple(item.section_id for item in command.items)
+                customer = command.customer_id
+            elif isinstance(command, ConfirmHold | ReleaseHold):
+                hold = self._active_hold(command.hold_id, now)
+                if hold is None:
+                    return None
+                holds[hold.id] = hold
+                names = tuple(item.section_id for item in hold.items)
+                if isinstance(command, ReleaseHold):
+                    customer = hold.customer_id  # a release gives tickets back
             else:
                 return None
             for name in names:
@@ -74,9 +96,16 @@ class RememberedSections:
                     if section is None:
                         return None
                     found[ident] = section.copy()
-                if command.customer_id is not None and found[ident].max_per_customer is not None:
+                if customer is not None and found[ident].max_per_customer is not None:
                     return None
-        return Inventory(sections=found)
+        return Inventory(sections=found, holds=holds)
+
+    def _active_hold(self, hold_id: str, now: datetime) -> Hold | None:
+        ident = cached_canonical_id(hold_id)
+        hold = None if ident is None else self._holds.get(ident)
+        if hold is None or hold.status != "active" or now >= hold.expires_at:
+            return None
+        return hold
 
     def remember(self, sections: Mapping[str, Section]) -> None:
         """Keep `sections` as they are; the caller hands them over and changes them no more."""
@@ -90,12 +119,21 @@ class RememberedSections:
         for section_id in section_ids:
             self._sections.pop(section_id, None)
 
+    def remember_holds(self, new: Iterable[Hold], changed: Iterable[Hold]) -> None:
+        """Keep the holds just placed; settled ones are never decided from memory."""
+        for hold in new:
+            self._holds[hold.id] = hold
+        for hold in changed:
+            self._holds.pop(hold.id, None)
+        while len(self._holds) > self._max_size:
+            self._holds.popitem(last=False)
+
 
 async def apply_if_unchanged(
     conn: AsyncConnection,
     commands: Sequence[Command],
     inventory: Inventory,
-    remembered: RememberedSections,
+    remembered: Remembered,
     now: datetime,
 ) -> list[Outcome] | None:
     """The outcomes, committed; or None when nothing was written and the batch needs locks.
@@ -119,4 +157,5 @@ async def apply_if_unchanged(
     for section in decisions.effects.sections.values():
         section.version += 1
     remembered.remember(decisions.effects.sections)
+    remembered.remember_holds(decisions.effects.new_holds, decisions.effects.changed_holds.values())
     return decisions.outcomes

@@ -15,7 +15,7 @@ runs it through `AsyncConnection.run_sync`, each statement awaited on asyncpg.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy import Connection
@@ -25,17 +25,19 @@ from boxoffice.booking.write import write_effects
 from boxoffice.domain.commands import Command
 from boxoffice.domain.decisions import Decisions, Inventory, Outcome, decide
 from boxoffice.domain.ids import IdPool
-from boxoffice.domain.model import Section
+from boxoffice.domain.model import Hold, Section
 
 new_id = IdPool()
 
 
 @dataclass(slots=True)
 class Applied:
-    """One outcome per command, and the locked sections as the commit leaves them."""
+    """One outcome per command; the locked sections and the holds as the commit leaves them."""
 
     outcomes: list[Outcome]
     sections: dict[str, Section]
+    new_holds: list[Hold] = field(default_factory=list)
+    changed_holds: list[Hold] = field(default_factory=list)
 
 
 def apply_commands(conn: Connection, commands: Sequence[Command], now: datetime) -> Applied:
@@ -45,7 +47,13 @@ def apply_commands(conn: Connection, commands: Sequence[Command], now: datetime)
     if decisions.short and load_expired(conn, inventory, commands, now):
         decisions = decide(commands, working_copy(inventory), now, new_id, expired_loaded=True)
     write_effects(conn, decisions.effects, now)
-    return Applied(decisions.outcomes, sections_after(inventory, decisions))
+    effects = decisions.effects
+    return Applied(
+        decisions.outcomes,
+        sections_after(inventory, decisions),
+        effects.new_holds,
+        list(effects.changed_holds.values()),
+    )
 
 
 def working_copy(inventory: Inventory) -> Inventory:

@@ -50,9 +50,22 @@ PG_WRITE = text(
         -- Row locks in id order, as everywhere: processes cannot deadlock.
         SELECT s.id, s.version FROM sections AS s
          WHERE s.id IN (SELECT id FROM s_new) ORDER BY s.id FOR UPDATE
+    ), h_new_status AS (
+        SELECT * FROM json_to_recordset(CAST(:settled AS json))
+                   AS c(id uuid, status text, expected text)
+    ), h_locked AS (
+        -- After the sections (their CTE is evaluated first): the same order as every
+        -- locked batch, which locks sections, then writes holds.
+        SELECT h.id, h.status FROM holds AS h
+         WHERE h.id IN (SELECT id FROM h_new_status)
+           AND (SELECT count(*) FROM s_locked) >= 0
+         ORDER BY h.id FOR UPDATE
     ), checked AS (
         SELECT count(*) FILTER (WHERE l.version = n.expected)
-                   = (SELECT count(*) FROM s_new) AS ok,
+                   = (SELECT count(*) FROM s_new)
+               AND (SELECT count(*) FROM h_locked JOIN h_new_status AS c USING (id)
+                     WHERE h_locked.status = c.expected)
+                   = (SELECT count(*) FROM h_new_status) AS ok,
                array_agg(CAST(l.id AS text)) FILTER (WHERE l.version <> n.expected) AS stale
           FROM s_locked AS l JOIN s_new AS n ON n.id = l.id
     ), s_write AS (
@@ -75,8 +88,10 @@ PG_WRITE = text(
                     unit bigint, expires_at timestamptz)
          WHERE (SELECT ok FROM checked)
     ), h_write AS (
-        UPDATE holds AS h SET status = c.status, settled_at = :now
-          FROM json_to_recordset(CAST(:settled AS json)) AS c(id uuid, status text)
+        UPDATE holds AS h
+           SET status = c.status,
+               settled_at = CASE WHEN c.status = c.expected THEN h.settled_at ELSE :now END
+          FROM h_new_status AS c
          WHERE h.id = c.id AND (SELECT ok FROM checked)
     ), i_write AS (
         UPDATE hold_items AS i SET active = false
@@ -186,7 +201,10 @@ def pg_parameters(effects: Effects, now: datetime) -> dict[str, Any]:
             ]
         ),
         "settled": _rows(
-            [{"id": h.id, "status": h.status} for h in effects.changed_holds.values()]
+            [
+                {"id": h.id, "status": h.status, "expected": effects.hold_statuses[h.id]}
+                for h in effects.changed_holds.values()
+            ]
         ),
         "freed": _rows(
             [{"hold_id": hold, "section_id": section} for hold, section in effects.freed_items]
@@ -299,7 +317,7 @@ _S_WRITE = (
 )
 _H_WRITE = (
     update(holds)
-    .where(holds.c.id == bindparam("h_id"))
+    .where(holds.c.id == bindparam("h_id"), holds.c.status == bindparam("h_expected"))
     .values(status=bindparam("h_status"), settled_at=bindparam("h_at"))
 )
 _I_WRITE = (
@@ -378,13 +396,17 @@ def _write_sqlite(conn: Connection, effects: Effects, now: datetime) -> None:
             ],
         )
     if effects.changed_holds:
-        conn.execute(
-            _H_WRITE,
-            [
-                {"h_id": uuid.UUID(h.id), "h_status": h.status, "h_at": now}
-                for h in effects.changed_holds.values()
-            ],
-        )
+        rows = [
+            {
+                "h_id": uuid.UUID(h.id),
+                "h_status": h.status,
+                "h_expected": effects.hold_statuses[h.id],
+                "h_at": now,
+            }
+            for h in effects.changed_holds.values()
+        ]
+        if conn.execute(_H_WRITE, rows).rowcount != len(rows):
+            raise LostUpdate("holds changed under the batch's write lock")
     if effects.freed_items:
         conn.execute(
             _I_WRITE,

@@ -101,6 +101,7 @@ class Effects:
     changed_bookings: dict[str, Booking] = field(default_factory=dict)
     new_holds: list[Hold] = field(default_factory=list)
     changed_holds: dict[str, Hold] = field(default_factory=dict)
+    hold_statuses: dict[str, str] = field(default_factory=dict)  # each one's status as loaded
     freed_items: list[tuple[str, str]] = field(default_factory=list)  # (hold id, section id)
     tally_changes: dict[Tally, int] = field(default_factory=dict)  # tickets added (or taken)
     tally_limits: dict[Tally, int] = field(default_factory=dict)  # the event's cap, per row
@@ -346,6 +347,7 @@ class _Deciding:
                 if not item.active or section is None:
                     continue  # its seats are free already, or given back when it is loaded
                 self.changing(section).free_held(item.qty)
+                self.effects.hold_statuses.setdefault(hold.id, self.inv.holds[hold.id].status)
                 hold = hold.without_seats_in(item.section_id)
                 self.inv.holds[hold.id] = hold
                 self.effects.changed_holds[hold.id] = hold
@@ -377,6 +379,7 @@ class _Deciding:
         return section
 
     def settle(self, hold: Hold, status: str) -> Hold:
+        self.effects.hold_statuses.setdefault(hold.id, hold.status)
         settled = hold.settled(status, self.now)  # type: ignore[arg-type]
         self.inv.holds[hold.id] = settled
         self.effects.changed_holds[hold.id] = settled
