@@ -160,13 +160,18 @@ async def test_hold_quantities_are_limited_per_item_and_in_all(client: httpx.Asy
     assert_problem(await client.post("/holds", json=together), 400, "validation_error")
     twice = {"eventId": event["id"], "items": [{"sectionId": section, "qty": 1}] * 2}
     assert_problem(await client.post("/holds", json=twice), 400, "validation_error")
-    long_reference = {"paymentReference": "p" * 256}
+    spelt_twice = {
+        "eventId": event["id"],
+        "items": [{"sectionId": section, "qty": 1}, {"sectionId": section.upper(), "qty": 1}],
+    }
+    assert_problem(await client.post("/holds", json=spelt_twice), 400, "validation_error")
     hold = (await client.post("/holds", json=hold_body(event, 1))).json()
-    assert_problem(
-        await client.post(f"/holds/{hold['id']}/confirm", json=long_reference),
-        400,
-        "validation_error",
-    )
+    for reference in ("p" * 256, "pi_\u0000", "pi\n1"):
+        assert_problem(
+            await client.post(f"/holds/{hold['id']}/confirm", json={"paymentReference": reference}),
+            400,
+            "validation_error",
+        )
     assert await counts(client, event) == [(4, 1, 0), (100, 0, 0)]
 
 

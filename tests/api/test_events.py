@@ -90,6 +90,8 @@ BAD_EVENTS: list[tuple[str, Any]] = [
     ("blank name", {"name": "   ", "sections": [section()]}),
     ("name too long", {"name": "x" * 201, "sections": [section()]}),
     ("name not a string", {"name": 5, "sections": [section()]}),
+    ("NUL in the name", {"name": "Con\u0000cert", "sections": [section()]}),
+    ("newline in a section name", {"name": "x", "sections": [section(name="G\nA")]}),
     ("section name empty", {"name": "x", "sections": [section(name="")]}),
     ("section name too long", {"name": "x", "sections": [section(name="s" * 201)]}),
     ("duplicate sections", {"name": "x", "sections": [section(), section()]}),

@@ -176,7 +176,6 @@ def test_an_expired_hold_frees_its_customers_allowance_once() -> None:
     hold = held(H, NOW, (A, 3), customer="c1")
     inv = inventory_with_hold(hold, cap=4)
     inv.tallies[(EVENT, "c1")] = 3
-    inv.stored_tallies.add((EVENT, "c1"))
     booked, refused = run(inv, Book(EVENT, B, 4, "c1"), Book(EVENT, B, 1, "c1"))
     assert isinstance(booked, Booking)
     assert isinstance(refused, CustomerLimitExceeded)

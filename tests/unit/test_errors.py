@@ -74,3 +74,25 @@ def test_every_concrete_domain_error_is_checked_above() -> None:
     checked = {type(error) for error in ERRORS}
     abstract = {NotFound, Conflict}  # raised only through its subclasses
     assert _subclasses(BoxofficeError) - abstract <= checked
+
+
+def test_only_races_a_second_look_resolves_are_retried() -> None:
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    from boxoffice.booking.locked import worth_a_second_look
+    from boxoffice.booking.write import LostUpdate
+    from boxoffice.db.errors import DatabaseUnavailable
+
+    class Deadlock(Exception):
+        sqlstate = "40P01"
+
+    wrapped = DatabaseUnavailable("deadlock")
+    wrapped.__cause__ = OperationalError("UPDATE", {}, Deadlock())
+    assert worth_a_second_look(LostUpdate("hold expired meanwhile"))
+    assert worth_a_second_look(wrapped)
+    assert worth_a_second_look(
+        IntegrityError("INSERT", {}, Exception('violates "pk_idempotency_keys"'))
+    )
+    assert not worth_a_second_look(IntegrityError("INSERT", {}, Exception("ck_sections_seats")))
+    assert not worth_a_second_look(DatabaseUnavailable("connection refused"))
+    assert not worth_a_second_look(RuntimeError("a bug"))

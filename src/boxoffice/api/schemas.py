@@ -55,9 +55,17 @@ Money = Annotated[
     PlainSerializer(_money_json, return_type=Any, when_used="json"),
     WithJsonSchema({"type": "number", "examples": [49.99]}),
 ]
+# No control characters (NUL, newlines…) in free text: PostgreSQL's text refuses NUL.
+NO_CONTROL_CHARACTERS = r"^[^\x00-\x1f\x7f]*$"
 Name = Annotated[
     str,
-    StringConstraints(strict=True, strip_whitespace=True, min_length=1, max_length=MAX_NAME_LENGTH),
+    StringConstraints(
+        strict=True,
+        strip_whitespace=True,
+        min_length=1,
+        max_length=MAX_NAME_LENGTH,
+        pattern=NO_CONTROL_CHARACTERS,
+    ),
 ]
 Id = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=ID_MAX_LENGTH)]
 CustomerId = Annotated[
@@ -135,7 +143,12 @@ class HoldIn(_Request):
 class ConfirmIn(_Request):
     payment_reference: Annotated[
         str | None,
-        StringConstraints(strict=True, min_length=1, max_length=MAX_PAYMENT_REFERENCE_LENGTH),
+        StringConstraints(
+            strict=True,
+            min_length=1,
+            max_length=MAX_PAYMENT_REFERENCE_LENGTH,
+            pattern=NO_CONTROL_CHARACTERS,
+        ),
         Field(description="Your payment provider's id for the payment (a Stripe PaymentIntent)."),
     ] = None
 

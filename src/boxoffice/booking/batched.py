@@ -38,7 +38,7 @@ from boxoffice.booking.narrowing import Answer, answer_each
 from boxoffice.booking.remembered import Remembered, apply_if_unchanged
 from boxoffice.db.database import Database
 from boxoffice.db.errors import DatabaseUnavailable
-from boxoffice.domain.commands import Book, Command, PlaceHold
+from boxoffice.domain.commands import Book, Command, ConfirmHold, PlaceHold, ReleaseHold
 from boxoffice.domain.decisions import Outcome, Result
 from boxoffice.services.clock import Clock, system_clock
 from boxoffice.services.idempotency import InFlight
@@ -214,6 +214,10 @@ class BatchedBooker:
         if self._remembered is not None:
             self._remembered.remember(applied.sections)
             self._remembered.remember_holds(applied.new_holds, applied.changed_holds)
+            # Settled by another process, or found expired: not worth a try from memory.
+            self._remembered.forget_holds(
+                c.hold_id for c in commands if isinstance(c, ConfirmHold | ReleaseHold)
+            )
         return applied.outcomes
 
     async def _apply_if_unchanged(

@@ -36,6 +36,8 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, bindparam, or_, select, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from boxoffice.db.rows import booking_from_row, hold_from_row, section_from_row
 from boxoffice.db.tables import (
@@ -266,22 +268,36 @@ def _load_holds(conn: Connection, inventory: Inventory, hold_ids: set[str]) -> d
 def _load_tallies(
     conn: Connection, inventory: Inventory, commands: Sequence[Command], limits: dict[str, int]
 ) -> None:
-    """Lock the tallies of capped customers the batch may change; 0 for those with none."""
-    wanted: set[Tally] = set()
+    """Lock the tallies of capped customers the batch may change, made first if need be.
+
+    A customer's first tickets in an event have no row to lock yet: two processes
+    would both read 0 and the second would trip the CHECK. So every wanted row is
+    made (0 tickets, nothing if it exists), then locked, in key order.
+    """
+    wanted: dict[Tally, int] = {}  # -> the event's cap
     for command in commands:
         if isinstance(command, Book | PlaceHold) and command.customer_id is not None:
             for section in _sections_of(command, inventory)[:1]:
                 if section.max_per_customer is not None:
-                    wanted.add((section.event_id, command.customer_id))
+                    wanted[(section.event_id, command.customer_id)] = section.max_per_customer
     for hold in inventory.holds.values():
         if hold.customer_id is not None and hold.event_id in limits:
-            wanted.add((hold.event_id, hold.customer_id))
+            wanted[(hold.event_id, hold.customer_id)] = limits[hold.event_id]
     for booking in inventory.bookings.values():
         if booking.customer_id is not None and booking.event_id in limits:
-            wanted.add((booking.event_id, booking.customer_id))
-    wanted -= set(inventory.tallies)
+            wanted[(booking.event_id, booking.customer_id)] = limits[booking.event_id]
+    for key in inventory.tallies:
+        wanted.pop(key, None)
     if not wanted:
         return
+    insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    conn.execute(
+        insert(customer_tickets).on_conflict_do_nothing(),
+        [
+            {"event_id": as_uuid(event), "customer_id": customer, "tickets": 0, "max_tickets": cap}
+            for (event, customer), cap in sorted(wanted.items())
+        ],
+    )
     query = (
         select(
             customer_tickets.c.event_id, customer_tickets.c.customer_id, customer_tickets.c.tickets
@@ -292,12 +308,8 @@ def _load_tallies(
         .order_by(customer_tickets.c.event_id, customer_tickets.c.customer_id)
         .with_for_update()
     )
-    for key in wanted:
-        inventory.tallies[key] = 0
     for row in conn.execute(query):
-        key = (str(row.event_id), row.customer_id)
-        inventory.tallies[key] = row.tickets
-        inventory.stored_tallies.add(key)
+        inventory.tallies[(str(row.event_id), row.customer_id)] = row.tickets
 
 
 def _load_answers(conn: Connection, inventory: Inventory, commands: Sequence[Command]) -> None:

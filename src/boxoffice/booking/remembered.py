@@ -128,6 +128,12 @@ class Remembered:
         while len(self._holds) > self._max_size:
             self._holds.popitem(last=False)
 
+    def forget_holds(self, hold_ids: Iterable[str]) -> None:
+        for hold_id in hold_ids:
+            ident = cached_canonical_id(hold_id)
+            if ident is not None:
+                self._holds.pop(ident, None)
+
 
 async def apply_if_unchanged(
     conn: AsyncConnection,

@@ -63,7 +63,6 @@ def working_copy(inventory: Inventory) -> Inventory:
         holds=dict(inventory.holds),
         bookings=dict(inventory.bookings),
         tallies=dict(inventory.tallies),
-        stored_tallies=inventory.stored_tallies,
         events=inventory.events,
         answers=inventory.answers,
         busy_keys=inventory.busy_keys,

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, insert, text, update
+from sqlalchemy import Connection, bindparam, case, insert, text, update
 
 from boxoffice.booking.load import as_uuid
 from boxoffice.db.tables import (
@@ -60,12 +60,22 @@ PG_WRITE = text(
          WHERE h.id IN (SELECT id FROM h_new_status)
            AND (SELECT count(*) FROM s_locked) >= 0
          ORDER BY h.id FOR UPDATE
+    ), a_new AS (
+        SELECT * FROM json_to_recordset(CAST(:answers AS json))
+                   AS a(scope text, key text, fingerprint text, outcome json)
+    ), claimed AS (
+        -- The idempotency keys, claimed as the locked path claims them (load.py): a key
+        -- another transaction holds means "in progress", decided under lock.
+        SELECT COALESCE(bool_and(pg_try_advisory_xact_lock(
+                   hashtextextended(a.scope || chr(31) || a.key, 0))), true) AS ok
+          FROM (SELECT scope, key FROM a_new ORDER BY scope, key) AS a
     ), checked AS (
         SELECT count(*) FILTER (WHERE l.version = n.expected)
                    = (SELECT count(*) FROM s_new)
                AND (SELECT count(*) FROM h_locked JOIN h_new_status AS c USING (id)
                      WHERE h_locked.status = c.expected)
-                   = (SELECT count(*) FROM h_new_status) AS ok,
+                   = (SELECT count(*) FROM h_new_status)
+               AND (SELECT ok FROM claimed) AS ok,
                array_agg(CAST(l.id AS text)) FILTER (WHERE l.version <> n.expected) AS stale
           FROM s_locked AS l JOIN s_new AS n ON n.id = l.id
     ), s_write AS (
@@ -110,16 +120,6 @@ PG_WRITE = text(
         UPDATE bookings AS b SET status = 'cancelled', cancelled_at = :now
           FROM json_to_recordset(CAST(:cancelled AS json)) AS c(id uuid)
          WHERE b.id = c.id AND (SELECT ok FROM checked)
-    ), t_new AS (
-        -- A customer's first tickets in a capped event; another process may have
-        -- made the row meanwhile, and the CHECK refuses the sum if it is over the cap.
-        INSERT INTO customer_tickets (event_id, customer_id, tickets, max_tickets)
-        SELECT t.event_id, t.customer_id, t.delta, t.max_tickets
-          FROM json_to_recordset(CAST(:new_tallies AS json))
-               AS t(event_id uuid, customer_id text, delta integer, max_tickets integer)
-         WHERE (SELECT ok FROM checked)
-        ON CONFLICT (event_id, customer_id)
-        DO UPDATE SET tickets = customer_tickets.tickets + EXCLUDED.tickets
     ), t_write AS (
         UPDATE customer_tickets AS c SET tickets = c.tickets + t.delta
           FROM json_to_recordset(CAST(:tallies AS json))
@@ -129,8 +129,7 @@ PG_WRITE = text(
     ), answers AS (
         INSERT INTO idempotency_keys (scope, key, fingerprint, outcome, created_at)
         SELECT a.scope, a.key, a.fingerprint, CAST(a.outcome AS text), :now
-          FROM json_to_recordset(CAST(:answers AS json))
-               AS a(scope text, key text, fingerprint text, outcome json)
+          FROM a_new AS a
          WHERE (SELECT ok FROM checked)
     ), trail AS (
         INSERT INTO audit_records (at, event_id, section_id, action, qty, outcome, reason,
@@ -159,7 +158,6 @@ def _rows(rows: Sequence[dict[str, Any]]) -> str:
 
 def pg_parameters(effects: Effects, now: datetime) -> dict[str, Any]:
     """The parameters of `PG_WRITE`: `now`, and one JSON list of rows per table."""
-    stored, new = _tallies(effects)
     return {
         "now": now,
         "sections": _rows(
@@ -225,21 +223,10 @@ def pg_parameters(effects: Effects, now: datetime) -> dict[str, Any]:
             ]
         ),
         "cancelled": _rows([{"id": ident} for ident in effects.changed_bookings]),
-        "new_tallies": _rows(
-            [
-                {
-                    "event_id": event,
-                    "customer_id": customer,
-                    "delta": delta,
-                    "max_tickets": effects.tally_limits[(event, customer)],
-                }
-                for (event, customer), delta in new
-            ]
-        ),
         "tallies": _rows(
             [
                 {"event_id": event, "customer_id": customer, "delta": delta}
-                for (event, customer), delta in stored
+                for (event, customer), delta in _tally_changes(effects)
             ]
         ),
         "answers": _rows(
@@ -274,21 +261,14 @@ def pg_parameters(effects: Effects, now: datetime) -> dict[str, Any]:
     }
 
 
-Changes = list[tuple[tuple[str, str], int]]
-
-
-def _tallies(effects: Effects) -> tuple[Changes, Changes]:
-    """(changes to rows that exist, first tickets of customers with no row yet)."""
-    stored: Changes = []
-    new: Changes = []
-    for key, delta in sorted(effects.tally_changes.items()):
-        if delta:
-            (stored if key in effects.stored_tallies else new).append((key, delta))
-    return stored, new
+def _tally_changes(effects: Effects) -> list[tuple[tuple[str, str], int]]:
+    """Tickets added to or taken from each customer's tally (its row exists: see load.py)."""
+    return [(key, delta) for key, delta in sorted(effects.tally_changes.items()) if delta]
 
 
 class LostUpdate(RuntimeError):
-    """A locked section changed under us: a bug, never a customer's problem."""
+    """A row the batch decided on changed under it (a hold another transaction expired
+    meanwhile): nothing was written, and the batch is decided again (`locked.py`)."""
 
 
 def write_effects(conn: Connection, effects: Effects, now: datetime) -> None:
@@ -298,7 +278,7 @@ def write_effects(conn: Connection, effects: Effects, now: datetime) -> None:
     if conn.dialect.name == "postgresql":
         ok, stale = conn.execute(PG_WRITE, pg_parameters(effects, now)).one()
         if not ok:
-            raise LostUpdate(f"locked sections changed under the batch: {stale}")
+            raise LostUpdate(f"rows changed under the batch (stale sections: {stale})")
         return
     _write_sqlite(conn, effects, now)
 
@@ -318,7 +298,14 @@ _S_WRITE = (
 _H_WRITE = (
     update(holds)
     .where(holds.c.id == bindparam("h_id"), holds.c.status == bindparam("h_expected"))
-    .values(status=bindparam("h_status"), settled_at=bindparam("h_at"))
+    .values(
+        status=bindparam("h_status"),
+        # An expired hold's seats coming back later leave its settled_at alone.
+        settled_at=case(
+            (bindparam("h_status") == bindparam("h_expected"), holds.c.settled_at),
+            else_=bindparam("h_at"),
+        ),
+    )
 )
 _I_WRITE = (
     update(hold_items)
@@ -333,7 +320,6 @@ _B_WRITE = (
     .where(bookings.c.id == bindparam("b_id"))
     .values(status="cancelled", cancelled_at=bindparam("b_at"))
 )
-_T_NEW = insert(customer_tickets)
 _T_WRITE = (
     update(customer_tickets)
     .where(
@@ -440,26 +426,13 @@ def _write_sqlite(conn: Connection, effects: Effects, now: datetime) -> None:
             _B_WRITE,
             [{"b_id": uuid.UUID(ident), "b_at": now} for ident in effects.changed_bookings],
         )
-    stored, new = _tallies(effects)
-    if stored:
+    tallies = _tally_changes(effects)
+    if tallies:
         conn.execute(
             _T_WRITE,
             [
                 {"t_event": as_uuid(event), "t_customer": customer, "t_delta": delta}
-                for (event, customer), delta in stored
-            ],
-        )
-    if new:  # no other process writes while SQLite's write lock is ours
-        conn.execute(
-            _T_NEW,
-            [
-                {
-                    "event_id": as_uuid(event),
-                    "customer_id": customer,
-                    "tickets": delta,
-                    "max_tickets": effects.tally_limits[(event, customer)],
-                }
-                for (event, customer), delta in new
+                for (event, customer), delta in tallies
             ],
         )
     if effects.answers:

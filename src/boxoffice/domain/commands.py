@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from boxoffice.domain.errors import InvalidRequest
+from boxoffice.domain.ids import cached_canonical_id
 from boxoffice.domain.model import Booking, Hold
 
 
@@ -74,11 +75,13 @@ class PlaceHold:
         seen: set[str] = set()
         for index, item in enumerate(self.items):
             check_quantity(item.qty, max_tickets, f"items.{index}.qty")
-            if item.section_id in seen:
+            # However the id is spelt (case, braces, no hyphens): it names one section.
+            section = cached_canonical_id(item.section_id) or item.section_id
+            if section in seen:
                 raise InvalidRequest(
                     "Each section may appear once in a hold.", field=f"items.{index}.sectionId"
                 )
-            seen.add(item.section_id)
+            seen.add(section)
         check_quantity(sum(item.qty for item in self.items), max_tickets, "items")
 
     @property

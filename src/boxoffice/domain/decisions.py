@@ -74,8 +74,7 @@ class Inventory:
     """The stored rows a batch's commands may read, keyed by canonical id.
 
     `tallies` hold the tickets (active holds + confirmed bookings) of each
-    customer in an event with a `max_per_customer`, and only those (0 for a
-    customer with no row yet). `events`
+    customer in an event with a `max_per_customer`, and only those. `events`
     are the events known to exist among those the commands name (to tell an
     unknown event from a section of another event). `busy_keys` are
     idempotency keys another transaction is using right now.
@@ -85,7 +84,6 @@ class Inventory:
     holds: dict[str, Hold] = field(default_factory=dict)
     bookings: dict[str, Booking] = field(default_factory=dict)
     tallies: dict[Tally, int] = field(default_factory=dict)
-    stored_tallies: set[Tally] = field(default_factory=set)  # those with a row already
     events: set[str] = field(default_factory=set)
     answers: dict[tuple[str, str], StoredAnswer] = field(default_factory=dict)
     busy_keys: set[tuple[str, str]] = field(default_factory=set)
@@ -104,8 +102,6 @@ class Effects:
     hold_statuses: dict[str, str] = field(default_factory=dict)  # each one's status as loaded
     freed_items: list[tuple[str, str]] = field(default_factory=list)  # (hold id, section id)
     tally_changes: dict[Tally, int] = field(default_factory=dict)  # tickets added (or taken)
-    tally_limits: dict[Tally, int] = field(default_factory=dict)  # the event's cap, per row
-    stored_tallies: set[Tally] = field(default_factory=set)  # changed rows that exist already
     answers: list[tuple[Idempotency, Outcome]] = field(default_factory=list)
     audit: list[AuditRecord] = field(default_factory=list)
 
@@ -329,7 +325,10 @@ class _Deciding:
 
     def sweep(self, command: SweepExpired) -> Outcome:
         # give_back_expired did the work for every expired hold the snapshot holds.
-        return Swept(sum(r.qty for r in self.effects.audit if r.action == "expire"))
+        named = {cached_canonical_id(ident) for ident in command.section_ids}
+        return Swept(
+            sum(r.qty for r in self.effects.audit if r.action == "expire" and r.section_id in named)
+        )
 
     # Expired holds ------------------------------------------------------------------
 
@@ -413,8 +412,6 @@ class _Deciding:
         key = (section.event_id, customer_id)
         self.inv.tallies[key] = self.inv.tallies.get(key, 0) + qty
         self.effects.tally_changes[key] = self.effects.tally_changes.get(key, 0) + qty
-        self.effects.tally_limits[key] = section.max_per_customer
-        self.note_stored(key)
 
     def take_tickets(self, event_id: str, customer_id: str | None, qty: int) -> None:
         key = (event_id, customer_id or "")
@@ -422,11 +419,6 @@ class _Deciding:
             return  # no cap on this event: no tally kept
         self.inv.tallies[key] -= qty
         self.effects.tally_changes[key] = self.effects.tally_changes.get(key, 0) - qty
-        self.note_stored(key)
-
-    def note_stored(self, key: Tally) -> None:
-        if key in self.inv.stored_tallies:
-            self.effects.stored_tallies.add(key)
 
     # The audit trail ---------------------------------------------------------------
 

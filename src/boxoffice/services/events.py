@@ -124,14 +124,18 @@ async def create_event(
     return event
 
 
-def sections_as_seen(now: datetime) -> Any:
-    """Sections with the seats of expired holds counted as remaining: one statement."""
+def sections_as_seen(now: datetime, event_ids: list[uuid.UUID]) -> Any:
+    """The events' sections, the seats of expired holds counted as remaining: one statement."""
     expired = (
         select(
             hold_items.c.section_id,
             func.sum(hold_items.c.qty).label("expired"),
         )
-        .where(hold_items.c.active, hold_items.c.expires_at <= now)
+        .where(
+            hold_items.c.event_id.in_(event_ids),  # only these events' holds are summed
+            hold_items.c.active,
+            hold_items.c.expires_at <= now,
+        )
         .group_by(hold_items.c.section_id)
         .subquery()
     )
@@ -151,7 +155,7 @@ async def get_event(database: Database, event_id: str, now: datetime) -> Event:
             raise EventNotFound(event_id)
         section_rows = (
             await uow.conn.execute(
-                sections_as_seen(now)
+                sections_as_seen(now, [ident])
                 .where(sections.c.event_id == ident)
                 .order_by(sections.c.position)
             )
@@ -172,7 +176,7 @@ async def list_events(
         by_event: dict[uuid.UUID, list[Row[Any]]] = {row.id: [] for row in page}
         if by_event:
             section_rows = await uow.conn.execute(
-                sections_as_seen(now)
+                sections_as_seen(now, list(by_event))
                 .where(sections.c.event_id.in_(list(by_event)))
                 .order_by(sections.c.event_id, sections.c.position)
             )
