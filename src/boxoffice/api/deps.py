@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import itertools
 import os
-from typing import Annotated, Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, Generic, TypeVar
 
 from fastapi import Depends, Query, Request, Response
 
@@ -35,66 +37,53 @@ DatabaseDep = Annotated[Database, Depends(_database)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
 
 
-class PageParams:
+C = TypeVar("C")
+
+LimitQuery = Annotated[
+    int | None,
+    Query(ge=1, le=1000, description="Page size: default 100, at most MAX_PAGE_SIZE (1000)."),
+]
+CursorQuery = Annotated[
+    str | None,
+    Query(
+        min_length=1,
+        max_length=MAX_CURSOR_LENGTH,
+        description='Opaque cursor from the previous page\'s `Link: rel="next"`.',
+    ),
+]
+
+
+@dataclass(frozen=True, slots=True)
+class PageParams(Generic[C]):
     """`?limit=&cursor=`, checked against the configured page size."""
 
-    def __init__(self, limit: int, cursor: Cursor | None) -> None:
-        self.limit = limit
-        self.cursor = cursor
+    limit: int
+    cursor: C | None
+
+    @classmethod
+    def parse(
+        cls, settings: Settings, limit: int | None, cursor: str | None, decode: Callable[[str], C]
+    ) -> PageParams[C]:
+        size = settings.default_page_size if limit is None else limit
+        check_limit(size, settings.max_page_size)
+        return cls(size, None if cursor is None else decode(cursor))
 
 
 async def _page_params(
-    settings: SettingsDep,
-    limit: Annotated[
-        int | None,
-        Query(ge=1, le=1000, description="Page size: default 100, at most MAX_PAGE_SIZE (1000)."),
-    ] = None,
-    cursor: Annotated[
-        str | None,
-        Query(
-            min_length=1,
-            max_length=MAX_CURSOR_LENGTH,
-            description='Opaque cursor from the previous page\'s `Link: rel="next"`.',
-        ),
-    ] = None,
-) -> PageParams:
-    size = settings.default_page_size if limit is None else limit
-    check_limit(size, settings.max_page_size)
-    return PageParams(size, None if cursor is None else Cursor.decode(cursor))
-
-
-PageDep = Annotated[PageParams, Depends(_page_params)]
-
-
-class SeqPageParams:
-    """`?limit=&cursor=` for lists read oldest first (the audit trail)."""
-
-    def __init__(self, limit: int, cursor: SeqCursor | None) -> None:
-        self.limit = limit
-        self.cursor = cursor
+    settings: SettingsDep, limit: LimitQuery = None, cursor: CursorQuery = None
+) -> PageParams[Cursor]:
+    return PageParams.parse(settings, limit, cursor, Cursor.decode)
 
 
 async def _seq_page_params(
-    settings: SettingsDep,
-    limit: Annotated[
-        int | None,
-        Query(ge=1, le=1000, description="Page size: default 100, at most MAX_PAGE_SIZE (1000)."),
-    ] = None,
-    cursor: Annotated[
-        str | None,
-        Query(
-            min_length=1,
-            max_length=MAX_CURSOR_LENGTH,
-            description='Opaque cursor from the previous page\'s `Link: rel="next"`.',
-        ),
-    ] = None,
-) -> SeqPageParams:
-    size = settings.default_page_size if limit is None else limit
-    check_limit(size, settings.max_page_size)
-    return SeqPageParams(size, None if cursor is None else SeqCursor.decode(cursor))
+    settings: SettingsDep, limit: LimitQuery = None, cursor: CursorQuery = None
+) -> PageParams[SeqCursor]:
+    """For lists read oldest first (the audit trail)."""
+    return PageParams.parse(settings, limit, cursor, SeqCursor.decode)
 
 
-SeqPageDep = Annotated[SeqPageParams, Depends(_seq_page_params)]
+PageDep = Annotated[PageParams[Cursor], Depends(_page_params)]
+SeqPageDep = Annotated[PageParams[SeqCursor], Depends(_seq_page_params)]
 
 
 async def _clock(request: Request) -> Clock:

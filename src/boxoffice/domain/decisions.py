@@ -460,34 +460,39 @@ class _Deciding:
         refusal: BoxofficeError,
         command: Book | PlaceHold,
     ) -> None:
-        self.effects.audit.append(
-            AuditRecord(
-                self.now,
-                section.event_id,
-                section.id,
-                action,
-                qty,
-                outcome="refused",
-                reason=refusal.code,
-                customer_id=command.customer_id,
-                request_id=command.request_id,
-            )
+        self.refused(
+            action, section.event_id, section.id, qty, refusal, command.customer_id, None, command
         )
 
     def record_hold_refusal(
         self, action: Action, hold: Hold, refusal: BoxofficeError, command: Command
     ) -> None:
+        self.refused(
+            action, hold.event_id, None, hold.qty, refusal, hold.customer_id, hold.id, command
+        )
+
+    def refused(
+        self,
+        action: Action,
+        event_id: str,
+        section_id: str | None,
+        qty: int,
+        refusal: BoxofficeError,
+        customer_id: str | None,
+        hold_id: str | None,
+        command: Command,
+    ) -> None:
         self.effects.audit.append(
             AuditRecord(
                 self.now,
-                hold.event_id,
-                None,
+                event_id,
+                section_id,
                 action,
-                hold.qty,
+                qty,
                 outcome="refused",
                 reason=refusal.code,
-                customer_id=hold.customer_id,
-                hold_id=hold.id,
+                customer_id=customer_id,
+                hold_id=hold_id,
                 request_id=command.request_id,
             )
         )
