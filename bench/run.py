@@ -30,6 +30,7 @@ import os
 import platform
 import pwd
 import re
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -670,7 +671,7 @@ def main() -> None:
     command = (
         "make bench"
         if len(sys.argv) == 1
-        else "make bench BENCH_ARGS='" + " ".join(sys.argv[1:]) + "'"
+        else "make bench BENCH_ARGS='" + shlex.join(sys.argv[1:]).replace("'", '"') + "'"
     )
     ratio_rows = ratios(results)
     table = markdown(results, ratio_rows, command, args.rounds)
