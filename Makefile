@@ -7,7 +7,7 @@ PORT   ?=
 PORT_FLAG = $(if $(PORT),--port $(PORT))
 URL_FLAG  = $(if $(PORT),--url http://127.0.0.1:$(PORT))
 
-.PHONY: run test lint format simulate migrate bench clean
+.PHONY: run test lint format simulate migrate bench clean test-tools
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,8 +30,12 @@ run: $(VENV)/.runtime ## migrate the database, then serve on PORT (SQLite ./boxo
 migrate: $(VENV)/.runtime
 	$(BIN)/boxoffice db upgrade
 
-test: $(VENV)/.dev lint ## lint, then the whole suite on SQLite and a throwaway PostgreSQL
+test: $(VENV)/.dev lint test-tools ## lint, then the whole suite on SQLite and a throwaway PostgreSQL
 	$(BIN)/python -m pytest
+
+# The README test runs its curl examples as written: curl from Debian's packages if missing.
+test-tools:
+	@command -v curl >/dev/null || { apt-get update -qq && apt-get install -y -qq curl; }
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check src tests bench

@@ -55,9 +55,9 @@ def last_json(answers: list[tuple[int, str]]) -> Any:
     return json.loads(answers[-1][1])
 
 
-@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_every_curl_example_in_the_readme_works(database_url: str, tmp_path: Path) -> None:
+    assert shutil.which("curl"), "curl is missing: `make test` installs it"
     blocks = curl_blocks()
     assert len(blocks) >= 10, "the README lost its examples"
     values: dict[str, str] = {}

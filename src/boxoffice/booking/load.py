@@ -39,7 +39,12 @@ from sqlalchemy import ColumnElement, Connection, bindparam, or_, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from boxoffice.db.rows import booking_from_row, hold_from_row, section_from_row
+from boxoffice.db.rows import (
+    booking_from_row,
+    hold_from_row,
+    hold_item_from_row,
+    section_from_row,
+)
 from boxoffice.db.tables import (
     bookings,
     customer_tickets,
@@ -216,20 +221,15 @@ def load_expired(
 def _named_sections(commands: Sequence[Command]) -> list[str]:
     named: list[str] = []
     for command in commands:
-        if isinstance(command, Book):
-            named.append(command.section_id)
-        elif isinstance(command, PlaceHold):
-            named.extend(item.section_id for item in command.items)
+        if isinstance(command, Book | PlaceHold):
+            named.extend(command.section_names)
         elif isinstance(command, SweepExpired):
             named.extend(command.section_ids)
     return named
 
 
 def _sections_of(command: Book | PlaceHold, inventory: Inventory) -> list[Section]:
-    ids = (
-        [command.section_id] if isinstance(command, Book) else [i.section_id for i in command.items]
-    )
-    found = (inventory.sections.get(cached_canonical_id(i) or "") for i in ids)
+    found = (inventory.sections.get(cached_canonical_id(n) or "") for n in command.section_names)
     return [section for section in found if section is not None]
 
 
@@ -253,9 +253,7 @@ def _load_holds(conn: Connection, inventory: Inventory, hold_ids: set[str]) -> d
     ids = _uuids(hold_ids)
     items: dict[str, list[tuple[int, HoldItem]]] = {}
     for row in conn.execute(_ITEMS, {"ids": ids}):
-        items.setdefault(str(row.hold_id), []).append(
-            (row.position, HoldItem(str(row.section_id), row.qty, row.unit_price_cents, row.active))
-        )
+        items.setdefault(str(row.hold_id), []).append((row.position, hold_item_from_row(row)))
     limits: dict[str, int] = {}
     for row in conn.execute(_HOLDS, {"ids": ids}):
         hold = hold_from_row(row, [item for _, item in sorted(items.get(str(row.id), []))])
@@ -358,7 +356,7 @@ def _load_events(conn: Connection, inventory: Inventory, commands: Sequence[Comm
         event = cached_canonical_id(command.event_id)
         if event is None:
             continue
-        for section in _named_sections([command]):
+        for section in command.section_names:
             found = inventory.sections.get(cached_canonical_id(section) or "")
             if found is None or found.event_id != event:
                 unknown.add(event)

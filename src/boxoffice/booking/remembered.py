@@ -72,11 +72,8 @@ class Remembered:
         for command in commands:
             names: tuple[str, ...]
             customer = None
-            if isinstance(command, Book):
-                names, customer = (command.section_id,), command.customer_id
-            elif isinstance(command, PlaceHold):
-                names = tuple(item.section_id for item in command.items)
-                customer = command.customer_id
+            if isinstance(command, Book | PlaceHold):
+                names, customer = command.section_names, command.customer_id
             elif isinstance(command, ConfirmHold | ReleaseHold):
                 hold = self._active_hold(command.hold_id, now)
                 if hold is None:

@@ -24,6 +24,10 @@ def section_from_row(row: Any) -> Section:
     )
 
 
+def hold_item_from_row(row: Any) -> HoldItem:
+    return HoldItem(str(row.section_id), row.qty, row.unit_price_cents, row.active)
+
+
 def hold_from_row(row: Any, items: Sequence[HoldItem]) -> Hold:
     return Hold(
         id=str(row.id),

@@ -52,6 +52,11 @@ class Book:
         """Refuse quantities outside the per-request limit before touching the database."""
         check_quantity(self.qty, max_tickets, "qty")
 
+    @property
+    def section_names(self) -> tuple[str, ...]:
+        """The sections it names, as the client spelt them."""
+        return (self.section_id,)
+
 
 @dataclass(frozen=True, slots=True)
 class HoldItemRequest:
@@ -87,6 +92,11 @@ class PlaceHold:
     @property
     def qty(self) -> int:
         return sum(item.qty for item in self.items)
+
+    @property
+    def section_names(self) -> tuple[str, ...]:
+        """The sections it names, as the client spelt them."""
+        return tuple(item.section_id for item in self.items)
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,11 +5,11 @@ from __future__ import annotations
 from sqlalchemy import select
 
 from boxoffice.db.database import Database
-from boxoffice.db.rows import hold_from_row
+from boxoffice.db.rows import hold_from_row, hold_item_from_row
 from boxoffice.db.tables import hold_items, holds
 from boxoffice.domain.errors import HoldNotFound
 from boxoffice.domain.ids import parse_id
-from boxoffice.domain.model import Hold, HoldItem
+from boxoffice.domain.model import Hold
 from boxoffice.services.unit_of_work import UnitOfWork
 
 
@@ -25,6 +25,4 @@ async def get_hold(database: Database, hold_id: str) -> Hold:
         items = await uow.conn.execute(
             select(hold_items).where(hold_items.c.hold_id == ident).order_by(hold_items.c.position)
         )
-        return hold_from_row(
-            row, [HoldItem(str(i.section_id), i.qty, i.unit_price_cents, i.active) for i in items]
-        )
+        return hold_from_row(row, [hold_item_from_row(item) for item in items])
