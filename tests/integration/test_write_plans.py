@@ -1,0 +1,66 @@
+"""PostgreSQL: the writers' statements find their rows by key, however small the tables look.
+
+A batch names its rows in JSON documents, which PostgreSQL counts as 100 rows
+each. On a young database (no ANALYZE yet) the planner then prefers hashing
+whole tables, and a prepared statement keeps that plan for its connection's
+life: each batch read every hold, hold item and section (docs/performance.md).
+The write pool's sessions plan with nested loops only (`KEYED_PLANNING`).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import text
+
+from boxoffice.booking.write import PG_WRITE
+from boxoffice.db.database import Database
+
+pytestmark = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+
+KEYED_TABLES = ("sections", "holds", "hold_items", "bookings", "customer_tickets")
+
+
+def _parameters() -> dict[str, object]:
+    one = str(uuid.uuid4())
+    return {
+        "now": datetime.now(UTC),
+        "sections": json.dumps([{"id": one, "expected": 0, "remaining": 1, "held": 0, "sold": 0}]),
+        "holds": "[]",
+        "items": "[]",
+        "settled": json.dumps([{"id": one, "status": "confirmed", "expected": "active"}]),
+        "freed": json.dumps([{"hold_id": one, "section_id": one}]),
+        "bookings": "[]",
+        "cancelled": json.dumps([{"id": one}]),
+        "tallies": json.dumps([{"event_id": one, "customer_id": "c", "delta": 1}]),
+        "answers": "[]",
+        "trail": "[]",
+    }
+
+
+async def _plan(database: Database, *, write: bool) -> str:
+    conn = await database.connect(write=write)
+    try:
+        rows = await conn.execute(text(f"EXPLAIN {PG_WRITE.text}"), _parameters())
+        return "\n".join(row[0] for row in rows)
+    finally:
+        await conn.rollback()
+        await conn.close()
+
+
+async def test_the_batch_statement_reaches_every_row_through_an_index(database: Database) -> None:
+    plan = await _plan(database, write=True)
+    for table in KEYED_TABLES:
+        assert f"Seq Scan on {table}" not in plan, plan
+    assert "Hash Join" not in plan, plan
+    assert "Merge Join" not in plan, plan
+
+
+async def test_readers_keep_the_planners_full_choice(database: Database) -> None:
+    """The control: the same statement on a reader's session is planned with whole-table
+    scans (this is what the write pool's settings prevent), and readers are untouched."""
+    plan = await _plan(database, write=False)
+    assert any(f"Seq Scan on {table}" in plan for table in KEYED_TABLES), plan
