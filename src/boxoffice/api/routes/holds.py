@@ -55,11 +55,11 @@ async def place_hold(body: HoldIn, request: Request, response: Response) -> Hold
             f"{settings.hold_ttl_max_seconds}.",
             field="ttlSeconds",
         )
-    key = idempotency(
-        idempotency_key(request),
-        scope=body.customer_id,
-        operation="hold",
-        request=body.model_dump(),
+    given = idempotency_key(request)
+    key = (  # the request's fingerprint is made only when a key asks for it
+        None
+        if given is None
+        else idempotency(given, scope=body.customer_id, operation="hold", request=body.model_dump())
     )
     hold = await booker.submit(
         PlaceHold(
