@@ -23,8 +23,9 @@ $(VENV)/.dev: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@ $(VENV)/.runtime
 
-run: $(VENV)/.runtime ## migrate the database, then serve on PORT (SQLite ./boxoffice.db unless DATABASE_URL)
+run: $(VENV)/.runtime ## migrate the database, print the first admin key once, then serve on PORT (SQLite ./boxoffice.db unless DATABASE_URL)
 	$(BIN)/boxoffice db upgrade
+	$(BIN)/boxoffice keys bootstrap
 	exec $(BIN)/boxoffice serve $(PORT_FLAG)
 
 migrate: $(VENV)/.runtime
@@ -55,7 +56,7 @@ BENCH_ARGS ?=
 bench: $(VENV)/.bench ## flash-sale benchmark on PostgreSQL and SQLite; results in bench/results and docs/performance.md
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
-simulate: $(VENV)/.runtime ## the original concurrency script, against a running server
+simulate: $(VENV)/.runtime ## the original concurrency script, against a running server (key in BOXOFFICE_API_KEY)
 	$(BIN)/boxoffice simulate $(URL_FLAG)
 
 clean:

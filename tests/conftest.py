@@ -21,6 +21,7 @@ from boxoffice.api.app import create_app
 from boxoffice.config import Settings
 from boxoffice.db.database import Database
 from boxoffice.db.migrate import upgrade
+from tests.support.keys import bearer
 from tests.support.postgres import ThrowawayPostgres
 
 DATABASES = [
@@ -102,9 +103,13 @@ async def database(settings: Settings) -> AsyncIterator[Database]:
 
 @pytest.fixture
 async def client(settings: Settings, database: Database) -> AsyncIterator[httpx.AsyncClient]:
-    """An HTTP client talking to the app in-process, lifespan included."""
+    """An HTTP client talking to the app in-process, lifespan included, with an admin key
+    (tests of who may do what are in tests/api/test_access.py)."""
     app = create_app(settings, database)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        headers = await bearer(database)
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://test", headers=headers
+        ) as http:
             yield http

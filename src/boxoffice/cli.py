@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Annotated, NoReturn, TypeVar
 
 import typer
@@ -22,6 +23,7 @@ from boxoffice.db.migrate import (
     downgrade,
     upgrade,
 )
+from boxoffice.domain.errors import BoxofficeError
 
 T = TypeVar("T")
 
@@ -39,6 +41,10 @@ audit_app = typer.Typer(
     help="The audit trail.", no_args_is_help=True, pretty_exceptions_show_locals=False
 )
 app.add_typer(audit_app, name="audit")
+keys_app = typer.Typer(
+    help="API keys: make, list, revoke.", no_args_is_help=True, pretty_exceptions_show_locals=False
+)
+app.add_typer(keys_app, name="keys")
 console = Console(stderr=True)
 
 
@@ -75,6 +81,8 @@ def _with_database(settings: Settings, use: Callable[[Database], Awaitable[T]]) 
         return asyncio.run(run())
     except SchemaOutOfDate as error:
         _fail(str(error))
+    except BoxofficeError:  # refused by the service, not a database failure: the caller says
+        raise
     except Exception as error:
         _fail(f"cannot reach the {settings.dialect} database: {_describe(error)}")
 
@@ -162,6 +170,14 @@ def simulate(
     sections: Annotated[int, typer.Option(min=1, max=100, help="Sections per event.")] = 1,
     seed: Annotated[int | None, typer.Option(help="Random seed, to replay a run.")] = None,
     progress: Annotated[bool | None, typer.Option(help="Show a progress bar.")] = None,
+    key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="BOXOFFICE_API_KEY",
+            help="An organizer's or admin's API key (not needed with open access).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Race concurrent clients for a few seats, then check nothing was oversold or leaked."""
     from boxoffice.simulation import SimulationPlan, run_simulation
@@ -180,7 +196,9 @@ def simulate(
     )
     show_progress = progress if progress is not None else requests >= 500
     target = url or f"http://127.0.0.1:{_settings_or_exit().port}"
-    passed = asyncio.run(run_simulation(target, plan, Console(), show_progress=show_progress))
+    passed = asyncio.run(
+        run_simulation(target, plan, Console(), show_progress=show_progress, api_key=key)
+    )
     raise typer.Exit(0 if passed else 1)
 
 
@@ -207,3 +225,120 @@ def audit_verify() -> None:
         out.print(f"{len(mismatches)} of {checked} sections disagree with the audit trail.")
         raise typer.Exit(1)
     out.print(f"All {checked} sections agree with the audit trail.")
+
+
+@keys_app.command("create")
+def keys_create(
+    role: Annotated[str, typer.Option(help="admin, organizer or customer.")],
+    name: Annotated[str | None, typer.Option(help="A note: whose key, what for.")] = None,
+    customer_id: Annotated[
+        str | None, typer.Option(help="Customer keys: the customer it books for.")
+    ] = None,
+    organizer_id: Annotated[
+        str | None,
+        typer.Option(help="Organizer keys: an existing organizer's id (a second key for it)."),
+    ] = None,
+    expires: Annotated[
+        datetime | None,
+        typer.Option(
+            help="When it stops working (ISO 8601; UTC unless a zone is given).",
+            formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%S%z"],
+        ),
+    ] = None,
+) -> None:
+    """Make an API key. The key is printed alone on the last line, this once."""
+    from boxoffice.services.keys import create_key
+
+    settings = _settings_or_exit()
+    expires_at = None if expires is None else _aware(expires)
+    try:
+        made = _with_database(
+            settings,
+            lambda database: create_key(
+                database,
+                role=role,
+                now=datetime.now(UTC),
+                name=name,
+                customer_id=customer_id,
+                organizer_id=organizer_id,
+                expires_at=expires_at,
+            ),
+        )
+    except BoxofficeError as error:
+        _fail(error.detail)
+    console.print(f"Made {made.key.role} key {made.key.id}. It is shown once: keep it now.")
+    print(made.token)
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """Every key (never a secret), revoked ones included."""
+    from rich.table import Table
+
+    from boxoffice.services.keys import list_keys
+
+    settings = _settings_or_exit()
+    found = _with_database(settings, list_keys)
+    table = Table("id", "role", "name", "customer", "organizer", "created", "expires", "revoked")
+    for key in found:
+        table.add_row(
+            key.id,
+            key.role,
+            key.name or "",
+            key.customer_id or "",
+            key.organizer_id or "",
+            key.created_at.isoformat(timespec="seconds"),
+            "" if key.expires_at is None else key.expires_at.isoformat(timespec="seconds"),
+            "" if key.revoked_at is None else key.revoked_at.isoformat(timespec="seconds"),
+        )
+    Console().print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="The key's id (from keys list).")],
+) -> None:
+    """Revoke a key: every server refuses it within KEY_CACHE_SECONDS."""
+    from boxoffice.domain.errors import KeyNotFound
+    from boxoffice.services.keys import revoke_key
+
+    settings = _settings_or_exit()
+    try:
+        key = _with_database(
+            settings, lambda database: revoke_key(database, key_id, datetime.now(UTC))
+        )
+    except KeyNotFound as error:
+        _fail(error.detail)
+    console.print(f"Revoked key {key.id} ({key.role}).")
+
+
+@keys_app.command("bootstrap")
+def keys_bootstrap() -> None:
+    """On a database with no key at all, make the first admin key and print it; else nothing.
+
+    `make run` calls it before serving, so the first start shows the key once.
+    """
+    from boxoffice.services.keys import count_keys, create_key
+
+    settings = _settings_or_exit()
+    if settings.boxoffice_open_access:
+        return
+    if _with_database(settings, count_keys) > 0:
+        return
+    made = _with_database(
+        settings,
+        lambda database: create_key(
+            database, role="admin", now=datetime.now(UTC), name="first admin key"
+        ),
+    )
+    console.print(
+        "[bold]The first admin key[/bold] (shown this once: keep it now). Make more with\n"
+        "  boxoffice keys create --role organizer --name 'Acme Live'\n"
+        "  boxoffice keys create --role customer --customer-id c1\n"
+        "or POST /keys with this key."
+    )
+    print(made.token)
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)

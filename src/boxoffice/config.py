@@ -96,6 +96,18 @@ class Settings(BaseSettings):
         24.0, ge=1, le=24 * 365, description="How long an idempotency key's answer is kept."
     )
 
+    boxoffice_open_access: bool = Field(
+        False,
+        description="Local demos only: no keys, anyone may do anything (the original open API).",
+    )
+    key_cache_seconds: float = Field(
+        5.0,
+        ge=0,
+        le=300,
+        description="How long a checked API key is trusted before it is looked up again: "
+        "the longest a revocation takes to reach every process.",
+    )
+
     db_pool_size: int = Field(10, ge=1, le=200)
     db_timeout_seconds: float = Field(
         10.0, gt=0, le=300, description="Connect timeout, and SQLite's busy timeout."

@@ -62,18 +62,21 @@ async def run_simulation(
     *,
     show_progress: bool = False,
     transport: httpx.AsyncBaseTransport | None = None,
+    api_key: str | None = None,
 ) -> bool:
     """Run `plan` against the server at `url`; print the report; True when it passed.
 
     `transport` replaces the network, so the checks themselves can be tested
-    against a deliberately broken fake server.
+    against a deliberately broken fake server. `api_key` (an organizer's or an
+    admin's) creates the events, books in them and reads their bookings back.
     """
     rng = random.Random(plan.seed)
     limits = httpx.Limits(
         max_connections=plan.concurrency, max_keepalive_connections=plan.concurrency
     )
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
     async with httpx.AsyncClient(
-        base_url=url, limits=limits, timeout=60.0, transport=transport
+        base_url=url, limits=limits, timeout=60.0, transport=transport, headers=headers
     ) as client:
         try:
             (await client.get("/healthz")).raise_for_status()

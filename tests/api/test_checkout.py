@@ -15,6 +15,7 @@ from boxoffice.config import Settings
 from boxoffice.db.database import Database
 from boxoffice.services.clock import FakeClock
 from tests.api.conftest import EVENT, assert_problem, create
+from tests.support.keys import bearer
 
 pytestmark = pytest.mark.parametrize("booking_strategy", ["direct", "batched"])
 
@@ -32,7 +33,10 @@ async def client(
     app = create_app(quiet, database, clock=clock)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        headers = await bearer(database)
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://test", headers=headers
+        ) as http:
             yield http
 
 

@@ -11,6 +11,7 @@ from boxoffice.api.app import create_app
 from boxoffice.config import Settings
 from boxoffice.db.database import Database
 from tests.api.conftest import assert_problem, create
+from tests.support.keys import bearer
 
 
 @pytest.fixture
@@ -26,7 +27,10 @@ async def tight(settings: Settings, database: Database) -> AsyncIterator[httpx.A
     app = create_app(tight_settings, database)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        headers = await bearer(database)
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://test", headers=headers
+        ) as http:
             yield http
 
 

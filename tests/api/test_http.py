@@ -36,7 +36,22 @@ async def test_openapi_declares_problem_bodies_and_no_validation_422(
     idempotency key, declared as problem+json."""
     schema = (await client.get("/openapi.json")).json()
     book = schema["paths"]["/book"]["post"]
-    assert set(book["responses"]) == {"201", "400", "404", "409", "413", "422", "500", "503"}
+    assert set(book["responses"]) == {
+        "201",
+        "400",
+        "401",
+        "403",
+        "404",
+        "409",
+        "413",
+        "422",
+        "500",
+        "503",
+    }
+    assert "application/problem+json" in book["responses"]["401"]["content"]
+    assert book["security"] == [{"bearerAuth": []}]
+    assert schema["paths"]["/events"]["get"]["security"] == [{}, {"bearerAuth": []}]
+    assert schema["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
     assert "application/problem+json" in book["responses"]["400"]["content"]
     assert "Retry-After" in book["responses"]["409"]["headers"]
     assert schema["components"]["schemas"]["BookIn"]["properties"]["qty"]["maximum"] == 10

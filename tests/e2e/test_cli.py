@@ -61,3 +61,35 @@ def test_invalid_configuration_is_refused(env: dict[str, str]) -> None:
     run = boxoffice("db", "upgrade", **env)
     assert run.returncode == 1
     assert "invalid configuration" in run.stderr
+
+
+def test_keys_are_made_listed_and_revoked_and_shown_only_once(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'k.db'}"
+    assert boxoffice("db", "upgrade", DATABASE_URL=url).returncode == 0
+    first = boxoffice("keys", "bootstrap", DATABASE_URL=url)
+    assert first.returncode == 0
+    admin = first.stdout.strip().splitlines()[-1]
+    assert admin.startswith("bo_live_")
+    again = boxoffice("keys", "bootstrap", DATABASE_URL=url)
+    assert again.returncode == 0
+    assert again.stdout == ""  # the first admin key is printed once, never again
+    made = boxoffice(
+        "keys", "create", "--role", "customer", "--customer-id", "c1", DATABASE_URL=url
+    )
+    assert made.returncode == 0
+    key = made.stdout.strip().splitlines()[-1]  # alone on the last line: KEY=$(… | tail -1)
+    assert key.startswith("bo_live_")
+    key_id = key.removeprefix("bo_live_")[:16]
+    listed = boxoffice("keys", "list", DATABASE_URL=url)
+    assert key_id in listed.stdout
+    assert key.split("_")[-1] not in listed.stdout + listed.stderr  # never a secret
+    assert admin.split("_")[-1] not in listed.stdout + listed.stderr
+    revoked = boxoffice("keys", "revoke", key_id, DATABASE_URL=url)
+    assert revoked.returncode == 0
+    assert "Revoked" in revoked.stderr
+    unknown = boxoffice("keys", "revoke", "0" * 16, DATABASE_URL=url)
+    assert unknown.returncode == 1
+    wrong = boxoffice("keys", "create", "--role", "customer", DATABASE_URL=url)
+    assert wrong.returncode == 1
+    assert "customerId" in wrong.stderr
+    assert "Traceback" not in wrong.stderr

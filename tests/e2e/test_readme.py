@@ -5,9 +5,11 @@ and every request in it must succeed."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +31,9 @@ def curl_blocks() -> list[str]:
     return [block for block in blocks if "curl " in block]
 
 
-def run_block(block: str, url: str, values: dict[str, str]) -> list[tuple[int, str]]:
+def run_block(
+    block: str, url: str, values: dict[str, str], env: dict[str, str]
+) -> list[tuple[int, str]]:
     """(status, body) of every request the block makes, in order."""
     script = block.replace("localhost:4521", url.removeprefix("http://"))
     for name, value in values.items():
@@ -37,7 +41,11 @@ def run_block(block: str, url: str, values: dict[str, str]) -> list[tuple[int, s
     unfilled = re.findall(r"<(\w+)>", script)
     assert not unfilled, f"no value for {unfilled} in:\n{block}"
     done = subprocess.run(
-        ["bash", "-c", CURL_REPORTING + script], capture_output=True, text=True, timeout=60
+        ["bash", "-c", CURL_REPORTING + script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **env},
     )
     assert done.returncode == 0, done.stderr
     # "<output 1>__STATUS__201\n<output 2>__STATUS__200\n": each status closes an output.
@@ -61,16 +69,29 @@ def test_every_curl_example_in_the_readme_works(database_url: str, tmp_path: Pat
     blocks = curl_blocks()
     assert len(blocks) >= 10, "the README lost its examples"
     values: dict[str, str] = {}
-    with ServerProcess(database_url, log_dir=tmp_path) as server:
+    # As on a first `make run`: the first admin key, printed alone on the last line.
+    first = subprocess.run(
+        [sys.executable, "-m", "boxoffice", "keys", "bootstrap"],
+        env={**os.environ, "DATABASE_URL": database_url, "BOXOFFICE_OPEN_ACCESS": "false"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    key = first.stdout.strip().splitlines()[-1]
+    assert key.startswith("bo_live_"), first.stdout
+    keyed = {"BOXOFFICE_OPEN_ACCESS": "false"}
+    with ServerProcess(database_url, log_dir=tmp_path, env=keyed) as server:
         for block in blocks:
             if "DELETE" in block and "holdId" in values:
                 # The checkout block confirmed the hold: release a fresh one instead.
                 item = {"sectionId": values["gaId"], "qty": 1}
                 fresh = httpx.post(
-                    f"{server.url}/holds", json={"eventId": values["eventId"], "items": [item]}
+                    f"{server.url}/holds",
+                    json={"eventId": values["eventId"], "items": [item]},
+                    headers={"Authorization": f"Bearer {key}"},
                 )
                 values["holdId"] = fresh.json()["id"]
-            answers = run_block(block, server.url, values)
+            answers = run_block(block, server.url, values, {"KEY": key})
             assert answers, f"no request ran in:\n{block}"
             for status, body in answers:
                 assert 200 <= status < 300, f"{status} {body}\nfrom:\n{block}"

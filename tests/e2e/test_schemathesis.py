@@ -2,13 +2,15 @@
 
 Checks: no server error, and status codes, content types, headers and bodies
 that conform to the schema, including for invalid (negative) inputs, which must
-be refused with a 4xx. `positive_data_acceptance` is left out on purpose: the
+be refused with a 4xx; and that no operation needing a key runs without one
+(`ignored_auth`). `positive_data_acceptance` is left out on purpose: the
 schema cannot say that a price has at most two decimals, or that ids generated
 at random name no event, so schema-valid requests can rightly get 400 or 404.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -30,6 +32,7 @@ CHECKS = ",".join(
         "negative_data_rejection",
         "unsupported_method",
         "missing_required_header",
+        "ignored_auth",
     ]
 )
 
@@ -39,12 +42,25 @@ def test_schemathesis_finds_no_server_error_and_full_conformance(
 ) -> None:
     cli = shutil.which("schemathesis", path=str(Path(sys.executable).parent))
     assert cli, "schemathesis is a dev dependency"
-    with ServerProcess(database_url, log_dir=tmp_path) as server:
+    # Keys on, an admin's key on every request: `ignored_auth` and `missing_required_header`
+    # then check that each operation the document says needs a key refuses to run without.
+    keyed = {"BOXOFFICE_OPEN_ACCESS": "false"}
+    first = subprocess.run(
+        [sys.executable, "-m", "boxoffice", "keys", "bootstrap"],
+        env={**os.environ, **keyed, "DATABASE_URL": database_url},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    key = first.stdout.strip().splitlines()[-1]
+    with ServerProcess(database_url, log_dir=tmp_path, env=keyed) as server:
         run = subprocess.run(
             [
                 cli,
                 "run",
                 f"{server.url}/openapi.json",
+                "--header",
+                f"Authorization: Bearer {key}",
                 "--checks",
                 CHECKS,
                 "--max-examples",

@@ -21,6 +21,7 @@ from boxoffice.booking import Booker, make_booker
 from boxoffice.booking.sweeper import Sweeper
 from boxoffice.db.database import Database
 from boxoffice.db.tables import bookings, hold_items, sections
+from boxoffice.domain.access import OPEN_ACCESS
 from boxoffice.domain.commands import (
     Book,
     CancelBooking,
@@ -174,7 +175,7 @@ async def test_a_hold_takes_seats_at_once_and_confirms_into_bookings(
     ]
     assert all(b.customer_id == "c1" for b in confirmed.bookings)
     assert await seats(database, clock, event) == [(3, 0, 2), (7, 0, 3)]
-    stored = await get_hold(database, hold.id)
+    stored = await get_hold(database, hold.id, OPEN_ACCESS)
     assert stored.status == "confirmed"
     await assert_consistent(database)
 
@@ -255,7 +256,7 @@ async def test_an_expired_hold_counts_as_remaining_before_anything_sweeps(
     assert await seats(database, clock, event) == [(1, 4, 0)]
     clock.advance(0.001)  # expiresAt itself: expired
     assert await seats(database, clock, event) == [(5, 0, 0)]
-    assert (await get_hold(database, hold.id)).status_at(clock()) == "expired"
+    assert (await get_hold(database, hold.id, OPEN_ACCESS)).status_at(clock()) == "expired"
     with pytest.raises(HoldExpired):
         await booker.submit(ConfirmHold(hold.id))
     await assert_consistent(database)
@@ -274,7 +275,7 @@ async def test_a_request_is_never_refused_while_expired_holds_would_cover_it(
     # The hold's seats in S0 came back in that batch; those in S1 still count as
     # remaining for readers, and come back in the row with the next decision there.
     assert await seats(database, clock, event) == [(0, 0, 5), (5, 0, 0)]
-    assert (await get_hold(database, first.id)).status == "expired"
+    assert (await get_hold(database, first.id, OPEN_ACCESS)).status == "expired"
     await booker.submit(Book(event.id, event.sections[1].id, 5))
     assert await seats(database, clock, event) == [(0, 0, 5), (0, 0, 5)]
     await assert_consistent(database)
@@ -300,8 +301,8 @@ async def test_the_sweeper_gives_expired_seats_back_in_the_rows(
             )
         ).all()
     assert [tuple(row) for row in stored] == [(4, 1), (5, 0)]
-    assert (await get_hold(database, hold.id)).status == "expired"
-    assert (await get_hold(database, kept.id)).status == "active"
+    assert (await get_hold(database, hold.id, OPEN_ACCESS)).status == "expired"
+    assert (await get_hold(database, kept.id, OPEN_ACCESS)).status == "active"
     await assert_consistent(database)
 
 
@@ -322,7 +323,7 @@ async def test_confirm_and_release_racing_exactly_one_wins(
         winners = [r for r in results if isinstance(r, Confirmation | Released)]
         losers = [r for r in results if isinstance(r, HoldNotActive)]
         assert (len(winners), len(losers)) == (1, 1), results
-        status = (await get_hold(database, hold.id)).status
+        status = (await get_hold(database, hold.id, OPEN_ACCESS)).status
         assert status == ("confirmed" if isinstance(winners[0], Confirmation) else "released")
         confirmed += status == "confirmed"
     assert await seats(database, clock, event) == [(5 - confirmed, 0, confirmed)]

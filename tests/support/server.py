@@ -93,6 +93,10 @@ class ServerProcess:
             **os.environ,
             "DATABASE_URL": self.database_url,
             "LOG_LEVEL": "WARNING",
+            # These servers are for crashes, races and processes; who may do what is
+            # tested in-process (tests/api/test_access.py) and, with keys on, by
+            # tests/e2e/test_access_processes.py, which sets this to false.
+            "BOXOFFICE_OPEN_ACCESS": "true",
             **self.extra_env,
         }
         with self.log_path.open("wb") as log:

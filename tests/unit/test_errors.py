@@ -13,6 +13,7 @@ from boxoffice.domain.errors import (
     Conflict,
     CustomerLimitExceeded,
     EventNotFound,
+    Forbidden,
     HoldExpired,
     HoldNotActive,
     HoldNotFound,
@@ -20,8 +21,10 @@ from boxoffice.domain.errors import (
     IdempotencyKeyReused,
     InsufficientSeats,
     InvalidRequest,
+    KeyNotFound,
     NotFound,
     SectionNotFound,
+    Unauthorized,
 )
 from boxoffice.services.idempotency import decode, encode
 
@@ -38,6 +41,9 @@ ERRORS = [
     CustomerLimitExceeded(limit=4, remaining_for_customer=1, requested=2),
     IdempotencyInProgress(),
     IdempotencyKeyReused(),
+    Unauthorized(),
+    Forbidden("This needs a key with the role organizer."),
+    KeyNotFound("0123456789abcdef"),
 ]
 
 

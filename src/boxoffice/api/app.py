@@ -12,9 +12,10 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
 from boxoffice import __version__
+from boxoffice.api.access import KeyCheckMiddleware, document_security
 from boxoffice.api.body_limit import BodyLimitMiddleware
 from boxoffice.api.problems import install_problem_handlers, move_errors_to_problem_media_type
-from boxoffice.api.routes import bookings, events, health, holds
+from boxoffice.api.routes import bookings, events, health, holds, keys
 from boxoffice.booking import make_booker
 from boxoffice.booking.sweeper import Sweeper
 from boxoffice.config import Settings, get_settings
@@ -23,6 +24,7 @@ from boxoffice.db.migrate import check_schema
 from boxoffice.observability.logging import configure_logging
 from boxoffice.services.clock import Clock, system_clock
 from boxoffice.services.idempotency import InFlight
+from boxoffice.services.keys import KeyRing
 
 log = structlog.get_logger("boxoffice")
 
@@ -30,6 +32,7 @@ TAGS = [
     {"name": "events", "description": "Events and their sections; availability is public."},
     {"name": "bookings", "description": "Book seats in one step, list and cancel bookings."},
     {"name": "holds", "description": "Checkout: hold seats while paying, then confirm."},
+    {"name": "keys", "description": "API keys, for admins: make, list, revoke."},
     {"name": "health", "description": "Liveness and readiness, for the process manager."},
 ]
 
@@ -85,6 +88,13 @@ def create_app(
             idempotency_ttl_hours=settings.idempotency_ttl_hours,
         )
         app.state.sweeper = sweeper
+        app.state.keys = KeyRing(db, cache_seconds=settings.key_cache_seconds)
+        if settings.boxoffice_open_access:
+            log.warning(
+                "OPEN ACCESS: BOXOFFICE_OPEN_ACCESS=true, so no API key is checked and anyone "
+                "may create events, read every booking and book for anyone. For local demos "
+                "only: never expose this server."
+            )
         try:
             await check_schema(db)
             await booker.start()
@@ -119,17 +129,21 @@ def create_app(
     app.state.clock = clock
     install_problem_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    # Outside the body limit: a request without a valid key is refused before its body
+    # is read at all.
+    app.add_middleware(KeyCheckMiddleware)
     # Routes are matched in order, each tried in turn: the booking and checkout routes,
     # which take nearly all the traffic of a sale, come first. The documentation keeps
     # its own order (TAGS).
     app.include_router(bookings.router)
     app.include_router(holds.router)
     app.include_router(events.router)
+    app.include_router(keys.router)
     app.include_router(health.router)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            schema = move_errors_to_problem_media_type(FastAPI.openapi(app))
+            schema = document_security(move_errors_to_problem_media_type(FastAPI.openapi(app)))
             # The per-booking limit is a setting; publish the one in force.
             for model in ("BookIn", "HoldItemIn"):
                 qty = schema["components"]["schemas"][model]["properties"]["qty"]

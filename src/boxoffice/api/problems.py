@@ -4,6 +4,8 @@
 |------------------------------------------|--------|-----------------------|
 | RequestValidationError, InvalidRequest   | 400    | validation_error      |
 | InsufficientSeats                        | 400    | insufficient_seats    |
+| Unauthorized (+ WWW-Authenticate)        | 401    | unauthorized          |
+| Forbidden                                | 403    | forbidden             |
 | NotFound, unknown route                  | 404    | not_found             |
 | Conflict (HoldExpired, HoldNotActive,    | 409    | hold_expired, …       |
 |   CustomerLimitExceeded,                 |        |                       |
@@ -36,11 +38,13 @@ from boxoffice.db.errors import DatabaseUnavailable
 from boxoffice.domain.errors import (
     BoxofficeError,
     Conflict,
+    Forbidden,
     IdempotencyInProgress,
     IdempotencyKeyReused,
     InsufficientSeats,
     InvalidRequest,
     NotFound,
+    Unauthorized,
 )
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
@@ -97,6 +101,10 @@ def _status_of(error: BoxofficeError) -> int:
         return 404
     if isinstance(error, InvalidRequest | InsufficientSeats):
         return 400
+    if isinstance(error, Unauthorized):
+        return 401
+    if isinstance(error, Forbidden):
+        return 403
     if isinstance(error, Conflict):
         return 409
     if isinstance(error, IdempotencyKeyReused):
@@ -126,7 +134,11 @@ def _field_errors(errors: Sequence[Any]) -> list[FieldError]:
 async def _on_domain_error(request: Request, exc: Exception) -> ProblemResponse:
     assert isinstance(exc, BoxofficeError)
     headers = (
-        {"Retry-After": RETRY_AFTER_SECONDS} if isinstance(exc, IdempotencyInProgress) else None
+        {"Retry-After": RETRY_AFTER_SECONDS}
+        if isinstance(exc, IdempotencyInProgress)
+        else {"WWW-Authenticate": 'Bearer realm="boxoffice"'}
+        if isinstance(exc, Unauthorized)
+        else None
     )
     return problem(request, _status_of(exc), exc.code, exc.detail, headers, **exc.extensions())
 

@@ -31,6 +31,7 @@ from boxoffice.domain.model import (
     MAX_CUSTOMER_ID_LENGTH,
     MAX_ITEMS_PER_HOLD,
     MAX_NAME_LENGTH,
+    MAX_ORGANIZER_ID_LENGTH,
     MAX_PAYMENT_REFERENCE_LENGTH,
     MAX_PER_CUSTOMER,
     MAX_SECTIONS_PER_EVENT,
@@ -41,6 +42,7 @@ from boxoffice.domain.model import (
     Section,
 )
 from boxoffice.domain.money import from_cents
+from boxoffice.services.keys import ApiKey, NewKey
 
 ID_MAX_LENGTH = 64
 
@@ -74,6 +76,12 @@ CustomerId = Annotated[
         strict=True, min_length=1, max_length=MAX_CUSTOMER_ID_LENGTH, pattern=r"^[\x21-\x7e]+$"
     ),
     Field(description="Your id for the customer: 1 to 128 printable ASCII characters, no spaces."),
+]
+OrganizerId = Annotated[
+    str,
+    StringConstraints(
+        strict=True, min_length=1, max_length=MAX_ORGANIZER_ID_LENGTH, pattern=r"^[\x21-\x7e]+$"
+    ),
 ]
 Quantity = Annotated[
     StrictInt,
@@ -110,6 +118,10 @@ class EventIn(_Request):
             le=MAX_PER_CUSTOMER,
             description="Most tickets one customerId may have in this event (holds + bookings).",
         ),
+    ] = None
+    organizer_id: Annotated[
+        OrganizerId | None,
+        Field(description="Admins only: the organizer it belongs to (a key's organizerId)."),
     ] = None
 
 
@@ -336,6 +348,51 @@ class Problem(BaseModel):
 
     def body(self) -> dict[str, Any]:
         return self.model_dump(exclude_none=True, by_alias=True)
+
+
+class KeyIn(_Request):
+    role: Literal["admin", "organizer", "customer"]
+    name: Name | None = None
+    customer_id: CustomerId | None = None
+    organizer_id: Annotated[
+        OrganizerId | None,
+        Field(description="Organizer keys: an existing organizer's id (a second key for it)."),
+    ] = None
+    expires_at: datetime | None = None
+
+
+class KeyOut(_Response):
+    """An API key as listed: never its secret."""
+
+    id: str
+    role: str
+    name: str | None
+    customer_id: str | None
+    organizer_id: str | None
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+
+    @classmethod
+    def of(cls, key: ApiKey) -> KeyOut:
+        return cls(
+            id=key.id,
+            role=key.role,
+            name=key.name,
+            customer_id=key.customer_id,
+            organizer_id=key.organizer_id,
+            created_at=key.created_at,
+            expires_at=key.expires_at,
+            revoked_at=key.revoked_at,
+        )
+
+
+class NewKeyOut(KeyOut):
+    key: str = Field(description="The key itself: shown this once, never again.")
+
+    @classmethod
+    def made(cls, made: NewKey) -> NewKeyOut:
+        return cls(**KeyOut.of(made.key).model_dump(), key=made.token)
 
 
 class Health(BaseModel):

@@ -79,6 +79,7 @@ _SECTION_COLUMNS = (
     sections.c.sold,
     sections.c.version,
     events.c.max_per_customer,
+    events.c.organizer_id,
 )
 _SECTIONS = (
     select(*_SECTION_COLUMNS)

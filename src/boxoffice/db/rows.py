@@ -9,7 +9,7 @@ from boxoffice.domain.model import Booking, Hold, HoldItem, Section
 
 
 def section_from_row(row: Any) -> Section:
-    """A section row joined with its event's `max_per_customer`."""
+    """A section row joined with its event's `max_per_customer` and `organizer_id`."""
     return Section(
         str(row.id),
         str(row.event_id),
@@ -21,6 +21,7 @@ def section_from_row(row: Any) -> Section:
         row.sold,
         row.version,
         row.max_per_customer,
+        row.organizer_id,
     )
 
 

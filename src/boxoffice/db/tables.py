@@ -35,10 +35,12 @@ from boxoffice.db.types import UTCDateTime
 from boxoffice.domain.model import (
     MAX_CUSTOMER_ID_LENGTH,
     MAX_NAME_LENGTH,
+    MAX_ORGANIZER_ID_LENGTH,
     MAX_PAYMENT_REFERENCE_LENGTH,
 )
 
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
+KEY_ID_LENGTH = 16
 MAX_REQUEST_ID_LENGTH = 128
 
 # Stable constraint names, so migrations can refer to them on every database.
@@ -59,10 +61,14 @@ events = Table(
     Column("name", String(MAX_NAME_LENGTH), nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("max_per_customer", Integer(), nullable=True),
+    # The organizer that owns it (`api_keys.organizer_id`); None: made with open access,
+    # or before keys existed, and managed by admins only.
+    Column("organizer_id", String(MAX_ORGANIZER_ID_LENGTH), nullable=True),
     CheckConstraint(
         "max_per_customer IS NULL OR max_per_customer >= 1", name="max_per_customer_positive"
     ),
     Index(None, "created_at", "id"),
+    Index(None, "organizer_id"),
 )
 
 sections = Table(
@@ -196,4 +202,28 @@ audit_records = Table(
     Column("booking_id", Uuid(), nullable=True),
     Column("request_id", String(MAX_REQUEST_ID_LENGTH), nullable=True),
     Index(None, "event_id", "seq"),
+)
+
+# API keys: the secret is kept as its SHA-256 only (a key has 256 random bits, so a fast
+# hash is as safe as a slow one and costs nothing per request); `id` is the key's public
+# part, safe to log.
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(KEY_ID_LENGTH), primary_key=True),
+    Column("secret_sha256", String(64), nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("name", String(MAX_NAME_LENGTH), nullable=True),
+    Column("customer_id", String(MAX_CUSTOMER_ID_LENGTH), nullable=True),
+    Column("organizer_id", String(MAX_ORGANIZER_ID_LENGTH), nullable=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=True),
+    Column("revoked_at", UTCDateTime(), nullable=True),
+    CheckConstraint("role IN ('admin', 'organizer', 'customer')", name="role_known"),
+    CheckConstraint(
+        "(role = 'customer') = (customer_id IS NOT NULL)", name="customer_keys_name_a_customer"
+    ),
+    CheckConstraint(
+        "(role = 'organizer') = (organizer_id IS NOT NULL)", name="organizer_keys_name_one"
+    ),
 )

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from boxoffice.domain.access import Principal
 from boxoffice.domain.errors import InvalidRequest
 from boxoffice.domain.ids import cached_canonical_id
 from boxoffice.domain.model import Booking, Hold
@@ -47,6 +48,7 @@ class Book:
     customer_id: str | None = None
     idempotency: Idempotency | None = None
     request_id: str | None = None
+    actor: Principal | None = None
 
     def check_quantity(self, max_tickets: int) -> None:
         """Refuse quantities outside the per-request limit before touching the database."""
@@ -74,6 +76,7 @@ class PlaceHold:
     customer_id: str | None = None
     idempotency: Idempotency | None = None
     request_id: str | None = None
+    actor: Principal | None = None
 
     def check_quantity(self, max_tickets: int) -> None:
         """Each item, and the hold as a whole, within the per-request limit."""
@@ -105,6 +108,7 @@ class ConfirmHold:
     payment_reference: str | None = None
     idempotency: Idempotency | None = None
     request_id: str | None = None
+    actor: Principal | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +116,7 @@ class ReleaseHold:
     hold_id: str
     idempotency: Idempotency | None = None
     request_id: str | None = None
+    actor: Principal | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +124,7 @@ class CancelBooking:
     booking_id: str
     idempotency: Idempotency | None = None
     request_id: str | None = None
+    actor: Principal | None = None
 
 
 @dataclass(frozen=True, slots=True)

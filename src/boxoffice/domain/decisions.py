@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from boxoffice.domain.access import Principal
 from boxoffice.domain.audit import Action, AuditRecord
 from boxoffice.domain.commands import (
     Book,
@@ -187,7 +188,7 @@ class _Deciding:
     # Commands ----------------------------------------------------------------------
 
     def book(self, command: Book) -> Outcome:
-        section = self.section_of(command.event_id, command.section_id)
+        section = self.section_of(command.event_id, command.section_id, command.actor)
         if isinstance(section, BoxofficeError):
             return section
         refusal: BoxofficeError | None = self.check_customer(
@@ -217,7 +218,7 @@ class _Deciding:
     def place_hold(self, command: PlaceHold) -> Outcome:
         found: list[Section] = []
         for item in command.items:
-            section = self.section_of(command.event_id, item.section_id)
+            section = self.section_of(command.event_id, item.section_id, command.actor)
             if isinstance(section, BoxofficeError):
                 return section
             found.append(section)
@@ -250,7 +251,7 @@ class _Deciding:
         return hold
 
     def confirm(self, command: ConfirmHold) -> Outcome:
-        hold = self.hold_named(command.hold_id)
+        hold = self.hold_named(command.hold_id, command.actor)
         if isinstance(hold, BoxofficeError):
             return hold
         status = hold.status_at(self.now)
@@ -282,7 +283,7 @@ class _Deciding:
         return Confirmation(confirmed, tuple(bookings))
 
     def release(self, command: ReleaseHold) -> Outcome:
-        hold = self.hold_named(command.hold_id)
+        hold = self.hold_named(command.hold_id, command.actor)
         if isinstance(hold, BoxofficeError):
             return hold
         status = hold.status_at(self.now)
@@ -302,7 +303,9 @@ class _Deciding:
     def cancel(self, command: CancelBooking) -> Outcome:
         ident = cached_canonical_id(command.booking_id)
         booking = None if ident is None else self.inv.bookings.get(ident)
-        if booking is None:
+        if booking is None or not self.may_see(
+            command.actor, booking.customer_id, booking.section_id
+        ):
             return BookingNotFound(command.booking_id)
         if booking.status == "cancelled":
             return booking
@@ -355,20 +358,42 @@ class _Deciding:
 
     # Helpers -----------------------------------------------------------------------
 
-    def section_of(self, event_id: str, section_id: str) -> Section | BoxofficeError:
+    def section_of(
+        self, event_id: str, section_id: str, actor: Principal | None
+    ) -> Section | BoxofficeError:
+        """The section to sell from; an event the actor may not sell in is not found."""
         event = cached_canonical_id(event_id)
         ident = cached_canonical_id(section_id)
         section = None if ident is None else self.inv.sections.get(ident)
         if event is None or section is None or section.event_id != event:
             if event is not None and event in self.inv.events:
-                return SectionNotFound(event_id, section_id)
+                # Any section of it tells who owns the event: a stranger learns nothing.
+                owner = next(
+                    (s.organizer_id for s in self.inv.sections.values() if s.event_id == event),
+                    None,
+                )
+                if actor is None or actor.may_sell_in(owner):
+                    return SectionNotFound(event_id, section_id)
+            return EventNotFound(event_id)
+        if actor is not None and not actor.may_sell_in(section.organizer_id):
             return EventNotFound(event_id)
         return section
 
-    def hold_named(self, hold_id: str) -> Hold | BoxofficeError:
+    def hold_named(self, hold_id: str, actor: Principal | None) -> Hold | BoxofficeError:
         ident = cached_canonical_id(hold_id)
         hold = None if ident is None else self.inv.holds.get(ident)
-        return HoldNotFound(hold_id) if hold is None else hold
+        if hold is None or not self.may_see(actor, hold.customer_id, hold.items[0].section_id):
+            return HoldNotFound(hold_id)
+        return hold
+
+    def may_see(self, actor: Principal | None, customer_id: str | None, section_id: str) -> bool:
+        """Whether `actor` may touch a booking or hold of `customer_id` in that section's
+        event; if not, it is answered as if it did not exist."""
+        if actor is None:
+            return True
+        return actor.may_see(
+            customer_id=customer_id, organizer_id=self.inv.sections[section_id].organizer_id
+        )
 
     def changing(self, section: Section) -> Section:
         """`section`, registered as changed by this batch (its loaded version kept)."""

@@ -1,11 +1,14 @@
 """The domain's error tree; the HTTP edge maps each to one problem+json status.
 
     BoxofficeError
+    ├── Unauthorized               401 unauthorized (no key, or not a valid one)
+    ├── Forbidden                  403 forbidden (the key's role may not do this)
     ├── NotFound                   404 not_found
     │   ├── EventNotFound
     │   ├── SectionNotFound
     │   ├── BookingNotFound
-    │   └── HoldNotFound
+    │   ├── HoldNotFound
+    │   └── KeyNotFound
     ├── InvalidRequest             400 validation_error
     ├── InsufficientSeats          400 insufficient_seats (carries `remaining`)
     ├── Conflict                   409: the request is fine, the state of things says no
@@ -52,6 +55,24 @@ def rebuild_error(
     return error
 
 
+NEEDS_A_KEY = "A valid API key is needed: Authorization: Bearer <key>."
+
+
+class Unauthorized(BoxofficeError):
+    """No API key, or one that is unknown, revoked or expired: which, is not said."""
+
+    code = "unauthorized"
+
+    def __init__(self, detail: str = NEEDS_A_KEY) -> None:
+        super().__init__(detail)
+
+
+class Forbidden(BoxofficeError):
+    """The key is valid, but its role may not do this (function-level authorization)."""
+
+    code = "forbidden"
+
+
 class NotFound(BoxofficeError):
     code = "not_found"
 
@@ -69,6 +90,11 @@ class SectionNotFound(NotFound):
 class BookingNotFound(NotFound):
     def __init__(self, booking_id: str) -> None:
         super().__init__(f"Booking {booking_id!r} was not found.")
+
+
+class KeyNotFound(NotFound):
+    def __init__(self, key_id: str) -> None:
+        super().__init__(f"API key {key_id!r} was not found.")
 
 
 class InvalidRequest(BoxofficeError):

@@ -35,6 +35,7 @@ MAX_CAPACITY = 1_000_000
 MAX_PER_CUSTOMER = 10_000
 MAX_ITEMS_PER_HOLD = MAX_SECTIONS_PER_EVENT
 MAX_CUSTOMER_ID_LENGTH = 128
+MAX_ORGANIZER_ID_LENGTH = 64
 MAX_PAYMENT_REFERENCE_LENGTH = 255
 
 BookingStatus = Literal["confirmed", "cancelled"]
@@ -108,7 +109,8 @@ class Section:
 
     `version` grows with every stored change, so a copy remembered from an
     earlier batch can be checked against the stored row (compare-and-set).
-    `max_per_customer` is the event's cap, kept here for deciding on this section.
+    `max_per_customer` is the event's cap and `organizer_id` its owner, kept here for
+    deciding on this section.
     """
 
     id: str
@@ -121,6 +123,7 @@ class Section:
     sold: int = 0
     version: int = 0
     max_per_customer: int | None = None
+    organizer_id: str | None = None
 
     def copy(self) -> Section:
         """A working copy to decide on, leaving this one as it is."""
@@ -136,6 +139,7 @@ class Section:
             self.sold,
             self.version,
             self.max_per_customer,
+            self.organizer_id,
         )
 
     def sell(self, qty: int) -> None:
@@ -187,6 +191,7 @@ class Event:
     created_at: datetime
     sections: list[Section] = field(default_factory=list)
     max_per_customer: int | None = None
+    organizer_id: str | None = None  # None: made with open access, managed by admins only
 
 
 # Booking, like the audit record and the commands, is made once per request on the hot

@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 
 from boxoffice.db.database import Database
 from boxoffice.db.tables import audit_records, events, sections
+from boxoffice.domain.access import Principal
 from boxoffice.domain.audit import AuditRecord, Counts, rebuild
 from boxoffice.domain.errors import EventNotFound
 from boxoffice.domain.ids import parse_id
@@ -23,9 +24,15 @@ from boxoffice.services.unit_of_work import UnitOfWork
 
 
 async def list_audit(
-    database: Database, event_id: str, *, limit: int, cursor: SeqCursor | None
+    database: Database,
+    event_id: str,
+    *,
+    viewer: Principal,
+    limit: int,
+    cursor: SeqCursor | None,
 ) -> Page[AuditRecord]:
-    """One page of an event's trail, in the order it was written (oldest first)."""
+    """One page of an event's trail, in the order it was written (oldest first); an event
+    `viewer` does not manage is not found."""
     ident = parse_id(event_id)
     if ident is None:
         raise EventNotFound(event_id)
@@ -38,8 +45,10 @@ async def list_audit(
     if cursor is not None:
         query = query.where(audit_records.c.seq > cursor.seq)
     async with UnitOfWork(database, write=False) as uow:
-        known = (await uow.conn.execute(select(events.c.id).where(events.c.id == ident))).first()
-        if known is None:
+        known = (
+            await uow.conn.execute(select(events.c.organizer_id).where(events.c.id == ident))
+        ).first()
+        if known is None or not viewer.may_manage_event(known.organizer_id):
             raise EventNotFound(event_id)
         rows = (await uow.conn.execute(query)).all()
     page = rows[:limit]

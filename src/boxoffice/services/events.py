@@ -40,11 +40,13 @@ async def create_event(
     spec: EventSpec,
     now: datetime,
     *,
+    organizer_id: str | None = None,
     idempotency: Idempotency | None = None,
     request_id: str | None = None,
     retry: bool = True,
 ) -> Event:
-    """Store a new event and all its sections in one transaction; every seat starts free.
+    """Store a new event, owned by `organizer_id`, and all its sections in one transaction;
+    every seat starts free.
 
     With an idempotency key, a retry gets the event the first request made.
     """
@@ -67,6 +69,7 @@ async def create_event(
         created_at=now,
         sections=[_section(row) for row in section_rows],
         max_per_customer=spec.max_per_customer,
+        organizer_id=organizer_id,
     )
     trail = [
         AuditRecord(now, event.id, s.id, "create", s.capacity, request_id=request_id)
@@ -94,6 +97,7 @@ async def create_event(
                         "name": spec.name,
                         "created_at": now,
                         "max_per_customer": spec.max_per_customer,
+                        "organizer_id": organizer_id,
                     }
                 ],
             )
@@ -119,7 +123,13 @@ async def create_event(
         # Another process stored this key between our read and our insert (SQLite
         # cannot: it holds the write lock throughout): its answer is the answer.
         return await create_event(
-            database, spec, now, idempotency=idempotency, request_id=request_id, retry=False
+            database,
+            spec,
+            now,
+            organizer_id=organizer_id,
+            idempotency=idempotency,
+            request_id=request_id,
+            retry=False,
         )
     return event
 
@@ -193,6 +203,7 @@ def _event(row: Row[Any], section_rows: Sequence[Row[Any]]) -> Event:
         created_at=row.created_at,
         sections=[_section(section._mapping) for section in section_rows],
         max_per_customer=row.max_per_customer,
+        organizer_id=row.organizer_id,
     )
 
 

@@ -169,6 +169,7 @@ def _encode(outcome: Any) -> dict[str, Any]:
             "name": outcome.name,
             "created_at": outcome.created_at.isoformat(),
             "max_per_customer": outcome.max_per_customer,
+            "organizer_id": outcome.organizer_id,
             "sections": [_fields(s) for s in outcome.sections],
         }
     raise TypeError(f"cannot store {type(outcome).__name__}")
@@ -244,6 +245,7 @@ def _decode(data: dict[str, Any]) -> StoredOutcome:
             name=data["name"],
             created_at=datetime.fromisoformat(data["created_at"]),
             max_per_customer=data["max_per_customer"],
+            organizer_id=data.get("organizer_id"),  # stored before access control: none
             sections=[Section(**s) for s in data["sections"]],
         )
     raise ValueError(f"unknown stored outcome {kind!r}")

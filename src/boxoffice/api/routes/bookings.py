@@ -1,4 +1,4 @@
-"""Customer endpoints: book seats, read bookings back, cancel them."""
+"""Book seats, read bookings back, cancel them: each caller its own (`domain/access.py`)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 
+from boxoffice.api.access import caller
 from boxoffice.api.deps import (
     IDEMPOTENCY_KEY_DOC,
     BookerDep,
@@ -42,15 +43,17 @@ async def book(
 ) -> BookingOut:
     # The hot path takes the booker straight from app state: no dependency to resolve.
     booker: Booker = request.app.state.booker
+    actor = caller(request, "customer", "organizer")
+    customer = actor.customer_for(body.customer_id)
     given = idempotency_key(request)
     key = (
         None
         if given is None
         else idempotency(
             given,
-            scope=body.customer_id,
+            scope=actor.idempotency_scope or customer,
             operation="book",
-            request=(body.event_id, body.section_id, body.qty, body.customer_id),
+            request=(body.event_id, body.section_id, body.qty, customer),
         )
     )
     booking = await booker.submit(
@@ -58,9 +61,10 @@ async def book(
             body.event_id,
             body.section_id,
             body.qty,
-            body.customer_id,
+            customer,
             key,
             request_id(request, response),
+            actor,
         )
     )
     assert isinstance(booking, Booking)
@@ -87,8 +91,14 @@ async def list_bookings(
         CustomerId | None, Query(alias="customerId", description="Only this customer's bookings.")
     ] = None,
 ) -> list[BookingOut]:
+    viewer = caller(request)
     found = await booking_service.list_bookings(
-        database, event_id=event_id, customer_id=customer_id, limit=page.limit, cursor=page.cursor
+        database,
+        viewer=viewer,
+        event_id=event_id,
+        customer_id=customer_id,
+        limit=page.limit,
+        cursor=page.cursor,
     )
     set_next_link(request, response, found.next_cursor)
     return [BookingOut.of(booking) for booking in found.items]
@@ -100,8 +110,9 @@ async def list_bookings(
     responses=problem_responses(404, 503),
     summary="One booking",
 )
-async def get_booking(booking_id: str, database: DatabaseDep) -> BookingOut:
-    return BookingOut.of(await booking_service.get_booking(database, booking_id))
+async def get_booking(booking_id: str, request: Request, database: DatabaseDep) -> BookingOut:
+    viewer = caller(request)
+    return BookingOut.of(await booking_service.get_booking(database, booking_id, viewer))
 
 
 @router.post(
@@ -117,9 +128,15 @@ async def cancel_booking(
     response: Response,
     booker: BookerDep,
 ) -> BookingOut:
+    actor = caller(request)
     key = idempotency(
-        idempotency_key(request), scope=None, operation="cancel", request={"bookingId": booking_id}
+        idempotency_key(request),
+        scope=actor.idempotency_scope,
+        operation="cancel",
+        request={"bookingId": booking_id},
     )
-    booking = await booker.submit(CancelBooking(booking_id, key, request_id(request, response)))
+    booking = await booker.submit(
+        CancelBooking(booking_id, key, request_id(request, response), actor)
+    )
     assert isinstance(booking, Booking)
     return BookingOut.of(booking)

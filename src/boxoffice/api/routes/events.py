@@ -1,9 +1,10 @@
-"""Organizer endpoints: create, read and list events; read an event's audit trail."""
+"""Events: anyone reads them; organizers create them and read their own audit trails."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
+from boxoffice.api.access import caller
 from boxoffice.api.deps import (
     IDEMPOTENCY_KEY_DOC,
     ClockDep,
@@ -17,6 +18,8 @@ from boxoffice.api.operation_links import CREATED_EVENT, links
 from boxoffice.api.problems import problem_responses
 from boxoffice.api.routes.links import LINK_HEADER_DOC, set_next_link
 from boxoffice.api.schemas import AuditRecordOut, EventIn, EventOut
+from boxoffice.domain.access import Principal
+from boxoffice.domain.errors import Forbidden
 from boxoffice.domain.model import EventSpec, SectionSpec
 from boxoffice.domain.money import to_cents
 from boxoffice.services import audit as audit_service
@@ -37,6 +40,15 @@ def _spec(body: EventIn) -> EventSpec:
     )
 
 
+def _owner(actor: Principal, requested: str | None) -> str | None:
+    """The organizer a new event belongs to: an organizer key's own; an admin names one."""
+    if actor.role == "organizer":
+        if requested is not None and requested != actor.organizer_id:
+            raise Forbidden("An organizer key creates events for its own organizer only.")
+        return actor.organizer_id
+    return requested
+
+
 @router.post(
     "/events",
     status_code=201,
@@ -52,17 +64,24 @@ async def create_event(
     database: DatabaseDep,
     clock: ClockDep,
 ) -> EventOut:
+    actor = caller(request, "organizer")
+    organizer = _owner(actor, body.organizer_id)
     spec = _spec(body)
     key = idempotency(
         idempotency_key(request),
-        scope=None,
+        scope=actor.idempotency_scope,
         operation="create_event",
         request=body.model_dump(mode="json"),
     )
     in_flight = request.app.state.in_flight
     with in_flight.claimed(key):
         event = await event_service.create_event(
-            database, spec, clock(), idempotency=key, request_id=request_id(request, response)
+            database,
+            spec,
+            clock(),
+            organizer_id=organizer,
+            idempotency=key,
+            request_id=request_id(request, response),
         )
     response.headers["Location"] = f"/events/{event.id}"
     return EventOut.of(event)
@@ -114,6 +133,9 @@ async def list_events(
 async def event_audit(
     event_id: str, request: Request, response: Response, database: DatabaseDep, page: SeqPageDep
 ) -> list[AuditRecordOut]:
-    found = await audit_service.list_audit(database, event_id, limit=page.limit, cursor=page.cursor)
+    viewer = caller(request, "organizer")
+    found = await audit_service.list_audit(
+        database, event_id, viewer=viewer, limit=page.limit, cursor=page.cursor
+    )
     set_next_link(request, response, found.next_cursor)
     return [AuditRecordOut.of(record) for record in found.items]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
+from boxoffice.api.access import caller
 from boxoffice.api.deps import (
     IDEMPOTENCY_KEY_DOC,
     BookerDep,
@@ -48,6 +49,8 @@ async def place_hold(body: HoldIn, request: Request, response: Response) -> Hold
     booker: Booker = state.booker
     settings: Settings = state.settings
     clock: Clock = state.clock
+    actor = caller(request, "customer", "organizer")
+    customer = actor.customer_for(body.customer_id)
     ttl = settings.hold_ttl_seconds if body.ttl_seconds is None else body.ttl_seconds
     if not settings.hold_ttl_min_seconds <= ttl <= settings.hold_ttl_max_seconds:
         raise InvalidRequest(
@@ -59,16 +62,22 @@ async def place_hold(body: HoldIn, request: Request, response: Response) -> Hold
     key = (  # the request's fingerprint is made only when a key asks for it
         None
         if given is None
-        else idempotency(given, scope=body.customer_id, operation="hold", request=body.model_dump())
+        else idempotency(
+            given,
+            scope=actor.idempotency_scope or customer,
+            operation="hold",
+            request={**body.model_dump(), "customer_id": customer},
+        )
     )
     hold = await booker.submit(
         PlaceHold(
             body.event_id,
             tuple(HoldItemRequest(item.section_id, item.qty) for item in body.items),
             ttl,
-            body.customer_id,
+            customer,
             key,
             request_id(request, response),
+            actor,
         )
     )
     assert isinstance(hold, Hold)
@@ -82,8 +91,11 @@ async def place_hold(body: HoldIn, request: Request, response: Response) -> Hold
     responses=problem_responses(404, 503),
     summary="One hold, with its status as of now",
 )
-async def get_hold(hold_id: str, database: DatabaseDep, clock: ClockDep) -> HoldOut:
-    return HoldOut.of(await hold_service.get_hold(database, hold_id), clock())
+async def get_hold(
+    hold_id: str, request: Request, database: DatabaseDep, clock: ClockDep
+) -> HoldOut:
+    viewer = caller(request)
+    return HoldOut.of(await hold_service.get_hold(database, hold_id, viewer), clock())
 
 
 @router.post(
@@ -99,15 +111,16 @@ async def confirm_hold(
 ) -> ConfirmationOut:
     booker: Booker = request.app.state.booker
     clock: Clock = request.app.state.clock
+    actor = caller(request)
     reference = None if body is None else body.payment_reference
     key = idempotency(
         idempotency_key(request),
-        scope=None,
+        scope=actor.idempotency_scope,
         operation="confirm",
         request={"holdId": hold_id, "paymentReference": reference},
     )
     confirmation = await booker.submit(
-        ConfirmHold(hold_id, reference, key, request_id(request, response))
+        ConfirmHold(hold_id, reference, key, request_id(request, response), actor)
     )
     assert isinstance(confirmation, Confirmation)
     return ConfirmationOut.of(confirmation, clock())
@@ -122,5 +135,6 @@ async def confirm_hold(
 async def release_hold(
     hold_id: str, request: Request, response: Response, booker: BookerDep
 ) -> Response:
-    await booker.submit(ReleaseHold(hold_id, request_id=request_id(request, response)))
+    actor = caller(request)
+    await booker.submit(ReleaseHold(hold_id, request_id=request_id(request, response), actor=actor))
     return Response(status_code=204, headers={"X-Request-ID": response.headers["X-Request-ID"]})

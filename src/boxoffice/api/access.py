@@ -1,0 +1,140 @@
+"""Who is calling: the `Authorization: Bearer <key>` header, checked before anything else.
+
+`KeyCheckMiddleware` reads the header straight from the ASGI scope and checks
+it against the key ring (a dict lookup while the verdict is fresh), before
+FastAPI routes, parses or validates anything: a request without a valid key
+gets `401` first, whatever else is wrong with it, and no route's body
+parsing runs for it. Only the public reads go through without a key; a key
+that is sent must be valid even there, so a client with a broken key finds
+out at once. A refusal never says why (unknown, revoked or expired) and never
+echoes the key.
+
+Routes then ask for the caller and its role with `caller()`: a plain function,
+not a FastAPI dependency, whose resolution costs more than a booking's own
+work (docs/performance.md). The OpenAPI document declares the scheme and
+which operations need it (`document_security`).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from fastapi import Request
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from boxoffice.api.problems import problem_body
+from boxoffice.domain.access import OPEN_ACCESS, Principal, Role
+from boxoffice.domain.errors import NEEDS_A_KEY, Unauthorized
+from boxoffice.services.keys import KeyRing
+
+PRINCIPAL = "boxoffice.principal"  # where the middleware leaves the caller in the scope
+
+# Operations anyone may call without a key (their OpenAPI operation ids), and their paths.
+PUBLIC_OPERATIONS = frozenset({"list_events", "get_event", "healthz", "readyz"})
+_PUBLIC_PATHS = re.compile(
+    r"/events/?|/events/[^/]+|/healthz|/readyz|/docs|/docs/oauth2-redirect|/redoc|/openapi\.json"
+)
+
+
+def is_public(method: str, path: str) -> bool:
+    return method in ("GET", "HEAD") and _PUBLIC_PATHS.fullmatch(path) is not None
+
+
+class KeyCheckMiddleware:
+    """Leave the caller in the scope (None: the public), or answer 401."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        state = scope["app"].state
+        if state.settings.boxoffice_open_access:
+            scope[PRINCIPAL] = OPEN_ACCESS
+            await self.app(scope, receive, send)
+            return
+        sent = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                sent = value.decode("latin-1")
+                break
+        found: Principal | None = None
+        if sent is not None:
+            scheme, _, token = sent.partition(" ")
+            token = token.strip()
+            if scheme.lower() == "bearer" and token:
+                keys: KeyRing = state.keys
+                found = await keys.principal(token, state.clock())
+            if found is None:
+                await _refuse(scope, send)
+                return
+        elif not is_public(scope["method"], scope["path"]):
+            await _refuse(scope, send)
+            return
+        scope[PRINCIPAL] = found
+        await self.app(scope, receive, send)
+
+
+async def _refuse(scope: Scope, send: Send) -> None:
+    body = problem_body(401, "unauthorized", NEEDS_A_KEY, instance=scope.get("path"))
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 401,
+            "headers": [
+                (b"content-type", b"application/problem+json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"www-authenticate", b'Bearer realm="boxoffice"'),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def optional_caller(request: Request) -> Principal | None:
+    """The caller, or None for the public (no key sent)."""
+    found: Principal | None = request.scope.get(PRINCIPAL)
+    return found
+
+
+def caller(request: Request, *roles: Role) -> Principal:
+    """The caller, who must have a valid key, with one of `roles` (admins may do anything)."""
+    found = optional_caller(request)
+    if found is None:  # a route the middleware took for public: never, but never silently
+        raise Unauthorized()
+    if roles:
+        found.require(*roles)
+    return found
+
+
+PROBLEM = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+
+
+def document_security(schema: dict[str, Any]) -> dict[str, Any]:
+    """Declare the bearer scheme, and that every operation but the public ones needs it."""
+    components = schema.setdefault("components", {})
+    components.setdefault("securitySchemes", {})["bearerAuth"] = {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "An API key: `bo_live_…`. Make one with `boxoffice keys create`.",
+    }
+    for path in schema.get("paths", {}).values():
+        for operation in path.values():
+            if not isinstance(operation, dict) or "operationId" not in operation:
+                continue
+            responses = operation.setdefault("responses", {})
+            if operation["operationId"] in PUBLIC_OPERATIONS:
+                operation["security"] = [{}, {"bearerAuth": []}]
+                declared = {"401": "A key was sent, and it is not a valid one (`unauthorized`)."}
+            else:
+                operation["security"] = [{"bearerAuth": []}]
+                declared = {
+                    "401": "No valid API key (`unauthorized`), with `WWW-Authenticate: Bearer`.",
+                    "403": "The key's role may not do this (`forbidden`).",
+                }
+            for status, description in declared.items():
+                responses.setdefault(status, {"description": description, "content": PROBLEM})
+    return schema

@@ -1,0 +1,87 @@
+"""Who may do what: the roles, and the rule that keeps everyone to their own objects.
+
+    admin        everything, key management included
+    organizer    creates events; sees and manages its own events' bookings, holds and
+                 audit trail; may book or hold for a named customer in its own events
+    customer     books and holds for itself only (its customer id comes from its key,
+                 never from a body); sees its own bookings and holds
+    the public   reads events and availability, and the health endpoints (no principal)
+
+Someone else's object is answered as if it did not exist: the rules here say
+"not yours", and the caller raises the matching `NotFound`, so a 404 tells a
+prober nothing an unknown id would not.
+
+With `BOXOFFICE_OPEN_ACCESS=true` (local demos only) every request acts as
+`OPEN_ACCESS`: the original open API, with the customer id taken from the body.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+from boxoffice.domain.errors import Forbidden
+
+Role = Literal["admin", "organizer", "customer"]
+ROLES: tuple[Role, ...] = get_args(Role)
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """The caller, as its API key describes it."""
+
+    key_id: str | None  # None: open access, no key
+    role: Role
+    customer_id: str | None = None  # a customer key's customer
+    organizer_id: str | None = None  # an organizer key's organizer
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+    def may_manage_event(self, organizer_id: str | None) -> bool:
+        """Bookings, holds and the audit trail of an event owned by `organizer_id`."""
+        if self.role == "admin":
+            return True
+        return (
+            self.role == "organizer"
+            and organizer_id is not None
+            and (organizer_id == self.organizer_id)
+        )
+
+    def may_sell_in(self, organizer_id: str | None) -> bool:
+        """Book or hold in an event owned by `organizer_id`: customers anywhere, for
+        themselves; organizers in their own events only, for a named customer."""
+        return self.role == "customer" or self.may_manage_event(organizer_id)
+
+    def may_see(self, *, customer_id: str | None, organizer_id: str | None) -> bool:
+        """A booking or hold of `customer_id` in an event owned by `organizer_id`."""
+        if self.role == "customer":
+            return customer_id is not None and customer_id == self.customer_id
+        return self.may_manage_event(organizer_id)
+
+    def customer_for(self, requested: str | None) -> str | None:
+        """The customer a booking or hold is for: a customer key's own, whatever the body
+        says (a different one is refused, not silently replaced); otherwise the body's."""
+        if self.role != "customer":
+            return requested
+        if requested is not None and requested != self.customer_id:
+            raise Forbidden("A customer key books for its own customer only: leave customerId out.")
+        return self.customer_id
+
+    def require(self, *roles: Role) -> None:
+        """Function-level authorization: raise `Forbidden` unless the role is one of `roles`."""
+        if self.role not in roles and self.role != "admin":
+            raise Forbidden(f"This needs a key with the role {' or '.join(roles)}.")
+
+    @property
+    def idempotency_scope(self) -> str | None:
+        """Whose idempotency keys these are: the key's customer, else the key itself."""
+        if self.key_id is None:
+            return None  # open access: the body's customer, or everyone (as before keys)
+        if self.customer_id is not None:
+            return self.customer_id
+        return f"key:{self.key_id}"
+
+
+OPEN_ACCESS = Principal(key_id=None, role="admin")

@@ -1,0 +1,239 @@
+"""API keys: made, listed, revoked, and checked on every request.
+
+A key reads `bo_live_<id>_<secret>`: the prefix lets secret scanners find a
+leaked one; `<id>` (16 hex digits) is public, names the key in lists and logs,
+and finds its row; `<secret>` carries 256 random bits and is stored as its
+SHA-256 only, compared in constant time. The whole key is shown once, when it
+is made.
+
+`KeyRing` checks keys for the HTTP edge and remembers each verdict for
+`cache_seconds` (KEY_CACHE_SECONDS, 5 by default), so a request costs a dict
+lookup, not a query. That is also how long a revocation takes to reach every
+process; an expiry is checked on every request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, cast
+
+from sqlalchemy import func, select, update
+
+from boxoffice.db.database import Database
+from boxoffice.db.tables import KEY_ID_LENGTH, api_keys
+from boxoffice.domain.access import ROLES, Principal, Role
+from boxoffice.domain.errors import InvalidRequest, KeyNotFound
+from boxoffice.services.unit_of_work import UnitOfWork
+
+KEY_PREFIX = "bo_live_"
+_SECRET_BYTES = 32
+MAX_SECRET_LENGTH = 128  # ours are 43 characters; anything far longer is not one of ours
+_HEX = frozenset("0123456789abcdef")
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """A key as listed: everything but its secret."""
+
+    id: str
+    role: Role
+    name: str | None
+    customer_id: str | None
+    organizer_id: str | None
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+
+    def principal(self) -> Principal:
+        return Principal(self.id, self.role, self.customer_id, self.organizer_id)
+
+    def valid_at(self, now: datetime) -> bool:
+        return self.revoked_at is None and (self.expires_at is None or now < self.expires_at)
+
+
+@dataclass(frozen=True, slots=True)
+class NewKey:
+    """A key just made, with the secret that is never shown again."""
+
+    key: ApiKey
+    token: str
+
+
+def _sha256(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def split_token(token: str) -> tuple[str, str] | None:
+    """(id, secret) of a well-formed key, else None."""
+    if not token.startswith(KEY_PREFIX):
+        return None
+    key_id, underscore, secret = token[len(KEY_PREFIX) :].partition("_")
+    if len(key_id) != KEY_ID_LENGTH or not set(key_id) <= _HEX:
+        return None
+    if not underscore or not secret or len(secret) > MAX_SECRET_LENGTH:
+        return None
+    return key_id, secret
+
+
+def _check_spec(role: str, customer_id: str | None, organizer_id: str | None) -> None:
+    if role not in ROLES:
+        raise InvalidRequest(f"role must be one of {', '.join(ROLES)}.", field="role")
+    if (role == "customer") != (customer_id is not None):
+        raise InvalidRequest(
+            "A customer key names its customer (customerId), and only a customer key does.",
+            field="customerId",
+        )
+    if role != "organizer" and organizer_id is not None:
+        raise InvalidRequest("Only an organizer key names an organizer.", field="organizerId")
+
+
+async def create_key(
+    database: Database,
+    *,
+    role: str,
+    now: datetime,
+    name: str | None = None,
+    customer_id: str | None = None,
+    organizer_id: str | None = None,
+    expires_at: datetime | None = None,
+) -> NewKey:
+    """Make a key. An organizer key without `organizer_id` starts a new organizer, named by
+    the key's id; give an existing organizer's id to make it a second key (rotation)."""
+    _check_spec(role, customer_id, organizer_id)
+    if expires_at is not None and expires_at <= now:
+        raise InvalidRequest("expiresAt must be in the future.", field="expiresAt")
+    key_id = secrets.token_hex(KEY_ID_LENGTH // 2)
+    secret = secrets.token_urlsafe(_SECRET_BYTES)
+    if role == "organizer" and organizer_id is None:
+        organizer_id = key_id
+    key = ApiKey(key_id, cast(Role, role), name, customer_id, organizer_id, now, expires_at, None)
+    async with UnitOfWork(database, write=True) as uow:
+        await uow.conn.execute(
+            api_keys.insert().values(
+                id=key.id,
+                secret_sha256=_sha256(secret),
+                role=key.role,
+                name=key.name,
+                customer_id=key.customer_id,
+                organizer_id=key.organizer_id,
+                created_at=key.created_at,
+                expires_at=key.expires_at,
+            )
+        )
+        await uow.commit()
+    return NewKey(key, f"{KEY_PREFIX}{key_id}_{secret}")
+
+
+def _key_from_row(row: Any) -> ApiKey:
+    return ApiKey(
+        row.id,
+        row.role,
+        row.name,
+        row.customer_id,
+        row.organizer_id,
+        row.created_at,
+        row.expires_at,
+        row.revoked_at,
+    )
+
+
+_LISTED = select(
+    api_keys.c.id,
+    api_keys.c.role,
+    api_keys.c.name,
+    api_keys.c.customer_id,
+    api_keys.c.organizer_id,
+    api_keys.c.created_at,
+    api_keys.c.expires_at,
+    api_keys.c.revoked_at,
+)
+
+
+async def list_keys(database: Database) -> list[ApiKey]:
+    """Every key, oldest first, revoked ones included; never a secret."""
+    async with UnitOfWork(database, write=False) as uow:
+        rows = await uow.conn.execute(_LISTED.order_by(api_keys.c.created_at, api_keys.c.id))
+        return [_key_from_row(row) for row in rows]
+
+
+async def count_keys(database: Database) -> int:
+    async with UnitOfWork(database, write=False) as uow:
+        return int(
+            (await uow.conn.execute(select(func.count()).select_from(api_keys))).scalar_one()
+        )
+
+
+async def revoke_key(database: Database, key_id: str, now: datetime) -> ApiKey:
+    """Revoke a key (again: harmless, the first revocation's time stays)."""
+    async with UnitOfWork(database, write=True) as uow:
+        await uow.conn.execute(
+            update(api_keys)
+            .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
+            .values(revoked_at=now)
+        )
+        row = (await uow.conn.execute(_LISTED.where(api_keys.c.id == key_id))).first()
+        if row is None:
+            raise KeyNotFound(key_id)
+        await uow.commit()
+    return _key_from_row(row)
+
+
+async def find_key(database: Database, token: str) -> ApiKey | None:
+    """The key `token` is, if it is one we made (revoked and expired ones included)."""
+    parts = split_token(token)
+    if parts is None:
+        return None
+    key_id, secret = parts
+    async with UnitOfWork(database, write=False) as uow:
+        row = (
+            await uow.conn.execute(
+                select(api_keys.c.secret_sha256, *_LISTED.selected_columns).where(
+                    api_keys.c.id == key_id
+                )
+            )
+        ).first()
+    if row is None or not hmac.compare_digest(row.secret_sha256, _sha256(secret)):
+        return None
+    return _key_from_row(row)
+
+
+class KeyRing:
+    """Keys checked for the HTTP edge, each verdict kept `cache_seconds`."""
+
+    def __init__(self, database: Database, *, cache_seconds: float, max_size: int = 10_000) -> None:
+        self._database = database
+        self._cache_seconds = cache_seconds
+        self._max_size = max_size
+        self._verdicts: OrderedDict[str, _Verdict] = OrderedDict()
+
+    async def principal(self, token: str, now: datetime) -> Principal | None:
+        """Who `token` is, or None when it is no valid key (unknown, revoked or expired)."""
+        checked = time.monotonic()
+        verdict = self._verdicts.get(token)
+        if verdict is None or checked - verdict.checked >= self._cache_seconds:
+            key = await find_key(self._database, token)
+            verdict = _Verdict(checked, key, None if key is None else key.principal())
+            self._verdicts[token] = verdict
+            self._verdicts.move_to_end(token)
+            while len(self._verdicts) > self._max_size:
+                self._verdicts.popitem(last=False)
+        if verdict.key is None or not verdict.key.valid_at(now):
+            return None
+        return verdict.principal
+
+    def forget(self) -> None:
+        """Drop every verdict (a key revoked through this process takes effect at once)."""
+        self._verdicts.clear()
+
+
+@dataclass(frozen=True, slots=True)
+class _Verdict:
+    checked: float  # time.monotonic() of the lookup
+    key: ApiKey | None
+    principal: Principal | None
