@@ -3,31 +3,18 @@ each worker keeps its own key cache, so a revocation must reach the other one to
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.support.keys import first_admin_key
 from tests.support.server import ServerProcess
 
 pytestmark = pytest.mark.e2e
 
 CACHE_SECONDS = 1.0
-
-
-def first_admin_key(database_url: str) -> str:
-    made = subprocess.run(
-        [sys.executable, "-m", "boxoffice", "keys", "bootstrap"],
-        env={**os.environ, "DATABASE_URL": database_url, "BOXOFFICE_OPEN_ACCESS": "false"},
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return made.stdout.strip().splitlines()[-1]
 
 
 def test_keys_roles_and_a_revocation_across_two_workers(database_url: str, tmp_path: Path) -> None:

@@ -9,13 +9,13 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from tests.support.keys import first_admin_key
 from tests.support.server import ServerProcess
 
 pytestmark = pytest.mark.e2e
@@ -70,15 +70,7 @@ def test_every_curl_example_in_the_readme_works(database_url: str, tmp_path: Pat
     assert len(blocks) >= 10, "the README lost its examples"
     values: dict[str, str] = {}
     # As on a first `make run`: the first admin key, printed alone on the last line.
-    first = subprocess.run(
-        [sys.executable, "-m", "boxoffice", "keys", "bootstrap"],
-        env={**os.environ, "DATABASE_URL": database_url, "BOXOFFICE_OPEN_ACCESS": "false"},
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    key = first.stdout.strip().splitlines()[-1]
-    assert key.startswith("bo_live_"), first.stdout
+    key = first_admin_key(database_url)
     keyed = {"BOXOFFICE_OPEN_ACCESS": "false"}
     with ServerProcess(database_url, log_dir=tmp_path, env=keyed) as server:
         for block in blocks:

@@ -10,7 +10,6 @@ at random name no event, so schema-valid requests can rightly get 400 or 404.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.keys import first_admin_key
 from tests.support.server import ServerProcess
 
 pytestmark = pytest.mark.e2e
@@ -45,14 +45,7 @@ def test_schemathesis_finds_no_server_error_and_full_conformance(
     # Keys on, an admin's key on every request: `ignored_auth` and `missing_required_header`
     # then check that each operation the document says needs a key refuses to run without.
     keyed = {"BOXOFFICE_OPEN_ACCESS": "false"}
-    first = subprocess.run(
-        [sys.executable, "-m", "boxoffice", "keys", "bootstrap"],
-        env={**os.environ, **keyed, "DATABASE_URL": database_url},
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    key = first.stdout.strip().splitlines()[-1]
+    key = first_admin_key(database_url)
     with ServerProcess(database_url, log_dir=tmp_path, env=keyed) as server:
         run = subprocess.run(
             [

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from datetime import UTC, datetime
 
 from boxoffice.db.database import Database
@@ -24,3 +27,17 @@ async def bearer(
         organizer_id=organizer_id,
     )
     return {"Authorization": f"Bearer {made.token}"}
+
+
+def first_admin_key(database_url: str) -> str:
+    """The key a first `make run` prints (`boxoffice keys bootstrap`), alone on its last line."""
+    made = subprocess.run(
+        [sys.executable, "-m", "boxoffice", "keys", "bootstrap"],
+        env={**os.environ, "DATABASE_URL": database_url, "BOXOFFICE_OPEN_ACCESS": "false"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    key = made.stdout.strip().splitlines()[-1]
+    assert key.startswith("bo_live_"), made.stdout
+    return key

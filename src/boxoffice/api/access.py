@@ -23,7 +23,7 @@ from typing import Any
 from fastapi import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from boxoffice.api.problems import problem_body
+from boxoffice.api.problems import send_problem
 from boxoffice.domain.access import OPEN_ACCESS, Principal, Role
 from boxoffice.domain.errors import NEEDS_A_KEY, Unauthorized
 from boxoffice.services.keys import KeyRing
@@ -79,19 +79,14 @@ class KeyCheckMiddleware:
 
 
 async def _refuse(scope: Scope, send: Send) -> None:
-    body = problem_body(401, "unauthorized", NEEDS_A_KEY, instance=scope.get("path"))
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 401,
-            "headers": [
-                (b"content-type", b"application/problem+json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"www-authenticate", b'Bearer realm="boxoffice"'),
-            ],
-        }
+    await send_problem(
+        scope,
+        send,
+        401,
+        "unauthorized",
+        NEEDS_A_KEY,
+        headers=[(b"www-authenticate", b'Bearer realm="boxoffice"')],
     )
-    await send({"type": "http.response.body", "body": body})
 
 
 def optional_caller(request: Request) -> Principal | None:

@@ -13,7 +13,7 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from boxoffice.api.problems import problem_body
+from boxoffice.api.problems import send_problem
 
 
 class BodyLimitMiddleware:
@@ -47,21 +47,11 @@ class BodyLimitMiddleware:
         await self.app(scope, counted_receive, send)
 
     async def _refuse(self, scope: Scope, send: Send) -> None:
-        body = problem_body(
+        await send_problem(
+            scope,
+            send,
             413,
             "payload_too_large",
             f"The request body is larger than {self.max_bytes} bytes.",
-            instance=scope.get("path"),
+            headers=[(b"connection", b"close")],
         )
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/problem+json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})

@@ -32,6 +32,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
+from starlette.types import Scope, Send
 
 from boxoffice.api.schemas import FieldError, Problem
 from boxoffice.db.errors import DatabaseUnavailable
@@ -75,6 +76,31 @@ def problem_body(status: int, code: str, detail: str, *, instance: str | None) -
         title=HTTPStatus(status).phrase, status=status, detail=detail, code=code, instance=instance
     )
     return json.dumps(document.body(), separators=(",", ":")).encode()
+
+
+async def send_problem(
+    scope: Scope,
+    send: Send,
+    status: int,
+    code: str,
+    detail: str,
+    *,
+    headers: Sequence[tuple[bytes, bytes]] = (),
+) -> None:
+    """Answer with a problem document straight on ASGI, for middleware below FastAPI."""
+    body = problem_body(status, code, detail, instance=scope.get("path"))
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", PROBLEM_MEDIA_TYPE.encode()),
+                (b"content-length", str(len(body)).encode()),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 def problem(
