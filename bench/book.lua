@@ -1,6 +1,8 @@
 -- wrk script: POST /book (or /noop) for the targets listed in TARGETS_FILE, at random.
 -- Arguments: PATH TARGETS_FILE [idempotent]. With "idempotent", every request carries
 -- an Idempotency-Key of its own (thread id and a counter: unique within the run).
+-- With BENCH_AUTHORIZATION in the environment, every request sends it as its
+-- Authorization header (an API key: "Bearer bo_live_...").
 -- Counts 201s per thread and prints one BENCH_JSON line with the summary.
 local threads = {}
 local thread_count = 0
@@ -21,11 +23,12 @@ function init(args)
   prefix = string.format("%d-%d-", os.time(), tid or 0)
   prepared = {}
   bodies = {}
+  authorization = os.getenv("BENCH_AUTHORIZATION")
   for line in file:lines() do
     local event, section = line:match("^(%S+)%s+(%S+)$")
     local body = '{"eventId":"' .. event .. '","sectionId":"' .. section .. '","qty":1}'
     table.insert(bodies, body)
-    table.insert(prepared, wrk.format("POST", path, {["Content-Type"] = "application/json"}, body))
+    table.insert(prepared, wrk.format("POST", path, headers_for(nil), body))
   end
   file:close()
   bench_path = path
@@ -42,11 +45,19 @@ end
 
 KEYED_UP_FRONT = 60000
 
+function headers_for(key)
+  local headers = {["Content-Type"] = "application/json"}
+  if key then
+    headers["Idempotency-Key"] = key
+  end
+  if authorization then
+    headers["Authorization"] = authorization
+  end
+  return headers
+end
+
 function keyed_request(n)
-  return wrk.format("POST", bench_path, {
-    ["Content-Type"] = "application/json",
-    ["Idempotency-Key"] = prefix .. n,
-  }, bodies[math.random(#bodies)])
+  return wrk.format("POST", bench_path, headers_for(prefix .. n), bodies[math.random(#bodies)])
 end
 
 function request()

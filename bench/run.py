@@ -47,6 +47,7 @@ import httpx
 from rich.console import Console
 from rich.progress import Progress
 from sqlalchemy import func, inspect, select
+from tests.support.keys import first_admin_key
 from tests.support.postgres import ThrowawayPostgres
 from tests.support.server import ServerProcess, process_group, processes
 
@@ -75,6 +76,7 @@ class Scenario:
     databases: tuple[str, ...] = ("postgresql", "sqlite")
     app: str = "book"  # book, checkout, noop (our own no-op route), bare (bare FastAPI)
     idempotent: bool = False  # an Idempotency-Key of its own on every request
+    keyed: bool = False  # access control on, a customer's API key on every request
     baseline: bool = False  # served by the --baseline tree's code, not this one
 
     @property
@@ -91,6 +93,7 @@ SCENARIOS = [
     Scenario("hot direct", "direct", 1),
     Scenario("hot batched", "batched", 1),
     Scenario("hot idempotent", "batched", 1, idempotent=True),
+    Scenario("hot keyed", "batched", 1, keyed=True),
     Scenario("spread direct", "direct", 1000),
     Scenario("spread batched", "batched", 1000),
     Scenario("checkout", "batched", 1000, app="checkout"),
@@ -208,10 +211,13 @@ def baseline_path() -> str:
     return f"{BASELINE / 'src'}{os.pathsep}{BASELINE}"
 
 
-def create_targets(base_url: str, sections_wanted: int, path: Path) -> None:
+def create_targets(
+    base_url: str, sections_wanted: int, path: Path, admin: str | None = None
+) -> None:
     """Events with `sections_wanted` sections in all, capacity enough for the whole run."""
     lines = []
-    with httpx.Client(base_url=base_url, timeout=30) as client:
+    headers = {"Authorization": f"Bearer {admin}"} if admin else None
+    with httpx.Client(base_url=base_url, timeout=30, headers=headers) as client:
         remaining = sections_wanted
         while remaining:
             count = min(100, remaining)
@@ -228,6 +234,18 @@ def create_targets(base_url: str, sections_wanted: int, path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+def customer_key(base_url: str, admin: str) -> str:
+    """A customer's API key, made by the admin over HTTP, for a keyed scenario's requests."""
+    made = httpx.post(
+        f"{base_url}/keys",
+        json={"role": "customer", "customerId": "bench"},
+        headers={"Authorization": f"Bearer {admin}"},
+        timeout=30,
+    ).raise_for_status()
+    key: str = made.json()["key"]
+    return key
+
+
 def wrk_script(scenario: Scenario, targets: Path) -> list[str]:
     """The Lua script and its arguments for `scenario`."""
     if scenario.app == "checkout":
@@ -236,7 +254,14 @@ def wrk_script(scenario: Scenario, targets: Path) -> list[str]:
     return [str(LUA), "--", path, str(targets), *(["idempotent"] if scenario.idempotent else [])]
 
 
-def run_wrk(wrk: str, url: str, script: list[str], connections: int, duration: int) -> Any:
+def run_wrk(
+    wrk: str,
+    url: str,
+    script: list[str],
+    connections: int,
+    duration: int,
+    authorization: str | None = None,
+) -> Any:
     out = subprocess.run(
         [
             wrk,
@@ -254,6 +279,7 @@ def run_wrk(wrk: str, url: str, script: list[str], connections: int, duration: i
         text=True,
         timeout=duration + 120,
         check=True,
+        env={**os.environ, **({"BENCH_AUTHORIZATION": authorization} if authorization else {})},
     ).stdout
     match = re.search(r"BENCH_JSON (\{.*\})", out)
     if not match:
@@ -336,9 +362,9 @@ def server_env(scenario: Scenario) -> dict[str, str]:
         "BOOKING_STRATEGY": scenario.strategy or "batched",
         "LOG_LEVEL": "WARNING",
         "DB_POOL_SIZE": "20",
-        # Not yet measured with keys: the scenario with a customer key on every request
-        # comes with the rest of access control (issue 10).
-        "BOXOFFICE_OPEN_ACCESS": "true",
+        # Keys are checked in the "keyed" scenarios only: the others, and both ceilings,
+        # measure what they always did, so "hot keyed / ceiling" is the whole cost of keys.
+        "BOXOFFICE_OPEN_ACCESS": "false" if scenario.keyed else "true",
     }
     if scenario.sqlite_writer:
         env["SQLITE_WRITER"] = scenario.sqlite_writer
@@ -363,6 +389,7 @@ def run_one(
 ) -> Result:
     url = fresh_database(kind, postgres, workdir, baseline=scenario.baseline)
     env = server_env(scenario)
+    admin = first_admin_key(url) if scenario.keyed else None
     factory = FACTORIES.get(scenario.app)
     server = ServerProcess(
         url,
@@ -377,15 +404,18 @@ def run_one(
         if scenario.app == "bare":
             targets.write_text(f"{uuid.uuid4()} {uuid.uuid4()}\n")  # nothing to create
         else:
-            create_targets(server.url, scenario.sections, targets)
+            create_targets(server.url, scenario.sections, targets, admin)
+        authorization = None if admin is None else f"Bearer {customer_key(server.url, admin)}"
         script = wrk_script(scenario, targets)
         # Warm-up, not measured: connections opened, sections remembered, code paths hot.
-        warm = run_wrk(wrk, server.url, script, connections, warmup) if warmup else None
+        warm = (
+            run_wrk(wrk, server.url, script, connections, warmup, authorization) if warmup else None
+        )
         assert server.process is not None
         server_pids = process_group(server.process.pid)
         server_before = cpu_seconds(server_pids)
         db_before = cpu_seconds(postgres_processes()) if kind == "postgresql" else {}
-        stats = run_wrk(wrk, server.url, script, connections, duration)
+        stats = run_wrk(wrk, server.url, script, connections, duration, authorization)
         server_cpu = cpu_spent(server_before, cpu_seconds(server_pids))
         db_cpu = (
             cpu_spent(db_before, cpu_seconds(postgres_processes())) if kind == "postgresql" else 0.0
@@ -440,6 +470,8 @@ RATIOS: dict[str, tuple[str, str, float]] = {
     "hot batched / direct": ("hot batched", "hot direct", 1.0),
     "hot idempotent / ceiling": ("hot idempotent", "ceiling", 1.0),
     "hot idempotent / bare": ("hot idempotent", "bare ceiling", 1.0),
+    "hot keyed / ceiling": ("hot keyed", "ceiling", 1.0),
+    "hot keyed / bare": ("hot keyed", "bare ceiling", 1.0),
     "spread batched / ceiling": ("spread batched", "ceiling", 1.0),
     "spread batched / bare": ("spread batched", "bare ceiling", 1.0),
     "spread batched / direct": ("spread batched", "spread direct", 1.0),
@@ -456,6 +488,7 @@ TARGETS = {  # the issues' bars, shown next to the figures
     "hot batched / direct": 5.0,
     "spread batched / ceiling": 0.8,
     "hot idempotent / ceiling": 0.75,
+    "hot keyed / ceiling": 0.75,
     "hot batched / bare": 0.7,
     "checkout pairs / ceiling": 0.35,
 }
