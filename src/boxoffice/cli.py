@@ -279,7 +279,10 @@ def keys_list() -> None:
 
     settings = _settings_or_exit()
     found = _with_database(settings, list_keys)
-    table = Table("id", "role", "name", "customer", "organizer", "created", "expires", "revoked")
+    table = Table()
+    table.add_column("id", no_wrap=True, min_width=16)  # whole: `keys revoke` wants it
+    for heading in ("role", "name", "customer", "organizer", "created", "expires", "revoked"):
+        table.add_column(heading)
     for key in found:
         table.add_row(
             key.id,
