@@ -7,7 +7,8 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 from boxoffice.db.database import Database
-from boxoffice.services.keys import ApiKey, KeyRing
+from boxoffice.domain.access import ApiKey
+from boxoffice.services.keys import KeyRing
 
 NOW = datetime(2026, 12, 1, tzinfo=UTC)
 KEY = ApiKey("0123456789abcdef", "customer", None, "alice", None, NOW, None, None)

@@ -24,6 +24,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from boxoffice.domain.access import ApiKey
 from boxoffice.domain.audit import AuditRecord
 from boxoffice.domain.commands import Confirmation
 from boxoffice.domain.model import (
@@ -42,7 +43,7 @@ from boxoffice.domain.model import (
     Section,
 )
 from boxoffice.domain.money import from_cents
-from boxoffice.services.keys import ApiKey, NewKey
+from boxoffice.services.keys import NewKey
 
 ID_MAX_LENGTH = 64
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from boxoffice.domain.access import ApiKey
 from boxoffice.domain.model import Booking, Hold, HoldItem, Section
 
 
@@ -55,4 +56,18 @@ def booking_from_row(row: Any) -> Booking:
         hold_id=None if row.hold_id is None else str(row.hold_id),
         payment_reference=row.payment_reference,
         cancelled_at=row.cancelled_at,
+    )
+
+
+def api_key_from_row(row: Any) -> ApiKey:
+    """An API key row (any selection with its listed columns), without its secret."""
+    return ApiKey(
+        row.id,
+        row.role,
+        row.name,
+        row.customer_id,
+        row.organizer_id,
+        row.created_at,
+        row.expires_at,
+        row.revoked_at,
     )

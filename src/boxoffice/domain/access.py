@@ -18,6 +18,7 @@ With `BOXOFFICE_OPEN_ACCESS=true` (local demos only) every request acts as
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Literal, get_args
 
 from boxoffice.domain.errors import Forbidden
@@ -85,3 +86,23 @@ class Principal:
 
 
 OPEN_ACCESS = Principal(key_id=None, role="admin")
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """A key as listed: everything but its secret."""
+
+    id: str
+    role: Role
+    name: str | None
+    customer_id: str | None
+    organizer_id: str | None
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+
+    def principal(self) -> Principal:
+        return Principal(self.id, self.role, self.customer_id, self.organizer_id)
+
+    def valid_at(self, now: datetime) -> bool:
+        return self.revoked_at is None and (self.expires_at is None or now < self.expires_at)

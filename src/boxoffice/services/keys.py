@@ -23,13 +23,14 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, cast
+from typing import cast
 
 from sqlalchemy import func, select, update
 
 from boxoffice.db.database import Database
+from boxoffice.db.rows import api_key_from_row
 from boxoffice.db.tables import KEY_ID_LENGTH, api_keys
-from boxoffice.domain.access import ROLES, Principal, Role
+from boxoffice.domain.access import ROLES, ApiKey, Principal, Role
 from boxoffice.domain.errors import InvalidRequest, KeyNotFound
 from boxoffice.services.unit_of_work import UnitOfWork
 
@@ -37,26 +38,6 @@ KEY_PREFIX = "bo_live_"
 _SECRET_BYTES = 32
 MAX_SECRET_LENGTH = 128  # ours are 43 characters; anything far longer is not one of ours
 _HEX = frozenset("0123456789abcdef")
-
-
-@dataclass(frozen=True, slots=True)
-class ApiKey:
-    """A key as listed: everything but its secret."""
-
-    id: str
-    role: Role
-    name: str | None
-    customer_id: str | None
-    organizer_id: str | None
-    created_at: datetime
-    expires_at: datetime | None
-    revoked_at: datetime | None
-
-    def principal(self) -> Principal:
-        return Principal(self.id, self.role, self.customer_id, self.organizer_id)
-
-    def valid_at(self, now: datetime) -> bool:
-        return self.revoked_at is None and (self.expires_at is None or now < self.expires_at)
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,19 +113,6 @@ async def create_key(
     return NewKey(key, f"{KEY_PREFIX}{key_id}_{secret}")
 
 
-def _key_from_row(row: Any) -> ApiKey:
-    return ApiKey(
-        row.id,
-        row.role,
-        row.name,
-        row.customer_id,
-        row.organizer_id,
-        row.created_at,
-        row.expires_at,
-        row.revoked_at,
-    )
-
-
 _LISTED = select(
     api_keys.c.id,
     api_keys.c.role,
@@ -161,7 +129,7 @@ async def list_keys(database: Database) -> list[ApiKey]:
     """Every key, oldest first, revoked ones included; never a secret."""
     async with UnitOfWork(database, write=False) as uow:
         rows = await uow.conn.execute(_LISTED.order_by(api_keys.c.created_at, api_keys.c.id))
-        return [_key_from_row(row) for row in rows]
+        return [api_key_from_row(row) for row in rows]
 
 
 async def count_keys(database: Database) -> int:
@@ -183,7 +151,7 @@ async def revoke_key(database: Database, key_id: str, now: datetime) -> ApiKey:
         if row is None:
             raise KeyNotFound(key_id)
         await uow.commit()
-    return _key_from_row(row)
+    return api_key_from_row(row)
 
 
 async def find_key(database: Database, token: str) -> ApiKey | None:
@@ -202,7 +170,7 @@ async def find_key(database: Database, token: str) -> ApiKey | None:
         ).first()
     if row is None or not hmac.compare_digest(row.secret_sha256, _sha256(secret)):
         return None
-    return _key_from_row(row)
+    return api_key_from_row(row)
 
 
 class KeyRing:
