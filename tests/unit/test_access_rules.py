@@ -51,9 +51,11 @@ def test_roles_gate_functions() -> None:
 
 
 def test_idempotency_keys_belong_to_the_key_or_its_customer() -> None:
-    assert ALICE.idempotency_scope == "alice"
-    assert ACME.idempotency_scope == "key:k2"
-    assert OPEN_ACCESS.idempotency_scope is None  # the body's customer, as before keys
+    assert ALICE.idempotency_scope() == "alice"
+    assert ALICE.idempotency_scope("alice") == "alice"
+    assert ACME.idempotency_scope("walk-in") == "key:k2"
+    assert OPEN_ACCESS.idempotency_scope("c1") == "c1"  # the body's customer, as before keys
+    assert OPEN_ACCESS.idempotency_scope() is None
 
 
 def test_decisions_treat_others_objects_as_unknown() -> None:

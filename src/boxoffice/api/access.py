@@ -89,15 +89,9 @@ async def _refuse(scope: Scope, send: Send) -> None:
     )
 
 
-def optional_caller(request: Request) -> Principal | None:
-    """The caller, or None for the public (no key sent)."""
-    found: Principal | None = request.scope.get(PRINCIPAL)
-    return found
-
-
 def caller(request: Request, *roles: Role) -> Principal:
     """The caller, who must have a valid key, with one of `roles` (admins may do anything)."""
-    found = optional_caller(request)
+    found: Principal | None = request.scope.get(PRINCIPAL)
     if found is None:  # a route the middleware took for public: never, but never silently
         raise Unauthorized()
     if roles:

@@ -9,6 +9,7 @@ trimmed. Money is a JSON number with at most two decimals; inside it is exact
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
@@ -376,16 +377,7 @@ class KeyOut(_Response):
 
     @classmethod
     def of(cls, key: ApiKey) -> KeyOut:
-        return cls(
-            id=key.id,
-            role=key.role,
-            name=key.name,
-            customer_id=key.customer_id,
-            organizer_id=key.organizer_id,
-            created_at=key.created_at,
-            expires_at=key.expires_at,
-            revoked_at=key.revoked_at,
-        )
+        return cls.model_validate(key, from_attributes=True)  # the same fields, by name
 
 
 class NewKeyOut(KeyOut):
@@ -393,7 +385,7 @@ class NewKeyOut(KeyOut):
 
     @classmethod
     def made(cls, made: NewKey) -> NewKeyOut:
-        return cls(**KeyOut.of(made.key).model_dump(), key=made.token)
+        return cls.model_validate({**asdict(made.key), "key": made.token})
 
 
 class Health(BaseModel):

@@ -75,11 +75,11 @@ class Principal:
         if self.role not in roles and self.role != "admin":
             raise Forbidden(f"This needs a key with the role {' or '.join(roles)}.")
 
-    @property
-    def idempotency_scope(self) -> str | None:
-        """Whose idempotency keys these are: the key's customer, else the key itself."""
+    def idempotency_scope(self, customer: str | None = None) -> str | None:
+        """Whose idempotency keys these are: the key's customer, else the key itself; with
+        open access, the request's `customer` (or everyone's: None), as before keys."""
         if self.key_id is None:
-            return None  # open access: the body's customer, or everyone (as before keys)
+            return customer
         if self.customer_id is not None:
             return self.customer_id
         return f"key:{self.key_id}"

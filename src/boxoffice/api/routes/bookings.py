@@ -51,7 +51,7 @@ async def book(
         if given is None
         else idempotency(
             given,
-            scope=actor.idempotency_scope or customer,
+            scope=actor.idempotency_scope(customer),
             operation="book",
             request=(body.event_id, body.section_id, body.qty, customer),
         )
@@ -131,7 +131,7 @@ async def cancel_booking(
     actor = caller(request)
     key = idempotency(
         idempotency_key(request),
-        scope=actor.idempotency_scope,
+        scope=actor.idempotency_scope(),
         operation="cancel",
         request={"bookingId": booking_id},
     )

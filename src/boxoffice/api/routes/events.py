@@ -69,7 +69,7 @@ async def create_event(
     spec = _spec(body)
     key = idempotency(
         idempotency_key(request),
-        scope=actor.idempotency_scope,
+        scope=actor.idempotency_scope(),
         operation="create_event",
         request=body.model_dump(mode="json"),
     )

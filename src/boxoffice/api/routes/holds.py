@@ -64,7 +64,7 @@ async def place_hold(body: HoldIn, request: Request, response: Response) -> Hold
         if given is None
         else idempotency(
             given,
-            scope=actor.idempotency_scope or customer,
+            scope=actor.idempotency_scope(customer),
             operation="hold",
             request={**body.model_dump(), "customer_id": customer},
         )
@@ -115,7 +115,7 @@ async def confirm_hold(
     reference = None if body is None else body.payment_reference
     key = idempotency(
         idempotency_key(request),
-        scope=actor.idempotency_scope,
+        scope=actor.idempotency_scope(),
         operation="confirm",
         request={"holdId": hold_id, "paymentReference": reference},
     )
