@@ -34,9 +34,13 @@ migrate: $(VENV)/.runtime
 test: $(VENV)/.dev lint test-tools ## lint, then the whole suite on SQLite and a throwaway PostgreSQL
 	$(BIN)/python -m pytest
 
-# The README test runs its curl examples as written: curl from Debian's packages if missing.
+# From Debian's packages if missing: curl (the README test runs its examples as written) and
+# redis-server (the shared rate-limit tests start their own on a free port).
+TEST_PACKAGES = $(if $(shell command -v curl),,curl) $(if $(wildcard /usr/bin/redis-server),,redis-server)
 test-tools:
-	@command -v curl >/dev/null || { apt-get update -qq && apt-get install -y -qq curl; }
+	@if [ -n "$(strip $(TEST_PACKAGES))" ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(TEST_PACKAGES); \
+	fi
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check src tests bench

@@ -365,6 +365,10 @@ def server_env(scenario: Scenario) -> dict[str, str]:
         # Keys are checked in the "keyed" scenarios only: the others, and both ceilings,
         # measure what they always did, so "hot keyed / ceiling" is the whole cost of keys.
         "BOXOFFICE_OPEN_ACCESS": "false" if scenario.keyed else "true",
+        # Likewise rate limits: on in the keyed scenarios, with a quota no run exhausts, so
+        # that their cost is in "hot keyed / ceiling"; off elsewhere (one address, one key).
+        "RATE_LIMITS_ENABLED": "true" if scenario.keyed else "false",
+        "RATE_LIMIT_PURCHASE": "100000000/1s",
     }
     if scenario.sqlite_writer:
         env["SQLITE_WRITER"] = scenario.sqlite_writer

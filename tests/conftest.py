@@ -21,7 +21,7 @@ from boxoffice.api.app import create_app
 from boxoffice.config import Settings
 from boxoffice.db.database import Database
 from boxoffice.db.migrate import upgrade
-from tests.support.keys import bearer
+from tests.support.keys import bearer, key_material_in
 from tests.support.postgres import ThrowawayPostgres
 
 DATABASES = [
@@ -113,3 +113,20 @@ async def client(settings: Settings, database: Database) -> AsyncIterator[httpx.
             transport=transport, base_url="http://test", headers=headers
         ) as http:
             yield http
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Iterator[pytest.TestReport]:
+    """Fail any test whose captured output (logs included) carries a key's secret: nothing
+    the service logs may leak a key, and this watches the whole suite for it."""
+    report: pytest.TestReport = yield
+    captured = "\n".join(
+        content for name, content in report.sections if name.startswith("Captured")
+    )
+    leaked = key_material_in(captured)
+    if leaked and report.outcome != "failed":
+        report.outcome = "failed"
+        report.longrepr = f"key material in the captured output or logs: {leaked}"
+    return report

@@ -8,11 +8,14 @@ plain URLs (`postgresql://…`, `sqlite:///…`); the async driver is chosen her
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BeforeValidator, Field, PlainSerializer, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
+
+from boxoffice.domain.hold_caps import HoldCaps
+from boxoffice.services.rate_limits import Quota
 
 DEFAULT_DATABASE_URL = "sqlite:///./boxoffice.db"
 
@@ -45,6 +48,20 @@ def async_database_url(url: str) -> URL:
             "use sqlite:///path/to/file.db"
         )
     return parsed.set(drivername=driver)
+
+
+def _quota(value: object) -> object:
+    if isinstance(value, str):
+        return None if value.strip().lower() in ("off", "none", "") else Quota.parse(value)
+    return value
+
+
+# "20/10s": 20 requests at once, refilled over 10 s; "off": not limited.
+QuotaSetting = Annotated[
+    Quota | None,
+    BeforeValidator(_quota),
+    PlainSerializer(lambda quota: "off" if quota is None else str(quota), return_type=str),
+]
 
 
 class Settings(BaseSettings):
@@ -92,6 +109,16 @@ class Settings(BaseSettings):
         le=3600,
         description="How often expired holds are tidied up (0: never; nothing depends on it).",
     )
+    max_active_holds_per_customer: int = Field(
+        5, ge=0, le=10_000, description="Holds one customer may have active at once (0: no cap)."
+    )
+    max_hold_churn_per_hour: int = Field(
+        20,
+        ge=0,
+        le=100_000,
+        description="Holds one customer may release or let lapse per hour before it may "
+        "hold again (0: no cap).",
+    )
     idempotency_ttl_hours: float = Field(
         24.0, ge=1, le=24 * 365, description="How long an idempotency key's answer is kept."
     )
@@ -106,6 +133,30 @@ class Settings(BaseSettings):
         le=300,
         description="How long a checked API key is trusted before it is looked up again: "
         "the longest a revocation takes to reach every process.",
+    )
+
+    rate_limits_enabled: bool = Field(
+        True, description="Rate limits per key (or address) and route class; off: none at all."
+    )
+    rate_limit_read: QuotaSetting = Field(
+        Quota(300, 10), description="GET requests per key or address."
+    )
+    rate_limit_purchase: QuotaSetting = Field(
+        Quota(20, 10), description="Bookings, holds, confirms, releases and cancellations."
+    )
+    rate_limit_write: QuotaSetting = Field(Quota(60, 60), description="Other writes (events).")
+    rate_limit_keys: QuotaSetting = Field(Quota(30, 60), description="Key management.")
+    rate_limit_auth_failures: QuotaSetting = Field(
+        Quota(20, 60), description="Refused keys per client address, before it gets 429."
+    )
+    rate_limit_staff_factor: int = Field(
+        20, ge=1, le=100_000, description="Organizer and admin keys get this many times each."
+    )
+    redis_url: str | None = Field(
+        None, description="Share rate limits through this Redis (redis://host:port/db)."
+    )
+    redis_timeout_ms: int = Field(
+        100, ge=1, le=10_000, description="Past this, Redis counts as down: per-process limits."
     )
 
     db_pool_size: int = Field(10, ge=1, le=200)
@@ -138,6 +189,12 @@ class Settings(BaseSettings):
                 f"HOLD_TTL_MAX_SECONDS ({self.hold_ttl_max_seconds})"
             )
         return self
+
+    @property
+    def hold_caps(self) -> HoldCaps:
+        return HoldCaps(
+            self.max_active_holds_per_customer or None, self.max_hold_churn_per_hour or None
+        )
 
     @property
     def async_url(self) -> URL:

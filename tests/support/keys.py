@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from datetime import UTC, datetime
 
 from boxoffice.db.database import Database
 from boxoffice.services.keys import create_key
+
+# A whole key: its public id and at least a piece of its secret. The id alone
+# (`bo_live_<id>`) names a key in lists and logs and gives nothing away.
+KEY_MATERIAL = re.compile(r"bo_live_[0-9a-f]{16}_[A-Za-z0-9_-]{6,}")
+
+
+def key_material_in(text: str) -> list[str]:
+    """The pieces of `text` that carry a key's secret (masked, so a report does not leak)."""
+    return [found[:24] + "…" for found in KEY_MATERIAL.findall(text)]
 
 
 async def bearer(

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 
+from tests.support.keys import key_material_in
 from tests.support.postgres import free_port
 
 
@@ -97,6 +98,10 @@ class ServerProcess:
             # tested in-process (tests/api/test_access.py) and, with keys on, by
             # tests/e2e/test_access_processes.py, which sets this to false.
             "BOXOFFICE_OPEN_ACCESS": "true",
+            # Crash and race tests send thousands of requests from one address; rate
+            # limits are tested by tests/api/test_rate_limits.py and, across processes,
+            # by tests/e2e/test_rate_limits_redis.py.
+            "RATE_LIMITS_ENABLED": "false",
             **self.extra_env,
         }
         with self.log_path.open("wb") as log:
@@ -118,7 +123,7 @@ class ServerProcess:
                     time.sleep(0.5 if self.workers > 1 else 0)
                     return self
             time.sleep(0.1)
-        self.stop()
+        self._stop()
         raise RuntimeError(f"server did not become ready:\n{self.log()}")
 
     def log(self) -> str:
@@ -131,6 +136,12 @@ class ServerProcess:
             self.process.wait(timeout=10)
 
     def stop(self) -> None:
+        """SIGTERM, then check that nothing the server logged carries a key's secret."""
+        self._stop()
+        leaked = key_material_in(self.log())
+        assert not leaked, f"the server logged key material: {leaked} ({self.log_path})"
+
+    def _stop(self) -> None:
         if self.process is None or self.process.poll() is not None:
             return
         os.killpg(self.process.pid, signal.SIGTERM)

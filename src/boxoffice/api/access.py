@@ -18,12 +18,14 @@ which operations need it (`document_security`).
 from __future__ import annotations
 
 import re
+import time
 from typing import Any
 
 from fastapi import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from boxoffice.api.problems import send_problem
+from boxoffice.api.rate_limits import RateLimiter, send_too_many
 from boxoffice.domain.access import OPEN_ACCESS, Principal, Role
 from boxoffice.domain.errors import NEEDS_A_KEY, Unauthorized
 from boxoffice.services.keys import KeyRing
@@ -32,6 +34,7 @@ PRINCIPAL = "boxoffice.principal"  # where the middleware leaves the caller in t
 
 # Operations anyone may call without a key (their OpenAPI operation ids), and their paths.
 PUBLIC_OPERATIONS = frozenset({"list_events", "get_event", "healthz", "readyz"})
+UNLIMITED_OPERATIONS = frozenset({"healthz", "readyz", "metrics"})  # api/rate_limits.py
 _PUBLIC_PATHS = re.compile(
     r"/events/?|/events/[^/]+|/healthz|/readyz|/docs|/docs/oauth2-redirect|/redoc|/openapi\.json"
 )
@@ -63,13 +66,28 @@ class KeyCheckMiddleware:
                 break
         found: Principal | None = None
         if sent is not None:
+            limiter: RateLimiter | None = state.rate_limiter
             scheme, _, token = sent.partition(" ")
             token = token.strip()
             if scheme.lower() == "bearer" and token:
                 keys: KeyRing = state.keys
+                if limiter is not None and not keys.knows(token):
+                    # Too many refused keys from this address: not even looked up.
+                    wait = limiter.auth_blocked_for(scope, time.monotonic())
+                    if wait > 0:
+                        await send_too_many(scope, send, "auth", None, wait)
+                        return
                 found = await keys.principal(token, state.clock())
             if found is None:
-                await _refuse(scope, send)
+                limit = (
+                    None
+                    if limiter is None
+                    else await limiter.failed_authentication(scope, time.monotonic())
+                )
+                if limit is not None and not limit.verdict.allowed:
+                    await send_too_many(scope, send, "auth", limit)
+                else:
+                    await _refuse(scope, send)
                 return
         elif not is_public(scope["method"], scope["path"]):
             await _refuse(scope, send)
@@ -124,6 +142,11 @@ def document_security(schema: dict[str, Any]) -> dict[str, Any]:
                     "401": "No valid API key (`unauthorized`), with `WWW-Authenticate: Bearer`.",
                     "403": "The key's role may not do this (`forbidden`).",
                 }
+            if operation["operationId"] not in UNLIMITED_OPERATIONS:
+                declared["429"] = (
+                    "The caller's rate limit is used up (`rate_limited`); retry after "
+                    "`Retry-After`. See the `RateLimit` and `RateLimit-Policy` headers."
+                )
             for status, description in declared.items():
                 responses.setdefault(status, {"description": description, "content": PROBLEM})
     return schema

@@ -15,6 +15,7 @@ from boxoffice import __version__
 from boxoffice.api.access import KeyCheckMiddleware, document_security
 from boxoffice.api.body_limit import BodyLimitMiddleware
 from boxoffice.api.problems import install_problem_handlers, move_errors_to_problem_media_type
+from boxoffice.api.rate_limits import RateLimiter, RateLimitMiddleware
 from boxoffice.api.routes import bookings, events, health, holds, keys
 from boxoffice.booking import make_booker
 from boxoffice.booking.sweeper import Sweeper
@@ -33,7 +34,10 @@ TAGS = [
     {"name": "bookings", "description": "Book seats in one step, list and cancel bookings."},
     {"name": "holds", "description": "Checkout: hold seats while paying, then confirm."},
     {"name": "keys", "description": "API keys, for admins: make, list, revoke."},
-    {"name": "health", "description": "Liveness and readiness, for the process manager."},
+    {
+        "name": "health",
+        "description": "Liveness and readiness for the process manager; metrics for Prometheus.",
+    },
 ]
 
 DESCRIPTION = """
@@ -114,6 +118,8 @@ def create_app(
         finally:
             await sweeper.stop()
             await booker.stop()
+            if rate_limiter is not None:
+                await rate_limiter.close()
             if database is None:
                 await db.dispose()
 
@@ -127,8 +133,14 @@ def create_app(
     )
     app.state.settings = settings
     app.state.clock = clock
+    rate_limiter = RateLimiter.from_settings(settings)
+    app.state.rate_limiter = rate_limiter
     install_problem_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    if rate_limiter is not None:
+        # Inside the key check (a key's bucket needs the key), outside the body limit (a
+        # refused request's body is never read).
+        app.add_middleware(RateLimitMiddleware)
     # Outside the body limit: a request without a valid key is refused before its body
     # is read at all.
     app.add_middleware(KeyCheckMiddleware)

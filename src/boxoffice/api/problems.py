@@ -8,9 +8,11 @@
 | Forbidden                                | 403    | forbidden             |
 | NotFound, unknown route                  | 404    | not_found             |
 | Conflict (HoldExpired, HoldNotActive,    | 409    | hold_expired, …       |
-|   CustomerLimitExceeded,                 |        |                       |
+|   CustomerLimitExceeded, ActiveHoldLimit,|        |                       |
 |   IdempotencyInProgress + Retry-After)   |        |                       |
 | IdempotencyKeyReused                     | 422    | idempotency_key_reused|
+| HoldChurnLimit (+ Retry-After)           | 429    | hold_churn_limit      |
+| a rate limit (api/rate_limits.py)        | 429    | rate_limited          |
 | wrong method                             | 405    | method_not_allowed    |
 | body over MAX_BODY_BYTES                 | 413    | payload_too_large     |
 | DatabaseUnavailable                      | 503    | service_unavailable   |
@@ -40,6 +42,7 @@ from boxoffice.domain.errors import (
     BoxofficeError,
     Conflict,
     Forbidden,
+    HoldChurnLimit,
     IdempotencyInProgress,
     IdempotencyKeyReused,
     InsufficientSeats,
@@ -135,6 +138,8 @@ def _status_of(error: BoxofficeError) -> int:
         return 409
     if isinstance(error, IdempotencyKeyReused):
         return 422
+    if isinstance(error, HoldChurnLimit):
+        return 429
     return 500
 
 
@@ -162,6 +167,8 @@ async def _on_domain_error(request: Request, exc: Exception) -> ProblemResponse:
     headers = (
         {"Retry-After": RETRY_AFTER_SECONDS}
         if isinstance(exc, IdempotencyInProgress)
+        else {"Retry-After": str(exc.retry_after_seconds)}
+        if isinstance(exc, HoldChurnLimit)
         else {"WWW-Authenticate": 'Bearer realm="boxoffice"'}
         if isinstance(exc, Unauthorized)
         else None
@@ -241,11 +248,13 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     descriptions = {
         400: "Invalid input (`validation_error`) or, for bookings, `insufficient_seats`.",
         404: "Not found (`not_found`).",
-        409: "Conflict: `hold_expired`, `hold_not_active`, `customer_limit_exceeded`, or "
-        "`idempotency_in_progress` (retry after `Retry-After`).",
+        409: "Conflict: `hold_expired`, `hold_not_active`, `customer_limit_exceeded`, "
+        "`active_hold_limit`, or `idempotency_in_progress` (retry after `Retry-After`).",
         413: "Body larger than MAX_BODY_BYTES (`payload_too_large`).",
         422: "The Idempotency-Key was used before with a different request "
         "(`idempotency_key_reused`).",
+        429: "Too many requests (`rate_limited`) or, for holds, too many given up in the "
+        "last hour (`hold_churn_limit`); retry after `Retry-After`.",
         500: "Unexpected error (`internal_error`).",
         503: "Database unavailable (`service_unavailable`); retry after `Retry-After`.",
     }

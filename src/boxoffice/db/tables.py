@@ -134,6 +134,7 @@ holds = Table(
         "status IN ('active', 'confirmed', 'released', 'expired')", name="status_known"
     ),
     Index(None, "event_id", "customer_id", "expires_at"),
+    Index(None, "customer_id", "expires_at"),  # hold caps (domain/hold_caps.py)
 )
 
 hold_items = Table(

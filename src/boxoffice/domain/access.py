@@ -40,6 +40,11 @@ class Principal:
     def is_admin(self) -> bool:
         return self.role == "admin"
 
+    @property
+    def is_staff(self) -> bool:
+        """Organizers and admins act for many people (a box office), customers for one."""
+        return self.role != "customer"
+
     def may_manage_event(self, organizer_id: str | None) -> bool:
         """Bookings, holds and the audit trail of an event owned by `organizer_id`."""
         if self.role == "admin":

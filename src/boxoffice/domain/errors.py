@@ -15,8 +15,11 @@
     │   ├── HoldExpired                hold_expired
     │   ├── HoldNotActive              hold_not_active (confirmed or released already)
     │   ├── CustomerLimitExceeded      customer_limit_exceeded (`limit`, `remainingForCustomer`)
+    │   ├── ActiveHoldLimit            active_hold_limit (`limit`): too many holds at once
     │   └── IdempotencyInProgress      idempotency_in_progress (retry after a moment)
-    └── IdempotencyKeyReused       422 idempotency_key_reused (same key, different request)
+    ├── IdempotencyKeyReused       422 idempotency_key_reused (same key, different request)
+    └── HoldChurnLimit             429 hold_churn_limit (`limit`, + Retry-After): too many holds
+                                   given up (released or lapsed) in the last hour
 
 Infrastructure failures (the database is down or locked for too long) are not
 domain errors: see `boxoffice.db.errors.DatabaseUnavailable`.
@@ -175,6 +178,39 @@ class CustomerLimitExceeded(Conflict):
             "remainingForCustomer": self.remaining_for_customer,
             "requested": self.requested,
         }
+
+
+class ActiveHoldLimit(Conflict):
+    """The customer has MAX_ACTIVE_HOLDS_PER_CUSTOMER active holds already."""
+
+    code = "active_hold_limit"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"At most {limit} active holds per customer: confirm or release one first."
+        )
+        self.limit = limit
+
+    def extensions(self) -> dict[str, Any]:
+        return {"limit": self.limit}
+
+
+class HoldChurnLimit(BoxofficeError):
+    """The customer gave up (released, or let lapse) too many holds in the last hour: holding
+    and letting go again and again keeps seats from everyone else."""
+
+    code = "hold_churn_limit"
+
+    def __init__(self, limit: int, retry_after_seconds: int) -> None:
+        super().__init__(
+            f"At most {limit} holds released or expired per customer per hour: "
+            f"try again in {retry_after_seconds} s."
+        )
+        self.limit = limit
+        self.retry_after_seconds = retry_after_seconds
+
+    def extensions(self) -> dict[str, Any]:
+        return {"limit": self.limit}
 
 
 class IdempotencyInProgress(Conflict):

@@ -1,14 +1,18 @@
-"""Reading a hold back, with its items and its status as of now."""
+"""Reading holds back: one with its items and its status as of now, or a customer's record."""
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from datetime import datetime
+
+from sqlalchemy import and_, case, func, select, type_coerce
 
 from boxoffice.db.database import Database
 from boxoffice.db.rows import hold_from_row, hold_item_from_row
 from boxoffice.db.tables import events, hold_items, holds
+from boxoffice.db.types import UTCDateTime
 from boxoffice.domain.access import Principal
 from boxoffice.domain.errors import HoldNotFound
+from boxoffice.domain.hold_caps import CHURN_WINDOW, HoldRecord
 from boxoffice.domain.ids import parse_id
 from boxoffice.domain.model import Hold
 from boxoffice.services.unit_of_work import UnitOfWork
@@ -37,3 +41,25 @@ async def get_hold(database: Database, hold_id: str, viewer: Principal) -> Hold:
             select(hold_items).where(hold_items.c.hold_id == ident).order_by(hold_items.c.position)
         )
         return hold_from_row(row, [hold_item_from_row(item) for item in items])
+
+
+async def hold_record(database: Database, customer_id: str, now: datetime) -> HoldRecord:
+    """How many holds `customer_id` has active, and has given up within the hour.
+
+    Every hold that counts expires after the hour began (one released was released
+    before its expiry), so this reads one range of `ix_holds_customer_id_expires_at`.
+    An active hold past its expiry has lapsed: given up, not active.
+    """
+    since = now - CHURN_WINDOW
+    active = and_(holds.c.status == "active", holds.c.expires_at > now)
+    released = and_(holds.c.status == "released", holds.c.settled_at > since)
+    lapsed = and_(holds.c.status.in_(("active", "expired")), holds.c.expires_at <= now)
+    given_up_at = case((released, holds.c.settled_at), (lapsed, holds.c.expires_at), else_=None)
+    query = select(
+        func.count().filter(active).label("active"),
+        func.count(given_up_at).label("churned"),
+        type_coerce(func.min(given_up_at), UTCDateTime()).label("oldest"),
+    ).where(holds.c.customer_id == customer_id, holds.c.expires_at > since)
+    async with UnitOfWork(database, write=False) as uow:
+        row = (await uow.conn.execute(query)).one()
+    return HoldRecord(int(row.active or 0), int(row.churned or 0), row.oldest)

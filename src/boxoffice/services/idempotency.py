@@ -30,6 +30,10 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import select
+
+from boxoffice.db.database import Database
+from boxoffice.db.tables import idempotency_keys
 from boxoffice.domain.commands import Confirmation, Idempotency, Released, Swept
 from boxoffice.domain.decisions import Outcome
 from boxoffice.domain.errors import (
@@ -39,6 +43,7 @@ from boxoffice.domain.errors import (
     rebuild_error,
 )
 from boxoffice.domain.model import Booking, Event, Hold, HoldItem, Section
+from boxoffice.services.unit_of_work import UnitOfWork
 
 MAX_KEY_LENGTH = 255
 ANONYMOUS_SCOPE = ""
@@ -249,3 +254,13 @@ def _decode(data: dict[str, Any]) -> StoredOutcome:
             sections=[Section(**s) for s in data["sections"]],
         )
     raise ValueError(f"unknown stored outcome {kind!r}")
+
+
+async def was_answered(database: Database, key: Idempotency) -> bool:
+    """Whether a request with this idempotency key was answered and its answer kept: a
+    retry of it is replayed by the batch, and checks made before the batch must let it by."""
+    query = select(idempotency_keys.c.key).where(
+        idempotency_keys.c.scope == key.scope, idempotency_keys.c.key == key.key
+    )
+    async with UnitOfWork(database, write=False) as uow:
+        return (await uow.conn.execute(query)).first() is not None

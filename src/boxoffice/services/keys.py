@@ -197,6 +197,11 @@ class KeyRing:
         self._pending: dict[str, asyncio.Future[_Verdict]] = {}
         self._generation = 0  # bumped by forget(): a lookup begun before it is not kept
 
+    def knows(self, token: str) -> bool:
+        """Whether a fresh verdict on `token` is at hand (checking it costs no lookup)."""
+        verdict = self._verdicts.get(token)
+        return verdict is not None and time.monotonic() - verdict.checked < self._cache_seconds
+
     async def principal(self, token: str, now: datetime) -> Principal | None:
         """Who `token` is, or None when it is no valid key (unknown, revoked or expired)."""
         verdict = self._verdicts.get(token)

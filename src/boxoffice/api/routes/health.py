@@ -1,9 +1,11 @@
-"""Liveness and readiness probes for load balancers and orchestrators."""
+"""Liveness and readiness probes for load balancers and orchestrators; metrics for Prometheus."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from boxoffice.api.access import caller
 from boxoffice.api.deps import DatabaseDep
 from boxoffice.api.problems import problem_responses
 from boxoffice.api.schemas import Health, Readiness
@@ -29,3 +31,14 @@ async def readyz(database: DatabaseDep) -> Readiness:
     except Exception as error:
         raise DatabaseUnavailable(str(error)) from error
     return Readiness(status="ok", database=database.dialect)
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
+    summary="Prometheus metrics of this process (admin)",
+)
+async def metrics(request: Request) -> Response:
+    caller(request, "admin")
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

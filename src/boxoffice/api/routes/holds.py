@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from fastapi import APIRouter, Request, Response
 
 from boxoffice.api.access import caller
@@ -18,18 +20,21 @@ from boxoffice.api.problems import problem_responses
 from boxoffice.api.schemas import ConfirmationOut, ConfirmIn, HoldIn, HoldOut
 from boxoffice.booking import Booker
 from boxoffice.config import Settings
+from boxoffice.db.database import Database
 from boxoffice.domain.commands import (
     Confirmation,
     ConfirmHold,
     HoldItemRequest,
+    Idempotency,
     PlaceHold,
     ReleaseHold,
 )
-from boxoffice.domain.errors import InvalidRequest
+from boxoffice.domain.errors import ActiveHoldLimit, HoldChurnLimit, InvalidRequest
+from boxoffice.domain.hold_caps import HoldCaps, check_hold_caps
 from boxoffice.domain.model import Hold
 from boxoffice.services import holds as hold_service
 from boxoffice.services.clock import Clock
-from boxoffice.services.idempotency import idempotency
+from boxoffice.services.idempotency import idempotency, was_answered
 
 router = APIRouter(tags=["holds"])
 
@@ -38,7 +43,7 @@ router = APIRouter(tags=["holds"])
     "/holds",
     status_code=201,
     response_model=HoldOut,
-    responses={**links(PLACED_HOLD), **problem_responses(400, 404, 409, 413, 422, 503)},
+    responses={**links(PLACED_HOLD), **problem_responses(400, 404, 409, 413, 422, 429, 503)},
     summary="Hold seats in one or more sections of an event: every item, or none",
     openapi_extra=IDEMPOTENCY_KEY_DOC,
 )
@@ -69,6 +74,8 @@ async def place_hold(body: HoldIn, request: Request, response: Response) -> Hold
             request={**body.model_dump(), "customer_id": customer},
         )
     )
+    if customer is not None and settings.hold_caps.any:
+        await check_caps(state.database, settings.hold_caps, customer, key, clock())
     hold = await booker.submit(
         PlaceHold(
             body.event_id,
@@ -83,6 +90,22 @@ async def place_hold(body: HoldIn, request: Request, response: Response) -> Hold
     assert isinstance(hold, Hold)
     response.headers["Location"] = f"/holds/{hold.id}"
     return HoldOut.of(hold, clock())
+
+
+async def check_caps(
+    database: Database, caps: HoldCaps, customer: str, key: Idempotency | None, now: datetime
+) -> None:
+    """The customer's hold caps (`domain/hold_caps.py`), read before the hold is queued.
+
+    Read, not locked: parallel holds of one customer may pass the count together, at
+    most as many as its purchase rate limit lets through at once. The retry of a hold
+    that was placed is let by, for the batch to replay its answer.
+    """
+    try:
+        check_hold_caps(caps, await hold_service.hold_record(database, customer, now), now)
+    except (ActiveHoldLimit, HoldChurnLimit):
+        if key is None or not await was_answered(database, key):
+            raise
 
 
 @router.get(

@@ -1,0 +1,66 @@
+"""Rate limits shared through a real Redis by two servers on one database, and the
+fall-back to per-process limits when that Redis is killed mid-run (and back again)."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.redis import ThrowawayRedis
+from tests.support.server import ServerProcess
+
+pytestmark = pytest.mark.e2e
+
+QUOTA = 10
+
+
+def reads(server: ServerProcess, count: int) -> list[int]:
+    """`count` public reads, each on a connection of its own."""
+    return [httpx.get(f"{server.url}/events", timeout=10).status_code for _ in range(count)]
+
+
+def fallbacks(server: ServerProcess) -> float:
+    text = httpx.get(f"{server.url}/metrics", timeout=10).text
+    found = re.search(r"^boxoffice_rate_limit_fallbacks_total (\S+)$", text, re.MULTILINE)
+    assert found, text
+    return float(found.group(1))
+
+
+def test_two_servers_share_one_limit_and_fall_back_when_redis_dies(
+    database_url: str, tmp_path: Path
+) -> None:
+    with ThrowawayRedis(tmp_path) as redis:
+        env = {
+            "RATE_LIMITS_ENABLED": "true",
+            "REDIS_URL": redis.url,
+            "RATE_LIMIT_READ": f"{QUOTA}/1h",  # no refill during the test
+        }
+        with (
+            ServerProcess(database_url, env=env, log_dir=tmp_path) as first,
+            ServerProcess(database_url, env=env, log_dir=tmp_path) as second,
+        ):
+            answers = reads(first, 6) + reads(second, 6) + reads(first, 3)
+            # One bucket for this address, whichever server answers: 10 in all, not 10 each.
+            assert answers.count(200) == QUOTA
+            assert set(answers) == {200, 429}
+            assert answers[:QUOTA] == [200] * QUOTA
+
+            redis.stop()
+            # Redis is gone: each server counts on its own, and nothing fails.
+            after = reads(first, QUOTA + 2) + reads(second, QUOTA + 2)
+            assert after == ([200] * QUOTA + [429, 429]) * 2
+            assert fallbacks(first) == 1
+            assert fallbacks(second) == 1
+            assert "Redis does not answer" in first.log()
+
+            redis.start()  # empty again: its buckets start full
+            time.sleep(5.5)  # the servers try Redis again every 5 s
+            back = reads(first, 1) + reads(second, 1)
+            assert back == [200, 200]
+            assert "Redis answers again" in first.log()
+            shared = reads(first, QUOTA) + reads(second, QUOTA)
+            assert shared.count(200) == QUOTA - 2
