@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from sqlalchemy.exc import DBAPIError
 
+from boxoffice.api.http_protocol import GuardedHttpToolsProtocol
 from boxoffice.config import Settings, get_settings
 from boxoffice.db.database import Database
 from boxoffice.db.migrate import (
@@ -117,6 +118,8 @@ def serve(
         log_config=None,
         access_log=access_log,
         proxy_headers=False,
+        http=GuardedHttpToolsProtocol,
+        timeout_keep_alive=settings.keep_alive_seconds,
     )
 
 

@@ -7,6 +7,7 @@ plain URLs (`postgresql://…`, `sqlite:///…`); the async driver is chosen her
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from typing import Annotated, Literal
 
@@ -18,6 +19,7 @@ from boxoffice.domain.hold_caps import HoldCaps
 from boxoffice.services.rate_limits import Quota
 
 DEFAULT_DATABASE_URL = "sqlite:///./boxoffice.db"
+_ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:\d{1,5})?")
 
 _ASYNC_DRIVERS = {
     "postgres": "postgresql+asyncpg",
@@ -79,6 +81,15 @@ class Settings(BaseSettings):
 
     max_tickets_per_booking: int = Field(10, ge=1, le=1000)
     max_body_bytes: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024)
+    body_timeout_seconds: float = Field(
+        10.0, gt=0, le=300, description="Longest wait for the next piece of a request body (408)."
+    )
+    keep_alive_seconds: int = Field(
+        5, ge=1, le=300, description="How long an idle keep-alive connection stays open."
+    )
+    max_header_bytes: int = Field(
+        16 * 1024, ge=4096, le=1024 * 1024, description="Largest request head (line + headers)."
+    )
     default_page_size: int = Field(100, ge=1, le=1000)
     max_page_size: int = Field(1000, ge=1, le=1000)
 
@@ -159,6 +170,12 @@ class Settings(BaseSettings):
         100, ge=1, le=10_000, description="Past this, Redis counts as down: per-process limits."
     )
 
+    cors_allow_origins: str = Field(
+        "",
+        description="Browser origins allowed to call the API, comma-separated "
+        "(https://shop.example.com); empty: CORS off, no CORS headers at all.",
+    )
+
     db_pool_size: int = Field(10, ge=1, le=200)
     db_timeout_seconds: float = Field(
         10.0, gt=0, le=300, description="Connect timeout, and SQLite's busy timeout."
@@ -175,6 +192,17 @@ class Settings(BaseSettings):
         async_database_url(value)
         return value
 
+    @field_validator("cors_allow_origins")
+    @classmethod
+    def _origins(cls, value: str) -> str:
+        for origin in (part.strip() for part in value.split(",")):
+            if origin and origin != "*" and not _ORIGIN.fullmatch(origin):
+                raise ValueError(
+                    f"{origin!r} is not an origin: write scheme://host[:port], e.g. "
+                    "https://shop.example.com (no path, no trailing slash), or *"
+                )
+        return value
+
     @model_validator(mode="after")
     def _page_sizes_agree(self) -> Settings:
         if self.default_page_size > self.max_page_size:
@@ -189,6 +217,10 @@ class Settings(BaseSettings):
                 f"HOLD_TTL_MAX_SECONDS ({self.hold_ttl_max_seconds})"
             )
         return self
+
+    @property
+    def cors_origins(self) -> list[str]:
+        return [origin.strip() for origin in self.cors_allow_origins.split(",") if origin.strip()]
 
     @property
     def hold_caps(self) -> HoldCaps:

@@ -9,6 +9,7 @@ from typing import Any
 
 import structlog
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.routing import APIRoute
 
 from boxoffice import __version__
@@ -17,6 +18,7 @@ from boxoffice.api.body_limit import BodyLimitMiddleware
 from boxoffice.api.problems import install_problem_handlers, move_errors_to_problem_media_type
 from boxoffice.api.rate_limits import RateLimiter, RateLimitMiddleware
 from boxoffice.api.routes import bookings, events, health, holds, keys
+from boxoffice.api.security_headers import EXPOSED_HEADERS, SecurityHeadersMiddleware
 from boxoffice.booking import make_booker
 from boxoffice.booking.sweeper import Sweeper
 from boxoffice.config import Settings, get_settings
@@ -136,7 +138,11 @@ def create_app(
     rate_limiter = RateLimiter.from_settings(settings)
     app.state.rate_limiter = rate_limiter
     install_problem_handlers(app)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        timeout_seconds=settings.body_timeout_seconds,
+    )
     if rate_limiter is not None:
         # Inside the key check (a key's bucket needs the key), outside the body limit (a
         # refused request's body is never read).
@@ -144,6 +150,19 @@ def create_app(
     # Outside the body limit: a request without a valid key is refused before its body
     # is read at all.
     app.add_middleware(KeyCheckMiddleware)
+    # Outside the key check, so that refusals carry them too.
+    app.add_middleware(SecurityHeadersMiddleware)
+    if settings.cors_origins:
+        # Outermost: a browser's preflight carries no key, and must be answered as such.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-Request-ID"],
+            expose_headers=[*EXPOSED_HEADERS],
+            allow_credentials=False,  # keys travel in a header, never in cookies
+            max_age=600,
+        )
     # Routes are matched in order, each tried in turn: the booking and checkout routes,
     # which take nearly all the traffic of a sale, come first. The documentation keeps
     # its own order (TAGS).

@@ -63,6 +63,7 @@ _HTTP_CODES = {
     404: "not_found",
     405: "method_not_allowed",
     406: "not_acceptable",
+    408: "request_timeout",
     409: "conflict",
     413: "payload_too_large",
     415: "unsupported_media_type",
@@ -201,6 +202,11 @@ async def _on_http_error(request: Request, exc: Exception) -> ProblemResponse:
         )
     elif status == 400:
         detail = "The request body is not valid UTF-8 JSON."
+    elif status == 408:
+        detail = (
+            "The request body stopped arriving for "
+            f"{request.app.state.settings.body_timeout_seconds:g} s."
+        )
     else:
         detail = str(exc.detail)
     headers = dict(exc.headers or {})

@@ -17,6 +17,7 @@ looked up at all, which is what makes guessing keys slow.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -60,7 +61,7 @@ class Limit:
     verdict: Verdict
 
     def headers(self) -> list[tuple[bytes, bytes]]:
-        reset = max(0, round(self.verdict.reset_after))
+        reset = max(0, math.ceil(self.verdict.reset_after - 1e-6))  # whole seconds, rounded up
         return [
             (
                 b"ratelimit-policy",

@@ -21,6 +21,16 @@ _API = (
     (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'"),
 )
 _PAGES = ("/docs", "/redoc")
+
+# What a browser script may read of an answer, when CORS lets it call at all.
+EXPOSED_HEADERS = (
+    "Location",
+    "Link",
+    "Retry-After",
+    "RateLimit",
+    "RateLimit-Policy",
+    "X-Request-ID",
+)
 _PRIVATE = (b"cache-control", b"no-store")
 
 

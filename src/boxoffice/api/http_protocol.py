@@ -1,0 +1,141 @@
+"""uvicorn's httptools protocol with the two guards it lacks: a head size and a head time.
+
+uvicorn with httptools accepts a request head of any size (a 2 MB header was
+read whole) and waits for it for ever: a client that opens connections and
+trickles header bytes (slowloris) holds them, and their memory, as long as it
+likes. h11 has a size limit but no time limit, and parses slower. This
+subclass, given to uvicorn as its `http` protocol, adds both:
+
+- a head (request line and headers) over MAX_HEADER_BYTES is answered
+  `431 request_header_fields_too_large` and the connection closed;
+- a head not complete within BODY_TIMEOUT_SECONDS of its first byte (or of the
+  connection, for one that sends nothing) is answered `408 request_timeout`
+  and the connection closed.
+
+A stalled body is `BodyLimitMiddleware`'s (also 408); an idle keep-alive
+connection is closed after KEEP_ALIVE_SECONDS by uvicorn itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from boxoffice.api.problems import PROBLEM_MEDIA_TYPE, problem_body
+from boxoffice.config import get_settings
+
+
+class _HeadTooLarge(Exception):
+    """Raised inside the parser's callback: httptools stops, uvicorn calls send_400_response."""
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """See the module's docstring."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        settings = get_settings()  # read once per process, then cached
+        self.max_head_bytes = settings.max_header_bytes
+        self.head_timeout = settings.body_timeout_seconds
+        self.head_bytes = 0  # of the head's complete parts (request line, headers)
+        self.raw_head = 0  # bytes received of a head not yet complete
+        self.head_tail = b""  # its last 3 bytes, to find its end across chunks
+        self.in_head = True
+        self.head_timer: asyncio.TimerHandle | None = None
+        self.refusal: tuple[int, str, str] | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._start_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_head_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        # httptools keeps an unfinished header to itself until its end arrives, so the
+        # callbacks alone would let one endless header grow without bound: count raw bytes.
+        if self.in_head and self.refusal is None:
+            end = (self.head_tail + data).find(b"\r\n\r\n")
+            size = self.raw_head + (len(data) if end == -1 else end + 4 - len(self.head_tail))
+            if size > self.max_head_bytes:
+                self.refusal = self._too_large()
+                self._refuse(*self.refusal)
+                return
+            self.raw_head = size
+            self.head_tail = (self.head_tail + data)[-3:]
+        super().data_received(data)
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self.in_head, self.raw_head, self.head_tail = True, 0, b""
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self.head_bytes = 0
+        self._start_head_timer()
+
+    def on_url(self, url: bytes) -> None:
+        self._count(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count(len(name) + len(value) + 4)  # ": " and CRLF
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self.in_head = False
+        self._stop_head_timer()
+        super().on_headers_complete()
+
+    def send_400_response(self, msg: str) -> None:
+        if self.refusal is None:
+            super().send_400_response(msg)
+        else:
+            self._refuse(*self.refusal)
+
+    def _count(self, size: int) -> None:
+        self.head_bytes += size
+        if self.head_bytes > self.max_head_bytes:
+            self.refusal = self._too_large()
+            raise _HeadTooLarge()
+
+    def _too_large(self) -> tuple[int, str, str]:
+        return (
+            431,
+            "request_header_fields_too_large",
+            f"The request line and headers are larger than {self.max_head_bytes} bytes.",
+        )
+
+    def _start_head_timer(self) -> None:
+        if self.head_timer is None:
+            self.head_timer = self.loop.call_later(self.head_timeout, self._head_too_slow)
+
+    def _stop_head_timer(self) -> None:
+        if self.head_timer is not None:
+            self.head_timer.cancel()
+            self.head_timer = None
+
+    def _head_too_slow(self) -> None:
+        self.head_timer = None
+        if self.cycle is not None and not self.cycle.response_complete:
+            return  # a request is being answered: its head was complete
+        if self.transport.is_closing():
+            return
+        self._refuse(
+            408,
+            "request_timeout",
+            f"The request line and headers did not arrive within {self.head_timeout:g} s.",
+        )
+
+    def _refuse(self, status: int, code: str, detail: str) -> None:
+        body = problem_body(status, code, detail, instance=None)
+        phrase = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}[status]
+        self.transport.write(
+            b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %d\r\n"
+            b"connection: close\r\n\r\n%s"
+            % (status, phrase, PROBLEM_MEDIA_TYPE.encode(), len(body), body)
+        )
+        self.transport.close()

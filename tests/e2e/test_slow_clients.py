@@ -1,0 +1,107 @@
+"""Slow, stalled and oversized requests on a real server (uvicorn with our protocol):
+each gets a problem+json 408 or 431 and its connection closed, in bounded time."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.server import ServerProcess
+
+pytestmark = pytest.mark.e2e
+
+TIMEOUT = 1.0
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    folder = tmp_path_factory.mktemp("slow")
+    url = f"sqlite:///{folder / 'boxoffice.db'}"
+    import subprocess
+    import sys
+
+    subprocess.run(
+        [sys.executable, "-m", "boxoffice", "db", "upgrade"],
+        env={"DATABASE_URL": url, "PATH": "/usr/bin:/bin"},
+        check=True,
+        capture_output=True,
+    )
+    env = {"BODY_TIMEOUT_SECONDS": str(TIMEOUT), "MAX_HEADER_BYTES": "8192"}
+    with ServerProcess(url, env=env, log_dir=folder) as running:
+        yield running
+
+
+def exchange(server: ServerProcess, data: bytes, wait: float = 10) -> tuple[bytes, float]:
+    """Send `data`, then read until the server closes: (everything read, seconds taken)."""
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.settimeout(wait)
+        if data:
+            sock.sendall(data)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    return received, time.monotonic() - started
+
+
+def problem(answer: bytes, status: int, code: str) -> None:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 %d " % status), head
+    assert b"content-type: application/problem+json" in head.lower()
+    assert b"connection: close" in head.lower()
+    assert json.loads(body)["code"] == code
+
+
+def test_a_head_larger_than_the_limit_gets_431(server: ServerProcess) -> None:
+    answer, _ = exchange(server, b"GET /events HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 100_000)
+    problem(answer, 431, "request_header_fields_too_large")
+    within, _ = exchange(
+        server,
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Ok: "
+        + b"a" * 4000
+        + b"\r\n\r\n",
+    )
+    assert within.startswith(b"HTTP/1.1 200 ")
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [b"", b"GET /events HTTP/1.1\r\nHost: x\r\n", b"GET /ev"],
+    ids=["nothing", "headers-unfinished", "request-line-unfinished"],
+)
+def test_a_head_that_stalls_gets_408_in_bounded_time(server: ServerProcess, sent: bytes) -> None:
+    answer, took = exchange(server, sent)
+    problem(answer, 408, "request_timeout")
+    assert TIMEOUT * 0.9 <= took < TIMEOUT + 3
+
+
+def test_a_body_that_stalls_gets_408_and_books_nothing(server: ServerProcess) -> None:
+    head = (
+        b"POST /book HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 200\r\n\r\n"
+    )
+    answer, took = exchange(server, head + b'{"eventId": "')
+    problem(answer, 408, "request_timeout")
+    assert took < TIMEOUT + 3
+    # The server goes on serving.
+    fine, _ = exchange(server, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert fine.startswith(b"HTTP/1.1 200 ")
+
+
+def test_keep_alive_connections_are_not_cut_by_the_head_timer(server: ServerProcess) -> None:
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.settimeout(5)
+        for _ in range(3):
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+            time.sleep(TIMEOUT * 1.5)  # idle, within the keep-alive time (5 s)
+
+
+def test_logs_name_no_oversized_header(server: ServerProcess, tmp_path: Path) -> None:
+    exchange(server, b"GET / HTTP/1.1\r\nAuthorization: Bearer " + b"z" * 20_000)
+    assert "z" * 100 not in server.log()
