@@ -15,6 +15,7 @@ from pydantic import BeforeValidator, Field, PlainSerializer, field_validator, m
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 
+from boxoffice.domain.fraud import FraudRules
 from boxoffice.domain.hold_caps import HoldCaps
 from boxoffice.services.rate_limits import Quota
 
@@ -170,6 +171,25 @@ class Settings(BaseSettings):
         100, ge=1, le=10_000, description="Past this, Redis counts as down: per-process limits."
     )
 
+    fraud_flags_enabled: bool = Field(
+        True, description="Watch for suspicious patterns and flag them (they block nothing)."
+    )
+    flag_window_seconds: float = Field(
+        600, gt=0, le=86_400, description="The window the flag rules count within."
+    )
+    flag_max_quantity_repeats: int = Field(
+        5, ge=0, le=100_000, description="Purchases at the per-request maximum, per buyer."
+    )
+    flag_refusals: int = Field(
+        30, ge=0, le=100_000, description="Refused requests per key or address."
+    )
+    flag_hold_churn: int = Field(
+        10, ge=0, le=100_000, description="Holds a customer gave up in the last hour."
+    )
+    flag_customers_per_address: int = Field(
+        10, ge=0, le=100_000, description="Different customers buying from one address."
+    )
+
     cors_allow_origins: str = Field(
         "",
         description="Browser origins allowed to call the API, comma-separated "
@@ -221,6 +241,16 @@ class Settings(BaseSettings):
     @property
     def cors_origins(self) -> list[str]:
         return [origin.strip() for origin in self.cors_allow_origins.split(",") if origin.strip()]
+
+    @property
+    def fraud_rules(self) -> FraudRules:
+        return FraudRules(
+            window_seconds=self.flag_window_seconds,
+            max_quantity_repeats=self.flag_max_quantity_repeats,
+            refusals=self.flag_refusals,
+            hold_churn=self.flag_hold_churn,
+            customers_per_address=self.flag_customers_per_address,
+        )
 
     @property
     def hold_caps(self) -> HoldCaps:

@@ -140,6 +140,13 @@ EXPECTED: dict[str, tuple[Request, tuple[int, ...]]] = {
         (401, 403, 403, 403, 403, 201),
     ),
     "healthz": (lambda w: ("GET", "/healthz", None), (200,) * 6),
+    "readyz": (lambda w: ("GET", "/readyz", None), (200,) * 6),
+    "metrics": (lambda w: ("GET", "/metrics", None), (401, 403, 403, 403, 403, 200)),
+    "event flags": (
+        lambda w: ("GET", f"/events/{w.event['id']}/flags", None),
+        (401, 403, 403, 200, 404, 200),
+    ),
+    "all flags": (lambda w: ("GET", "/flags", None), (401, 403, 403, 403, 403, 200)),
 }
 
 # Changes that can happen once: each caller gets a fresh world's objects.
@@ -350,3 +357,41 @@ async def test_open_access_is_the_original_open_api(settings: Settings, database
             assert booked.status_code == 201
             assert booked.json()["customerId"] == "h"
             assert (await http.get("/bookings")).status_code == 200
+
+
+# Which row of the tables above covers each operation of the OpenAPI document.
+ROWS_BY_OPERATION = {
+    "list_events": "list events",
+    "get_event": "get event",
+    "create_event": "create event",
+    "create_event_legacy": "create event (original path)",
+    "event_audit": "event audit trail",
+    "event_flags": "event flags",
+    "all_flags": "all flags",
+    "book": "book",
+    "place_hold": "hold",
+    "list_bookings": "list bookings",
+    "get_booking": "get booking",
+    "get_hold": "get hold",
+    "list_keys": "list keys",
+    "create_key": "make a key",
+    "healthz": "healthz",
+    "readyz": "readyz",
+    "metrics": "metrics",
+    "confirm_hold": "confirm hold",
+    "release_hold": "release hold",
+    "cancel_booking": "cancel booking",
+    "revoke_key": "revoke a key",
+}
+
+
+async def test_the_tables_cover_every_operation(world: World) -> None:
+    """A new endpoint must get its row: who may call it is part of adding it."""
+    document = (await world.http.get("/openapi.json")).json()
+    operations = {
+        operation["operationId"]
+        for path in document["paths"].values()
+        for operation in path.values()
+    }
+    assert operations == set(ROWS_BY_OPERATION)
+    assert set(ROWS_BY_OPERATION.values()) == set(EXPECTED) | set(CHANGES)

@@ -24,6 +24,7 @@ from typing import Any
 from fastapi import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from boxoffice.api.fraud import watch_refusal
 from boxoffice.api.problems import send_problem
 from boxoffice.api.rate_limits import RateLimiter, send_too_many
 from boxoffice.domain.access import OPEN_ACCESS, Principal, Role
@@ -97,6 +98,7 @@ class KeyCheckMiddleware:
 
 
 async def _refuse(scope: Scope, send: Send) -> None:
+    watch_refusal(scope, "unauthorized")
     await send_problem(
         scope,
         send,

@@ -17,7 +17,7 @@ from boxoffice.api.access import KeyCheckMiddleware, document_security
 from boxoffice.api.body_limit import BodyLimitMiddleware
 from boxoffice.api.problems import install_problem_handlers, move_errors_to_problem_media_type
 from boxoffice.api.rate_limits import RateLimiter, RateLimitMiddleware
-from boxoffice.api.routes import bookings, events, health, holds, keys
+from boxoffice.api.routes import bookings, events, flags, health, holds, keys
 from boxoffice.api.security_headers import EXPOSED_HEADERS, SecurityHeadersMiddleware
 from boxoffice.booking import make_booker
 from boxoffice.booking.sweeper import Sweeper
@@ -26,6 +26,7 @@ from boxoffice.db.database import Database
 from boxoffice.db.migrate import check_schema
 from boxoffice.observability.logging import configure_logging
 from boxoffice.services.clock import Clock, system_clock
+from boxoffice.services.flags import FlagDesk
 from boxoffice.services.idempotency import InFlight
 from boxoffice.services.keys import KeyRing
 
@@ -35,6 +36,7 @@ TAGS = [
     {"name": "events", "description": "Events and their sections; availability is public."},
     {"name": "bookings", "description": "Book seats in one step, list and cancel bookings."},
     {"name": "holds", "description": "Checkout: hold seats while paying, then confirm."},
+    {"name": "flags", "description": "Suspicious patterns noticed, for a person to look at."},
     {"name": "keys", "description": "API keys, for admins: make, list, revoke."},
     {
         "name": "health",
@@ -95,6 +97,8 @@ def create_app(
         )
         app.state.sweeper = sweeper
         app.state.keys = KeyRing(db, cache_seconds=settings.key_cache_seconds)
+        flags = FlagDesk(db, settings.fraud_rules) if settings.fraud_flags_enabled else None
+        app.state.flags = flags
         if settings.boxoffice_open_access:
             log.warning(
                 "OPEN ACCESS: BOXOFFICE_OPEN_ACCESS=true, so no API key is checked and anyone "
@@ -105,6 +109,8 @@ def create_app(
             await check_schema(db)
             await booker.start()
             await sweeper.start()
+            if flags is not None:
+                await flags.start()
             log.info(f"Database connected successfully ({db.dialect})")
             log.info(f"Server is running on port {settings.port}")
             # Everything loaded so far lives as long as the process: keep it out of
@@ -118,6 +124,8 @@ def create_app(
             gc.set_threshold(*GC_THRESHOLDS)
             yield
         finally:
+            if flags is not None:
+                await flags.stop()
             await sweeper.stop()
             await booker.stop()
             if rate_limiter is not None:
@@ -135,6 +143,7 @@ def create_app(
     )
     app.state.settings = settings
     app.state.clock = clock
+    app.state.flags = None  # the fraud watch, from the lifespan on (services/flags.py)
     rate_limiter = RateLimiter.from_settings(settings)
     app.state.rate_limiter = rate_limiter
     install_problem_handlers(app)
@@ -169,6 +178,7 @@ def create_app(
     app.include_router(bookings.router)
     app.include_router(holds.router)
     app.include_router(events.router)
+    app.include_router(flags.router)
     app.include_router(keys.router)
     app.include_router(health.router)
 

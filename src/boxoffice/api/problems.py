@@ -36,6 +36,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import Scope, Send
 
+from boxoffice.api.fraud import watch_refusal
 from boxoffice.api.schemas import FieldError, Problem
 from boxoffice.db.errors import DatabaseUnavailable
 from boxoffice.domain.errors import (
@@ -165,6 +166,7 @@ def _field_errors(errors: Sequence[Any]) -> list[FieldError]:
 
 async def _on_domain_error(request: Request, exc: Exception) -> ProblemResponse:
     assert isinstance(exc, BoxofficeError)
+    watch_refusal(request.scope, exc.code)
     headers = (
         {"Retry-After": RETRY_AFTER_SECONDS}
         if isinstance(exc, IdempotencyInProgress)

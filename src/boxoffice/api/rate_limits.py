@@ -23,6 +23,7 @@ from typing import Literal
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from boxoffice.api.fraud import watch_refusal
 from boxoffice.api.problems import send_problem
 from boxoffice.config import Settings
 from boxoffice.domain.access import Principal
@@ -151,6 +152,7 @@ async def send_too_many(
 ) -> None:
     """The 429, with `Retry-After` and (when a bucket said no) the rate-limit headers."""
     metrics.RATE_LIMITED.labels(name).inc()
+    watch_refusal(scope, "rate_limited")
     if limit is not None:
         wait = limit.verdict.retry_after
     headers = [(b"retry-after", retry_after_header(wait).encode())]

@@ -28,6 +28,7 @@ from pydantic.alias_generators import to_camel
 from boxoffice.domain.access import ApiKey
 from boxoffice.domain.audit import AuditRecord
 from boxoffice.domain.commands import Confirmation
+from boxoffice.domain.fraud import Flag
 from boxoffice.domain.model import (
     MAX_CAPACITY,
     MAX_CUSTOMER_ID_LENGTH,
@@ -287,6 +288,33 @@ class ConfirmationOut(_Response):
         return cls(
             hold=HoldOut.of(confirmation.hold, now),
             bookings=[BookingOut.of(booking) for booking in confirmation.bookings],
+        )
+
+
+class FlagOut(_Response):
+    """A suspicious pattern noticed (`domain/fraud.py`): for a person to look at."""
+
+    seq: int = Field(description="Its place in the list of flags (oldest first).")
+    rule: Literal["max_quantity_repeat", "many_refusals", "hold_churn", "shared_address"]
+    at: datetime
+    event_id: str | None
+    customer_id: str | None
+    key_id: str | None = Field(description="The public id of the API key, if one was used.")
+    address: str | None = Field(description="The client address the requests came from.")
+    evidence: dict[str, Any] = Field(description="What was counted: counts, window, codes.")
+
+    @classmethod
+    def of(cls, flag: Flag) -> FlagOut:
+        assert flag.seq is not None
+        return cls(
+            seq=flag.seq,
+            rule=flag.rule,
+            at=flag.at,
+            event_id=flag.event_id,
+            customer_id=flag.customer_id,
+            key_id=flag.key_id,
+            address=flag.address,
+            evidence=flag.evidence,
         )
 
 

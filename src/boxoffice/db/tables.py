@@ -205,6 +205,26 @@ audit_records = Table(
     Index(None, "event_id", "seq"),
 )
 
+# Fraud flags (domain/fraud.py): noticed, for a person to look at; they block nothing.
+fraud_flags = Table(
+    "fraud_flags",
+    metadata,
+    Column(
+        "seq",
+        BigInteger().with_variant(Integer(), "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
+    Column("at", UTCDateTime(), nullable=False),
+    Column("rule", String(32), nullable=False),
+    Column("event_id", Uuid(), nullable=True),
+    Column("customer_id", String(MAX_CUSTOMER_ID_LENGTH), nullable=True),
+    Column("key_id", String(KEY_ID_LENGTH), nullable=True),
+    Column("address", String(64), nullable=True),
+    Column("evidence", Text(), nullable=False),
+    Index(None, "event_id", "seq"),
+)
+
 # API keys: the secret is kept as its SHA-256 only (a key has 256 random bits, so a fast
 # hash is as safe as a slow one and costs nothing per request); `id` is the key's public
 # part, safe to log.

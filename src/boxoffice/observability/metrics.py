@@ -22,3 +22,8 @@ RATE_LIMITS_SHARED = Gauge(
     "boxoffice_rate_limits_shared",
     "1 while rate limits are shared through Redis, 0 while each process limits on its own.",
 )
+FRAUD_FLAGS = Counter(
+    "boxoffice_fraud_flags",
+    "Fraud flags raised (domain/fraud.py), by rule.",
+    ["rule"],
+)

@@ -15,6 +15,7 @@ from boxoffice.api.deps import (
     idempotency_key,
     request_id,
 )
+from boxoffice.api.fraud import caller_of
 from boxoffice.api.operation_links import CREATED_BOOKING, links
 from boxoffice.api.problems import problem_responses
 from boxoffice.api.routes.links import LINK_HEADER_DOC, set_next_link
@@ -23,6 +24,7 @@ from boxoffice.booking import Booker
 from boxoffice.domain.commands import Book, CancelBooking
 from boxoffice.domain.model import Booking
 from boxoffice.services import bookings as booking_service
+from boxoffice.services.flags import FlagDesk
 from boxoffice.services.idempotency import idempotency
 
 router = APIRouter(tags=["bookings"])
@@ -68,6 +70,15 @@ async def book(
         )
     )
     assert isinstance(booking, Booking)
+    flags: FlagDesk | None = request.app.state.flags
+    if flags is not None:
+        flags.purchase(
+            booking.created_at,
+            caller_of(request.scope, customer),
+            booking.event_id,
+            booking.qty,
+            request.app.state.settings.max_tickets_per_booking,
+        )
     # Not request.url_for: it walks every route, a cost paid on each booking.
     response.headers["Location"] = f"/bookings/{booking.id}"
     return BookingOut.of(booking)

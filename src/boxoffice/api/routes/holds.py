@@ -15,6 +15,7 @@ from boxoffice.api.deps import (
     idempotency_key,
     request_id,
 )
+from boxoffice.api.fraud import caller_of
 from boxoffice.api.operation_links import CONFIRMED_HOLD, PLACED_HOLD, links
 from boxoffice.api.problems import problem_responses
 from boxoffice.api.schemas import ConfirmationOut, ConfirmIn, HoldIn, HoldOut
@@ -34,6 +35,7 @@ from boxoffice.domain.hold_caps import HoldCaps, check_hold_caps
 from boxoffice.domain.model import Hold
 from boxoffice.services import holds as hold_service
 from boxoffice.services.clock import Clock
+from boxoffice.services.flags import FlagDesk
 from boxoffice.services.idempotency import idempotency, was_answered
 
 router = APIRouter(tags=["holds"])
@@ -74,8 +76,9 @@ async def place_hold(body: HoldIn, request: Request, response: Response) -> Hold
             request={**body.model_dump(), "customer_id": customer},
         )
     )
-    if customer is not None and settings.hold_caps.any:
-        await check_caps(state.database, settings.hold_caps, customer, key, clock())
+    flags: FlagDesk | None = state.flags
+    if customer is not None and (settings.hold_caps.any or flags is not None):
+        await check_caps(request, settings.hold_caps, customer, key, body.event_id, clock())
     hold = await booker.submit(
         PlaceHold(
             body.event_id,
@@ -88,21 +91,40 @@ async def place_hold(body: HoldIn, request: Request, response: Response) -> Hold
         )
     )
     assert isinstance(hold, Hold)
+    if flags is not None:
+        flags.purchase(
+            hold.created_at,
+            caller_of(request.scope, customer),
+            hold.event_id,
+            hold.qty,
+            settings.max_tickets_per_booking,
+        )
     response.headers["Location"] = f"/holds/{hold.id}"
     return HoldOut.of(hold, clock())
 
 
 async def check_caps(
-    database: Database, caps: HoldCaps, customer: str, key: Idempotency | None, now: datetime
+    request: Request,
+    caps: HoldCaps,
+    customer: str,
+    key: Idempotency | None,
+    event_id: str,
+    now: datetime,
 ) -> None:
-    """The customer's hold caps (`domain/hold_caps.py`), read before the hold is queued.
+    """The customer's hold caps (`domain/hold_caps.py`), read before the hold is queued;
+    the same record tells the fraud watch about hold churn.
 
     Read, not locked: parallel holds of one customer may pass the count together, at
     most as many as its purchase rate limit lets through at once. The retry of a hold
     that was placed is let by, for the batch to replay its answer.
     """
+    database: Database = request.app.state.database
+    record = await hold_service.hold_record(database, customer, now)
+    flags: FlagDesk | None = request.app.state.flags
+    if flags is not None:
+        flags.hold_churn(now, caller_of(request.scope, customer), event_id, record.churned)
     try:
-        check_hold_caps(caps, await hold_service.hold_record(database, customer, now), now)
+        check_hold_caps(caps, record, now)
     except (ActiveHoldLimit, HoldChurnLimit):
         if key is None or not await was_answered(database, key):
             raise
