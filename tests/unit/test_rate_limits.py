@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
-from boxoffice.services.rate_limits import Buckets, LocalBuckets, Quota, Verdict, take
+from boxoffice.services.rate_limits import (
+    Buckets,
+    LocalBuckets,
+    Quota,
+    RedisBuckets,
+    Verdict,
+    take,
+)
 
 
 class Timer:
@@ -136,3 +146,29 @@ async def test_a_redis_that_does_not_answer_falls_back_to_local_buckets_and_is_r
     assert (await buckets.take("k", quota)).remaining == 99  # Redis's verdict again
     assert buckets.shared
     assert REGISTRY.get_sample_value("boxoffice_rate_limits_shared") == 1
+
+
+async def test_a_redis_that_hangs_costs_a_request_its_timeout_once_then_nothing() -> None:
+    """A server that accepts and never answers (a stopped or partitioned Redis)."""
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(30)
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    redis = RedisBuckets(f"redis://127.0.0.1:{port}/0", timeout_seconds=0.1)
+    buckets = Buckets(redis, retry_seconds=60)
+    try:
+        started = time.monotonic()
+        first = await buckets.take("k", Quota(5, 60))
+        waited = time.monotonic() - started
+        assert first.allowed
+        assert waited < 1.0  # the timeout, not a hang
+        started = time.monotonic()
+        for _ in range(4):
+            assert (await buckets.take("k", Quota(5, 60))).allowed
+        assert not (await buckets.take("k", Quota(5, 60))).allowed  # local limits hold
+        assert time.monotonic() - started < 0.05  # Redis is not asked again meanwhile
+    finally:
+        await buckets.close()
+        server.close()
