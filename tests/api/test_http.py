@@ -45,10 +45,13 @@ async def test_openapi_declares_problem_bodies_and_no_validation_422(
         "409",
         "413",
         "422",
+        "429",
         "500",
         "503",
     }
     assert "application/problem+json" in book["responses"]["401"]["content"]
+    assert "application/problem+json" in book["responses"]["429"]["content"]
+    assert "429" not in schema["paths"]["/healthz"]["get"]["responses"]  # never limited
     assert book["security"] == [{"bearerAuth": []}]
     assert schema["paths"]["/events"]["get"]["security"] == [{}, {"bearerAuth": []}]
     assert schema["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
