@@ -116,6 +116,8 @@ BASELINE_SCENARIOS = [
     Scenario("spread batched", "batched", 1000, baseline=True),
     # Only when the older tree has checkout at all (it came with issue 9).
     Scenario("checkout", "batched", 1000, app="checkout", baseline=True),
+    # Only when the older tree has API keys (they came with issue 10).
+    Scenario("hot keyed", "batched", 1, keyed=True, baseline=True),
 ]
 BASELINE: Path | None = None  # --baseline
 
@@ -486,6 +488,7 @@ RATIOS: dict[str, tuple[str, str, float]] = {
     "spread batched / before": ("spread batched", "spread batched (before)", 1.0),
     "ceiling / before": ("ceiling", "ceiling (before)", 1.0),
     "checkout / before": ("checkout", "checkout (before)", 1.0),
+    "hot keyed / before": ("hot keyed", "hot keyed (before)", 1.0),
 }
 TARGETS = {  # the issues' bars, shown next to the figures
     "hot batched / ceiling": 0.8,
@@ -677,11 +680,15 @@ def main() -> None:
         BASELINE = Path(args.baseline).resolve()
         if not (BASELINE / "src" / "boxoffice").is_dir():
             parser.error(f"--baseline wants a checkout of this repository, not {args.baseline}")
-        has_checkout = (BASELINE / "src" / "boxoffice" / "api" / "routes" / "holds.py").exists()
+        routes = BASELINE / "src" / "boxoffice" / "api" / "routes"
+        has_checkout = (routes / "holds.py").exists()
+        has_keys = (routes / "keys.py").exists()
         chosen += [
             s
             for s in BASELINE_SCENARIOS
-            if (not named or s.label in named) and (s.app != "checkout" or has_checkout)
+            if (not named or s.label in named)
+            and (s.app != "checkout" or has_checkout)
+            and (not s.keyed or has_keys)
         ]
     wrk = ensure_wrk()
     RESULTS.mkdir(parents=True, exist_ok=True)
