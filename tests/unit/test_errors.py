@@ -8,12 +8,14 @@ import pickle
 import pytest
 
 from boxoffice.domain.errors import (
+    ActiveHoldLimit,
     BookingNotFound,
     BoxofficeError,
     Conflict,
     CustomerLimitExceeded,
     EventNotFound,
     Forbidden,
+    HoldChurnLimit,
     HoldExpired,
     HoldNotActive,
     HoldNotFound,
@@ -44,6 +46,8 @@ ERRORS = [
     Unauthorized(),
     Forbidden("This needs a key with the role organizer."),
     KeyNotFound("0123456789abcdef"),
+    ActiveHoldLimit(5),
+    HoldChurnLimit(20, 1234),
 ]
 
 
