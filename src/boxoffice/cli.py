@@ -15,6 +15,7 @@ from rich.console import Console
 from sqlalchemy.exc import DBAPIError
 
 from boxoffice.api.http_protocol import GuardedHttpToolsProtocol
+from boxoffice.api.security_headers import SECURITY_HEADERS
 from boxoffice.config import Settings, get_settings
 from boxoffice.db.database import Database
 from boxoffice.db.migrate import (
@@ -119,6 +120,8 @@ def serve(
         access_log=access_log,
         proxy_headers=False,
         http=GuardedHttpToolsProtocol,
+        headers=SECURITY_HEADERS,  # on every answer, written with the status line
+        server_header=False,  # what runs the service is nobody's business
         timeout_keep_alive=settings.keep_alive_seconds,
     )
 

@@ -133,9 +133,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def _refuse(self, status: int, code: str, detail: str) -> None:
         body = problem_body(status, code, detail, instance=None)
         phrase = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}[status]
+        defaults = b"".join(  # the security headers, as on every other answer
+            name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers
+        )
         self.transport.write(
-            b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %d\r\n"
+            b"HTTP/1.1 %d %s\r\n%scontent-type: %s\r\ncontent-length: %d\r\n"
             b"connection: close\r\n\r\n%s"
-            % (status, phrase, PROBLEM_MEDIA_TYPE.encode(), len(body), body)
+            % (status, phrase, defaults, PROBLEM_MEDIA_TYPE.encode(), len(body), body)
         )
         self.transport.close()

@@ -1,5 +1,6 @@
-"""Slow, stalled and oversized requests on a real server (uvicorn with our protocol):
-each gets a problem+json 408 or 431 and its connection closed, in bounded time."""
+"""The server's edge, on a real `boxoffice serve`: slow, stalled and oversized requests get
+a problem+json 408 or 431 and their connection closed, in bounded time; every answer
+carries the security headers."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.support.server import ServerProcess
@@ -105,3 +107,41 @@ def test_keep_alive_connections_are_not_cut_by_the_head_timer(server: ServerProc
 def test_logs_name_no_oversized_header(server: ServerProcess, tmp_path: Path) -> None:
     exchange(server, b"GET / HTTP/1.1\r\nAuthorization: Bearer " + b"z" * 20_000)
     assert "z" * 100 not in server.log()
+
+
+SECURITY = {
+    "x-content-type-options": "nosniff",
+    "x-frame-options": "DENY",
+    "content-security-policy": "frame-ancestors 'none'",
+    "referrer-policy": "no-referrer",
+    "cache-control": "no-store",
+}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/events", 200),
+        ("GET", "/healthz", 200),
+        ("GET", "/docs", 200),
+        ("GET", "/nowhere", 404),
+        ("POST", "/book", 400),
+        ("GET", "/openapi.json", 200),
+    ],
+)
+def test_every_answer_carries_the_security_headers(
+    server: ServerProcess, method: str, path: str, status: int
+) -> None:
+    answer = httpx.request(method, f"{server.url}{path}", json={} if method == "POST" else None)
+    assert answer.status_code == status
+    for name, value in SECURITY.items():
+        assert answer.headers.get_list(name) == [value], name
+    assert "server" not in answer.headers  # what runs the service is nobody's business
+
+
+def test_a_refusal_before_any_route_carries_them_too(server: ServerProcess) -> None:
+    answer, _ = exchange(server, b"GET /events HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000)
+    head = answer.partition(b"\r\n\r\n")[0].decode().lower()
+    assert head.startswith("http/1.1 431")
+    for name, value in SECURITY.items():
+        assert f"\r\n{name}: {value.lower()}\r\n" in head
