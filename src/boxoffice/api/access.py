@@ -72,10 +72,11 @@ class KeyCheckMiddleware:
             token = token.strip()
             if scheme.lower() == "bearer" and token:
                 keys: KeyRing = state.keys
-                if limiter is not None and not keys.knows(token):
-                    # Too many refused keys from this address: not even looked up.
+                if limiter is not None and limiter.auth_blocked:
+                    # Too many refused keys from this address: not even looked up (unless
+                    # this process knows the key already).
                     wait = limiter.auth_blocked_for(scope, time.monotonic())
-                    if wait > 0:
+                    if wait > 0 and not keys.knows(token):
                         await send_too_many(scope, send, "auth", None, wait)
                         return
                 found = await keys.principal(token, state.clock())

@@ -18,8 +18,7 @@ looked up at all, which is what makes guessing keys slow.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -53,22 +52,22 @@ def route_class(method: str, path: str) -> RouteClass | None:
     return "write"
 
 
-@dataclass(frozen=True, slots=True)
-class Limit:
-    """A verdict with the name and quota it was taken under, ready to become headers."""
+class Limit(NamedTuple):
+    """A verdict with the bucket's name and policy header, ready to become headers.
+
+    A tuple, not a frozen dataclass: one is made per request, and a frozen dataclass's
+    constructor costs several times a tuple's."""
 
     name: RouteClass
-    quota: Quota
+    policy: bytes  # the RateLimit-Policy value, made once per class and quota
     verdict: Verdict
 
     def headers(self) -> list[tuple[bytes, bytes]]:
-        reset = max(0, math.ceil(self.verdict.reset_after - 1e-6))  # whole seconds, rounded up
+        verdict = self.verdict
+        reset = max(0, math.ceil(verdict.reset_after - 1e-6))  # whole seconds, rounded up
         return [
-            (
-                b"ratelimit-policy",
-                f'"{self.name}";q={self.quota.requests};w={self.quota.window:g}'.encode(),
-            ),
-            (b"ratelimit", f'"{self.name}";r={self.verdict.remaining};t={reset}'.encode()),
+            (b"ratelimit-policy", self.policy),
+            (b"ratelimit", b'"%s";r=%d;t=%d' % (self.name.encode(), verdict.remaining, reset)),
         ]
 
 
@@ -84,11 +83,17 @@ class RateLimiter:
             "keys": settings.rate_limit_keys,
             "auth": settings.rate_limit_auth_failures,
         }
-        self.quotas = quotas
         factor = settings.rate_limit_staff_factor
-        self.staff_quotas = {
-            name: None if quota is None else quota.times(factor) for name, quota in quotas.items()
-        }
+        # (class, staff?) -> (quota, its RateLimit-Policy header), or None: not limited.
+        self.policies: dict[tuple[RouteClass, bool], tuple[Quota, bytes] | None] = {}
+        for name, quota in quotas.items():
+            for staff in (False, True):
+                chosen = None if quota is None else quota.times(factor) if staff else quota
+                self.policies[(name, staff)] = (
+                    None
+                    if chosen is None
+                    else (chosen, f'"{name}";q={chosen.requests};w={chosen.window:g}'.encode())
+                )
         # Addresses whose failed-authentication bucket is empty, and until when (this
         # process's clock): their keys are not even looked up.
         self.auth_blocked: dict[str, float] = {}
@@ -108,16 +113,23 @@ class RateLimiter:
         self, name: RouteClass, scope: Scope, principal: Principal | None
     ) -> Limit | None:
         """Charge one request to its caller's bucket (None: this class is not limited)."""
-        staff = principal is not None and principal.key_id is not None and principal.is_staff
-        quota = (self.staff_quotas if staff else self.quotas)[name]
-        if quota is None:
-            return None
         if principal is not None and principal.key_id is not None:
-            caller = f"key:{principal.key_id}"
+            policy = self.policies[(name, principal.is_staff)]
+            bucket = f"{name}:key:{principal.key_id}"
         else:
-            caller = f"ip:{client_address(scope)}"
-        verdict = await self.buckets.take(f"{name}:{caller}", quota)
-        return Limit(name, quota, verdict)
+            policy = self.policies[(name, False)]
+            client = scope.get("client")
+            bucket = f"{name}:ip:{client[0] if client else 'unknown'}"
+        if policy is None:
+            return None
+        quota, header = policy
+        buckets = self.buckets
+        verdict = (  # no coroutine at all for the per-process buckets
+            buckets.local.take(bucket, quota)
+            if buckets.redis is None
+            else await buckets.take(bucket, quota)
+        )
+        return Limit(name, header, verdict)
 
     def auth_blocked_for(self, scope: Scope, now: float) -> float:
         """Seconds this address must still wait after too many failed authentications."""
