@@ -151,8 +151,11 @@ async def test_a_redis_that_does_not_answer_falls_back_to_local_buckets_and_is_r
 async def test_a_redis_that_hangs_costs_a_request_its_timeout_once_then_nothing() -> None:
     """A server that accepts and never answers (a stopped or partitioned Redis)."""
 
+    done = asyncio.Event()
+
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await asyncio.sleep(30)
+        await done.wait()
+        writer.close()
 
     server = await asyncio.start_server(silent, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
@@ -170,5 +173,7 @@ async def test_a_redis_that_hangs_costs_a_request_its_timeout_once_then_nothing(
         assert not (await buckets.take("k", Quota(5, 60))).allowed  # local limits hold
         assert time.monotonic() - started < 0.05  # Redis is not asked again meanwhile
     finally:
+        done.set()
         await buckets.close()
         server.close()
+        await server.wait_closed()
