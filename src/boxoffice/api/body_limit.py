@@ -9,6 +9,8 @@ This middleware checks the declared length up front and counts streamed
 A client that stops sending its body (slowloris) would hold a connection and a
 request's memory for ever: each wait for the next piece is bounded by
 BODY_TIMEOUT_SECONDS, past which the answer is 408 and the connection closes.
+Timing a read costs a timer per request, so it is skipped when the server's
+protocol saw the whole body arrive with the head (`boxoffice.body_complete`).
 """
 
 from __future__ import annotations
@@ -40,6 +42,11 @@ class BodyLimitMiddleware:
             return
 
         received = 0
+        if scope.get("boxoffice.body_complete") and declared is not None:
+            # Our server protocol saw the whole (declared, in-limit) body arrive already:
+            # no read can stall, so no timer (api/http_protocol.py).
+            await self.app(scope, receive, send)
+            return
 
         async def counted_receive() -> Message:
             nonlocal received

@@ -12,19 +12,23 @@ subclass, given to uvicorn as its `http` protocol, adds both:
   connection, for one that sends nothing) is answered `408 request_timeout`
   and the connection closed.
 
-A stalled body is `BodyLimitMiddleware`'s (also 408); an idle keep-alive
-connection is closed after KEEP_ALIVE_SECONDS by uvicorn itself.
+A stalled body is `BodyLimitMiddleware`'s (also 408), which needs no timer when
+this protocol has seen the whole body arrive with the head (`BODY_COMPLETE` in
+the scope); an idle keep-alive connection is closed after KEEP_ALIVE_SECONDS by
+uvicorn itself.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, cast
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from boxoffice.api.problems import PROBLEM_MEDIA_TYPE, problem_body
 from boxoffice.config import get_settings
+
+BODY_COMPLETE = "boxoffice.body_complete"  # in the scope: the body has all arrived
 
 
 class _HeadTooLarge(Exception):
@@ -67,6 +71,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self.raw_head = size
             self.head_tail = (self.head_tail + data)[-3:]
         super().data_received(data)
+        cycle = self.cycle
+        if cycle is not None and not cycle.more_body:
+            # The whole body is here before the app reads it (the usual case: it came with
+            # the head): `BodyLimitMiddleware` need not time its reads.
+            cast(dict[str, Any], cycle.scope)[BODY_COMPLETE] = True
 
     def on_message_complete(self) -> None:
         super().on_message_complete()

@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal, get_args
+from typing import Any, Literal, NamedTuple, get_args
 
 Rule = Literal["max_quantity_repeat", "many_refusals", "hold_churn", "shared_address"]
 RULES: tuple[Rule, ...] = get_args(Rule)
@@ -56,9 +56,8 @@ class Flag:
     seq: int | None = None  # its place in the stored list, once stored
 
 
-@dataclass(frozen=True, slots=True)
-class Caller:
-    """Who made a request, as far as the flags care."""
+class Caller(NamedTuple):
+    """Who made a request, as far as the flags care (a tuple: one is made per purchase)."""
 
     key_id: str | None
     customer_id: str | None
