@@ -1,0 +1,29 @@
+"""The instruction-counting driver (`bench/inprocess.py`) keeps working: a small run of
+each of its four modes, the way docs/performance.md runs it under callgrind."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).parents[2]
+
+
+@pytest.mark.parametrize("what", ["book", "noop"])
+@pytest.mark.parametrize("keyed", [False, True], ids=["open", "keyed"])
+def test_the_driver_runs_every_request_to_a_201(what: str, keyed: bool) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.inprocess", what, "--requests", "64"]
+        + (["--keyed"] if keyed else []),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "answered" not in done.stderr
