@@ -118,7 +118,9 @@ def serve(
         workers=workers,
         log_config=None,
         access_log=access_log,
-        proxy_headers=False,
+        # Behind a proxy, the client (rate limits, flags) is who the trusted proxy says.
+        proxy_headers=bool(settings.forwarded_allow_ips),
+        forwarded_allow_ips=settings.forwarded_allow_ips or None,
         http=GuardedHttpToolsProtocol,
         headers=SECURITY_HEADERS,  # on every answer, written with the status line
         server_header=False,  # what runs the service is nobody's business

@@ -164,6 +164,11 @@ class Settings(BaseSettings):
     rate_limit_staff_factor: int = Field(
         20, ge=1, le=100_000, description="Organizer and admin keys get this many times each."
     )
+    forwarded_allow_ips: str = Field(
+        "",
+        description="Proxies trusted to say who the client is (X-Forwarded-For), comma-"
+        "separated addresses or *; empty: the client is the TCP peer.",
+    )
     redis_url: str | None = Field(
         None, description="Share rate limits through this Redis (redis://host:port/db)."
     )

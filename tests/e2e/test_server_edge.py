@@ -5,7 +5,10 @@ carries the security headers."""
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,9 +27,6 @@ TIMEOUT = 1.0
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     folder = tmp_path_factory.mktemp("slow")
     url = f"sqlite:///{folder / 'boxoffice.db'}"
-    import subprocess
-    import sys
-
     subprocess.run(
         [sys.executable, "-m", "boxoffice", "db", "upgrade"],
         env={"DATABASE_URL": url, "PATH": "/usr/bin:/bin"},
@@ -161,3 +161,81 @@ def test_a_refusal_before_any_route_carries_them_too(server: ServerProcess) -> N
     assert head.startswith("http/1.1 431")
     for name, value in SECURITY.items():
         assert f"\r\n{name}: {value.lower()}\r\n" in head
+
+
+def test_a_body_trickled_a_byte_at_a_time_gets_408_in_bounded_time(server: ServerProcess) -> None:
+    """Each byte comes well within the timeout; the whole body does not."""
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.settimeout(10)
+        sock.sendall(
+            b"POST /book HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 200\r\n\r\n{"
+        )
+        answer = b""
+        for _ in range(40):
+            time.sleep(TIMEOUT / 4)
+            try:
+                sock.sendall(b" ")
+            except OSError:
+                break
+        while chunk := sock.recv(65536):
+            answer += chunk
+    problem(answer, 408, "request_timeout")
+    assert time.monotonic() - started < TIMEOUT + 5
+
+
+def test_bytes_between_requests_do_not_hold_a_connection_open(server: ServerProcess) -> None:
+    """Bare CRLFs after a response start no request, and cancelled uvicorn's keep-alive
+    timer: the head timer must still close the connection."""
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.settimeout(10)
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_response(sock).startswith(b"HTTP/1.1 200 ")
+        closed = False
+        for _ in range(60):
+            time.sleep(TIMEOUT / 4)
+            try:
+                sock.sendall(b"\r\n")
+            except OSError:
+                closed = True
+                break
+            sock.setblocking(False)
+            try:
+                if sock.recv(65536) == b"":
+                    closed = True
+                    break
+            except BlockingIOError:
+                pass
+            except OSError:
+                closed = True
+                break
+            finally:
+                sock.setblocking(True)
+                sock.settimeout(10)
+    assert closed
+    assert time.monotonic() - started < TIMEOUT + 5
+
+
+def test_behind_a_trusted_proxy_each_client_has_its_own_bucket(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'proxy.db'}"
+    subprocess.run(
+        [sys.executable, "-m", "boxoffice", "db", "upgrade"],
+        env={**os.environ, "DATABASE_URL": url},
+        check=True,
+        capture_output=True,
+    )
+    env = {
+        "RATE_LIMITS_ENABLED": "true",
+        "RATE_LIMIT_READ": "2/1h",
+        "FORWARDED_ALLOW_IPS": "127.0.0.1",
+    }
+    with ServerProcess(url, env=env, log_dir=tmp_path) as server:
+
+        def read(client: str) -> int:
+            forwarded = {"X-Forwarded-For": client}
+            return httpx.get(f"{server.url}/events", headers=forwarded).status_code
+
+        assert [read("198.51.100.1") for _ in range(3)] == [200, 200, 429]
+        assert read("198.51.100.2") == 200  # another client behind the same proxy

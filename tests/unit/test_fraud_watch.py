@@ -64,6 +64,7 @@ def test_many_customers_from_one_address_are_flagged() -> None:
     assert found[0].rule == "shared_address"
     assert found[0].evidence["customers"] == ["a", "b", "c"]
     assert found[0].customer_id is None
+    assert found[0].event_id is None  # customers of any events: an admin's flag
     # Customers last seen long ago no longer count.
     later = Watch(FraudRules(customers_per_address=3, window_seconds=10))
     for t, customer in [(0, "a"), (1, "b"), (20, "c"), (21, "d")]:

@@ -59,3 +59,36 @@ async def test_forget_keeps_no_verdict_from_a_lookup_begun_before_it() -> None:
     await pending
     await keys.principal("good", NOW)
     assert lookup.calls == 2  # the verdict from before the revocation was not kept
+
+
+async def test_the_ring_vouches_only_for_ids_it_found_valid() -> None:
+    """An address refused too often still gets keys looked up whose id this process has
+    found valid before (api/access.py): one guesser behind a proxy locks out no one."""
+    from datetime import UTC, datetime
+
+    from boxoffice.domain.access import ApiKey
+    from boxoffice.services.keys import KeyRing
+
+    good = "bo_live_0123456789abcdef_secret"
+    stored = ApiKey(
+        id="0123456789abcdef",
+        role="customer",
+        name=None,
+        customer_id="c1",
+        organizer_id=None,
+        created_at=datetime.now(UTC),
+        expires_at=None,
+        revoked_at=None,
+    )
+
+    async def lookup(token: str) -> ApiKey | None:
+        return stored if token == good else None
+
+    ring = KeyRing(None, cache_seconds=5, lookup=lookup)  # type: ignore[arg-type]
+    assert not ring.vouches_for(good)
+    assert await ring.principal(good, datetime.now(UTC)) is not None
+    assert ring.vouches_for(good)
+    assert not ring.vouches_for("bo_live_fedcba9876543210_guess")
+    assert await ring.principal("bo_live_fedcba9876543210_guess", datetime.now(UTC)) is None
+    assert not ring.vouches_for("bo_live_fedcba9876543210_guess")
+    assert not ring.vouches_for("not a key")

@@ -36,7 +36,9 @@ def test_quota_parses_requests_per_window() -> None:
     assert str(Quota.parse("20 / 10s")) == "20/10s"
 
 
-@pytest.mark.parametrize("text", ["", "20", "20/", "0/10s", "20/0s", "-1/10s", "20/10x", "a/1s"])
+@pytest.mark.parametrize(
+    "text", ["", "20", "20/", "0/10s", "20/0s", "-1/10s", "20/10x", "a/1s", "5/0.5s", "1/1.5s"]
+)
 def test_quota_refuses_what_is_not_one(text: str) -> None:
     with pytest.raises(ValueError, match="quota"):
         Quota.parse(text)
@@ -177,3 +179,15 @@ async def test_a_redis_that_hangs_costs_a_request_its_timeout_once_then_nothing(
         await buckets.close()
         server.close()
         await server.wait_closed()
+
+
+def test_ipv6_callers_are_counted_by_their_64_and_ipv4_by_address() -> None:
+    from boxoffice.api.rate_limits import client_address
+
+    def scope(host: str) -> dict[str, object]:
+        return {"client": (host, 1234)}
+
+    assert client_address(scope("2001:db8:1:2::1")) == client_address(scope("2001:db8:1:2:ff::9"))
+    assert client_address(scope("2001:db8:1:2::1")) != client_address(scope("2001:db8:1:3::1"))
+    assert client_address(scope("203.0.113.7")) == "203.0.113.7"
+    assert client_address({}) == "unknown"

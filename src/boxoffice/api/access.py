@@ -73,10 +73,11 @@ class KeyCheckMiddleware:
             if scheme.lower() == "bearer" and token:
                 keys: KeyRing = state.keys
                 if limiter is not None and limiter.auth_blocked:
-                    # Too many refused keys from this address: not even looked up (unless
-                    # this process knows the key already).
+                    # Too many refused keys from this address: a key is not even looked up
+                    # unless this process has found its id valid before (so one guesser
+                    # behind a shared address cannot lock out keys in use).
                     wait = limiter.auth_blocked_for(scope, time.monotonic())
-                    if wait > 0 and not keys.knows(token):
+                    if wait > 0 and not keys.vouches_for(token):
                         await send_too_many(scope, send, "auth", None, wait)
                         return
                 found = await keys.principal(token, state.clock())

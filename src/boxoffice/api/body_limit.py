@@ -6,9 +6,10 @@ whatever the app sent, so our problem+json contract could not hold with it.
 This middleware checks the declared length up front and counts streamed
 (chunked) bodies as they arrive; either way the app never sees the excess.
 
-A client that stops sending its body (slowloris) would hold a connection and a
-request's memory for ever: each wait for the next piece is bounded by
-BODY_TIMEOUT_SECONDS, past which the answer is 408 and the connection closes.
+A client that stops sending its body, or trickles it a byte at a time
+(slowloris), would hold a connection and a request's memory for ever: the
+whole body must arrive within BODY_TIMEOUT_SECONDS of the first read, past
+which the answer is 408 and the connection closes.
 Timing a read costs a timer per request, so it is skipped when the server's
 protocol saw the whole body arrive with the head (`boxoffice.body_complete`).
 """
@@ -48,10 +49,18 @@ class BodyLimitMiddleware:
             await self.app(scope, receive, send)
             return
 
+        deadline: float | None = None  # the whole body within timeout_seconds of its start
+        complete = False
+
         async def counted_receive() -> Message:
-            nonlocal received
+            nonlocal received, deadline, complete
+            if complete:  # after the body: a wait for the disconnect, not to be timed
+                return await receive()
+            loop = asyncio.get_running_loop()
+            if deadline is None:
+                deadline = loop.time() + self.timeout_seconds
             try:
-                async with asyncio.timeout(self.timeout_seconds):
+                async with asyncio.timeout_at(deadline):
                     message = await receive()
             except TimeoutError:
                 # Routed to the app's HTTPException handler: a problem+json 408.
@@ -61,6 +70,7 @@ class BodyLimitMiddleware:
                 if received > self.max_bytes:
                     # Routed to the app's HTTPException handler: a problem+json 413.
                     raise HTTPException(status_code=413)
+                complete = not message.get("more_body", False)
             return message
 
         await self.app(scope, counted_receive, send)

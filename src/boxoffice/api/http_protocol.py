@@ -62,6 +62,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         # httptools keeps an unfinished header to itself until its end arrives, so the
         # callbacks alone would let one endless header grow without bound: count raw bytes.
         if self.in_head and self.refusal is None:
+            if self.head_timer is None and (self.cycle is None or self.cycle.response_complete):
+                # Bytes between requests (bare CRLFs start no message) cancelled uvicorn's
+                # keep-alive timer: they must not hold the connection open for ever.
+                self._start_head_timer()
             end = (self.head_tail + data).find(b"\r\n\r\n")
             size = self.raw_head + (len(data) if end == -1 else end + 4 - len(self.head_tail))
             if size > self.max_head_bytes:
@@ -130,7 +134,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def _head_too_slow(self) -> None:
         self.head_timer = None
         if self.cycle is not None and not self.cycle.response_complete:
-            return  # a request is being answered: its head was complete
+            # A request is being answered; a pipelined head behind it gets its time again.
+            if self.in_head:
+                self._start_head_timer()
+            return
         if self.transport.is_closing():
             return
         self._refuse(

@@ -17,6 +17,8 @@ looked up at all, which is what makes guessing keys slow.
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 import math
 from typing import Literal, NamedTuple
 
@@ -92,7 +94,7 @@ class RateLimiter:
                 self.policies[(name, staff)] = (
                     None
                     if chosen is None
-                    else (chosen, f'"{name}";q={chosen.requests};w={chosen.window:g}'.encode())
+                    else (chosen, f'"{name}";q={chosen.requests};w={int(chosen.window)}'.encode())
                 )
         # Addresses whose failed-authentication bucket is empty, and until when (this
         # process's clock): their keys are not even looked up.
@@ -118,8 +120,7 @@ class RateLimiter:
             bucket = f"{name}:key:{principal.key_id}"
         else:
             policy = self.policies[(name, False)]
-            client = scope.get("client")
-            bucket = f"{name}:ip:{client[0] if client else 'unknown'}"
+            bucket = f"{name}:ip:{client_address(scope)}"
         if policy is None:
             return None
         quota, header = policy
@@ -155,8 +156,21 @@ class RateLimiter:
 
 
 def client_address(scope: Scope) -> str:
+    """The caller's address as buckets count it: IPv6 by its /64, which one subscriber
+    usually has whole (counting each address would give it 2^64 buckets)."""
     client = scope.get("client")
-    return client[0] if client else "unknown"
+    if not client:
+        return "unknown"
+    host: str = client[0]
+    return _ipv6_prefix(host) if ":" in host else host
+
+
+@functools.lru_cache(maxsize=4096)
+def _ipv6_prefix(host: str) -> str:
+    try:
+        return str(ipaddress.IPv6Network(f"{host}/64", strict=False))
+    except ValueError:
+        return host
 
 
 async def send_too_many(

@@ -12,7 +12,7 @@ thresholds are settings (`FraudRules`):
 | `hold_churn`          | a customer gave up (released, let lapse) `hold_churn` holds in the    |
 |                       | last hour (read with its hold caps, see `domain/hold_caps.py`)        |
 | `shared_address`      | `customers_per_address` different customers bought or held from one   |
-|                       | client address                                                        |
+|                       | client address (in any events: an admin's flag, tied to no event)     |
 
 `Watch` counts in this process's memory: with several processes each counts
 what it sees, so a pattern spread over them is flagged later, or not at all.
@@ -129,7 +129,7 @@ class Watch:
                         "shared_address",
                         at,
                         Caller(who.key_id, None, who.address),
-                        event_id,
+                        None,  # customers of any organizer's events: for admins only
                         customers=sorted(seen)[:20],
                         count=len(seen),
                         windowSeconds=self.rules.window_seconds,

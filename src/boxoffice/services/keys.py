@@ -196,11 +196,13 @@ class KeyRing:
         self._verdicts: OrderedDict[str, _Verdict] = OrderedDict()
         self._pending: dict[str, asyncio.Future[_Verdict]] = {}
         self._generation = 0  # bumped by forget(): a lookup begun before it is not kept
+        self._valid_ids: OrderedDict[str, None] = OrderedDict()  # ids of keys found valid
 
-    def knows(self, token: str) -> bool:
-        """Whether a fresh verdict on `token` is at hand (checking it costs no lookup)."""
-        verdict = self._verdicts.get(token)
-        return verdict is not None and time.monotonic() - verdict.checked < self._cache_seconds
+    def vouches_for(self, token: str) -> bool:
+        """Whether `token` names a key this process has found valid before (its id, the
+        public part): an address refused too often still gets such keys looked up."""
+        parts = split_token(token)
+        return parts is not None and parts[0] in self._valid_ids
 
     async def principal(self, token: str, now: datetime) -> Principal | None:
         """Who `token` is, or None when it is no valid key (unknown, revoked or expired)."""
@@ -220,6 +222,10 @@ class KeyRing:
         checked, generation = time.monotonic(), self._generation
         key = await self._lookup(token)
         verdict = _Verdict(checked, key, None if key is None else key.principal())
+        if key is not None:
+            self._valid_ids[key.id] = None
+            while len(self._valid_ids) > self._max_size:
+                self._valid_ids.popitem(last=False)
         if generation != self._generation:
             return verdict  # answers its waiters, but a revocation came since: not kept
         self._verdicts[token] = verdict

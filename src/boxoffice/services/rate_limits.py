@@ -54,8 +54,11 @@ class Quota:
             raise ValueError(f"{text!r} is not a quota: write requests/window, e.g. 20/10s")
         requests, count, unit = match.groups()
         window = float(count or 1) * _UNITS[unit]
-        if int(requests) < 1 or window <= 0:
-            raise ValueError(f"{text!r}: a quota needs at least one request in a window over 0 s")
+        if int(requests) < 1 or window < 1 or window != int(window):
+            # RateLimit-Policy's `w` is a whole number of seconds.
+            raise ValueError(
+                f"{text!r}: a quota needs at least one request in a window of whole seconds"
+            )
         return cls(int(requests), window)
 
     @property
@@ -67,7 +70,7 @@ class Quota:
         return Quota(self.requests * factor, self.window)
 
     def __str__(self) -> str:
-        return f"{self.requests}/{self.window:g}s"
+        return f"{self.requests}/{int(self.window)}s"
 
 
 class Verdict(NamedTuple):
