@@ -26,7 +26,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from boxoffice.api.fraud import watch_refusal
 from boxoffice.api.problems import send_problem
-from boxoffice.api.rate_limits import RateLimiter, send_too_many
+from boxoffice.api.rate_limits import RateLimiter, route_class, send_too_many
 from boxoffice.domain.access import OPEN_ACCESS, Principal, Role
 from boxoffice.domain.errors import NEEDS_A_KEY, Unauthorized
 from boxoffice.services.keys import KeyRing
@@ -35,7 +35,6 @@ PRINCIPAL = "boxoffice.principal"  # where the middleware leaves the caller in t
 
 # Operations anyone may call without a key (their OpenAPI operation ids), and their paths.
 PUBLIC_OPERATIONS = frozenset({"list_events", "get_event", "healthz", "readyz"})
-UNLIMITED_OPERATIONS = frozenset({"healthz", "readyz", "metrics"})  # api/rate_limits.py
 _PUBLIC_PATHS = re.compile(
     r"/events/?|/events/[^/]+|/healthz|/readyz|/docs|/docs/oauth2-redirect|/redoc|/openapi\.json"
 )
@@ -132,8 +131,8 @@ def document_security(schema: dict[str, Any]) -> dict[str, Any]:
         "scheme": "bearer",
         "description": "An API key: `bo_live_…`. Make one with `boxoffice keys create`.",
     }
-    for path in schema.get("paths", {}).values():
-        for operation in path.values():
+    for path, item in schema.get("paths", {}).items():
+        for method, operation in item.items():
             if not isinstance(operation, dict) or "operationId" not in operation:
                 continue
             responses = operation.setdefault("responses", {})
@@ -146,7 +145,7 @@ def document_security(schema: dict[str, Any]) -> dict[str, Any]:
                     "401": "No valid API key (`unauthorized`), with `WWW-Authenticate: Bearer`.",
                     "403": "The key's role may not do this (`forbidden`).",
                 }
-            if operation["operationId"] not in UNLIMITED_OPERATIONS:
+            if route_class(method.upper(), path) is not None:  # what the limiter charges
                 declared["429"] = (
                     "The caller's rate limit is used up (`rate_limited`); retry after "
                     "`Retry-After`. See the `RateLimit` and `RateLimit-Policy` headers."

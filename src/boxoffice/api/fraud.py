@@ -28,15 +28,20 @@ SUSPICIOUS_CODES = frozenset(
 _EVENT_IN_PATH = re.compile(r"/events/([0-9A-Fa-f-]{32,36})(?:/|$)")
 
 
+def peer_address(scope: Scope) -> str | None:
+    """The client's address as the server saw it (or as a trusted proxy named it)."""
+    client = scope.get("client")
+    return str(client[0]) if client else None
+
+
 def caller_of(scope: Scope, customer_id: str | None = None) -> Caller:
     principal: Principal | None = scope.get("boxoffice.principal")
-    client = scope.get("client")
     return Caller(
         key_id=None if principal is None else principal.key_id,
         customer_id=customer_id
         if customer_id is not None
         else (None if principal is None else principal.customer_id),
-        address=client[0] if client else None,
+        address=peer_address(scope),
     )
 
 

@@ -24,7 +24,7 @@ from typing import Literal, NamedTuple
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from boxoffice.api.fraud import watch_refusal
+from boxoffice.api.fraud import peer_address, watch_refusal
 from boxoffice.api.problems import send_problem
 from boxoffice.config import Settings
 from boxoffice.domain.access import Principal
@@ -158,10 +158,9 @@ class RateLimiter:
 def client_address(scope: Scope) -> str:
     """The caller's address as buckets count it: IPv6 by its /64, which one subscriber
     usually has whole (counting each address would give it 2^64 buckets)."""
-    client = scope.get("client")
-    if not client:
+    host = peer_address(scope)
+    if host is None:
         return "unknown"
-    host: str = client[0]
     return _ipv6_prefix(host) if ":" in host else host
 
 

@@ -182,15 +182,19 @@ idempotency_keys = Table(
     Index(None, "created_at"),
 )
 
+
+def _sequence() -> Column[int]:
+    """`seq`: the order rows were written in, for lists read oldest first (a column
+    object belongs to one table, so each table gets its own)."""
+    return Column(
+        "seq", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True
+    )
+
+
 audit_records = Table(
     "audit_records",
     metadata,
-    Column(
-        "seq",
-        BigInteger().with_variant(Integer(), "sqlite"),
-        primary_key=True,
-        autoincrement=True,
-    ),
+    _sequence(),
     Column("at", UTCDateTime(), nullable=False),
     Column("event_id", Uuid(), nullable=False),
     Column("section_id", Uuid(), nullable=True),
@@ -209,12 +213,7 @@ audit_records = Table(
 fraud_flags = Table(
     "fraud_flags",
     metadata,
-    Column(
-        "seq",
-        BigInteger().with_variant(Integer(), "sqlite"),
-        primary_key=True,
-        autoincrement=True,
-    ),
+    _sequence(),
     Column("at", UTCDateTime(), nullable=False),
     Column("rule", String(32), nullable=False),
     Column("event_id", Uuid(), nullable=True),
