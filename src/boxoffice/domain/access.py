@@ -37,10 +37,6 @@ class Principal:
     organizer_id: str | None = None  # an organizer key's organizer
 
     @property
-    def is_admin(self) -> bool:
-        return self.role == "admin"
-
-    @property
     def is_staff(self) -> bool:
         """Organizers and admins act for many people (a box office), customers for one."""
         return self.role != "customer"
