@@ -235,6 +235,29 @@ def audit_verify() -> None:
     out.print(f"All {checked} sections agree with the audit trail.")
 
 
+@app.command()
+def check() -> None:
+    """Verify every inventory invariant across the whole database.
+
+    Per section: capacity == remaining + held + sold, held and sold match the holds and
+    bookings behind them, and the audit trail rebuilds the counts; per hold and customer,
+    that their rows agree. Prints each violation and exits 1 if there is any, else 0.
+    """
+    from boxoffice.services.inventory_check import check_inventory
+
+    report = _with_database(_settings_or_exit(), check_inventory)
+    out = Console()
+    for violation in report.violations:
+        out.print(f"VIOLATION {violation}", markup=False, highlight=False)
+    if not report.ok:
+        out.print(
+            f"{len(report.violations)} violations in {report.sections} sections "
+            f"and {report.holds} holds."
+        )
+        raise typer.Exit(1)
+    out.print(f"Inventory consistent: {report.sections} sections, {report.holds} holds.")
+
+
 @keys_app.command("create")
 def keys_create(
     role: Annotated[str, typer.Option(help="admin, organizer or customer.")],

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.server import ServerProcess, audit_verify
+from tests.support.server import ServerProcess, inventory_check
 
 pytestmark = pytest.mark.e2e
 
@@ -58,7 +58,7 @@ async def test_a_retry_after_the_server_died_before_answering_gets_the_first_boo
             seats = (await client.get(f"/events/{event['id']}")).json()["sections"][0]
     assert [b["id"] for b in stored] == [retry.json()["id"]], "booked twice, or not at all"
     assert (seats["remaining"], seats["sold"]) == (7, 3)
-    assert audit_verify(database_url).returncode == 0
+    assert inventory_check(database_url).returncode == 0
 
 
 @pytest.fixture
@@ -96,7 +96,7 @@ async def test_20_concurrent_requests_with_one_key_across_processes_book_once(
     async with httpx.AsyncClient(base_url=two_workers.url) as client:
         stored = (await client.get("/bookings", params={"eventId": event["id"]})).json()
     assert len(stored) == 1
-    assert audit_verify(database_url).returncode == 0
+    assert inventory_check(database_url).returncode == 0
 
 
 async def test_50_parallel_requests_across_processes_never_pass_a_customer_cap(
@@ -128,7 +128,7 @@ async def test_50_parallel_requests_across_processes_never_pass_a_customer_cap(
         if r.status_code == 201
     )
     assert 5 <= taken <= 6
-    assert audit_verify(database_url).returncode == 0
+    assert inventory_check(database_url).returncode == 0
 
 
 async def test_confirm_release_and_cancel_races_across_processes_have_one_winner(
@@ -174,7 +174,7 @@ async def test_confirm_release_and_cancel_races_across_processes_have_one_winner
     async with httpx.AsyncClient(base_url=two_workers.url) as client:
         seats = (await client.get(f"/events/{event['id']}")).json()["sections"][0]
     assert (seats["remaining"], seats["held"], seats["sold"]) == (100 - confirmed, 0, confirmed)
-    assert audit_verify(database_url).returncode == 0
+    assert inventory_check(database_url).returncode == 0
 
 
 async def test_confirm_racing_expiry_across_processes_has_one_winner(
@@ -209,4 +209,4 @@ async def test_confirm_racing_expiry_across_processes_has_one_winner(
         )
     assert statuses == Counter({"confirmed": confirmed, "expired": 20 - confirmed}) + Counter()
     assert (seats["remaining"], seats["held"], seats["sold"]) == (100 - confirmed, 0, confirmed)
-    assert audit_verify(database_url).returncode == 0
+    assert inventory_check(database_url).returncode == 0

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.server import ServerProcess, audit_verify
+from tests.support.server import ServerProcess, audit_verify, inventory_check
 
 pytestmark = pytest.mark.e2e
 
@@ -190,3 +190,5 @@ async def test_kill_9_under_load_leaks_no_seat(database_url: str, tmp_path: Path
     assert all(statuses[h] in ("active", "confirmed") for h in held), "a hold was lost"
     verify = audit_verify(database_url)
     assert verify.returncode == 0, verify.stdout
+    check = inventory_check(database_url)
+    assert check.returncode == 0, check.stdout

@@ -15,12 +15,12 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from boxoffice.booking import Booker, make_booker
 from boxoffice.booking.sweeper import Sweeper
 from boxoffice.db.database import Database
-from boxoffice.db.tables import bookings, hold_items, sections
+from boxoffice.db.tables import sections
 from boxoffice.domain.access import OPEN_ACCESS
 from boxoffice.domain.commands import (
     Book,
@@ -45,10 +45,10 @@ from boxoffice.domain.errors import (
     SectionNotFound,
 )
 from boxoffice.domain.model import Booking, Event, EventSpec, Hold, SectionSpec
-from boxoffice.services.audit import verify
 from boxoffice.services.clock import FakeClock
 from boxoffice.services.events import create_event, get_event
 from boxoffice.services.holds import get_hold
+from boxoffice.services.inventory_check import check_inventory
 
 TTL = 600
 
@@ -105,45 +105,11 @@ async def seats(database: Database, clock: FakeClock, event: Event) -> list[tupl
 
 
 async def assert_consistent(database: Database) -> None:
-    """Stored counts add up, match the stored holds and bookings, and the audit trail."""
-    async with database.engine.connect() as conn:
-        rows = (
-            await conn.execute(
-                select(
-                    sections.c.id,
-                    sections.c.capacity,
-                    sections.c.remaining,
-                    sections.c.held,
-                    sections.c.sold,
-                )
-            )
-        ).all()
-        sold = dict(
-            (
-                await conn.execute(
-                    select(bookings.c.section_id, func.sum(bookings.c.qty))
-                    .where(bookings.c.status == "confirmed")
-                    .group_by(bookings.c.section_id)
-                )
-            ).all()
-        )
-        held = dict(
-            (
-                await conn.execute(
-                    select(hold_items.c.section_id, func.sum(hold_items.c.qty))
-                    .where(hold_items.c.active)
-                    .group_by(hold_items.c.section_id)
-                )
-            ).all()
-        )
-    for ident, capacity, remaining, held_seats, sold_seats in rows:
-        assert remaining + held_seats + sold_seats == capacity
-        assert min(remaining, held_seats, sold_seats) >= 0
-        assert sold_seats == int(sold.get(ident, 0))
-        assert held_seats == int(held.get(ident, 0))
-    checked, mismatches = await verify(database)
-    assert checked == len(rows)
-    assert mismatches == []
+    """Every inventory invariant holds (`boxoffice check`: counts add up, match the stored
+    holds, bookings and customer tallies, and the audit trail)."""
+    report = await check_inventory(database)
+    assert report.sections > 0
+    assert report.violations == []
 
 
 async def submit_all(booker: Booker, commands: list[Any]) -> list[Any]:

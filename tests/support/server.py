@@ -159,8 +159,17 @@ class ServerProcess:
 
 def audit_verify(database_url: str) -> subprocess.CompletedProcess[str]:
     """`boxoffice audit verify` on `database_url`, as an operator runs it."""
+    return _boxoffice(database_url, "audit", "verify")
+
+
+def inventory_check(database_url: str) -> subprocess.CompletedProcess[str]:
+    """`boxoffice check` on `database_url`, as an operator runs it after a crash."""
+    return _boxoffice(database_url, "check")
+
+
+def _boxoffice(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "boxoffice", "audit", "verify"],
+        [sys.executable, "-m", "boxoffice", *args],
         env={**os.environ, "DATABASE_URL": database_url},
         capture_output=True,
         text=True,

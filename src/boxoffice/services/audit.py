@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from boxoffice.db.database import Database
 from boxoffice.db.tables import audit_records, events, sections
@@ -83,8 +84,9 @@ class Mismatch:
     rebuilt: tuple[int, int, int]
 
 
-async def verify(database: Database) -> tuple[int, list[Mismatch]]:
-    """(sections checked, those whose stored counts differ from the trail's)."""
+async def rebuilt_counts(conn: AsyncConnection) -> dict[str, Counts]:
+    """Every section's counts as the trail alone rebuilds them (its totals per section and
+    action, replayed through the moves in `domain/audit.py`)."""
     totals = (
         select(
             audit_records.c.section_id,
@@ -94,17 +96,22 @@ async def verify(database: Database) -> tuple[int, list[Mismatch]]:
         .where(audit_records.c.outcome == "ok", audit_records.c.section_id.is_not(None))
         .group_by(audit_records.c.section_id, audit_records.c.action)
     )
-    async with UnitOfWork(database, write=False, snapshot=True) as uow:
-        rebuilt = rebuild(
-            AuditRecord(
-                at=None,  # type: ignore[arg-type]
-                event_id="",
-                section_id=str(row.section_id),
-                action=row.action,
-                qty=int(row.qty),
-            )
-            for row in await uow.conn.execute(totals)
+    return rebuild(
+        AuditRecord(
+            at=None,  # type: ignore[arg-type]
+            event_id="",
+            section_id=str(row.section_id),
+            action=row.action,
+            qty=int(row.qty),
         )
+        for row in await conn.execute(totals)
+    )
+
+
+async def verify(database: Database) -> tuple[int, list[Mismatch]]:
+    """(sections checked, those whose stored counts differ from the trail's)."""
+    async with UnitOfWork(database, write=False, snapshot=True) as uow:
+        rebuilt = await rebuilt_counts(uow.conn)
         stored = (
             await uow.conn.execute(
                 select(sections.c.id, sections.c.remaining, sections.c.held, sections.c.sold)
