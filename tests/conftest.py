@@ -21,6 +21,7 @@ from boxoffice.api.app import create_app
 from boxoffice.config import Settings
 from boxoffice.db.database import Database
 from boxoffice.db.migrate import upgrade
+from boxoffice.observability.logging import configure_logging
 from tests.support.keys import bearer, key_material_in
 from tests.support.postgres import ThrowawayPostgres
 
@@ -29,6 +30,14 @@ DATABASES = [
     for name in os.environ.get("BOXOFFICE_TEST_DATABASES", "sqlite,postgresql").split(",")
     if name.strip()
 ]
+
+
+@pytest.fixture(autouse=True)
+def production_logging() -> None:
+    """Log as `boxoffice serve` does (in-process apps are built without configuring it), so
+    the key-material check below watches the renderer users really get; into this test's
+    captured stderr."""
+    configure_logging("INFO", "console")
 
 
 @pytest.fixture(scope="session")

@@ -100,6 +100,14 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(
         64, ge=1, le=10_000, description="Most requests one group commit takes (measured best)."
     )
+    booking_queue_timeout_ms: int = Field(
+        1000,
+        ge=0,
+        le=600_000,
+        description="How long a booking, hold, confirm, release or cancel may wait for its "
+        "group commit to start; past it the request is answered 503 overloaded, nothing "
+        "written. 0: wait however long it takes.",
+    )
 
     sqlite_writer: Literal["process", "thread"] = Field(
         "process",

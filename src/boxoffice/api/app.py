@@ -87,6 +87,7 @@ def create_app(
             max_batch_size=settings.max_batch_size,
             clock=clock,
             in_flight=in_flight,
+            queue_timeout_seconds=settings.booking_queue_timeout_ms / 1000,
         )
         app.state.booker = booker
         sweeper = Sweeper(

@@ -15,7 +15,8 @@
 | a rate limit (api/rate_limits.py)        | 429    | rate_limited          |
 | wrong method                             | 405    | method_not_allowed    |
 | body over MAX_BODY_BYTES                 | 413    | payload_too_large     |
-| DatabaseUnavailable                      | 503    | service_unavailable   |
+| Overloaded (+ Retry-After)               | 503    | overloaded            |
+| DatabaseUnavailable (+ Retry-After)      | 503    | service_unavailable   |
 | anything else                            | 500    | internal_error        |
 
 Bodies never carry a stack trace or echo the rejected input.
@@ -38,7 +39,7 @@ from starlette.types import Scope, Send
 
 from boxoffice.api.fraud import watch_refusal
 from boxoffice.api.schemas import FieldError, Problem
-from boxoffice.db.errors import DatabaseUnavailable
+from boxoffice.db.errors import DatabaseUnavailable, Overloaded
 from boxoffice.domain.errors import (
     BoxofficeError,
     Conflict,
@@ -228,12 +229,22 @@ def _allowed_methods(request: Request) -> list[str]:
 
 
 async def _on_unavailable(request: Request, exc: Exception) -> ProblemResponse:
+    if isinstance(exc, Overloaded):
+        return problem(
+            request,
+            503,
+            "overloaded",
+            "Too many requests are waiting for this event's seats; this one was not started, "
+            "so nothing was written. Retry shortly.",
+            headers={"Retry-After": RETRY_AFTER_SECONDS},
+        )
     log.warning("database_unavailable", path=request.url.path, error=type(exc.__cause__).__name__)
     return problem(
         request,
         503,
         "service_unavailable",
-        "The database is unavailable; nothing was half-written. Retry shortly.",
+        "The database is unavailable; nothing was half-written. Retry shortly, with the "
+        "same Idempotency-Key.",
         headers={"Retry-After": RETRY_AFTER_SECONDS},
     )
 
@@ -264,7 +275,9 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         429: "Too many requests (`rate_limited`) or, for holds, too many given up in the "
         "last hour (`hold_churn_limit`); retry after `Retry-After`.",
         500: "Unexpected error (`internal_error`).",
-        503: "Database unavailable (`service_unavailable`); retry after `Retry-After`.",
+        503: "Database unavailable (`service_unavailable`) or, for inventory changes, the "
+        "booking queue full for longer than BOOKING_QUEUE_TIMEOUT_MS (`overloaded`); retry "
+        "after `Retry-After`.",
     }
     return {
         status: {

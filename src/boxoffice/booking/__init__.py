@@ -37,6 +37,11 @@ class Booker(Protocol):
 
     async def stop(self) -> None: ...
 
+    @property
+    def ready(self) -> bool:
+        """Commands submitted now will be applied (`/readyz` reports it)."""
+        ...
+
     async def submit(self, command: Command) -> Result: ...
 
 
@@ -48,6 +53,7 @@ def make_booker(
     max_batch_size: int = 64,
     clock: Clock = system_clock,
     in_flight: InFlight | None = None,
+    queue_timeout_seconds: float = 1.0,
 ) -> Booker:
     if strategy == "direct":
         return DirectBooker(
@@ -62,6 +68,7 @@ def make_booker(
         max_batch_size=max_batch_size,
         clock=clock,
         in_flight=in_flight,
+        queue_timeout_seconds=queue_timeout_seconds,
     )
 
 

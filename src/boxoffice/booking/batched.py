@@ -19,6 +19,14 @@
 - A command whose caller went away (client disconnect cancels the handler)
   before its batch started is skipped. Once its batch has started it is
   committed like the rest, exactly as on the direct path.
+- The queue is bounded in time, not length: a command not taken into a batch
+  within `queue_timeout_seconds` (BOOKING_QUEUE_TIMEOUT_MS) is answered
+  `Overloaded` (503 `overloaded`) and skipped, so nothing of it is written;
+  one already in a batch is always waited for.
+- If the committer task dies (a bug, not a database failure: those fail one
+  batch), whatever it held is answered 503, and it is started again after
+  `restart_delay_seconds`, doubling while it keeps dying. `ready` is False
+  meanwhile, and `/readyz` says so.
 """
 
 from __future__ import annotations
@@ -37,9 +45,10 @@ from boxoffice.booking.locked import LockedWriter
 from boxoffice.booking.narrowing import Answer, answer_each
 from boxoffice.booking.remembered import Remembered, apply_if_unchanged
 from boxoffice.db.database import Database
-from boxoffice.db.errors import DatabaseUnavailable
+from boxoffice.db.errors import DatabaseUnavailable, Overloaded
 from boxoffice.domain.commands import Book, Command, ConfirmHold, PlaceHold, ReleaseHold
 from boxoffice.domain.decisions import Outcome, Result
+from boxoffice.observability.metrics import BOOKING_QUEUE_TIMEOUTS, COMMITTER_RESTARTS
 from boxoffice.services.clock import Clock, system_clock
 from boxoffice.services.idempotency import InFlight
 from boxoffice.services.unit_of_work import UnitOfWork
@@ -47,12 +56,23 @@ from boxoffice.services.unit_of_work import UnitOfWork
 log = structlog.get_logger("boxoffice.booking")
 
 STOP_TIMEOUT_SECONDS = 10.0
+MAX_RESTART_DELAY_SECONDS = 30.0
 
 
 @dataclass(slots=True)
 class _Waiting:
     command: Command
     answer: asyncio.Future[Result]
+    started: bool = False  # taken into a batch: from then on it is waited for
+
+
+def _give_up(waiting: _Waiting) -> None:
+    """The queue timeout: answer a command that no batch has taken yet, and so never will."""
+    if not waiting.started and not waiting.answer.done():
+        BOOKING_QUEUE_TIMEOUTS.inc()
+        waiting.answer.set_exception(
+            Overloaded("the booking queue did not reach this request in time")
+        )
 
 
 @dataclass(slots=True)
@@ -77,15 +97,21 @@ class BatchedBooker:
         max_batch_size: int = 64,
         clock: Clock = system_clock,
         in_flight: InFlight | None = None,
+        queue_timeout_seconds: float = 1.0,
+        restart_delay_seconds: float = 1.0,
     ) -> None:
         self._database = database
         self._max_tickets = max_tickets_per_booking
         self._max_batch = max_batch_size
+        self._queue_timeout = queue_timeout_seconds  # 0: wait however long it takes
+        self._first_restart_delay = restart_delay_seconds
+        self._restart_delay = restart_delay_seconds
+        self._restart: asyncio.TimerHandle | None = None
         self._clock = clock
         self._queue: deque[_Waiting] = deque()
         self._arrived = asyncio.Event()
         self._committer: asyncio.Task[None] | None = None
-        self._stopping = False
+        self._stopping = False  # stop() was called: answer 503, and do not restart
         self._in_flight: list[_Waiting] = []
         self._keys = InFlight() if in_flight is None else in_flight
         postgresql = database.dialect == "postgresql"
@@ -98,8 +124,17 @@ class BatchedBooker:
         if self._committer is None:
             await self._database.start_writer()
             self._stopping = False
-            self._committer = asyncio.create_task(self._run(), name="boxoffice-committer")
-            self._committer.add_done_callback(self._on_committer_exit)
+            self._start_committer()
+
+    def _start_committer(self) -> None:
+        self._restart = None
+        self._committer = asyncio.create_task(self._run(), name="boxoffice-committer")
+        self._committer.add_done_callback(self._on_committer_exit)
+
+    @property
+    def ready(self) -> bool:
+        """The committer is running: commands submitted now will be committed."""
+        return self._committer is not None and not self._committer.done()
 
     async def stop(self) -> None:
         """Finish the batch in flight and whatever is queued, then stop.
@@ -119,8 +154,11 @@ class BatchedBooker:
             retried=self.stats.retried,
         )
         committer, self._committer = self._committer, None
+        self._stopping = True
+        if self._restart is not None:
+            self._restart.cancel()
+            self._restart = None
         if committer is not None:
-            self._stopping = True
             self._arrived.set()
             try:
                 await asyncio.wait_for(asyncio.shield(committer), STOP_TIMEOUT_SECONDS)
@@ -138,10 +176,10 @@ class BatchedBooker:
         """Apply `command` atomically and return its result, or raise and change nothing."""
         if isinstance(command, Book | PlaceHold):
             command.check_quantity(self._max_tickets)
-        if self._committer is None:
-            raise RuntimeError("BatchedBooker.start() was not called")
-        if self._committer.done():
-            raise DatabaseUnavailable("the booking committer has stopped")
+        if self._committer is None or self._committer.done():
+            if self._committer is None and not self._stopping:
+                raise RuntimeError("BatchedBooker.start() was not called")
+            raise DatabaseUnavailable("the booking committer is not running")
         key = command.idempotency
         if key is None:  # the common case, without a context manager's cost
             return await self._queued(command)
@@ -152,11 +190,20 @@ class BatchedBooker:
             self._keys.release(key)
 
     async def _queued(self, command: Command) -> Result:
-        answer: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Waiting(command, answer))
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[Result] = loop.create_future()
+        waiting = _Waiting(command, answer)
+        self._queue.append(waiting)
         self._arrived.set()
-        # If our caller is cancelled, so is `answer`, and the committer skips it.
-        return await answer
+        if not self._queue_timeout:
+            # If our caller is cancelled, so is `answer`, and the committer skips it.
+            return await answer
+        # A timer, not asyncio.timeout(): no task or context per command on the hot path.
+        timer = loop.call_later(self._queue_timeout, _give_up, waiting)
+        try:
+            return await answer
+        finally:
+            timer.cancel()
 
     async def _run(self) -> None:
         while self._queue or not self._stopping:
@@ -169,12 +216,22 @@ class BatchedBooker:
                 self._in_flight = batch  # answered by _fail_waiting if we die meanwhile
                 await self._commit(batch)
                 self._in_flight = []
+                self._restart_delay = self._first_restart_delay
 
     def _on_committer_exit(self, task: asyncio.Task[None]) -> None:
         if task.cancelled() or task.exception() is None:
             return
-        log.error("committer_died", exc_info=task.exception())
         self._fail_waiting(DatabaseUnavailable("the booking committer has stopped"))
+        if self._stopping or task is not self._committer:
+            log.error("committer_died", exc_info=task.exception())
+            return
+        delay, self._restart_delay = (
+            self._restart_delay,
+            min(self._restart_delay * 2, MAX_RESTART_DELAY_SECONDS),
+        )
+        log.error("committer_died", restart_in_seconds=delay, exc_info=task.exception())
+        COMMITTER_RESTARTS.inc()
+        self._restart = asyncio.get_running_loop().call_later(delay, self._start_committer)
 
     def _fail_waiting(self, error: Exception) -> None:
         for waiting in [*self._in_flight, *self._queue]:
@@ -186,7 +243,8 @@ class BatchedBooker:
         batch: list[_Waiting] = []
         while self._queue and len(batch) < self._max_batch:
             waiting = self._queue.popleft()
-            if not waiting.answer.done():  # skip callers that went away
+            if not waiting.answer.done():  # skip callers that went away or gave up
+                waiting.started = True
                 batch.append(waiting)
         return batch
 

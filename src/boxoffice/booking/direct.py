@@ -34,6 +34,11 @@ class DirectBooker:
     async def stop(self) -> None:
         """Nothing to stop: each command ran its own transaction."""
 
+    @property
+    def ready(self) -> bool:
+        """Always: there is no task of its own to die."""
+        return True
+
     async def submit(self, command: Command) -> Result:
         """Apply `command` atomically and return its result, or raise and change nothing."""
         if isinstance(command, Book | PlaceHold):

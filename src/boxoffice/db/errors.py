@@ -9,7 +9,17 @@ from sqlalchemy import exc as sa_exc
 
 
 class DatabaseUnavailable(Exception):
-    """The database could not serve the request now; nothing was written. Retry later."""
+    """The database could not serve the request now. Retry later.
+
+    Nothing was half-written. Whether anything was written is certain except when the
+    connection was lost during COMMIT itself: then the work may have been applied, and
+    only a retry with the same Idempotency-Key is safe (docs/architecture.md).
+    """
+
+
+class Overloaded(DatabaseUnavailable):
+    """The booking queue did not reach this command in time (BOOKING_QUEUE_TIMEOUT_MS);
+    it was never started, so nothing of it was written. Retry later."""
 
 
 # Deadlock, serialization failure, lock or statement timeout, shutdown: the

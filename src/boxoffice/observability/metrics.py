@@ -27,3 +27,11 @@ FRAUD_FLAGS = Counter(
     "Fraud flags raised (domain/fraud.py), by rule.",
     ["rule"],
 )
+BOOKING_QUEUE_TIMEOUTS = Counter(
+    "boxoffice_booking_queue_timeouts",
+    "Commands answered 503 overloaded: no batch took them within BOOKING_QUEUE_TIMEOUT_MS.",
+)
+COMMITTER_RESTARTS = Counter(
+    "boxoffice_committer_restarts",
+    "Times the group-commit task died and was started again.",
+)

@@ -23,13 +23,15 @@ async def healthz() -> Health:
     "/readyz",
     response_model=Readiness,
     responses=problem_responses(503),
-    summary="The database answers",
+    summary="The database answers and bookings are being committed",
 )
-async def readyz(database: DatabaseDep) -> Readiness:
+async def readyz(request: Request, database: DatabaseDep) -> Readiness:
     try:
         await database.ping()
     except Exception as error:
         raise DatabaseUnavailable(str(error)) from error
+    if not request.app.state.booker.ready:  # the group-commit task died; it is restarting
+        raise DatabaseUnavailable("the booking committer is not running")
     return Readiness(status="ok", database=database.dialect)
 
 
