@@ -24,7 +24,7 @@ from tests.support.postgres import ThrowawayPostgres
 
 from boxoffice.booking import make_booker
 from boxoffice.config import async_database_url
-from boxoffice.db.database import Database
+from boxoffice.db.database import Database, Limits
 from boxoffice.db.migrate import upgrade
 from boxoffice.domain.commands import Book
 from boxoffice.domain.model import MAX_SECTIONS_PER_EVENT, EventSpec, SectionSpec
@@ -41,7 +41,7 @@ async def drive(
     *,
     idempotent: bool = False,
 ) -> tuple[float, float]:
-    database = Database.from_url(async_database_url(url), pool_size=20)
+    database = Database.from_url(async_database_url(url), limits=Limits(pool_size=20))
     booker = make_booker(strategy, database, max_tickets_per_booking=10)  # type: ignore[arg-type]
     await booker.start()
     requests: list[Book] = []

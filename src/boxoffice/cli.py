@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Annotated, NoReturn, TypeVar
 
@@ -17,7 +18,7 @@ from sqlalchemy.exc import DBAPIError
 from boxoffice.api.http_protocol import GuardedHttpToolsProtocol
 from boxoffice.api.security_headers import SECURITY_HEADERS
 from boxoffice.config import Settings, get_settings
-from boxoffice.db.database import Database
+from boxoffice.db.database import Database, Limits
 from boxoffice.db.migrate import (
     SchemaOutOfDate,
     check_schema,
@@ -73,7 +74,12 @@ def _with_database(settings: Settings, use: Callable[[Database], Awaitable[T]]) 
     """Run `use` on a short-lived engine; an unreachable database is one line and exit 1."""
 
     async def run() -> T:
-        database = Database.from_settings(settings)
+        # An operator's command reads whole tables (check, audit verify): the request-sized
+        # statement timeout does not fit it.
+        limits = replace(Limits.from_settings(settings), statement_timeout=3600.0)
+        database = Database.from_url(
+            settings.async_url, limits=limits, sqlite_writer=settings.sqlite_writer
+        )
         try:
             return await use(database)
         finally:

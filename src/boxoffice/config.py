@@ -209,9 +209,26 @@ class Settings(BaseSettings):
         "(https://shop.example.com); empty: CORS off, no CORS headers at all.",
     )
 
-    db_pool_size: int = Field(10, ge=1, le=200)
-    db_timeout_seconds: float = Field(
-        10.0, gt=0, le=300, description="Connect timeout, and SQLite's busy timeout."
+    db_pool_size: int = Field(
+        20,
+        ge=4,
+        le=500,
+        description="The most database connections one server process opens, in all.",
+    )
+    db_connect_timeout_seconds: float = Field(
+        5.0, gt=0, le=300, description="How long opening a connection may take."
+    )
+    db_pool_timeout_seconds: float = Field(
+        5.0, gt=0, le=300, description="How long a request waits for a free connection."
+    )
+    db_statement_timeout_seconds: float = Field(
+        10.0, gt=0, le=3600, description="PostgreSQL: the longest one statement may run."
+    )
+    db_lock_timeout_seconds: float = Field(
+        5.0, gt=0, le=3600, description="PostgreSQL: the longest a statement waits for a lock."
+    )
+    sqlite_busy_timeout_seconds: float = Field(
+        10.0, gt=0, le=300, description="SQLite: how long a writer waits for another's lock."
     )
 
     @field_validator("log_level", mode="before")

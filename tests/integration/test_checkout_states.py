@@ -24,7 +24,7 @@ from hypothesis.stateful import (
 from boxoffice.booking import BatchedBooker
 from boxoffice.booking.sweeper import Sweeper
 from boxoffice.config import async_database_url
-from boxoffice.db.database import Database
+from boxoffice.db.database import Database, Limits
 from boxoffice.domain.commands import (
     Book,
     CancelBooking,
@@ -59,7 +59,9 @@ class CheckoutMachine(RuleBasedStateMachine):
         super().__init__()
         self.loop = asyncio.new_event_loop()
         self.clock = FakeClock()
-        self.database = Database.from_url(async_database_url(database_url), pool_size=2)
+        self.database = Database.from_url(
+            async_database_url(database_url), limits=Limits(pool_size=4)
+        )
         self.booker = BatchedBooker(self.database, max_tickets_per_booking=10, clock=self.clock)
         self.sweeper = Sweeper(
             self.database, clock=self.clock, interval_seconds=0, idempotency_ttl_hours=24

@@ -28,7 +28,7 @@ from boxoffice.booking import batched as batched_module
 from boxoffice.booking import connections as connections_module
 from boxoffice.booking import locked as locked_module
 from boxoffice.config import async_database_url
-from boxoffice.db.database import Database
+from boxoffice.db.database import Database, Limits
 from boxoffice.db.errors import DatabaseUnavailable
 from boxoffice.domain.commands import Book
 from boxoffice.domain.errors import EventNotFound, InsufficientSeats, SectionNotFound
@@ -229,7 +229,7 @@ async def test_stop_answers_queued_requests_instead_of_dropping_them(database: D
     path = BatchedBooker(database, max_tickets_per_booking=10)
     await path.start()
     await path.stop()
-    with pytest.raises(RuntimeError, match="start"):
+    with pytest.raises(DatabaseUnavailable, match="not running"):  # a 503, not a 500
         await path.submit(Book(event.id, event.sections[0].id, 1))
 
 
@@ -529,7 +529,7 @@ async def test_another_writer_past_the_busy_timeout_fails_the_batch_cleanly(
     written, and the committer books again once the lock is gone."""
     event = await new_event(database, 10)
     s = event.sections[0].id
-    impatient = Database.from_url(async_database_url(database_url), timeout_seconds=0.2)
+    impatient = Database.from_url(async_database_url(database_url), limits=Limits(busy_timeout=0.2))
     path = BatchedBooker(impatient, max_tickets_per_booking=10)
     await path.start()
     other_process = sqlite3.connect(database_url.removeprefix("sqlite:///"), isolation_level=None)

@@ -18,6 +18,15 @@ PostgreSQL: asyncpg, READ COMMITTED; the booking statement is a conditional
 UPDATE, which PostgreSQL re-checks against the latest row version after waiting
 for a concurrent writer.
 
+How many connections a process opens, and how long anything may wait, is one
+`Limits` (from the DB_* settings). On PostgreSQL DB_POOL_SIZE is split between
+the readers' pool and the writers' (a third, at least 3: the committer keeps
+two, the sweeper takes one); neither overflows, so a process never opens more
+than DB_POOL_SIZE. On SQLite the writer's own connection is one of them.
+Every PostgreSQL session gets `statement_timeout`, `lock_timeout` and
+`idle_in_transaction_session_timeout`, and asyncpg gives up on a silent server
+a little after the statement timeout, so no request can wait forever.
+
 Write transactions take their connections from a pool of their own, whose
 sessions plan with nested loops only (`KEYED_PLANNING`). Every statement a
 writer runs finds its rows by key, from a list of tens of rows handed over as
@@ -33,6 +42,7 @@ went from 7.0 to 3.8 ms at 4,000 holds, and no longer grows with the tables
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 from sqlalchemy import Engine, create_engine, event, text
@@ -48,6 +58,39 @@ Dialect = Literal["sqlite", "postgresql"]
 BEGIN_MODE_OPTION = "boxoffice_sqlite_begin"
 
 T = TypeVar("T")
+
+# asyncpg's own deadline past the server's statement_timeout: the server cancels first and
+# says why; this only ends the wait for a server that went silent (a network partition).
+CLIENT_GRACE_SECONDS = 2.0
+IDLE_IN_TRANSACTION_SECONDS = 60
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """How many connections a process opens, and how long each wait may last (seconds)."""
+
+    pool_size: int = 20
+    connect_timeout: float = 5.0
+    pool_timeout: float = 5.0
+    statement_timeout: float = 10.0
+    lock_timeout: float = 5.0
+    busy_timeout: float = 10.0  # SQLite: how long a writer waits for another's lock
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Limits:
+        return cls(
+            pool_size=settings.db_pool_size,
+            connect_timeout=settings.db_connect_timeout_seconds,
+            pool_timeout=settings.db_pool_timeout_seconds,
+            statement_timeout=settings.db_statement_timeout_seconds,
+            lock_timeout=settings.db_lock_timeout_seconds,
+            busy_timeout=settings.sqlite_busy_timeout_seconds,
+        )
+
+    def split(self) -> tuple[int, int]:
+        """PostgreSQL: (readers' pool, writers' pool), together `pool_size`."""
+        writers = max(3, self.pool_size // 3)
+        return max(1, self.pool_size - writers), writers
 
 
 class Database:
@@ -74,8 +117,7 @@ class Database:
     def from_settings(cls, settings: Settings) -> Database:
         return cls.from_url(
             settings.async_url,
-            pool_size=settings.db_pool_size,
-            timeout_seconds=settings.db_timeout_seconds,
+            limits=Limits.from_settings(settings),
             sqlite_writer=settings.sqlite_writer,
         )
 
@@ -84,23 +126,23 @@ class Database:
         cls,
         url: URL,
         *,
-        pool_size: int = 10,
-        timeout_seconds: float = 10.0,
+        limits: Limits = Limits(),
         sqlite_writer: WriterKind = "process",
     ) -> Database:
         if url.get_backend_name() == "sqlite":
+            busy = limits.busy_timeout
             writer: Writer
             if sqlite_writer == "process":
-                writer = ProcessWriter(url, timeout_seconds)
+                writer = ProcessWriter(url, busy)
             else:
-                writer = ThreadWriter(lambda: sqlite_blocking_engine(url, timeout_seconds))
-            return cls(_sqlite_engine(url, pool_size, timeout_seconds), "sqlite", writer=writer)
+                writer = ThreadWriter(lambda: sqlite_blocking_engine(url, busy))
+            engine = _sqlite_engine(url, max(1, limits.pool_size - 1), limits)
+            return cls(engine, "sqlite", writer=writer)
+        readers, writers = limits.split()
         return cls(
-            _postgresql_engine(url, pool_size, timeout_seconds),
+            _postgresql_engine(url, readers, limits),
             "postgresql",
-            write_engine=_postgresql_engine(
-                url, pool_size, timeout_seconds, settings=KEYED_PLANNING
-            ),
+            write_engine=_postgresql_engine(url, writers, limits, settings=KEYED_PLANNING),
         )
 
     async def connect(self, *, write: bool) -> AsyncConnection:
@@ -148,15 +190,15 @@ class Database:
             await self.write_engine.dispose()
 
 
-def _sqlite_engine(url: URL, pool_size: int, timeout_seconds: float) -> AsyncEngine:
+def _sqlite_engine(url: URL, pool_size: int, limits: Limits) -> AsyncEngine:
     engine = create_async_engine(
         url,
         pool_size=pool_size,
         max_overflow=0,
-        pool_timeout=timeout_seconds,
-        connect_args={"timeout": timeout_seconds, "check_same_thread": False},
+        pool_timeout=limits.pool_timeout,
+        connect_args={"timeout": limits.busy_timeout, "check_same_thread": False},
     )
-    _tune_sqlite(engine.sync_engine, timeout_seconds)
+    _tune_sqlite(engine.sync_engine, limits.busy_timeout)
     return engine
 
 
@@ -199,19 +241,25 @@ KEYED_PLANNING = {"enable_hashjoin": "off", "enable_mergejoin": "off"}
 def _postgresql_engine(
     url: URL,
     pool_size: int,
-    timeout_seconds: float,
+    limits: Limits,
     *,
     settings: dict[str, str] | None = None,
 ) -> AsyncEngine:
     return create_async_engine(
         url,
         pool_size=pool_size,
-        max_overflow=pool_size,
-        pool_timeout=timeout_seconds,
+        max_overflow=0,
+        pool_timeout=limits.pool_timeout,
         pool_pre_ping=True,
         connect_args={
-            "timeout": timeout_seconds,
-            "command_timeout": max(timeout_seconds, 30.0),
-            "server_settings": {"application_name": "boxoffice", **(settings or {})},
+            "timeout": limits.connect_timeout,
+            "command_timeout": limits.statement_timeout + CLIENT_GRACE_SECONDS,
+            "server_settings": {
+                "application_name": "boxoffice",
+                "statement_timeout": f"{int(limits.statement_timeout * 1000)}ms",
+                "lock_timeout": f"{int(limits.lock_timeout * 1000)}ms",
+                "idle_in_transaction_session_timeout": f"{IDLE_IN_TRANSACTION_SECONDS}s",
+                **(settings or {}),
+            },
         },
     )

@@ -8,7 +8,7 @@ from alembic import context
 from sqlalchemy.engine import Connection
 
 from boxoffice.config import async_database_url, get_settings
-from boxoffice.db.database import Database
+from boxoffice.db.database import Database, Limits
 from boxoffice.db.tables import metadata
 
 config = context.config
@@ -52,8 +52,13 @@ def _pragma(connection: Connection, statement: str) -> None:
         cursor.close()
 
 
+# Schema changes may rewrite big tables: no statement timeout to speak of, but a lock
+# waited for no longer than 30 s, so a migration never queues the whole sale behind it.
+MIGRATION_LIMITS = Limits(pool_size=4, statement_timeout=24 * 3600.0, lock_timeout=30.0)
+
+
 async def _run_online() -> None:
-    database = Database.from_url(async_database_url(_url()), pool_size=1)
+    database = Database.from_url(async_database_url(_url()), limits=MIGRATION_LIMITS)
     try:
         async with database.engine.connect() as connection:
             await connection.run_sync(_run)
