@@ -151,6 +151,37 @@ class ThrowawayPostgres:
         )
         return result.stdout.strip()
 
+    def halt(self) -> None:
+        """Stop the server as a crash would (immediate shutdown), keeping its data."""
+        subprocess.run(
+            _as_postgres(
+                [str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop"]
+            ),
+            check=True,
+            capture_output=True,
+        )
+
+    def resume(self) -> None:
+        """Start the halted server again on the same port and data (after crash recovery)."""
+        subprocess.run(
+            _as_postgres(
+                [
+                    str(self.bin / "pg_ctl"),
+                    "-D",
+                    str(self.data),
+                    "-l",
+                    str(self.root / "log"),
+                    "-w",
+                    "-t",
+                    "60",
+                    "start",
+                ]
+            ),
+            check=True,
+            capture_output=True,
+        )
+        self._wait_ready()
+
     def create_database(self, name: str) -> str:
         self.psql(f'CREATE DATABASE "{name}"')
         return self.url(name)
