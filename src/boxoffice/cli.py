@@ -17,6 +17,7 @@ from sqlalchemy.exc import DBAPIError
 
 from boxoffice.api.http_protocol import GuardedHttpToolsProtocol
 from boxoffice.api.security_headers import SECURITY_HEADERS
+from boxoffice.api.supervisor import run as run_server
 from boxoffice.config import Settings, get_settings
 from boxoffice.db.database import Database, Limits
 from boxoffice.db.migrate import (
@@ -116,7 +117,7 @@ def serve(
         os.environ["PORT"] = str(port)
     settings = _settings_or_exit()
     _with_database(settings, check_schema)
-    uvicorn.run(
+    config = uvicorn.Config(
         "boxoffice.api.app:create_app",
         factory=True,
         host=settings.host,
@@ -131,7 +132,10 @@ def serve(
         headers=SECURITY_HEADERS,  # on every answer, written with the status line
         server_header=False,  # what runs the service is nobody's business
         timeout_keep_alive=settings.keep_alive_seconds,
+        # SIGTERM: stop accepting, let requests in flight finish for this long, then stop.
+        timeout_graceful_shutdown=settings.shutdown_grace_seconds,
     )
+    run_server(config)
 
 
 @db_app.command("upgrade")

@@ -88,6 +88,13 @@ class Settings(BaseSettings):
     keep_alive_seconds: int = Field(
         5, ge=1, le=300, description="How long an idle keep-alive connection stays open."
     )
+    shutdown_grace_seconds: int = Field(
+        20,
+        ge=1,
+        le=3600,
+        description="On SIGTERM: how long requests in flight may take to finish before the "
+        "server stops anyway.",
+    )
     max_header_bytes: int = Field(
         16 * 1024, ge=4096, le=1024 * 1024, description="Largest request head (line + headers)."
     )

@@ -387,6 +387,12 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     fd, url, timeout_seconds = sys.argv[1:4]
+    # Keep nothing of the server's but our pipe. uvloop starts subprocesses without
+    # closing inherited descriptors, so we would otherwise hold the server's listening
+    # socket: after a SIGTERM the kernel would keep accepting connections into it that
+    # nobody serves (tests/e2e/test_graceful_shutdown.py).
+    os.closerange(3, int(fd))
+    os.closerange(int(fd) + 1, os.sysconf("SC_OPEN_MAX"))
     serve(socket.socket(fileno=int(fd)), url, float(timeout_seconds))
 
 

@@ -1,0 +1,49 @@
+"""Running the server: one process, or several workers that stop accepting together.
+
+uvicorn's supervisor of several workers keeps its own copy of the listening
+socket open until every worker has drained and exited. While they drain after
+a SIGTERM, the kernel keeps completing handshakes on that copy, and those
+clients wait for nothing until the supervisor exits and their connections are
+reset. `Supervisor` closes its copy first, so that once the workers close
+theirs (the first thing each does on SIGTERM) new connections are refused at
+once and a load balancer moves on, while requests in flight finish within
+SHUTDOWN_GRACE_SECONDS (uvicorn's `timeout_graceful_shutdown`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+
+import uvicorn
+from uvicorn.supervisors import Multiprocess
+
+STARTUP_FAILURE = 3  # uvicorn's own exit code when the app could not start
+
+
+class Supervisor(Multiprocess):
+    """uvicorn's worker supervisor, which lets go of the listening socket on SIGTERM/SIGINT."""
+
+    def handle_term(self) -> None:
+        self._stop_listening()
+        super().handle_term()
+
+    def handle_int(self) -> None:
+        self._stop_listening()
+        super().handle_int()
+
+    def _stop_listening(self) -> None:
+        for sock in self.sockets:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+
+def run(config: uvicorn.Config) -> None:
+    """Serve `config` until SIGTERM or SIGINT, then drain and return."""
+    if config.workers > 1:
+        Supervisor(config, sockets=[config.bind_socket()]).run()
+        return
+    server = uvicorn.Server(config)
+    server.run()
+    if not server.started:
+        sys.exit(STARTUP_FAILURE)
