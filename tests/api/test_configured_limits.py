@@ -53,6 +53,17 @@ async def test_configured_limits_apply(tight: httpx.AsyncClient) -> None:
     assert "next" in page.links
     assert len((await tight.get("/events", params={"limit": 3})).json()) == 3
     assert_problem(await tight.get("/events", params={"limit": 4}), 400, "validation_error")
+    for bad in ("0", "-1", "10000000000000000000000", "two"):
+        assert_problem(await tight.get("/events", params={"limit": bad}), 400, "validation_error")
+    limits = [
+        parameter["schema"]
+        for item in schema["paths"].values()
+        for operation in item.values()
+        for parameter in operation.get("parameters", [])
+        if parameter["name"] == "limit"
+    ]
+    assert len(limits) >= 5  # every list
+    assert all(limit["maximum"] == 3 and limit["default"] == 2 for limit in limits), limits
 
 
 async def test_started_app_tunes_the_garbage_collector(

@@ -60,6 +60,25 @@ def _operation_id(route: APIRoute) -> str:
     return route.name
 
 
+def _publish_page_sizes(schema: dict[str, Any], settings: Settings) -> None:
+    """Every list's `limit` as configured (DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE), not as declared."""
+    for path_item in schema["paths"].values():
+        for operation in path_item.values():
+            for parameter in operation.get("parameters", []):
+                if parameter["name"] != "limit":
+                    continue
+                parameter["description"] = (
+                    f"Page size: default {settings.default_page_size}, "
+                    f"at most {settings.max_page_size}."
+                )
+                parameter["schema"] = {
+                    "type": "integer",
+                    "minimum": 1,
+                    "maximum": settings.max_page_size,
+                    "default": settings.default_page_size,
+                }
+
+
 def create_app(
     settings: Settings | None = None,
     database: Database | None = None,
@@ -192,6 +211,7 @@ def create_app(
             for model in ("BookIn", "HoldItemIn"):
                 qty = schema["components"]["schemas"][model]["properties"]["qty"]
                 qty["maximum"] = settings.max_tickets_per_booking
+            _publish_page_sizes(schema, settings)
             app.openapi_schema = schema
         return app.openapi_schema
 

@@ -41,7 +41,8 @@ C = TypeVar("C")
 
 LimitQuery = Annotated[
     int | None,
-    Query(ge=1, le=1000, description="Page size: default 100, at most MAX_PAGE_SIZE (1000)."),
+    # Published with the configured sizes by create_app's openapi(); checked in PageParams.
+    Query(description="Page size: DEFAULT_PAGE_SIZE by default, at most MAX_PAGE_SIZE."),
 ]
 CursorQuery = Annotated[
     str | None,
