@@ -17,6 +17,7 @@ from boxoffice.api.access import KeyCheckMiddleware, document_security
 from boxoffice.api.body_limit import BodyLimitMiddleware
 from boxoffice.api.problems import install_problem_handlers, move_errors_to_problem_media_type
 from boxoffice.api.rate_limits import RateLimiter, RateLimitMiddleware
+from boxoffice.api.request_ids import RequestIdMiddleware
 from boxoffice.api.routes import bookings, events, flags, health, holds, keys
 from boxoffice.api.security_headers import EXPOSED_HEADERS
 from boxoffice.booking import make_booker
@@ -184,7 +185,8 @@ def create_app(
     # is read at all.
     app.add_middleware(KeyCheckMiddleware)
     if settings.cors_origins:
-        # Outermost: a browser's preflight carries no key, and must be answered as such.
+        # Outside the key check: a browser's preflight carries no key, and must be
+        # answered as such.
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
@@ -194,6 +196,9 @@ def create_app(
             allow_credentials=False,  # keys travel in a header, never in cookies
             max_age=600,
         )
+    # Outermost: every answer, a refusal by any middleware included, carries the request's
+    # id, and every line logged for it names it.
+    app.add_middleware(RequestIdMiddleware)
     # Routes are matched in order, each tried in turn: the booking and checkout routes,
     # which take nearly all the traffic of a sale, come first. The documentation keeps
     # its own order (TAGS).

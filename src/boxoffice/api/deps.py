@@ -7,14 +7,13 @@ under load (see docs/performance.md).
 
 from __future__ import annotations
 
-import itertools
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Generic, TypeVar
 
-from fastapi import Depends, Query, Request, Response
+from fastapi import Depends, Query, Request
 
+from boxoffice.api.request_ids import request_id_of
 from boxoffice.booking import Booker
 from boxoffice.config import Settings
 from boxoffice.db.database import Database
@@ -133,19 +132,7 @@ IDEMPOTENCY_KEY_DOC: dict[str, Any] = {
     ]
 }
 
-# Request ids: the client's X-Request-ID when it is sensible, else ours; recorded in the
-# audit trail and echoed back. Ours are a per-process random prefix and a counter: unique
-# without a system call per request.
-_PREFIX = os.urandom(6).hex()
-_counter = itertools.count(1)
-MAX_REQUEST_ID_LENGTH = 128
 
-
-def request_id(request: Request, response: Response) -> str:
-    given = header(request, b"x-request-id")
-    if given and len(given) <= MAX_REQUEST_ID_LENGTH and given.isascii() and given.isprintable():
-        ident = given
-    else:
-        ident = f"{_PREFIX}-{next(_counter):x}"
-    response.headers["X-Request-ID"] = ident
-    return ident
+def request_id(request: Request) -> str:
+    """This request's id (api/request_ids.py), recorded in the audit trail."""
+    return request_id_of(request.scope)

@@ -38,6 +38,7 @@ from starlette.routing import Match
 from starlette.types import Scope, Send
 
 from boxoffice.api.fraud import watch_refusal
+from boxoffice.api.request_ids import request_id_header
 from boxoffice.api.schemas import FieldError, Problem
 from boxoffice.db.errors import DatabaseUnavailable, Overloaded
 from boxoffice.domain.errors import (
@@ -251,7 +252,13 @@ async def _on_unavailable(request: Request, exc: Exception) -> ProblemResponse:
 
 async def _on_unexpected(request: Request, exc: Exception) -> ProblemResponse:
     log.error("unhandled_error", path=request.url.path, exc_info=exc)
-    return problem(request, 500, "internal_error", "An unexpected error occurred.")
+    return problem(
+        request,
+        500,
+        "internal_error",
+        "An unexpected error occurred.",
+        headers=request_id_header(request.scope),
+    )
 
 
 def install_problem_handlers(app: FastAPI) -> None:

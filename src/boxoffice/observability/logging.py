@@ -8,14 +8,28 @@ from __future__ import annotations
 
 import logging
 import sys
+from contextvars import ContextVar
 
 import structlog
+from structlog.types import EventDict, WrappedLogger
+
+# The id of the request being served (api/request_ids.py), None outside a request.
+REQUEST_ID: ContextVar[str | None] = ContextVar("boxoffice_request_id", default=None)
+
+
+def add_request_id(_logger: WrappedLogger, _method: str, event: EventDict) -> EventDict:
+    """Every line written while a request runs names it (`request_id`)."""
+    ident = REQUEST_ID.get()
+    if ident is not None:
+        event.setdefault("request_id", ident)
+    return event
 
 
 def configure_logging(level: str = "INFO", fmt: str = "console") -> None:
     """Set up structlog and the stdlib root logger; safe to call more than once."""
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
+        add_request_id,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),

@@ -65,7 +65,7 @@ async def book(
             body.qty,
             customer,
             key,
-            request_id(request, response),
+            request_id(request),
             actor,
         )
     )
@@ -136,7 +136,6 @@ async def get_booking(booking_id: str, request: Request, database: DatabaseDep) 
 async def cancel_booking(
     booking_id: str,
     request: Request,
-    response: Response,
     booker: BookerDep,
 ) -> BookingOut:
     actor = caller(request)
@@ -146,8 +145,6 @@ async def cancel_booking(
         operation="cancel",
         request={"bookingId": booking_id},
     )
-    booking = await booker.submit(
-        CancelBooking(booking_id, key, request_id(request, response), actor)
-    )
+    booking = await booker.submit(CancelBooking(booking_id, key, request_id(request), actor))
     assert isinstance(booking, Booking)
     return BookingOut.of(booking)

@@ -81,7 +81,7 @@ async def create_event(
             clock(),
             organizer_id=organizer,
             idempotency=key,
-            request_id=request_id(request, response),
+            request_id=request_id(request),
         )
     response.headers["Location"] = f"/events/{event.id}"
     return EventOut.of(event)

@@ -86,7 +86,7 @@ async def place_hold(body: HoldIn, request: Request, response: Response) -> Hold
             ttl,
             customer,
             key,
-            request_id(request, response),
+            request_id(request),
             actor,
         )
     )
@@ -152,7 +152,7 @@ async def get_hold(
     openapi_extra=IDEMPOTENCY_KEY_DOC,
 )
 async def confirm_hold(
-    hold_id: str, request: Request, response: Response, body: ConfirmIn | None = None
+    hold_id: str, request: Request, body: ConfirmIn | None = None
 ) -> ConfirmationOut:
     booker: Booker = request.app.state.booker
     clock: Clock = request.app.state.clock
@@ -165,7 +165,7 @@ async def confirm_hold(
         request={"holdId": hold_id, "paymentReference": reference},
     )
     confirmation = await booker.submit(
-        ConfirmHold(hold_id, reference, key, request_id(request, response), actor)
+        ConfirmHold(hold_id, reference, key, request_id(request), actor)
     )
     assert isinstance(confirmation, Confirmation)
     return ConfirmationOut.of(confirmation, clock())
@@ -177,9 +177,7 @@ async def confirm_hold(
     responses=problem_responses(404, 409, 503),
     summary="Release a hold: its seats are free again at once (releasing twice is harmless)",
 )
-async def release_hold(
-    hold_id: str, request: Request, response: Response, booker: BookerDep
-) -> Response:
+async def release_hold(hold_id: str, request: Request, booker: BookerDep) -> Response:
     actor = caller(request)
-    await booker.submit(ReleaseHold(hold_id, request_id=request_id(request, response), actor=actor))
-    return Response(status_code=204, headers={"X-Request-ID": response.headers["X-Request-ID"]})
+    await booker.submit(ReleaseHold(hold_id, request_id=request_id(request), actor=actor))
+    return Response(status_code=204)

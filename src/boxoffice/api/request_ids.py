@@ -1,0 +1,78 @@
+"""Request ids: every request has one, and every answer and log line of it carries it.
+
+The client's `X-Request-ID` when it is sensible (1 to 128 printable ASCII
+characters), else ours: a per-process random prefix and a counter, unique
+without a system call per request. It is sent back in `X-Request-ID` on every
+answer (errors included), recorded with each audit record the request writes,
+and added to every log line written while the request runs (the `request_id`
+field, through `observability.logging.REQUEST_ID`), uvicorn's access log too.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from boxoffice.db.tables import MAX_REQUEST_ID_LENGTH
+from boxoffice.observability.logging import REQUEST_ID
+
+SCOPE_KEY = "boxoffice.request_id"
+
+_PREFIX = os.urandom(6).hex()
+_counter = itertools.count(1)
+
+
+def _given(value: bytes) -> str | None:
+    if 0 < len(value) <= MAX_REQUEST_ID_LENGTH and value.isascii():
+        text = value.decode("ascii")
+        if text.isprintable():
+            return text
+    return None
+
+
+class RequestIdMiddleware:
+    """Outermost: names the request before anything can answer or log for it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        ident = None
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                ident = _given(value)
+                break
+        if ident is None:
+            ident = f"{_PREFIX}-{next(_counter):x}"
+        scope[SCOPE_KEY] = ident
+        header = (b"x-request-id", ident.encode("ascii"))
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), header]
+            await send(message)
+
+        # Not reset afterwards: the server runs each request in a task of its own, whose
+        # context ends with it, and what runs after us in that task (the 500 handler,
+        # which Starlette runs outside every middleware, and the server's own log of the
+        # error) still belongs to this request.
+        REQUEST_ID.set(ident)
+        await self.app(scope, receive, send_with_id)
+
+
+def request_id_of(scope: Scope) -> str:
+    """The id `RequestIdMiddleware` gave this request."""
+    ident: str = scope[SCOPE_KEY]
+    return ident
+
+
+def request_id_header(scope: Scope) -> dict[str, str]:
+    """For an answer sent past `RequestIdMiddleware` (the 500, which Starlette sends from
+    outside every middleware)."""
+    ident = scope.get(SCOPE_KEY)
+    return {} if ident is None else {"X-Request-ID": ident}
