@@ -12,12 +12,12 @@ import typer
 import uvicorn
 from pydantic import ValidationError
 from rich.console import Console
-from sqlalchemy.exc import DBAPIError
 
 from boxoffice.api.http_protocol import GuardedHttpToolsProtocol
 from boxoffice.api.security_headers import SECURITY_HEADERS
 from boxoffice.config import Settings, get_settings
 from boxoffice.db.database import Database
+from boxoffice.db.errors import describe
 from boxoffice.db.migrate import (
     SchemaOutOfDate,
     check_schema,
@@ -63,12 +63,6 @@ def _settings_or_exit() -> Settings:
         _fail(f"invalid configuration: {error}")
 
 
-def _describe(error: BaseException) -> str:
-    """One line about a failure, without the URL (and so without its password)."""
-    cause = error.orig if isinstance(error, DBAPIError) and error.orig is not None else error
-    return f"{type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}"
-
-
 def _with_database(settings: Settings, use: Callable[[Database], Awaitable[T]]) -> T:
     """Run `use` on a short-lived engine; an unreachable database is one line and exit 1."""
 
@@ -86,7 +80,7 @@ def _with_database(settings: Settings, use: Callable[[Database], Awaitable[T]]) 
     except BoxofficeError:  # refused by the service, not a database failure: the caller says
         raise
     except Exception as error:
-        _fail(f"cannot reach the {settings.dialect} database: {_describe(error)}")
+        _fail(f"cannot reach the {settings.dialect} database: {describe(error)}")
 
 
 def _revision(settings: Settings) -> str | None:
@@ -138,7 +132,7 @@ def db_upgrade(
     try:
         upgrade(settings.database_url, revision)
     except Exception as error:
-        _fail(f"migration failed: {_describe(error)}")
+        _fail(f"migration failed: {describe(error)}")
     after = _revision(settings)
     if before == after:
         console.print(f"Database schema already at {after} ({settings.dialect}); nothing to do.")
@@ -157,7 +151,7 @@ def db_downgrade(
     try:
         downgrade(settings.database_url, revision)
     except Exception as error:
-        _fail(f"migration failed: {_describe(error)}")
+        _fail(f"migration failed: {describe(error)}")
     after = _revision(settings)
     console.print(f"Database schema is at {after or 'nothing'} ({settings.dialect}).")
 
