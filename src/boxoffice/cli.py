@@ -6,6 +6,7 @@ import asyncio
 import os
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated, NoReturn, TypeVar
 
 import typer
@@ -23,6 +24,8 @@ from boxoffice.db.migrate import (
     check_schema,
     current_revision,
     downgrade,
+    head_revision,
+    known_revision,
     upgrade,
 )
 from boxoffice.domain.errors import BoxofficeError
@@ -250,6 +253,70 @@ def check() -> None:
         )
         raise typer.Exit(1)
     out.print(f"Inventory consistent: {report.sections} sections, {report.holds} holds.")
+
+
+@app.command()
+def backup(
+    path: Annotated[Path, typer.Argument(help="The backup file to write.")],
+    force: Annotated[bool, typer.Option(help="Replace PATH if it exists.")] = False,
+) -> None:
+    """Write a consistent backup of the database to PATH; safe while servers run.
+
+    SQLite: a copy of the file made with SQLite's online backup API. PostgreSQL: a
+    pg_dump archive (custom format). Restore it with `boxoffice restore PATH`.
+    """
+    from boxoffice.db.backup import BackupRefused
+    from boxoffice.db.backup import backup as back_up
+
+    settings = _settings_or_exit()
+    try:
+        made = back_up(settings, path, force=force)
+    except BackupRefused as error:
+        _fail(str(error))
+    console.print(
+        f"Backed up the {made.dialect} database (schema {made.revision}) to {made.path} "
+        f"({made.size:,} bytes)."
+    )
+
+
+@app.command()
+def restore(
+    path: Annotated[Path, typer.Argument(help="A file written by `boxoffice backup`.")],
+    force: Annotated[
+        bool,
+        typer.Option(help="SQLite: replace the existing database file (servers stopped)."),
+    ] = False,
+) -> None:
+    """Restore the backup at PATH into the database DATABASE_URL names; stop servers first.
+
+    SQLite: replaces the database file in one rename (an existing one only with --force;
+    never one a process has open). PostgreSQL: pg_restore into an empty database, in one
+    transaction. Then run `boxoffice check`.
+    """
+    from boxoffice.db.backup import BackupRefused
+    from boxoffice.db.backup import restore as put_back
+
+    settings = _settings_or_exit()
+    try:
+        restored = put_back(settings, path, force=force)
+    except BackupRefused as error:
+        _fail(str(error))
+    console.print(
+        f"Restored {restored.path} into the {restored.dialect} database "
+        f"(schema {restored.revision})."
+    )
+    head = head_revision()
+    if not known_revision(restored.revision):
+        console.print(
+            f"Schema {restored.revision} is unknown to this version of Boxoffice (it needs "
+            f"{head}): the backup was taken by a newer one; run that version on it."
+        )
+    elif restored.revision != head:
+        console.print(
+            f"This version needs schema {head}: run `boxoffice db upgrade`, then `boxoffice check`."
+        )
+    else:
+        console.print("Next: `boxoffice check` verifies every inventory invariant in it.")
 
 
 @keys_app.command("create")

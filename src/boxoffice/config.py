@@ -201,6 +201,12 @@ class Settings(BaseSettings):
         "(https://shop.example.com); empty: CORS off, no CORS headers at all.",
     )
 
+    pg_bin: str = Field(
+        "",
+        description="Folder holding pg_dump and pg_restore (boxoffice backup and restore); "
+        "empty: the newest /usr/lib/postgresql/N/bin, then PATH.",
+    )
+
     db_pool_size: int = Field(10, ge=1, le=200)
     db_timeout_seconds: float = Field(
         10.0, gt=0, le=300, description="Connect timeout, and SQLite's busy timeout."
