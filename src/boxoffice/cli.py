@@ -17,7 +17,7 @@ from rich.console import Console
 from boxoffice.api.http_protocol import GuardedHttpToolsProtocol
 from boxoffice.api.security_headers import SECURITY_HEADERS
 from boxoffice.config import Settings, get_settings
-from boxoffice.db.database import Database
+from boxoffice.db.database import Database, run_on_database
 from boxoffice.db.errors import describe
 from boxoffice.db.migrate import (
     SchemaOutOfDate,
@@ -68,16 +68,8 @@ def _settings_or_exit() -> Settings:
 
 def _with_database(settings: Settings, use: Callable[[Database], Awaitable[T]]) -> T:
     """Run `use` on a short-lived engine; an unreachable database is one line and exit 1."""
-
-    async def run() -> T:
-        database = Database.from_settings(settings)
-        try:
-            return await use(database)
-        finally:
-            await database.dispose()
-
     try:
-        return asyncio.run(run())
+        return run_on_database(settings, use)
     except SchemaOutOfDate as error:
         _fail(str(error))
     except BoxofficeError:  # refused by the service, not a database failure: the caller says

@@ -27,7 +27,6 @@ file or the new one, never half of one.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import fcntl
 import os
@@ -45,7 +44,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import URL
 
 from boxoffice.config import Settings
-from boxoffice.db.database import Database, Dialect
+from boxoffice.db.database import Database, Dialect, run_on_database
 from boxoffice.db.errors import describe
 from boxoffice.db.migrate import current_revision
 
@@ -245,26 +244,29 @@ def _sqlite_backup(source: Path, destination: Path, timeout_seconds: float) -> s
     try:
         origin = _sqlite_connect(source, "rw", timeout_seconds)
         try:
-            copy = sqlite3.connect(destination, isolation_level=None)
-            try:
-                # pages=-1: every page in one step, so one read transaction: one moment.
-                origin.backup(copy, pages=-1)
-                return _sqlite_ready(copy, f"the copy of {source}")
-            finally:
-                copy.close()
+            return _sqlite_copy(origin, destination, f"the copy of {source}")
         finally:
             origin.close()
     except sqlite3.Error as error:
         raise BackupRefused(f"the backup of {source} failed: {error}") from None
 
 
-def _sqlite_ready(copy: sqlite3.Connection, copied: str) -> str:
-    """Make the copy a single self-contained file, check it, and return its revision."""
-    copy.execute("PRAGMA journal_mode=DELETE")
-    verdict = copy.execute("PRAGMA quick_check").fetchone()[0]
-    if verdict != "ok":
-        raise BackupRefused(f"{copied} is damaged: {verdict}")
-    return _sqlite_revision(copy, copied)
+def _sqlite_copy(origin: sqlite3.Connection, destination: Path, copied: str) -> str:
+    """Copy `origin`'s database into `destination`, check the copy, return its revision.
+
+    Every page in one step (pages=-1), so in one read transaction: one moment. The copy
+    is made a single self-contained file (rollback journal, no -wal beside it).
+    """
+    copy = sqlite3.connect(destination, isolation_level=None)
+    try:
+        origin.backup(copy, pages=-1)
+        copy.execute("PRAGMA journal_mode=DELETE")
+        verdict = copy.execute("PRAGMA quick_check").fetchone()[0]
+        if verdict != "ok":
+            raise BackupRefused(f"{copied} is damaged: {verdict}")
+        return _sqlite_revision(copy, copied)
+    finally:
+        copy.close()
 
 
 def _sqlite_revision(connection: sqlite3.Connection, copied: str) -> str:
@@ -293,12 +295,7 @@ def _sqlite_restore(backup_path: Path, target: Path, timeout_seconds: float, *, 
             source = _sqlite_connect(backup_path, "ro", timeout_seconds)
             try:
                 _sqlite_revision(source, str(backup_path))
-                copy = sqlite3.connect(temp, isolation_level=None)
-                try:
-                    source.backup(copy, pages=-1)
-                    revision = _sqlite_ready(copy, str(backup_path))
-                finally:
-                    copy.close()
+                revision = _sqlite_copy(source, temp, str(backup_path))
             finally:
                 source.close()
         except sqlite3.Error as error:
@@ -480,17 +477,7 @@ def _postgresql_revision(settings: Settings) -> str:
 
 def _on_postgresql(settings: Settings, use: Callable[[Database], Awaitable[T]]) -> T:
     """Run `use` on a short-lived engine; an unreachable database is a BackupRefused."""
-
-    async def run() -> T:
-        database = Database.from_url(
-            settings.async_url, pool_size=1, timeout_seconds=settings.db_timeout_seconds
-        )
-        try:
-            return await use(database)
-        finally:
-            await database.dispose()
-
     try:
-        return asyncio.run(run())
+        return run_on_database(settings, use)
     except Exception as error:
         raise BackupRefused(f"cannot reach the postgresql database: {describe(error)}") from None

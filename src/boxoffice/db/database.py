@@ -33,6 +33,7 @@ went from 7.0 to 3.8 ms at 4,000 holds, and no longer grows with the tables
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any, Literal, TypeVar
 
 from sqlalchemy import Engine, create_engine, event, text
@@ -146,6 +147,20 @@ class Database:
         await self.engine.dispose()
         if self.write_engine is not self.engine:
             await self.write_engine.dispose()
+
+
+def run_on_database(settings: Settings, use: Callable[[Database], Awaitable[T]]) -> T:
+    """Run `use` on a short-lived engine for `settings`, from outside any event loop
+    (a command's one piece of database work)."""
+
+    async def run() -> T:
+        database = Database.from_settings(settings)
+        try:
+            return await use(database)
+        finally:
+            await database.dispose()
+
+    return asyncio.run(run())
 
 
 def _sqlite_engine(url: URL, pool_size: int, timeout_seconds: float) -> AsyncEngine:
