@@ -5,26 +5,28 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated, NoReturn, TypeVar
 
 import typer
 import uvicorn
 from pydantic import ValidationError
 from rich.console import Console
-from sqlalchemy.exc import DBAPIError
 
 from boxoffice.api.http_protocol import GuardedHttpToolsProtocol
 from boxoffice.api.security_headers import SECURITY_HEADERS
 from boxoffice.api.supervisor import run as run_server
 from boxoffice.config import Settings, get_settings
-from boxoffice.db.database import Database, Limits
+from boxoffice.db.database import Database, run_on_database
+from boxoffice.db.errors import describe
 from boxoffice.db.migrate import (
     SchemaOutOfDate,
     check_schema,
     current_revision,
     downgrade,
+    head_revision,
+    known_revision,
     upgrade,
 )
 from boxoffice.domain.errors import BoxofficeError
@@ -65,35 +67,16 @@ def _settings_or_exit() -> Settings:
         _fail(f"invalid configuration: {error}")
 
 
-def _describe(error: BaseException) -> str:
-    """One line about a failure, without the URL (and so without its password)."""
-    cause = error.orig if isinstance(error, DBAPIError) and error.orig is not None else error
-    return f"{type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}"
-
-
 def _with_database(settings: Settings, use: Callable[[Database], Awaitable[T]]) -> T:
     """Run `use` on a short-lived engine; an unreachable database is one line and exit 1."""
-
-    async def run() -> T:
-        # An operator's command reads whole tables (check, audit verify): the request-sized
-        # statement timeout does not fit it.
-        limits = replace(Limits.from_settings(settings), statement_timeout=3600.0)
-        database = Database.from_url(
-            settings.async_url, limits=limits, sqlite_writer=settings.sqlite_writer
-        )
-        try:
-            return await use(database)
-        finally:
-            await database.dispose()
-
     try:
-        return asyncio.run(run())
+        return run_on_database(settings, use)
     except SchemaOutOfDate as error:
         _fail(str(error))
     except BoxofficeError:  # refused by the service, not a database failure: the caller says
         raise
     except Exception as error:
-        _fail(f"cannot reach the {settings.dialect} database: {_describe(error)}")
+        _fail(f"cannot reach the {settings.dialect} database: {describe(error)}")
 
 
 def _revision(settings: Settings) -> str | None:
@@ -148,7 +131,7 @@ def db_upgrade(
     try:
         upgrade(settings.database_url, revision)
     except Exception as error:
-        _fail(f"migration failed: {_describe(error)}")
+        _fail(f"migration failed: {describe(error)}")
     after = _revision(settings)
     if before == after:
         console.print(f"Database schema already at {after} ({settings.dialect}); nothing to do.")
@@ -167,7 +150,7 @@ def db_downgrade(
     try:
         downgrade(settings.database_url, revision)
     except Exception as error:
-        _fail(f"migration failed: {_describe(error)}")
+        _fail(f"migration failed: {describe(error)}")
     after = _revision(settings)
     console.print(f"Database schema is at {after or 'nothing'} ({settings.dialect}).")
 
@@ -266,6 +249,70 @@ def check() -> None:
         )
         raise typer.Exit(1)
     out.print(f"Inventory consistent: {report.sections} sections, {report.holds} holds.")
+
+
+@app.command()
+def backup(
+    path: Annotated[Path, typer.Argument(help="The backup file to write.")],
+    force: Annotated[bool, typer.Option(help="Replace PATH if it exists.")] = False,
+) -> None:
+    """Write a consistent backup of the database to PATH; safe while servers run.
+
+    SQLite: a copy of the file made with SQLite's online backup API. PostgreSQL: a
+    pg_dump archive (custom format). Restore it with `boxoffice restore PATH`.
+    """
+    from boxoffice.db.backup import BackupRefused
+    from boxoffice.db.backup import backup as back_up
+
+    settings = _settings_or_exit()
+    try:
+        made = back_up(settings, path, force=force)
+    except BackupRefused as error:
+        _fail(str(error))
+    console.print(
+        f"Backed up the {made.dialect} database (schema {made.revision}) to {made.path} "
+        f"({made.size:,} bytes)."
+    )
+
+
+@app.command()
+def restore(
+    path: Annotated[Path, typer.Argument(help="A file written by `boxoffice backup`.")],
+    force: Annotated[
+        bool,
+        typer.Option(help="SQLite: replace the existing database file (servers stopped)."),
+    ] = False,
+) -> None:
+    """Restore the backup at PATH into the database DATABASE_URL names; stop servers first.
+
+    SQLite: replaces the database file in one rename (an existing one only with --force;
+    never one a process has open). PostgreSQL: pg_restore into an empty database, in one
+    transaction. Then run `boxoffice check`.
+    """
+    from boxoffice.db.backup import BackupRefused
+    from boxoffice.db.backup import restore as put_back
+
+    settings = _settings_or_exit()
+    try:
+        restored = put_back(settings, path, force=force)
+    except BackupRefused as error:
+        _fail(str(error))
+    console.print(
+        f"Restored {restored.path} into the {restored.dialect} database "
+        f"(schema {restored.revision})."
+    )
+    head = head_revision()
+    if not known_revision(restored.revision):
+        console.print(
+            f"Schema {restored.revision} is unknown to this version of Boxoffice (it needs "
+            f"{head}): the backup was taken by a newer one; run that version on it."
+        )
+    elif restored.revision != head:
+        console.print(
+            f"This version needs schema {head}: run `boxoffice db upgrade`, then `boxoffice check`."
+        )
+    else:
+        console.print("Next: `boxoffice check` verifies every inventory invariant in it.")
 
 
 @keys_app.command("create")

@@ -216,6 +216,12 @@ class Settings(BaseSettings):
         "(https://shop.example.com); empty: CORS off, no CORS headers at all.",
     )
 
+    pg_bin: str = Field(
+        "",
+        description="Folder holding pg_dump and pg_restore (boxoffice backup and restore); "
+        "empty: the newest /usr/lib/postgresql/N/bin, then PATH.",
+    )
+
     db_pool_size: int = Field(
         20,
         ge=4,

@@ -42,7 +42,8 @@ went from 7.0 to 3.8 ms at 4,000 holds, and no longer grows with the tables
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
 from typing import Any, Literal, TypeVar
 
 from sqlalchemy import Engine, create_engine, event, text
@@ -188,6 +189,25 @@ class Database:
         await self.engine.dispose()
         if self.write_engine is not self.engine:
             await self.write_engine.dispose()
+
+
+def run_on_database(settings: Settings, use: Callable[[Database], Awaitable[T]]) -> T:
+    """Run `use` on a short-lived engine for `settings`, from outside any event loop
+    (a command's one piece of database work)."""
+
+    async def run() -> T:
+        # A command reads whole tables (check, audit verify, backup): the request-sized
+        # statement timeout does not fit it.
+        limits = replace(Limits.from_settings(settings), statement_timeout=3600.0)
+        database = Database.from_url(
+            settings.async_url, limits=limits, sqlite_writer=settings.sqlite_writer
+        )
+        try:
+            return await use(database)
+        finally:
+            await database.dispose()
+
+    return asyncio.run(run())
 
 
 def _sqlite_engine(url: URL, pool_size: int, limits: Limits) -> AsyncEngine:

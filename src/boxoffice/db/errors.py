@@ -8,6 +8,12 @@ import asyncpg
 from sqlalchemy import exc as sa_exc
 
 
+def describe(error: BaseException) -> str:
+    """One line about a failure, without the URL (and so without its password)."""
+    cause = error.orig if isinstance(error, sa_exc.DBAPIError) and error.orig is not None else error
+    return f"{type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}"
+
+
 class DatabaseUnavailable(Exception):
     """The database could not serve the request now. Retry later.
 
