@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -35,8 +34,11 @@ from boxoffice.domain.errors import EventNotFound, InsufficientSeats, SectionNot
 from boxoffice.domain.model import Booking
 from tests.integration.test_booking_path import inventory, new_event
 from tests.support.writer_faults import (
+    GATE_TIMEOUT_SECONDS,
+    GateTimeout,
     gate_path,
     nothing,
+    reached_gate,
     reserve_then_fail_batches,
     reserve_then_lose_the_connection,
     reserve_then_wait_for_gate,
@@ -70,28 +72,69 @@ def assert_first_come_first_served(results: list[Any]) -> None:
     assert results[4].remaining == 0
 
 
+class HeldCommitter:
+    """The committer held inside its transaction (the locked path) until `open()`.
+
+    On SQLite the gate is a file the writer (a process, or a thread) waits for after
+    the batch's writes, and every batch waits: the file stays, so once it is opened
+    later batches pass. On PostgreSQL the batch waits before its writes, on the event
+    loop, and `only_qty` picks the batch that waits. Neither wait lasts for ever:
+    past GATE_TIMEOUT_SECONDS it fails the test (`GateTimeout`).
+    """
+
+    def __init__(self, database_url: str) -> None:
+        self._sqlite = database_url.startswith("sqlite")
+        self._gate = gate_path(database_url)
+        self._database_url = database_url
+        self._reached = asyncio.Event()
+        self._opened = asyncio.Event()
+        self._given_up = False
+
+    async def reached(self) -> None:
+        """Return once a batch waits at the gate."""
+        if self._sqlite:
+            await reached_gate(self._database_url)
+            return
+        try:
+            await asyncio.wait_for(self._reached.wait(), GATE_TIMEOUT_SECONDS)
+        except TimeoutError:
+            raise GateTimeout("no batch reached the gate") from None
+
+    def open(self) -> None:
+        if self._sqlite:
+            self._gate.touch()
+        else:
+            self._opened.set()
+
+    async def wait(self) -> None:
+        """PostgreSQL's batch, inside its transaction: block until `open()`."""
+        self._reached.set()
+        if self._given_up:  # a failed batch is retried one command at a time: fail at once
+            raise GateTimeout("the gate was never opened")
+        try:
+            await asyncio.wait_for(self._opened.wait(), GATE_TIMEOUT_SECONDS)
+        except TimeoutError:
+            self._given_up = True
+            raise GateTimeout("the gate was never opened") from None
+
+
 def hold_the_committer(
     monkeypatch: pytest.MonkeyPatch, database_url: str, *, only_qty: int | None = None
-) -> Callable[[], None]:
-    """Make the committer wait inside its transaction (the locked path) until the
-    returned function is called. On SQLite the wait comes after the batch's writes,
-    and every batch waits (`only_qty` is PostgreSQL's): the gate is a file, open for
-    good once opened, so later batches pass."""
+) -> HeldCommitter:
+    """Make the committer wait inside its transaction until the gate is opened."""
+    held = HeldCommitter(database_url)
     if database_url.startswith("sqlite"):
-        gate = gate_path(database_url)
         monkeypatch.setattr(locked_module, "apply_commands", reserve_then_wait_for_gate)
-        return gate.touch
-
-    event = asyncio.Event()
+        return held
     real_batch = locked_module.apply_commands
 
     def slow_batch(conn, requests, now):  # type: ignore[no-untyped-def]
         if only_qty is None or requests[0].qty == only_qty:
-            await_only(event.wait())  # inside run_sync's greenlet, on the event loop
+            await_only(held.wait())  # inside run_sync's greenlet, on the event loop
         return real_batch(conn, requests, now)
 
     monkeypatch.setattr(locked_module, "apply_commands", slow_batch)
-    return event.set
+    return held
 
 
 async def test_a_lone_request_commits_at_once(booker: BatchedBooker, database: Database) -> None:
@@ -209,14 +252,14 @@ async def test_a_cancelled_waiting_request_takes_no_seat(
 ) -> None:
     event = await new_event(database, 10)
     s = event.sections[0].id
-    open_gate = hold_the_committer(monkeypatch, database_url, only_qty=1)
+    held = hold_the_committer(monkeypatch, database_url, only_qty=1)
     first = asyncio.create_task(booker.submit(Book(event.id, s, 1)))
-    await asyncio.sleep(0.05)  # the committer is now inside the first transaction
+    await held.reached()  # the committer is now inside the first transaction
     gone = asyncio.create_task(booker.submit(Book(event.id, s, 4)))
     stays = asyncio.create_task(booker.submit(Book(event.id, s, 2)))
     await asyncio.sleep(0.01)
     gone.cancel()  # the client disconnected while waiting
-    open_gate()
+    held.open()
     assert (await first).qty == 1
     assert (await stays).qty == 2
     with pytest.raises(asyncio.CancelledError):
@@ -462,14 +505,14 @@ async def test_stop_lets_the_batch_in_flight_finish(
 ) -> None:
     event = await new_event(database, 10)
     s = event.sections[0].id
-    open_gate = hold_the_committer(monkeypatch, database_url)
+    held = hold_the_committer(monkeypatch, database_url)
     pending = asyncio.create_task(booker.submit(Book(event.id, s, 2)))
-    await asyncio.sleep(0.05)
+    await held.reached()
     stopping = asyncio.create_task(booker.stop())
     await asyncio.sleep(0.05)
     assert not stopping.done(), "stop() did not wait for the batch in flight"
-    open_gate()
-    await stopping
+    held.open()
+    await asyncio.wait_for(stopping, 10)
     assert (await pending).qty == 2
     assert await inventory(database, s) == (10, 8, 2)
 
@@ -487,13 +530,13 @@ async def test_a_batch_cut_short_by_stop_is_rolled_back(
     up instead."""
     event = await new_event(database, 10)
     s = event.sections[0].id
-    open_gate = hold_the_committer(monkeypatch, database_url)
+    held = hold_the_committer(monkeypatch, database_url)
     monkeypatch.setattr(batched_module, "STOP_TIMEOUT_SECONDS", 0.2)
     pending = asyncio.create_task(booker.submit(Book(event.id, s, 2)))
-    await asyncio.sleep(0.05)  # the committer is now inside the transaction
+    await held.reached()  # the committer is now inside the transaction
     stopping = asyncio.create_task(booker.stop())
     await asyncio.sleep(0.4)  # past the stop timeout: the committer has been cancelled
-    open_gate()  # the batch's work finishes only now, after its caller gave up
+    held.open()  # the batch's work finishes only now, after its caller gave up
     await asyncio.wait_for(stopping, 10)
     with pytest.raises(DatabaseUnavailable):
         await pending

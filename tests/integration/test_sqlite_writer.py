@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sqlite3
 import sys
 import types
 from pathlib import Path
@@ -29,6 +30,7 @@ from tests.support.writer_faults import (
     fail_with_an_unpicklable_error,
     gate_path,
     nothing,
+    reached_gate,
     reserve_then_return_the_unsendable,
     reserve_then_wait_for_gate,
     wait_for_gate,
@@ -41,6 +43,17 @@ def writer_pid(database: Database) -> int:
     assert isinstance(database.writer, ProcessWriter)
     assert database.writer.pid is not None
     return database.writer.pid
+
+
+def assert_write_lock_taken(database_url: str) -> None:
+    """Another connection cannot start writing: a write transaction is open."""
+    path = database_url.removeprefix("sqlite:///")
+    other = sqlite3.connect(path, timeout=0, isolation_level=None)
+    try:
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            other.execute("BEGIN IMMEDIATE")
+    finally:
+        other.close()
 
 
 @SQLITE_ONLY
@@ -70,9 +83,10 @@ async def test_a_writer_killed_mid_batch_leaks_nothing_and_is_replaced(
     monkeypatch.setattr(locked_module, "apply_commands", reserve_then_wait_for_gate)
     first = writer_pid(database)
     pending = [asyncio.create_task(booker.submit(Book(event.id, s, q))) for q in (1, 2)]
-    await asyncio.sleep(0.5)  # the writer has written and now waits for the gate
+    await reached_gate(database_url)  # the writer has written, and waits before COMMIT
+    assert_write_lock_taken(database_url)
     os.kill(first, signal.SIGKILL)
-    results = await asyncio.gather(*pending, return_exceptions=True)
+    results = await asyncio.wait_for(asyncio.gather(*pending, return_exceptions=True), 30)
     assert all(isinstance(r, DatabaseUnavailable) for r in results), results
     assert await inventory(database, s) == (10, 10, 0), "a killed batch left seats taken"
 
@@ -162,7 +176,7 @@ async def test_a_caller_cancelled_twice_still_holds_the_lock_until_the_job_ends(
     runs, and the next job gets its own answer, not the abandoned one's."""
     await database.start_writer()  # started first: a slow start is not the job running
     running = asyncio.create_task(database.run_on_writer(wait_for_gate))
-    await asyncio.sleep(0.5)  # the job is running on the writer
+    await reached_gate(database_url)  # the job is running on the writer
     for _ in range(2):
         running.cancel()
         await asyncio.sleep(0.05)
