@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.util import await_only
 
@@ -29,10 +31,12 @@ from boxoffice.booking import locked as locked_module
 from boxoffice.config import async_database_url
 from boxoffice.db.database import Database
 from boxoffice.db.errors import DatabaseUnavailable
+from boxoffice.db.tables import bookings
 from boxoffice.domain.commands import Book
 from boxoffice.domain.errors import EventNotFound, InsufficientSeats, SectionNotFound
 from boxoffice.domain.model import Booking
 from tests.integration.test_booking_path import inventory, new_event
+from tests.support.server import inventory_check
 from tests.support.writer_faults import (
     GATE_TIMEOUT_SECONDS,
     GateTimeout,
@@ -267,15 +271,6 @@ async def test_a_cancelled_waiting_request_takes_no_seat(
     assert await inventory(database, s) == (10, 7, 3)
 
 
-async def test_stop_answers_queued_requests_instead_of_dropping_them(database: Database) -> None:
-    event = await new_event(database, 10)
-    path = BatchedBooker(database, max_tickets_per_booking=10)
-    await path.start()
-    await path.stop()
-    with pytest.raises(RuntimeError, match="start"):
-        await path.submit(Book(event.id, event.sections[0].id, 1))
-
-
 async def test_batches_are_capped(database: Database) -> None:
     event = await new_event(database, 100)
     path = BatchedBooker(database, max_tickets_per_booking=10, max_batch_size=4)
@@ -497,6 +492,46 @@ async def test_a_stale_section_writes_nothing_of_the_one_statement(
     assert await inventory(database, b) == (10, 5, 5)
 
 
+ANSWER_DEADLINE_SECONDS = 10.0
+
+
+async def answers_to(requests: list[asyncio.Task[Any]]) -> list[Any]:
+    """Each request's answer (its result, or what it raised); fails if one never comes."""
+    _, unanswered = await asyncio.wait(requests, timeout=ANSWER_DEADLINE_SECONDS)
+    assert not unanswered, f"{len(unanswered)} of {len(requests)} requests were never answered"
+    return [request.exception() or request.result() for request in requests]
+
+
+async def assert_every_answer_kept_its_word(
+    database: Database, database_url: str, event_id: str, answers: list[Any]
+) -> None:
+    """Never half-done: each booking answered is stored as answered, nothing else is
+    stored, and `boxoffice check` finds every inventory invariant holding."""
+    async with database.engine.connect() as conn:
+        rows = await conn.execute(
+            select(bookings.c.id, bookings.c.qty).where(bookings.c.event_id == uuid.UUID(event_id))
+        )
+        stored = {str(row.id): row.qty for row in rows}
+    answered = {a.id: a.qty for a in answers if isinstance(a, Booking)}
+    assert stored == answered, "half-done: stored bookings differ from those answered"
+    check = inventory_check(database_url)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+async def until(condition: Callable[[], bool], failure: str) -> None:
+    """Return once `condition()` holds; fail with `failure` past the deadline."""
+    deadline = time.monotonic() + ANSWER_DEADLINE_SECONDS
+    while not condition():
+        assert time.monotonic() < deadline, failure
+        await asyncio.sleep(0.01)
+
+
+def the_committer() -> asyncio.Task[Any]:
+    """The running booker's committer task (`BatchedBooker.start` names it)."""
+    (committer,) = [t for t in asyncio.all_tasks() if t.get_name() == "boxoffice-committer"]
+    return committer
+
+
 async def test_stop_lets_the_batch_in_flight_finish(
     booker: BatchedBooker,
     database: Database,
@@ -512,36 +547,76 @@ async def test_stop_lets_the_batch_in_flight_finish(
     await asyncio.sleep(0.05)
     assert not stopping.done(), "stop() did not wait for the batch in flight"
     held.open()
-    await asyncio.wait_for(stopping, 10)
+    await asyncio.wait_for(stopping, ANSWER_DEADLINE_SECONDS)
     assert (await pending).qty == 2
     assert await inventory(database, s) == (10, 8, 2)
 
 
-@BOTH_SQLITE_WRITERS
-async def test_a_batch_cut_short_by_stop_is_rolled_back(
+async def test_stop_answers_queued_requests_instead_of_dropping_them(
     booker: BatchedBooker,
     database: Database,
     database_url: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Past its timeout, stop() cancels the batch in flight and answers it 503, which
-    says nothing was written: so the transaction must roll back, even on SQLite's
-    writer (a process or a thread), which cannot be interrupted and is told to give
-    up instead."""
+    """Requests queued behind the batch in flight when stop() is called are committed
+    and answered, as one more batch, before the committer stops; a request arriving
+    once stop() has begun is refused, not queued."""
+    event = await new_event(database, 10)
+    s = event.sections[0].id
+    held = hold_the_committer(monkeypatch, database_url)
+    in_flight = asyncio.create_task(booker.submit(Book(event.id, s, 1)))
+    await held.reached()
+    # Four more queue up behind it (a task's submit() queues before it first waits).
+    queued = [asyncio.create_task(booker.submit(Book(event.id, s, q))) for q in (2, 3, 5, 4)]
+    await asyncio.sleep(0)
+    stopping = asyncio.create_task(booker.stop())
+    await asyncio.sleep(0)
+    with pytest.raises(RuntimeError, match="start"):
+        await booker.submit(Book(event.id, s, 1))
+    held.open()
+    await asyncio.wait_for(stopping, ANSWER_DEADLINE_SECONDS)
+    answers = await answers_to([in_flight, *queued])
+    assert [type(a) for a in answers] == [
+        Booking,
+        Booking,
+        Booking,
+        InsufficientSeats,  # 5 of the 4 left
+        Booking,
+    ], answers
+    assert (booker.stats.batches, booker.stats.largest) == (2, 4), "not queued behind it"
+    await assert_every_answer_kept_its_word(database, database_url, event.id, answers)
+    assert await inventory(database, s) == (10, 0, 10)
+
+
+@BOTH_SQLITE_WRITERS
+async def test_stop_past_its_timeout_rolls_back_the_batch_in_flight_and_fails_the_queue(
+    booker: BatchedBooker,
+    database: Database,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past its timeout, stop() cancels the batch in flight and answers it, and every
+    request queued behind it, 503 (`DatabaseUnavailable`), which says nothing was
+    written: so the transaction must roll back, even on SQLite's writer (a process
+    or a thread), which cannot be interrupted and is told to give up instead."""
     event = await new_event(database, 10)
     s = event.sections[0].id
     held = hold_the_committer(monkeypatch, database_url)
     monkeypatch.setattr(batched_module, "STOP_TIMEOUT_SECONDS", 0.2)
-    pending = asyncio.create_task(booker.submit(Book(event.id, s, 2)))
-    await held.reached()  # the committer is now inside the transaction
+    in_flight = asyncio.create_task(booker.submit(Book(event.id, s, 1)))
+    await held.reached()
+    queued = [asyncio.create_task(booker.submit(Book(event.id, s, q))) for q in (2, 3)]
+    await asyncio.sleep(0)
+    committer = the_committer()
     stopping = asyncio.create_task(booker.stop())
-    await asyncio.sleep(0.4)  # past the stop timeout: the committer has been cancelled
-    held.open()  # the batch's work finishes only now, after its caller gave up
-    await asyncio.wait_for(stopping, 10)
-    with pytest.raises(DatabaseUnavailable):
-        await pending
+    await until(lambda: committer.cancelling() > 0 or committer.done(), "stop() never gave up")
+    held.open()  # the batch's work ends only now, after its caller gave up
+    await asyncio.wait_for(stopping, ANSWER_DEADLINE_SECONDS)
+    answers = await answers_to([in_flight, *queued])
+    assert all(isinstance(a, DatabaseUnavailable) for a in answers), answers
     if database.dialect == "sqlite":  # whatever the writer still had to do is done
         await database.run_on_writer(nothing)
+    await assert_every_answer_kept_its_word(database, database_url, event.id, answers)
     assert await inventory(database, s) == (10, 10, 0), "answered 503 but committed"
     more = Book(event.id, s, 1)
     await DirectBooker(database, max_tickets_per_booking=10).submit(more)  # the lock is free
