@@ -28,6 +28,7 @@ from boxoffice.domain.model import Booking
 from tests.integration.test_booking_path import inventory, new_event
 from tests.support.writer_faults import (
     fail_with_an_unpicklable_error,
+    frozen_objects,
     gate_path,
     nothing,
     reached_gate,
@@ -94,6 +95,16 @@ async def test_a_writer_killed_mid_batch_leaks_nothing_and_is_replaced(
     assert (await booker.submit(Book(event.id, s, 3))).qty == 3, "no new writer"
     assert writer_pid(database) != first
     assert await inventory(database, s) == (10, 7, 3)
+
+
+@SQLITE_ONLY
+async def test_the_writer_process_freezes_what_it_loaded_before_its_first_job(
+    database: Database,
+) -> None:
+    """Like the server (api/app.py), the writer keeps its start-up objects out of the
+    cyclic collector's full passes. It is a fresh process, so nothing else froze them."""
+    await database.start_writer()
+    assert await database.run_on_writer(frozen_objects) > 0
 
 
 @SQLITE_ONLY

@@ -13,6 +13,7 @@ an AssertionError, which fails the test instead of letting it carry on.
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import time
 from collections.abc import Sequence
@@ -107,6 +108,11 @@ def reserve_then_crash(conn: Connection, requests: Sequence[Command], now: datet
 
 def nothing(engine: Any, gate: Any) -> None:
     """A writer job that does nothing: once it returns, the jobs before it are done."""
+
+
+def frozen_objects(engine: Any, gate: Any) -> int:
+    """A writer job: how many objects the writer's process has frozen (`gc.freeze`)."""
+    return gc.get_freeze_count()
 
 
 class _Unpicklable(Exception):
