@@ -16,16 +16,18 @@ import asyncio
 import gc
 import threading
 import time
+import uuid
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, func, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from boxoffice.booking.transaction import apply_commands
-from boxoffice.domain.commands import Command
+from boxoffice.db.tables import bookings, sections
+from boxoffice.domain.commands import Book, Command
 
 GATE_TIMEOUT_SECONDS = 20.0
 
@@ -97,13 +99,31 @@ def reserve_then_lose_the_connection(
     raise OperationalError("COMMIT", {}, Exception("server closed the connection"))
 
 
-class Crash(Exception):
-    """Stands for the process dying between the batch's writes and its COMMIT."""
+class FailedBeforeCommit(Exception):
+    """An exception between a batch's writes and its COMMIT: a rollback, not a kill.
+
+    It carries what the transaction held when it was raised, so a test can tell
+    that the writes it expects to be undone really were made.
+    """
+
+    def __init__(self, remaining: int, booked: int) -> None:
+        super().__init__(remaining, booked)
+        self.remaining = remaining
+        self.booked = booked
 
 
-def reserve_then_crash(conn: Connection, requests: Sequence[Command], now: datetime) -> Any:
+def reserve_then_raise(conn: Connection, requests: Sequence[Command], now: datetime) -> Any:
+    """Do the writes, then raise `FailedBeforeCommit`, with the section as they left it."""
     apply_commands(conn, requests, now)
-    raise Crash("process died before the commit")
+    assert isinstance(requests[0], Book)
+    section = uuid.UUID(requests[0].section_id)
+    remaining = conn.execute(
+        select(sections.c.remaining).where(sections.c.id == section)
+    ).scalar_one()
+    booked = conn.execute(
+        select(func.coalesce(func.sum(bookings.c.qty), 0)).where(bookings.c.section_id == section)
+    ).scalar_one()
+    raise FailedBeforeCommit(int(remaining), int(booked))
 
 
 def nothing(engine: Any, gate: Any) -> None:
