@@ -39,6 +39,11 @@ async def test_one_writer_per_server_process_and_sigterm_stops_them_all(
                     "/book", json={"eventId": event_id, "sectionId": section_id, "qty": 1}
                 )
                 assert booked.status_code == 201, booked.text
+        # ServerProcess gives a second worker 0.5 s after the first is ready; on a busy
+        # machine it takes seconds more. Each worker starts its writer before it serves.
+        deadline = time.monotonic() + 30
+        while len(writer_processes(pgid)) < workers and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
         assert len(writer_processes(pgid)) == workers
         # A service manager's SIGTERM reaches the whole process group, writers included:
         # they outlive it until their server has finished, then leave with it.

@@ -28,7 +28,7 @@ from boxoffice.domain.errors import (
 from boxoffice.domain.model import Event, EventSpec, SectionSpec
 from boxoffice.services.events import create_event, get_event
 from boxoffice.services.unit_of_work import UnitOfWork
-from tests.support.writer_faults import Crash, reserve_then_crash
+from tests.support.writer_faults import FailedBeforeCommit, reserve_then_raise
 
 
 async def new_event(database: Database, *capacities: int) -> Event:
@@ -184,29 +184,26 @@ async def test_database_refuses_a_booking_for_another_events_section(database: D
             await uow.commit()
 
 
-async def test_a_crash_before_the_commit_leaks_nothing(
+async def test_an_exception_between_the_writes_and_the_commit_rolls_all_of_it_back(
     database: Database, new_booker: NewBooker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The original wrote the decrement and the booking separately; here they share a commit.
 
-    The seats are taken and the booking inserted, then the process "dies" before
-    COMMIT: nothing of it may remain. (The batched path on SQLite commits on its
-    writer, not through `UnitOfWork.commit`: there the crash comes right after
-    the batch's writes. A real kill of SQLite's writer process is in
-    tests/integration/test_sqlite_writer.py.)
+    A rollback test, on both strategies and both databases (the locked transaction:
+    a fresh booker remembers no section): the seats are taken and the booking
+    inserted (the fault reads both back inside the transaction), then an exception
+    comes before COMMIT, and nothing of it may remain. Real crashes (kill -9) are
+    tested with real processes: `test_sqlite_writer.py` kills SQLite's writer
+    mid-batch, `tests/e2e/test_concurrency.py` every server process under load.
     """
     event = await new_event(database, 5)
     section = event.sections[0]
-
-    async def die(self: UnitOfWork) -> None:
-        raise Crash("process died before the commit")
-
-    monkeypatch.setattr(UnitOfWork, "commit", die)
-    monkeypatch.setattr(locked_module, "apply_commands", reserve_then_crash)
-    with pytest.raises(Crash):
+    monkeypatch.setattr(locked_module, "apply_commands", reserve_then_raise)
+    with pytest.raises(FailedBeforeCommit) as failure:
         await (await new_booker()).submit(Book(event.id, section.id, 2))
+    assert (failure.value.remaining, failure.value.booked) == (3, 2), "the writes were not made"
     monkeypatch.undo()
-    assert await inventory(database, section.id) == (5, 5, 0)
+    assert await inventory(database, section.id) == (5, 5, 0), "not rolled back"
 
 
 async def test_concurrent_bookings_in_one_process_never_oversell(

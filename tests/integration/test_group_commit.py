@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.util import await_only
 
@@ -30,13 +31,18 @@ from boxoffice.booking import locked as locked_module
 from boxoffice.config import async_database_url
 from boxoffice.db.database import Database, Limits
 from boxoffice.db.errors import DatabaseUnavailable
+from boxoffice.db.tables import bookings
 from boxoffice.domain.commands import Book
 from boxoffice.domain.errors import EventNotFound, InsufficientSeats, SectionNotFound
 from boxoffice.domain.model import Booking
 from tests.integration.test_booking_path import inventory, new_event
+from tests.support.server import inventory_check
 from tests.support.writer_faults import (
+    GATE_TIMEOUT_SECONDS,
+    GateTimeout,
     gate_path,
     nothing,
+    reached_gate,
     reserve_then_fail_batches,
     reserve_then_lose_the_connection,
     reserve_then_wait_for_gate,
@@ -70,28 +76,69 @@ def assert_first_come_first_served(results: list[Any]) -> None:
     assert results[4].remaining == 0
 
 
+class HeldCommitter:
+    """The committer held inside its transaction (the locked path) until `open()`.
+
+    On SQLite the gate is a file the writer (a process, or a thread) waits for after
+    the batch's writes, and every batch waits: the file stays, so once it is opened
+    later batches pass. On PostgreSQL the batch waits before its writes, on the event
+    loop, and `only_qty` picks the batch that waits. Neither wait lasts for ever:
+    past GATE_TIMEOUT_SECONDS it fails the test (`GateTimeout`).
+    """
+
+    def __init__(self, database_url: str) -> None:
+        self._sqlite = database_url.startswith("sqlite")
+        self._gate = gate_path(database_url)
+        self._database_url = database_url
+        self._reached = asyncio.Event()
+        self._opened = asyncio.Event()
+        self._given_up = False
+
+    async def reached(self) -> None:
+        """Return once a batch waits at the gate."""
+        if self._sqlite:
+            await reached_gate(self._database_url)
+            return
+        try:
+            await asyncio.wait_for(self._reached.wait(), GATE_TIMEOUT_SECONDS)
+        except TimeoutError:
+            raise GateTimeout("no batch reached the gate") from None
+
+    def open(self) -> None:
+        if self._sqlite:
+            self._gate.touch()
+        else:
+            self._opened.set()
+
+    async def wait(self) -> None:
+        """PostgreSQL's batch, inside its transaction: block until `open()`."""
+        self._reached.set()
+        if self._given_up:  # a failed batch is retried one command at a time: fail at once
+            raise GateTimeout("the gate was never opened")
+        try:
+            await asyncio.wait_for(self._opened.wait(), GATE_TIMEOUT_SECONDS)
+        except TimeoutError:
+            self._given_up = True
+            raise GateTimeout("the gate was never opened") from None
+
+
 def hold_the_committer(
     monkeypatch: pytest.MonkeyPatch, database_url: str, *, only_qty: int | None = None
-) -> Callable[[], None]:
-    """Make the committer wait inside its transaction (the locked path) until the
-    returned function is called. On SQLite the wait comes after the batch's writes,
-    and every batch waits (`only_qty` is PostgreSQL's): the gate is a file, open for
-    good once opened, so later batches pass."""
+) -> HeldCommitter:
+    """Make the committer wait inside its transaction until the gate is opened."""
+    held = HeldCommitter(database_url)
     if database_url.startswith("sqlite"):
-        gate = gate_path(database_url)
         monkeypatch.setattr(locked_module, "apply_commands", reserve_then_wait_for_gate)
-        return gate.touch
-
-    event = asyncio.Event()
+        return held
     real_batch = locked_module.apply_commands
 
     def slow_batch(conn, requests, now):  # type: ignore[no-untyped-def]
         if only_qty is None or requests[0].qty == only_qty:
-            await_only(event.wait())  # inside run_sync's greenlet, on the event loop
+            await_only(held.wait())  # inside run_sync's greenlet, on the event loop
         return real_batch(conn, requests, now)
 
     monkeypatch.setattr(locked_module, "apply_commands", slow_batch)
-    return event.set
+    return held
 
 
 async def test_a_lone_request_commits_at_once(booker: BatchedBooker, database: Database) -> None:
@@ -209,14 +256,14 @@ async def test_a_cancelled_waiting_request_takes_no_seat(
 ) -> None:
     event = await new_event(database, 10)
     s = event.sections[0].id
-    open_gate = hold_the_committer(monkeypatch, database_url, only_qty=1)
+    held = hold_the_committer(monkeypatch, database_url, only_qty=1)
     first = asyncio.create_task(booker.submit(Book(event.id, s, 1)))
-    await asyncio.sleep(0.05)  # the committer is now inside the first transaction
+    await held.reached()  # the committer is now inside the first transaction
     gone = asyncio.create_task(booker.submit(Book(event.id, s, 4)))
     stays = asyncio.create_task(booker.submit(Book(event.id, s, 2)))
     await asyncio.sleep(0.01)
     gone.cancel()  # the client disconnected while waiting
-    open_gate()
+    held.open()
     assert (await first).qty == 1
     assert (await stays).qty == 2
     with pytest.raises(asyncio.CancelledError):
@@ -224,7 +271,7 @@ async def test_a_cancelled_waiting_request_takes_no_seat(
     assert await inventory(database, s) == (10, 7, 3)
 
 
-async def test_stop_answers_queued_requests_instead_of_dropping_them(database: Database) -> None:
+async def test_a_stopped_booker_answers_503(database: Database) -> None:
     event = await new_event(database, 10)
     path = BatchedBooker(database, max_tickets_per_booking=10)
     await path.start()
@@ -454,6 +501,46 @@ async def test_a_stale_section_writes_nothing_of_the_one_statement(
     assert await inventory(database, b) == (10, 5, 5)
 
 
+ANSWER_DEADLINE_SECONDS = 10.0
+
+
+async def answers_to(requests: list[asyncio.Task[Any]]) -> list[Any]:
+    """Each request's answer (its result, or what it raised); fails if one never comes."""
+    _, unanswered = await asyncio.wait(requests, timeout=ANSWER_DEADLINE_SECONDS)
+    assert not unanswered, f"{len(unanswered)} of {len(requests)} requests were never answered"
+    return [request.exception() or request.result() for request in requests]
+
+
+async def assert_every_answer_kept_its_word(
+    database: Database, database_url: str, event_id: str, answers: list[Any]
+) -> None:
+    """Never half-done: each booking answered is stored as answered, nothing else is
+    stored, and `boxoffice check` finds every inventory invariant holding."""
+    async with database.engine.connect() as conn:
+        rows = await conn.execute(
+            select(bookings.c.id, bookings.c.qty).where(bookings.c.event_id == uuid.UUID(event_id))
+        )
+        stored = {str(row.id): row.qty for row in rows}
+    answered = {a.id: a.qty for a in answers if isinstance(a, Booking)}
+    assert stored == answered, "half-done: stored bookings differ from those answered"
+    check = inventory_check(database_url)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+async def until(condition: Callable[[], bool], failure: str) -> None:
+    """Return once `condition()` holds; fail with `failure` past the deadline."""
+    deadline = time.monotonic() + ANSWER_DEADLINE_SECONDS
+    while not condition():
+        assert time.monotonic() < deadline, failure
+        await asyncio.sleep(0.01)
+
+
+def the_committer() -> asyncio.Task[Any]:
+    """The running booker's committer task (`BatchedBooker.start` names it)."""
+    (committer,) = [t for t in asyncio.all_tasks() if t.get_name() == "boxoffice-committer"]
+    return committer
+
+
 async def test_stop_lets_the_batch_in_flight_finish(
     booker: BatchedBooker,
     database: Database,
@@ -462,43 +549,83 @@ async def test_stop_lets_the_batch_in_flight_finish(
 ) -> None:
     event = await new_event(database, 10)
     s = event.sections[0].id
-    open_gate = hold_the_committer(monkeypatch, database_url)
+    held = hold_the_committer(monkeypatch, database_url)
     pending = asyncio.create_task(booker.submit(Book(event.id, s, 2)))
-    await asyncio.sleep(0.05)
+    await held.reached()
     stopping = asyncio.create_task(booker.stop())
     await asyncio.sleep(0.05)
     assert not stopping.done(), "stop() did not wait for the batch in flight"
-    open_gate()
-    await stopping
+    held.open()
+    await asyncio.wait_for(stopping, ANSWER_DEADLINE_SECONDS)
     assert (await pending).qty == 2
     assert await inventory(database, s) == (10, 8, 2)
 
 
-@BOTH_SQLITE_WRITERS
-async def test_a_batch_cut_short_by_stop_is_rolled_back(
+async def test_stop_answers_queued_requests_instead_of_dropping_them(
     booker: BatchedBooker,
     database: Database,
     database_url: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Past its timeout, stop() cancels the batch in flight and answers it 503, which
-    says nothing was written: so the transaction must roll back, even on SQLite's
-    writer (a process or a thread), which cannot be interrupted and is told to give
-    up instead."""
+    """Requests queued behind the batch in flight when stop() is called are committed
+    and answered, as one more batch, before the committer stops; a request arriving
+    once stop() has begun is refused, not queued."""
     event = await new_event(database, 10)
     s = event.sections[0].id
-    open_gate = hold_the_committer(monkeypatch, database_url)
-    monkeypatch.setattr(batched_module, "STOP_TIMEOUT_SECONDS", 0.2)
-    pending = asyncio.create_task(booker.submit(Book(event.id, s, 2)))
-    await asyncio.sleep(0.05)  # the committer is now inside the transaction
+    held = hold_the_committer(monkeypatch, database_url)
+    in_flight = asyncio.create_task(booker.submit(Book(event.id, s, 1)))
+    await held.reached()
+    # Four more queue up behind it (a task's submit() queues before it first waits).
+    queued = [asyncio.create_task(booker.submit(Book(event.id, s, q))) for q in (2, 3, 5, 4)]
+    await asyncio.sleep(0)
     stopping = asyncio.create_task(booker.stop())
-    await asyncio.sleep(0.4)  # past the stop timeout: the committer has been cancelled
-    open_gate()  # the batch's work finishes only now, after its caller gave up
-    await asyncio.wait_for(stopping, 10)
-    with pytest.raises(DatabaseUnavailable):
-        await pending
+    await asyncio.sleep(0)
+    with pytest.raises(DatabaseUnavailable, match="not running"):
+        await booker.submit(Book(event.id, s, 1))
+    held.open()
+    await asyncio.wait_for(stopping, ANSWER_DEADLINE_SECONDS)
+    answers = await answers_to([in_flight, *queued])
+    assert [type(a) for a in answers] == [
+        Booking,
+        Booking,
+        Booking,
+        InsufficientSeats,  # 5 of the 4 left
+        Booking,
+    ], answers
+    assert (booker.stats.batches, booker.stats.largest) == (2, 4), "not queued behind it"
+    await assert_every_answer_kept_its_word(database, database_url, event.id, answers)
+    assert await inventory(database, s) == (10, 0, 10)
+
+
+@BOTH_SQLITE_WRITERS
+async def test_stop_past_its_timeout_rolls_back_the_batch_in_flight_and_fails_the_queue(
+    booker: BatchedBooker,
+    database: Database,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past its timeout, stop() cancels the batch in flight and answers it, and every
+    request queued behind it, 503 (`DatabaseUnavailable`), which says nothing was
+    written: so the transaction must roll back, even on SQLite's writer (a process
+    or a thread), which cannot be interrupted and is told to give up instead."""
+    event = await new_event(database, 10)
+    s = event.sections[0].id
+    held = hold_the_committer(monkeypatch, database_url)
+    monkeypatch.setattr(batched_module, "STOP_TIMEOUT_SECONDS", 0.2)
+    in_flight = asyncio.create_task(booker.submit(Book(event.id, s, 1)))
+    await held.reached()
+    queued = [asyncio.create_task(booker.submit(Book(event.id, s, q))) for q in (2, 3)]
+    await asyncio.sleep(0)
+    committer = the_committer()
+    stopping = asyncio.create_task(booker.stop())
+    await until(lambda: committer.cancelling() > 0 or committer.done(), "stop() never gave up")
+    held.open()  # the batch's work ends only now, after its caller gave up
+    await asyncio.wait_for(stopping, ANSWER_DEADLINE_SECONDS)
+    answers = await answers_to([in_flight, *queued])
+    assert all(isinstance(a, DatabaseUnavailable) for a in answers), answers
     if database.dialect == "sqlite":  # whatever the writer still had to do is done
         await database.run_on_writer(nothing)
+    await assert_every_answer_kept_its_word(database, database_url, event.id, answers)
     assert await inventory(database, s) == (10, 10, 0), "answered 503 but committed"
     more = Book(event.id, s, 1)
     await DirectBooker(database, max_tickets_per_booking=10).submit(more)  # the lock is free

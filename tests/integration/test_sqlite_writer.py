@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sqlite3
 import sys
 import types
 from pathlib import Path
@@ -27,8 +28,10 @@ from boxoffice.domain.model import Booking
 from tests.integration.test_booking_path import inventory, new_event
 from tests.support.writer_faults import (
     fail_with_an_unpicklable_error,
+    frozen_objects,
     gate_path,
     nothing,
+    reached_gate,
     reserve_then_return_the_unsendable,
     reserve_then_wait_for_gate,
     wait_for_gate,
@@ -41,6 +44,17 @@ def writer_pid(database: Database) -> int:
     assert isinstance(database.writer, ProcessWriter)
     assert database.writer.pid is not None
     return database.writer.pid
+
+
+def assert_write_lock_taken(database_url: str) -> None:
+    """Another connection cannot start writing: a write transaction is open."""
+    path = database_url.removeprefix("sqlite:///")
+    other = sqlite3.connect(path, timeout=0, isolation_level=None)
+    try:
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            other.execute("BEGIN IMMEDIATE")
+    finally:
+        other.close()
 
 
 @SQLITE_ONLY
@@ -70,9 +84,10 @@ async def test_a_writer_killed_mid_batch_leaks_nothing_and_is_replaced(
     monkeypatch.setattr(locked_module, "apply_commands", reserve_then_wait_for_gate)
     first = writer_pid(database)
     pending = [asyncio.create_task(booker.submit(Book(event.id, s, q))) for q in (1, 2)]
-    await asyncio.sleep(0.5)  # the writer has written and now waits for the gate
+    await reached_gate(database_url)  # the writer has written, and waits before COMMIT
+    assert_write_lock_taken(database_url)
     os.kill(first, signal.SIGKILL)
-    results = await asyncio.gather(*pending, return_exceptions=True)
+    results = await asyncio.wait_for(asyncio.gather(*pending, return_exceptions=True), 30)
     assert all(isinstance(r, DatabaseUnavailable) for r in results), results
     assert await inventory(database, s) == (10, 10, 0), "a killed batch left seats taken"
 
@@ -80,6 +95,16 @@ async def test_a_writer_killed_mid_batch_leaks_nothing_and_is_replaced(
     assert (await booker.submit(Book(event.id, s, 3))).qty == 3, "no new writer"
     assert writer_pid(database) != first
     assert await inventory(database, s) == (10, 7, 3)
+
+
+@SQLITE_ONLY
+async def test_the_writer_process_freezes_what_it_loaded_before_its_first_job(
+    database: Database,
+) -> None:
+    """Like the server (api/app.py), the writer keeps its start-up objects out of the
+    cyclic collector's full passes. It is a fresh process, so nothing else froze them."""
+    await database.start_writer()
+    assert await database.run_on_writer(frozen_objects) > 0
 
 
 @SQLITE_ONLY
@@ -162,7 +187,7 @@ async def test_a_caller_cancelled_twice_still_holds_the_lock_until_the_job_ends(
     runs, and the next job gets its own answer, not the abandoned one's."""
     await database.start_writer()  # started first: a slow start is not the job running
     running = asyncio.create_task(database.run_on_writer(wait_for_gate))
-    await asyncio.sleep(0.5)  # the job is running on the writer
+    await reached_gate(database_url)  # the job is running on the writer
     for _ in range(2):
         running.cancel()
         await asyncio.sleep(0.05)
