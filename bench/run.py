@@ -78,13 +78,15 @@ class Scenario:
     idempotent: bool = False  # an Idempotency-Key of its own on every request
     keyed: bool = False  # access control on, a customer's API key on every request
     baseline: bool = False  # served by the --baseline tree's code, not this one
+    queue_timeout_ms: int | None = None  # BOOKING_QUEUE_TIMEOUT_MS, when not the default
 
     @property
     def label(self) -> str:
         suffix = f" w{self.workers}" if self.workers > 1 else ""
         writer = f" {self.sqlite_writer}-writer" if self.sqlite_writer else ""
         before = " (before)" if self.baseline else ""
-        return f"{self.name}{suffix}{writer}{before}"
+        queue = "" if self.queue_timeout_ms is None else f" queue-timeout-{self.queue_timeout_ms}"
+        return f"{self.name}{suffix}{writer}{queue}{before}"
 
 
 SCENARIOS = [
@@ -106,6 +108,8 @@ SCENARIOS = [
 OPT_IN_SCENARIOS = [
     Scenario("hot batched", "batched", 1, sqlite_writer="thread", databases=("sqlite",)),
     Scenario("spread batched", "batched", 1000, sqlite_writer="thread", databases=("sqlite",)),
+    # Backpressure off (issue 11): how long requests wait when nothing bounds the queue.
+    Scenario("hot batched", "batched", 1, queue_timeout_ms=0),
 ]
 
 # With --baseline DIR: the same scenarios served by an older tree's code (a `git worktree`
@@ -374,6 +378,8 @@ def server_env(scenario: Scenario) -> dict[str, str]:
     }
     if scenario.sqlite_writer:
         env["SQLITE_WRITER"] = scenario.sqlite_writer
+    if scenario.queue_timeout_ms is not None:
+        env["BOOKING_QUEUE_TIMEOUT_MS"] = str(scenario.queue_timeout_ms)
     if scenario.baseline:
         env["PYTHONPATH"] = baseline_path()
     return {**env, **EXTRA_ENV}
