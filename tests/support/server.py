@@ -102,6 +102,10 @@ class ServerProcess:
             # limits are tested by tests/api/test_rate_limits.py and, across processes,
             # by tests/e2e/test_rate_limits_redis.py.
             "RATE_LIMITS_ENABLED": "false",
+            # And backpressure: on two shared cores running the suite, a batch can wait past
+            # the default 1 s and its requests be answered 503 overloaded, which these
+            # tests would take for a failure. It is tested by tests/api/test_unavailable.py.
+            "BOOKING_QUEUE_TIMEOUT_MS": "15000",
             **self.extra_env,
         }
         with self.log_path.open("wb") as log:
