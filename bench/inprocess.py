@@ -39,7 +39,9 @@ from boxoffice.services.keys import create_key
 CONCURRENCY = 64
 
 
-async def drive(what: str, keyed: bool, requests: int, url: str) -> None:
+async def drive(
+    what: str, keyed: bool, requests: int, url: str, queue_timeout_ms: int = 1000
+) -> None:
     settings = Settings(
         _env_file=None,
         database_url=url,
@@ -49,6 +51,7 @@ async def drive(what: str, keyed: bool, requests: int, url: str) -> None:
         rate_limits_enabled=keyed,
         rate_limit_purchase="100000000/1s",
         rate_limit_write="100000000/1s",
+        booking_queue_timeout_ms=queue_timeout_ms,
     )
     database = Database.from_settings(settings)
     now = datetime.now(UTC)
@@ -144,10 +147,13 @@ def main() -> None:
     parser.add_argument("what", choices=["book", "noop"])
     parser.add_argument("--keyed", action="store_true")
     parser.add_argument("--requests", type=int, default=1920)
+    parser.add_argument(
+        "--queue-timeout-ms", type=int, default=1000, help="BOOKING_QUEUE_TIMEOUT_MS (0: off)"
+    )
     args = parser.parse_args()
     url = f"sqlite:///{Path(tempfile.mkdtemp(prefix='boxoffice-count-')) / 'count.db'}"
     upgrade(url)  # runs its own event loop: before ours
-    asyncio.run(drive(args.what, args.keyed, args.requests, url))
+    asyncio.run(drive(args.what, args.keyed, args.requests, url, args.queue_timeout_ms))
 
 
 if __name__ == "__main__":
