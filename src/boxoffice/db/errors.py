@@ -47,12 +47,26 @@ def _transient(driver_error: object) -> bool:
     return sqlstate in _TRANSIENT_SQLSTATES or sqlstate[:2] == "08"
 
 
+def _no_host_takes_writes(error: BaseException) -> bool:
+    """A URL naming several hosts with `target_session_attrs=read-write`, and every host
+    answered read-only: a failover is under way (the new primary is read-only until
+    it is confirmed), and asyncpg reports it as an internal client error."""
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, asyncpg.TargetServerAttributeNotMatched):
+            return True
+        cause = cause.__cause__
+    return False
+
+
 def is_unavailable(error: BaseException) -> bool:
     """True when `error` means the database is unreachable, overloaded or locked.
 
     Integrity and programming errors are not in this set: they are bugs or
     bad data, and must not be disguised as a temporary outage.
     """
+    if _no_host_takes_writes(error):
+        return True
     if isinstance(error, sa_exc.TimeoutError | TimeoutError | asyncio.TimeoutError):
         return True
     if isinstance(error, sa_exc.DBAPIError):
