@@ -7,7 +7,7 @@ PORT   ?=
 PORT_FLAG = $(if $(PORT),--port $(PORT))
 URL_FLAG  = $(if $(PORT),--url http://127.0.0.1:$(PORT))
 
-.PHONY: run test lint format simulate migrate bench clean test-tools
+.PHONY: run test lint format simulate migrate bench clean test-tools failover-tools failover-demo test-failover
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,13 +34,26 @@ migrate: $(VENV)/.runtime
 test: $(VENV)/.dev lint test-tools ## lint, then the whole suite on SQLite and a throwaway PostgreSQL
 	$(BIN)/python -m pytest
 
-# From Debian's packages if missing: curl (the README test runs its examples as written) and
-# redis-server (the shared rate-limit tests start their own on a free port).
-TEST_PACKAGES = $(if $(shell command -v curl),,curl) $(if $(wildcard /usr/bin/redis-server),,redis-server)
+# From Debian's packages if missing: curl (the README test runs its examples as written),
+# redis-server (the shared rate-limit tests start their own on a free port) and
+# pg_auto_failover (tests/e2e/test_failover.py: pg_autoctl and the monitor's extension).
+FAILOVER_PACKAGES = $(if $(and $(wildcard /usr/bin/pg_autoctl),$(wildcard /usr/lib/postgresql/15/lib/pgautofailover.so)),,postgresql-15-auto-failover)
+TEST_PACKAGES = $(if $(shell command -v curl),,curl) $(if $(wildcard /usr/bin/redis-server),,redis-server) $(FAILOVER_PACKAGES)
 test-tools:
 	@if [ -n "$(strip $(TEST_PACKAGES))" ]; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(TEST_PACKAGES); \
 	fi
+
+failover-tools:
+	@if [ -n "$(strip $(FAILOVER_PACKAGES))" ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(FAILOVER_PACKAGES); \
+	fi
+
+test-failover: $(VENV)/.dev failover-tools ## the failover test alone (make test runs it too)
+	$(BIN)/python -m pytest tests/e2e/test_failover.py
+
+failover-demo: $(VENV)/.dev failover-tools ## the same on a monitor, a primary and a synchronous secondary, with the figures printed
+	$(BIN)/python -m bench.failover_demo $(FAILOVER_ARGS)
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check src tests bench

@@ -40,10 +40,75 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _as_postgres(cmd: list[str]) -> list[str]:
+def as_postgres(cmd: list[str]) -> list[str]:
+    """`cmd` as the `postgres` user when we are root (PostgreSQL refuses to run as root)."""
     if os.geteuid() == 0:
         return ["runuser", "-u", "postgres", "--", *cmd]
     return cmd
+
+
+def reachable_by_postgres(root: Path) -> None:
+    """As root, hand `root` to the `postgres` user and let it through every folder above."""
+    if os.geteuid() != 0:
+        return
+    root.chmod(0o755)
+    for parent in root.parents:
+        mode = parent.stat().st_mode
+        if not mode & 0o001:
+            parent.chmod(mode | 0o001)
+    shutil.chown(root, "postgres", "postgres")
+
+
+def cluster_user() -> str:
+    """The superuser a throwaway cluster is made with: the user it runs as."""
+    return "postgres" if os.geteuid() == 0 else os.environ.get("USER", "postgres")
+
+
+def initdb(data: Path, user: str) -> None:
+    """A new cluster in `data` (trust authentication: for throwaway loopback clusters only)."""
+    subprocess.run(
+        as_postgres(
+            [
+                str(pg_bin() / "initdb"),
+                "-D",
+                str(data),
+                "-A",
+                "trust",
+                "-U",
+                user,
+                "-E",
+                "UTF8",
+                "--no-locale",
+            ]
+        ),
+        check=True,
+        capture_output=True,
+    )
+
+
+def psql(port: int, sql: str, *, user: str, database: str) -> str:
+    """Run `sql` on 127.0.0.1:`port`; its rows, unaligned, one a line."""
+    result = subprocess.run(
+        [
+            str(pg_bin() / "psql"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-U",
+            user,
+            "-d",
+            database,
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-Atc",
+            sql,
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return result.stdout.strip()
 
 
 class ThrowawayPostgres:
@@ -55,37 +120,14 @@ class ThrowawayPostgres:
         self.root = Path(tempfile.mkdtemp(prefix="boxoffice-pg-"))
         self.data = self.root / "data"
         self.extra_conf = extra_conf or {}
-        self.user = "postgres" if os.geteuid() == 0 else os.environ.get("USER", "postgres")
+        self.user = cluster_user()
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://{self.user}@127.0.0.1:{self.port}/{database}"
 
     def start(self) -> ThrowawayPostgres:
-        if os.geteuid() == 0:
-            self.root.chmod(0o755)
-            for parent in self.root.parents:
-                mode = parent.stat().st_mode
-                if not mode & 0o001:
-                    parent.chmod(mode | 0o001)
-            shutil.chown(self.root, "postgres", "postgres")
-        subprocess.run(
-            _as_postgres(
-                [
-                    str(self.bin / "initdb"),
-                    "-D",
-                    str(self.data),
-                    "-A",
-                    "trust",
-                    "-U",
-                    self.user,
-                    "-E",
-                    "UTF8",
-                    "--no-locale",
-                ]
-            ),
-            check=True,
-            capture_output=True,
-        )
+        reachable_by_postgres(self.root)
+        initdb(self.data, self.user)
         conf = {
             "listen_addresses": "'127.0.0.1'",
             "port": str(self.port),
@@ -98,7 +140,7 @@ class ThrowawayPostgres:
         with (self.data / "postgresql.conf").open("a") as handle:
             handle.writelines(f"{key} = {value}\n" for key, value in conf.items())
         subprocess.run(
-            _as_postgres(
+            as_postgres(
                 [
                     str(self.bin / "pg_ctl"),
                     "-D",
@@ -129,32 +171,12 @@ class ThrowawayPostgres:
         raise RuntimeError("PostgreSQL did not start")
 
     def psql(self, sql: str, database: str = "postgres") -> str:
-        result = subprocess.run(
-            [
-                str(self.bin / "psql"),
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(self.port),
-                "-U",
-                self.user,
-                "-d",
-                database,
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-Atc",
-                sql,
-            ],
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        return result.stdout.strip()
+        return psql(self.port, sql, user=self.user, database=database)
 
     def halt(self) -> None:
         """Stop the server as a crash would (immediate shutdown), keeping its data."""
         subprocess.run(
-            _as_postgres(
+            as_postgres(
                 [str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop"]
             ),
             check=True,
@@ -164,7 +186,7 @@ class ThrowawayPostgres:
     def resume(self) -> None:
         """Start the halted server again on the same port and data (after crash recovery)."""
         subprocess.run(
-            _as_postgres(
+            as_postgres(
                 [
                     str(self.bin / "pg_ctl"),
                     "-D",
@@ -189,7 +211,7 @@ class ThrowawayPostgres:
     def stop(self) -> None:
         with contextlib.suppress(subprocess.CalledProcessError, FileNotFoundError):
             subprocess.run(
-                _as_postgres(
+                as_postgres(
                     [
                         str(self.bin / "pg_ctl"),
                         "-D",
