@@ -12,6 +12,9 @@ answered in the end.
 
     python -m bench.failover_demo                      # pg_auto_failover's default timeouts
     python -m bench.failover_demo --detection fast     # the test's: a dead node noticed in ~3 s
+    python -m bench.failover_demo --fault postmaster   # the postmaster alone; its keeper lives
+
+(`make failover-demo FAILOVER_ARGS='--detection fast'` passes them on.)
 """
 
 from __future__ import annotations
@@ -35,11 +38,18 @@ def main() -> int:
         default="default",
         help="the monitor's timeouts: pg_auto_failover's defaults, or the test's",
     )
+    parser.add_argument(
+        "--fault",
+        choices=["node", "postmaster"],
+        default="node",
+        help="kill -9 the primary's postmaster and keeper (the node is lost), or its "
+        "postmaster alone (the keeper restarts it; the monitor may fail over or not)",
+    )
     parser.add_argument("--bookers", type=int, default=8, help="clients booking (POST /book)")
     parser.add_argument("--checkouts", type=int, default=4, help="clients holding, then confirming")
     args = parser.parse_args()
     settings = FAST_DETECTION if args.detection == "fast" else {}
-    print(f"{_version()}; monitor timeouts: {args.detection}")
+    print(f"{_version()}; monitor timeouts: {args.detection}; fault: {args.fault}")
     print("Setting up a monitor, a primary and a synchronous secondary on loopback ...")
     with (
         tempfile.TemporaryDirectory(prefix="boxoffice-failover-demo-") as logs,
@@ -52,6 +62,7 @@ def main() -> int:
                 log_dir=Path(logs),
                 bookers=args.bookers,
                 checkouts=args.checkouts,
+                fault=args.fault,
             )
         )
     return _print(report, args)
@@ -64,15 +75,18 @@ def _version() -> str:
 
 def _print(report: DrillReport, args: argparse.Namespace) -> int:
     outage = report.outage
+    killed = "postmaster and keeper" if report.fault == "node" else "postmaster"
+    promoted = (
+        f"{report.new_primary} at {report.promoted_after:.1f} s"
+        if report.promoted_after is not None
+        else f"none: {report.old_primary} restarted by its keeper, still primary"
+    )
     failed = ", ".join(f"{outcome}: {count}" for outcome, count in outage.failed_by_outcome.items())
     rows = [
         ("clients", f"{args.bookers} booking, {args.checkouts} holding then confirming"),
         ("synchronous_standby_names before", report.sync_standby_names_before),
-        ("fault (t = 0)", f"kill -9 of {report.old_primary}'s postmaster and keeper"),
-        (
-            "new primary shown by the monitor",
-            f"{report.new_primary} at {report.promoted_after:.1f} s",
-        ),
+        ("fault (t = 0)", f"kill -9 of {report.old_primary}'s {killed}"),
+        ("new primary shown by the monitor", promoted),
         ("last success before the kill", f"{outage.last_success_before:.2f} s before"),
         ("first success after the kill", f"{outage.first_success_after:.1f} s after"),
         ("no success for", f"{outage.gap:.1f} s"),

@@ -272,7 +272,9 @@ class AutoFailoverFormation:
         """End every keeper and its PostgreSQL, whatever state they are in; remove the files."""
         members = [*self.nodes, self.monitor]
         for member in members:
-            _signal_group(member.keeper, signal.SIGTERM)
+            # SIGQUIT: pg_autoctl's immediate stop, and PostgreSQL's immediate shutdown
+            # (which still removes its shared memory, unlike SIGKILL). Nothing is kept.
+            _signal_group(member.keeper, signal.SIGQUIT)
         deadline = time.monotonic() + 20
         for member in members:
             if member.keeper is not None:
@@ -321,28 +323,47 @@ class AutoFailoverFormation:
             states[name] = NodeState(reported, assigned)
         return states
 
-    def primary(self) -> Node:
-        """The node that takes writes now (assigned and reported so)."""
-        states = self.states()
+    def writable(self, states: dict[str, NodeState]) -> Node | None:
+        """The node that takes writes in `states` (assigned and reported so), if one does."""
         for node in self.nodes:
             state = states.get(node.name)
             if state and state.reported in WRITABLE_STATES and state.assigned == state.reported:
                 return node
-        raise LookupError(f"no primary now: {states}")
+        return None
+
+    def primary(self) -> Node:
+        """The node that takes writes now."""
+        states = self.states()
+        node = self.writable(states)
+        if node is None:
+            raise LookupError(f"no primary now: {states}")
+        return node
 
     def wait_for_primary(self, *, other_than: Node, timeout: float = 120.0) -> Node:
         """Wait until a node other than `other_than` takes writes, and return it."""
+        states = self.wait_until(
+            lambda states: self.writable(states) not in (None, other_than),
+            timeout,
+            f"a primary other than {other_than.name}",
+        )
+        promoted = self.writable(states)
+        assert promoted is not None
+        return promoted
 
-        def promoted(states: dict[str, NodeState]) -> bool:
-            return any(
-                node is not other_than
-                and states.get(node.name, NodeState("", "")).reported in WRITABLE_STATES
-                and states[node.name].assigned == states[node.name].reported
+    def wait_until_settled(self, timeout: float = 120.0) -> Node:
+        """Wait until a node takes writes and every node whose keeper runs is where it was
+        assigned (no transition under way); return the node that takes writes."""
+
+        def settled(states: dict[str, NodeState]) -> bool:
+            return self.writable(states) is not None and all(
+                states[node.name].reported == states[node.name].assigned
                 for node in self.nodes
+                if node.keeper is not None and node.keeper.poll() is None
             )
 
-        self.wait_until(promoted, timeout, f"a primary other than {other_than.name}")
-        return self.primary()
+        promoted = self.writable(self.wait_until(settled, timeout, "a settled formation"))
+        assert promoted is not None
+        return promoted
 
     def wait_until(
         self,

@@ -6,27 +6,37 @@
    retry every failure with the same key (`RetryingClients`).
 3. Mid-load, kill -9 of the primary's postmaster and of its pg_autoctl keeper at
    once, so that nothing on that node restarts it: the node is lost, and the
-   monitor promotes the synchronous secondary.
-4. Once clients have succeeded again for a while, they stop; then, on the new
-   primary: every acknowledged booking and hold is stored, nothing is stored
-   that no client was answered (a retry that booked twice would be), and
-   `boxoffice check` passes.
+   monitor promotes the synchronous secondary. (Or of the postmaster alone: see
+   `Fault`.)
+4. Once clients have succeeded again for a while, they stop; then, on the
+   primary pg_auto_failover settles on: every acknowledged booking and hold
+   is stored, nothing is stored that no client was answered (a retry that
+   booked twice would be), and `boxoffice check` passes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import httpx
 
 from boxoffice.db.migrate import upgrade
-from tests.support.auto_failover import AutoFailoverFormation
+from tests.support.auto_failover import AutoFailoverFormation, Node
 from tests.support.retrying_clients import Outage, RetryingClients
 from tests.support.server import ServerProcess, inventory_check
+
+# "node": kill -9 of the primary's postmaster and keeper at once: the node is lost, and
+# the monitor promotes the secondary once it has seen it dead. "postmaster": kill -9 of
+# the postmaster alone; its keeper restarts it within a second, and the monitor fails
+# over only if the keeper reported it down first (either may happen).
+Fault = Literal["node", "postmaster"]
 
 CAPACITY_PER_SECTION = 100_000
 SECTIONS = 4
@@ -51,7 +61,8 @@ class DrillReport:
     old_primary: str
     new_primary: str
     sync_standby_names_before: str  # on the old primary, before the fault
-    promoted_after: float  # seconds from the fault to the monitor showing the new primary
+    fault: Fault
+    promoted_after: float | None  # seconds from the fault to the monitor showing another primary
     outage: Outage
     intents: int
     attempts: int
@@ -95,6 +106,7 @@ async def failover_drill(
     bookers: int = 8,
     checkouts: int = 4,
     promotion_timeout: float = 150.0,
+    fault: Fault = "node",
 ) -> DrillReport:
     url = formation.url()
     # Migrations, the server and the inventory check all go through the multi-host URL.
@@ -113,15 +125,16 @@ async def failover_drill(
         )
         stop = asyncio.Event()
         load = asyncio.create_task(clients.run(stop))
+        watched = asyncio.Event()
         try:
             await _until(lambda: clients.successes() >= 20, warmup_seconds + 60, "first bookings")
             await asyncio.sleep(warmup_seconds)
             fault_at = time.monotonic()
-            formation.kill_node(old)
-            new = await asyncio.to_thread(
-                formation.wait_for_primary, other_than=old, timeout=promotion_timeout
-            )
-            promoted_after = time.monotonic() - fault_at
+            if fault == "node":
+                formation.kill_node(old)
+            else:
+                formation.kill_postmaster(old)
+            promotion = asyncio.create_task(_promotion(formation, old, fault_at, watched))
             await _until(
                 lambda: any(a.succeeded and a.sent > fault_at for a in clients.attempts),
                 promotion_timeout,
@@ -131,6 +144,10 @@ async def failover_drill(
         finally:
             stop.set()
             await load
+    # Whatever pg_auto_failover decided, let it finish before reading the result.
+    new = await asyncio.to_thread(formation.wait_until_settled, promotion_timeout)
+    watched.set()
+    promoted_after = await promotion
 
     stored_bookings = set(formation.node_sql(new, "SELECT id FROM bookings").split())
     stored_holds = dict(
@@ -141,6 +158,7 @@ async def failover_drill(
         old_primary=old.name,
         new_primary=new.name,
         sync_standby_names_before=sync_names,
+        fault=fault,
         promoted_after=promoted_after,
         outage=Outage.of(clients.attempts, fault_at),
         intents=clients.intents,
@@ -153,6 +171,20 @@ async def failover_drill(
         check_returncode=check.returncode,
         check_output=check.stdout + check.stderr,
     )
+
+
+async def _promotion(
+    formation: AutoFailoverFormation, old: Node, fault_at: float, watched: asyncio.Event
+) -> float | None:
+    """Seconds from the fault until the monitor shows a node other than `old` taking
+    writes; None if that had not happened when `watched` was set."""
+    while not watched.is_set():
+        with contextlib.suppress(subprocess.CalledProcessError):
+            states = await asyncio.to_thread(formation.states)
+            if formation.writable(states) not in (None, old):
+                return time.monotonic() - fault_at
+        await asyncio.sleep(0.1)
+    return None
 
 
 async def _create_event(base_url: str) -> tuple[str, list[str]]:
