@@ -9,9 +9,11 @@ tests/e2e/test_failover.py).
 
 from __future__ import annotations
 
+import socket
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import httpx
 import pytest
@@ -21,22 +23,33 @@ from boxoffice.config import Settings
 from tests.support.postgres import ThrowawayPostgres, free_port
 
 
-def _settings(url: str) -> Settings:
+def _settings(url: str, **overrides: Any) -> Settings:
     return Settings(
         database_url=url,
         boxoffice_open_access=True,
         rate_limits_enabled=False,
         _env_file=None,  # type: ignore[call-arg]
+        **overrides,
     )
 
 
 @asynccontextmanager
-async def serving(url: str) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(_settings(url))
+async def serving(url: str, **overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(_settings(url, **overrides))
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
             yield client
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A port that takes connections and never answers: to a client waiting for the
+    server's first word, a dead machine whose packets are dropped looks the same."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(64)
+        yield int(listener.getsockname()[1])
 
 
 @pytest.fixture
@@ -74,6 +87,20 @@ async def test_the_host_that_takes_writes_is_used_whichever_is_listed_first(
         booked = await book_once(client)
     assert booked.status_code == 201, booked.text
     assert postgres.psql("SELECT count(*) FROM bookings", database_name) == "1"
+
+
+async def test_a_silent_host_costs_its_own_connect_timeout_then_the_next_is_tried(
+    postgres: ThrowawayPostgres, database_name: str, silent_port: int
+) -> None:
+    """asyncpg gives all hosts one deadline together; each host gets its own, as in libpq."""
+    url = (
+        f"postgresql://{postgres.user}@/{database_name}"
+        f"?host=127.0.0.1:{silent_port}&host=127.0.0.1:{postgres.port}"
+        "&target_session_attrs=read-write"
+    )
+    async with serving(url, db_connect_timeout_seconds=1) as client:
+        booked = await book_once(client)
+    assert booked.status_code == 201, booked.text
 
 
 async def test_no_host_taking_writes_is_503_then_service_resumes_by_itself(

@@ -46,6 +46,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any, Literal, TypeVar
 
+import asyncpg
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -272,6 +273,8 @@ def _postgresql_engine(
         pool_timeout=limits.pool_timeout,
         pool_pre_ping=True,
         connect_args={
+            # SQLAlchemy's asyncpg adapter opens connections with this coroutine.
+            "async_creator_fn": connect_host_by_host,
             "timeout": limits.connect_timeout,
             "command_timeout": limits.statement_timeout + CLIENT_GRACE_SECONDS,
             "server_settings": {
@@ -283,3 +286,26 @@ def _postgresql_engine(
             },
         },
     )
+
+
+async def connect_host_by_host(**options: Any) -> Any:
+    """asyncpg's connection to the first host of the URL that takes it, each host tried
+    within its own `timeout`, as libpq does.
+
+    asyncpg gives all the hosts of a URL one deadline together: a dead primary whose
+    address drops packets would use it all, the next host would never be tried, and
+    no failover would ever be followed. A host that refuses, stays silent past the
+    timeout or does not match `target_session_attrs` (a standby) passes the turn on;
+    if none takes the connection, the last host's error is raised.
+    """
+    hosts, ports = options.pop("host", None), options.pop("port", None)
+    if not isinstance(hosts, list):
+        return await asyncpg.connect(host=hosts, port=ports, **options)
+    last_error: Exception | None = None
+    for host, port in zip(hosts, ports, strict=True):
+        try:
+            return await asyncpg.connect(host=host, port=port, **options)
+        except Exception as error:
+            last_error = error
+    assert last_error is not None
+    raise last_error
