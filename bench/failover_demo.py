@@ -13,6 +13,7 @@ answered in the end.
     python -m bench.failover_demo                      # pg_auto_failover's default timeouts
     python -m bench.failover_demo --detection fast     # the test's: a dead node noticed in ~3 s
     python -m bench.failover_demo --fault postmaster   # the postmaster alone; its keeper lives
+    python -m bench.failover_demo --fault secondary    # commits wait for the lost standby
 
 (`make failover-demo FAILOVER_ARGS='--detection fast'` passes them on.)
 """
@@ -40,10 +41,11 @@ def main() -> int:
     )
     parser.add_argument(
         "--fault",
-        choices=["node", "postmaster"],
+        choices=["node", "postmaster", "secondary"],
         default="node",
-        help="kill -9 the primary's postmaster and keeper (the node is lost), or its "
-        "postmaster alone (the keeper restarts it; the monitor may fail over or not)",
+        help="kill -9 the primary's postmaster and keeper (the node is lost), its "
+        "postmaster alone (the keeper restarts it; the monitor may fail over or not), "
+        "or the secondary's (commits wait until the monitor turns synchronous replication off)",
     )
     parser.add_argument("--bookers", type=int, default=8, help="clients booking (POST /book)")
     parser.add_argument("--checkouts", type=int, default=4, help="clients holding, then confirming")
@@ -75,17 +77,21 @@ def _version() -> str:
 
 def _print(report: DrillReport, args: argparse.Namespace) -> int:
     outage = report.outage
-    killed = "postmaster and keeper" if report.fault == "node" else "postmaster"
+    killed = {
+        "node": f"{report.old_primary}'s postmaster and keeper",
+        "postmaster": f"{report.old_primary}'s postmaster",
+        "secondary": "the secondary's postmaster and keeper",
+    }[report.fault]
     promoted = (
         f"{report.new_primary} at {report.promoted_after:.1f} s"
         if report.promoted_after is not None
-        else f"none: {report.old_primary} restarted by its keeper, still primary"
+        else f"none: {report.new_primary} still primary"
     )
     failed = ", ".join(f"{outcome}: {count}" for outcome, count in outage.failed_by_outcome.items())
     rows = [
         ("clients", f"{args.bookers} booking, {args.checkouts} holding then confirming"),
         ("synchronous_standby_names before", report.sync_standby_names_before),
-        ("fault (t = 0)", f"kill -9 of {report.old_primary}'s {killed}"),
+        ("fault (t = 0)", f"kill -9 of {killed}"),
         ("new primary shown by the monitor", promoted),
         ("last success before the kill", f"{outage.last_success_before:.2f} s before"),
         ("first success after the kill", f"{outage.first_success_after:.1f} s after"),

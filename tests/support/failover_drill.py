@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import subprocess
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,8 +36,10 @@ from tests.support.server import ServerProcess, inventory_check
 # "node": kill -9 of the primary's postmaster and keeper at once: the node is lost, and
 # the monitor promotes the secondary once it has seen it dead. "postmaster": kill -9 of
 # the postmaster alone; its keeper restarts it within a second, and the monitor fails
-# over only if the keeper reported it down first (either may happen).
-Fault = Literal["node", "postmaster"]
+# over only if the keeper reported it down first (either may happen). "secondary": the
+# secondary's node is lost; the primary's commits wait for it until the monitor gives up
+# on it and turns synchronous replication off.
+Fault = Literal["node", "postmaster", "secondary"]
 
 CAPACITY_PER_SECTION = 100_000
 SECTIONS = 4
@@ -132,18 +135,27 @@ async def failover_drill(
             fault_at = time.monotonic()
             if fault == "node":
                 formation.kill_node(old)
-            else:
+            elif fault == "postmaster":
                 formation.kill_postmaster(old)
+            else:
+                formation.kill_node(next(node for node in formation.nodes if node is not old))
             promotion = asyncio.create_task(_promotion(formation, old, fault_at, watched))
-            await _until(
-                lambda: any(a.succeeded and a.sent > fault_at for a in clients.attempts),
-                promotion_timeout,
-                "a success after the fault",
-            )
+            try:
+                await _until(
+                    lambda: any(a.succeeded and a.sent > fault_at for a in clients.attempts),
+                    promotion_timeout,
+                    "a success after the fault",
+                )
+            except TimeoutError as error:
+                raise TimeoutError(f"{error}\n{_diagnosis(formation, server, clients)}") from None
             await asyncio.sleep(load_after_recovery_seconds)
+        except BaseException:
+            load.cancel()  # its requests' deadlines are minutes away
+            raise
         finally:
             stop.set()
-            await load
+            with contextlib.suppress(asyncio.CancelledError):
+                await load
     # Whatever pg_auto_failover decided, let it finish before reading the result.
     new = await asyncio.to_thread(formation.wait_until_settled, promotion_timeout)
     watched.set()
@@ -171,6 +183,22 @@ async def failover_drill(
         check_returncode=check.returncode,
         check_output=check.stdout + check.stderr,
     )
+
+
+def _diagnosis(
+    formation: AutoFailoverFormation, server: ServerProcess, clients: RetryingClients
+) -> str:
+    """What a drill that did not recover leaves to read: states, answers, logs."""
+    try:
+        states: object = formation.states()
+    except subprocess.CalledProcessError as error:
+        states = error.stderr
+    recent = Counter(attempt.outcome for attempt in clients.attempts[-100:])
+    logs = "".join(
+        f"\n--- {member.name}\n{formation.log(member)[-4000:]}"
+        for member in [*formation.nodes, formation.monitor]
+    )
+    return f"states {states}; last answers {dict(recent)}\n--- server\n{server.log()[-4000:]}{logs}"
 
 
 async def _promotion(

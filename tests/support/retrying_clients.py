@@ -40,11 +40,12 @@ class Attempt:
     key: str
     sent: float
     answered: float
-    outcome: str  # the status code, or the name of the transport error
+    status: int | None  # None when no answer came (the transport failed)
+    outcome: str  # "201", "503 service_unavailable" (status and problem code), "ReadTimeout"
 
     @property
     def succeeded(self) -> bool:
-        return self.outcome in ("200", "201")
+        return self.status is not None and 200 <= self.status < 300
 
 
 @dataclass
@@ -161,23 +162,32 @@ class RetryingClients:
             try:
                 response = await client.post(path, json=body, headers={"Idempotency-Key": key})
             except httpx.HTTPError as error:
-                outcome = type(error).__name__
+                failed = type(error).__name__
+                attempt = Attempt(operation, key, sent, time.monotonic(), None, failed)
             else:
-                outcome = str(response.status_code)
+                attempt = Attempt(
+                    operation, key, sent, time.monotonic(), response.status_code, _outcome(response)
+                )
                 if response.status_code in RETRIED_STATUSES:
                     wait = float(response.headers.get("Retry-After", wait))
-            self.attempts.append(Attempt(operation, key, sent, time.monotonic(), outcome))
-            if outcome in ("200", "201"):
+            self.attempts.append(attempt)
+            if attempt.succeeded:
                 answer: dict[str, Any] = response.json()
                 return answer
-            if outcome.isdigit() and int(outcome) not in RETRIED_STATUSES:
+            if attempt.status is not None and attempt.status not in RETRIED_STATUSES:
                 # A refusal or a bug: retrying with the same key would replay it.
-                self.failures.append(f"{operation} {key}: {outcome} {response.text[:300]}")
+                self.failures.append(f"{operation} {key}: {response.text[:300]}")
                 return None
             if time.monotonic() + wait > deadline:
                 self.failures.append(f"{operation} {key}: no answer in {self.deadline_seconds} s")
                 return None
             await asyncio.sleep(min(wait, MAX_RETRY_WAIT_SECONDS))
+
+
+def _outcome(response: httpx.Response) -> str:
+    if response.is_success or "problem+json" not in response.headers.get("content-type", ""):
+        return str(response.status_code)
+    return f"{response.status_code} {response.json().get('code', '')}"
 
 
 @dataclass(frozen=True)
