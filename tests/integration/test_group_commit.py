@@ -728,3 +728,42 @@ async def test_a_checkout_placed_here_is_confirmed_in_one_statement(
     if database.dialect == "postgresql":
         assert booker.stats.retried == 1, "decided on the remembered hold"
     assert await inventory(database, s) == (10, 7, 3)
+
+
+@POSTGRESQL_ONLY
+async def test_a_confirmation_committed_but_unanswered_is_replayed_not_decided_from_memory(
+    booker: BatchedBooker, database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection lost during COMMIT (a failover) leaves a batch's outcome unknown. Its
+    retry must not be decided from memory, where the hold is still active while its
+    section, read again since, already counts the seats as sold: that contradiction was
+    a 500 in the failover drill. It goes the locked way and replays the stored answer."""
+    import asyncpg
+
+    from boxoffice.booking import remembered as remembered_module
+    from boxoffice.domain.commands import ConfirmHold, HoldItemRequest, Idempotency, PlaceHold
+
+    event = await new_event(database, 10)
+    s = event.sections[0].id
+    await warm(booker, event)  # 9 left, remembered
+    hold = await booker.submit(PlaceHold(event.id, (HoldItemRequest(s, 2),), 600))
+    real_statement = remembered_module._WRITE_IF_UNCHANGED
+
+    class CommitsThenLosesTheAnswer:
+        async def fetch(self, conn: Any, params: Any) -> list[Any]:
+            await real_statement.fetch(conn, params)
+            monkeypatch.setattr(remembered_module, "_WRITE_IF_UNCHANGED", real_statement)
+            raise asyncpg.ConnectionDoesNotExistError("connection was closed in the middle")
+
+    monkeypatch.setattr(remembered_module, "_WRITE_IF_UNCHANGED", CommitsThenLosesTheAnswer())
+    confirm = ConfirmHold(
+        hold.id,  # type: ignore[union-attr]
+        "pi_1",
+        idempotency=Idempotency("", "confirm-1", "fingerprint"),
+    )
+    with pytest.raises(DatabaseUnavailable):
+        await booker.submit(confirm)
+    await booker.submit(Book(event.id, s, 1))  # the section is read again, under lock
+    replayed = await booker.submit(confirm)
+    assert replayed.hold.status == "confirmed"  # type: ignore[union-attr]
+    assert await inventory(database, s) == (10, 6, 4)

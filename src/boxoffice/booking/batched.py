@@ -278,6 +278,12 @@ class BatchedBooker:
         except BaseException:
             if self._connections is not None:  # it may be broken: the next batch opens anew
                 await self._connections.drop()
+            if self._remembered is not None:
+                # Committed or not is unknown (a connection lost during COMMIT): a hold
+                # remembered active may be settled, while its sections are read afresh.
+                self._remembered.forget_holds(
+                    c.hold_id for c in commands if isinstance(c, ConfirmHold | ReleaseHold)
+                )
             raise
         if self._remembered is not None:
             self._remembered.remember(applied.sections)
