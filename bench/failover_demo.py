@@ -123,6 +123,8 @@ def _print(report: DrillReport, args: argparse.Namespace) -> int:
         print(f"  {name:<{width}}  {value}")
     for failure in report.failures[:10]:
         print(f"  never answered: {failure}")
+    if report.failures:
+        print("The server's log:\n" + report.server_log[-20000:])
     if report.check_returncode != 0:
         print(report.check_output)
     whole = not (

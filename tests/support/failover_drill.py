@@ -76,6 +76,7 @@ class DrillReport:
     stored_holds: dict[str, str]  # hold id -> status on the new primary
     check_returncode: int
     check_output: str
+    server_log: str  # what `boxoffice serve` logged (warnings and errors)
 
     @property
     def lost_bookings(self) -> set[str]:
@@ -182,6 +183,7 @@ async def failover_drill(
         stored_holds=stored_holds,
         check_returncode=check.returncode,
         check_output=check.stdout + check.stderr,
+        server_log=server.log(),
     )
 
 
