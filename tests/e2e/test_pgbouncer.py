@@ -270,3 +270,50 @@ async def test_each_transaction_gets_the_settings_and_the_session_keeps_none(
         await plain.close()
         bouncer.stop()
     assert tuple(left) == ("0", "0", "on", 0), "a setting or a prepared statement stayed behind"
+
+
+async def test_with_every_server_session_taken_requests_get_503_and_then_go_through(
+    postgres: ThrowawayPostgres, database_name: str, tmp_path: Path
+) -> None:
+    """pgbouncer queues a transaction while its pool is exhausted; the driver's deadline
+    (DB_STATEMENT_TIMEOUT_SECONDS + 2 s) still ends the wait: a 503 with Retry-After, not a
+    hang, and bookings resume by themselves once a session is free."""
+    bouncer = ThrowawayPgbouncer(postgres, default_pool_size=1).start()
+    env = {**POOLER, "DB_STATEMENT_TIMEOUT_SECONDS": "1"}
+    server = ServerProcess(bouncer.url(database_name), env=env, log_dir=tmp_path)
+    hog = None
+    try:
+        server.start(timeout=STARTUP_SECONDS)
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as http:
+            made = await http.post(
+                "/events",
+                json={"name": "Busy", "sections": [{"name": "A", "price": 5, "capacity": 5}]},
+            )
+            assert made.status_code == 201, made.text
+            body = {"eventId": made.json()["id"], "sectionId": made.json()["sections"][0]["id"]}
+            body["qty"] = 1
+            # Another client's open transaction holds the one server session.
+            hog = await asyncpg.connect(bouncer.url(database_name), statement_cache_size=0)
+            held = hog.transaction()
+            await held.start()
+            await hog.execute("SELECT 1")
+            refused = await http.post("/book", json=body)
+            assert refused.status_code == 503, refused.text
+            assert refused.headers["content-type"] == "application/problem+json"
+            assert refused.headers["retry-after"] == "1"
+            assert refused.json()["code"] == "service_unavailable"
+            assert (await http.get("/readyz")).status_code == 503
+            await held.rollback()
+            for _ in range(20):  # a client honouring Retry-After
+                booked = await http.post("/book", json=body)
+                if booked.status_code != 503:
+                    break
+                await asyncio.sleep(1)
+            assert booked.status_code == 201, booked.text
+            shown = (await http.get(f"/events/{body['eventId']}")).json()["sections"][0]
+        assert (shown["remaining"], shown["sold"]) == (4, 1), "the refused booking was written"
+    finally:
+        if hog is not None:
+            await hog.close()
+        server.stop()
+        bouncer.stop()
