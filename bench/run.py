@@ -94,28 +94,31 @@ class Scenario:
         return f"{self.name}{suffix}{writer}{queue}{pooler}{before}"
 
 
+def pooled(name: str, sections: int, app: str = "book") -> list[Scenario]:
+    """`name` with DB_POOLER=transaction straight to PostgreSQL, then through pgbouncer in
+    transaction mode: run right after the direct scenario, so each ratio compares
+    neighbours."""
+    return [
+        Scenario(name, "batched", sections, app=app, pooler=pooler, databases=("postgresql",))
+        for pooler in ("safe", "pgbouncer")
+    ]
+
+
 SCENARIOS = [
     Scenario("ceiling", None, 1, app="noop"),
     Scenario("bare ceiling", None, 1, app="bare"),
     Scenario("hot direct", "direct", 1),
     Scenario("hot batched", "batched", 1),
+    *pooled("hot batched", 1),
     Scenario("hot idempotent", "batched", 1, idempotent=True),
     Scenario("hot keyed", "batched", 1, keyed=True),
     Scenario("spread direct", "direct", 1000),
     Scenario("spread batched", "batched", 1000),
+    *pooled("spread batched", 1000),
     Scenario("checkout", "batched", 1000, app="checkout"),
+    *pooled("checkout", 1000, app="checkout"),
     Scenario("ceiling", None, 1, workers=2, app="noop"),
     Scenario("hot batched", "batched", 1, workers=2),
-    # PostgreSQL behind pgbouncer in transaction mode, next to the direct connection.
-    *(
-        Scenario(name, "batched", sections, app=app, pooler=pooler, databases=("postgresql",))
-        for name, sections, app in (
-            ("hot batched", 1, "book"),
-            ("spread batched", 1000, "book"),
-            ("checkout", 1000, "checkout"),
-        )
-        for pooler in ("safe", "pgbouncer")
-    ),
 ]
 
 # Run only when named in --only: SQLite's group commits on a thread of the server
