@@ -47,9 +47,10 @@ execution in the same message as its Bind, and nothing a session prepared can
 clash with another client's statement or outlive its transaction
 (SQLAlchemy's cache still keeps each statement's description, which names no
 statement on the server). And the session settings above are not startup
-parameters (pgbouncer refuses them, and would apply them to no one else's
-session anyway): every BEGIN carries them as `SET LOCAL`, in its own round
-trip, and they end with the transaction. `application_name` stays a startup
+parameters (pgbouncer refuses them; told to ignore them, it would pass them to
+no server session): every BEGIN carries them as `SET LOCAL`, in the BEGIN's
+round trip, and they end with the transaction; a statement run outside a
+transaction gets one (`db/driver.py`). `application_name` stays a startup
 parameter: pgbouncer sets it on whichever session serves the client.
 """
 
