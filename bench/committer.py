@@ -2,17 +2,22 @@
 
     .venv/bin/python -m bench.committer [--database sqlite|postgresql] [--bookings 20000]
                                         [--sections 1] [--rounds 1] [--idempotent]
+                                        [--poolers none,transaction]
 
 It drives `booker.submit()` from N concurrent tasks in one process, so the
 numbers isolate the combiner and the database work from the web stack. Besides
 bookings/s it prints this process's CPU time per booking (all its threads,
-not the database's), which is far steadier than throughput on shared cores.
+not the database's), which is far steadier than throughput on shared cores,
+and on PostgreSQL the whole cluster's CPU time per booking. `--poolers`
+runs each strategy with each `DB_POOLER` value side by side in every round
+(straight to PostgreSQL: what the setting itself costs, without a pooler's hop).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import tempfile
 import time
@@ -24,7 +29,7 @@ from tests.support.postgres import ThrowawayPostgres
 
 from boxoffice.booking import make_booker
 from boxoffice.config import async_database_url
-from boxoffice.db.database import Database, Limits
+from boxoffice.db.database import Database, Limits, Pooler
 from boxoffice.db.migrate import upgrade
 from boxoffice.domain.commands import Book
 from boxoffice.domain.model import MAX_SECTIONS_PER_EVENT, EventSpec, SectionSpec
@@ -40,8 +45,11 @@ async def drive(
     sections: int,
     *,
     idempotent: bool = False,
+    pooler: Pooler = "none",
 ) -> tuple[float, float]:
-    database = Database.from_url(async_database_url(url), limits=Limits(pool_size=20))
+    database = Database.from_url(
+        async_database_url(url), limits=Limits(pool_size=20), pooler=pooler
+    )
     booker = make_booker(strategy, database, max_tickets_per_booking=10)  # type: ignore[arg-type]
     await booker.start()
     requests: list[Book] = []
@@ -78,6 +86,29 @@ async def drive(
     return bookings / elapsed, cpu / bookings
 
 
+def cluster_cpu_seconds(cluster: ThrowawayPostgres) -> float:
+    """CPU time so far of the cluster's processes, those that exited included.
+
+    The postmaster reaps every backend, so its children's time (`cutime`,
+    `cstime`) holds the backends already gone; the running ones count their own.
+    """
+    postmaster = int((cluster.data / "postmaster.pid").read_text().split()[0])
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        pid, parent = int(entry.name), int(fields[1])
+        if pid == postmaster:
+            total += sum(int(value) for value in fields[11:15])
+        elif parent == postmaster:
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--database", default="postgresql")
@@ -89,31 +120,40 @@ def main() -> None:
     parser.add_argument(
         "--idempotent", action="store_true", help="an Idempotency-Key on every booking"
     )
+    parser.add_argument("--poolers", default="none", help="DB_POOLER values, side by side")
     args = parser.parse_args()
     postgres = ThrowawayPostgres().start() if args.database == "postgresql" else None
     try:
         for round_number in range(1, args.rounds + 1):
             for strategy in args.strategies.split(","):
-                name = f"committer_{strategy}_{round_number}"
-                if postgres is not None:
-                    url = postgres.create_database(name)
-                else:
-                    url = f"sqlite:///{Path(tempfile.mkdtemp()) / f'{name}.db'}"
-                upgrade(url)
-                rate, cpu = asyncio.run(
-                    drive(
-                        url,
-                        strategy,
-                        args.bookings,
-                        args.concurrency,
-                        args.sections,
-                        idempotent=args.idempotent,
+                for pooler in args.poolers.split(","):
+                    name = f"committer_{strategy}_{pooler}_{round_number}"
+                    if postgres is not None:
+                        url = postgres.create_database(name)
+                    else:
+                        url = f"sqlite:///{Path(tempfile.mkdtemp()) / f'{name}.db'}"
+                    upgrade(url)
+                    cluster_before = cluster_cpu_seconds(postgres) if postgres else 0.0
+                    rate, cpu = asyncio.run(
+                        drive(
+                            url,
+                            strategy,
+                            args.bookings,
+                            args.concurrency,
+                            args.sections,
+                            idempotent=args.idempotent,
+                            pooler=pooler,  # type: ignore[arg-type]
+                        )
                     )
-                )
-                print(
-                    f"{args.database} {strategy} ({args.sections} sections): {rate:,.0f} "
-                    f"bookings/s, {cpu * 1e6:.1f} µs of CPU per booking in this process"
-                )
+                    cluster = ""
+                    if postgres is not None:
+                        spent = cluster_cpu_seconds(postgres) - cluster_before
+                        cluster = f", {spent * 1e6 / args.bookings:.1f} µs in PostgreSQL"
+                    print(
+                        f"{args.database} {strategy} DB_POOLER={pooler} "
+                        f"({args.sections} sections): {rate:,.0f} bookings/s, "
+                        f"{cpu * 1e6:.1f} µs of CPU per booking in this process{cluster}"
+                    )
     finally:
         if postgres is not None:
             postgres.stop()

@@ -48,6 +48,7 @@ from rich.console import Console
 from rich.progress import Progress
 from sqlalchemy import func, inspect, select
 from tests.support.keys import first_admin_key
+from tests.support.pgbouncer import PGBOUNCER, ThrowawayPgbouncer
 from tests.support.postgres import ThrowawayPostgres
 from tests.support.server import ServerProcess, process_group, processes
 
@@ -79,6 +80,9 @@ class Scenario:
     keyed: bool = False  # access control on, a customer's API key on every request
     baseline: bool = False  # served by the --baseline tree's code, not this one
     queue_timeout_ms: int | None = None  # BOOKING_QUEUE_TIMEOUT_MS, when not the default
+    # "safe": DB_POOLER=transaction, straight to PostgreSQL (what the setting alone costs);
+    # "pgbouncer": the same setting, through pgbouncer in transaction mode.
+    pooler: str | None = None
 
     @property
     def label(self) -> str:
@@ -86,7 +90,18 @@ class Scenario:
         writer = f" {self.sqlite_writer}-writer" if self.sqlite_writer else ""
         before = " (before)" if self.baseline else ""
         queue = "" if self.queue_timeout_ms is None else f" queue-timeout-{self.queue_timeout_ms}"
-        return f"{self.name}{suffix}{writer}{queue}{before}"
+        pooler = {None: "", "safe": " pooler-safe", "pgbouncer": " via pgbouncer"}[self.pooler]
+        return f"{self.name}{suffix}{writer}{queue}{pooler}{before}"
+
+
+def pooled(name: str, sections: int, app: str = "book") -> list[Scenario]:
+    """`name` with DB_POOLER=transaction straight to PostgreSQL, then through pgbouncer in
+    transaction mode: run right after the direct scenario, so each ratio compares
+    neighbours."""
+    return [
+        Scenario(name, "batched", sections, app=app, pooler=pooler, databases=("postgresql",))
+        for pooler in ("safe", "pgbouncer")
+    ]
 
 
 SCENARIOS = [
@@ -94,11 +109,14 @@ SCENARIOS = [
     Scenario("bare ceiling", None, 1, app="bare"),
     Scenario("hot direct", "direct", 1),
     Scenario("hot batched", "batched", 1),
+    *pooled("hot batched", 1),
     Scenario("hot idempotent", "batched", 1, idempotent=True),
     Scenario("hot keyed", "batched", 1, keyed=True),
     Scenario("spread direct", "direct", 1000),
     Scenario("spread batched", "batched", 1000),
+    *pooled("spread batched", 1000),
     Scenario("checkout", "batched", 1000, app="checkout"),
+    *pooled("checkout", 1000, app="checkout"),
     Scenario("ceiling", None, 1, workers=2, app="noop"),
     Scenario("hot batched", "batched", 1, workers=2),
 ]
@@ -146,6 +164,14 @@ class Result:
     server_cpu_us: float = 0.0  # the server's processes, per measured request
     postgres_cpu_us: float = 0.0  # every PostgreSQL process, per measured request
     audit_verified: bool | None = None  # `audit verify` after the run (None: not checked)
+
+
+def ensure_pgbouncer() -> None:
+    if shutil.which("pgbouncer") or Path(PGBOUNCER).exists():
+        return
+    console.print("pgbouncer is missing: installing it from Debian's packages")
+    subprocess.run(["apt-get", "update", "-qq"], check=True)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "pgbouncer"], check=True)
 
 
 def ensure_wrk() -> str:
@@ -380,6 +406,8 @@ def server_env(scenario: Scenario) -> dict[str, str]:
         env["SQLITE_WRITER"] = scenario.sqlite_writer
     if scenario.queue_timeout_ms is not None:
         env["BOOKING_QUEUE_TIMEOUT_MS"] = str(scenario.queue_timeout_ms)
+    if scenario.pooler:
+        env["DB_POOLER"] = "transaction"
     if scenario.baseline:
         env["PYTHONPATH"] = baseline_path()
     return {**env, **EXTRA_ENV}
@@ -398,13 +426,18 @@ def run_one(
     workdir: Path,
     round_number: int,
     warmup: int = 0,
+    bouncer: ThrowawayPgbouncer | None = None,
 ) -> Result:
     url = fresh_database(kind, postgres, workdir, baseline=scenario.baseline)
     env = server_env(scenario)
     admin = first_admin_key(url) if scenario.keyed else None
     factory = FACTORIES.get(scenario.app)
+    served = url
+    if scenario.pooler == "pgbouncer":
+        assert bouncer is not None
+        served = bouncer.url(url.rsplit("/", 1)[1])
     server = ServerProcess(
-        url,
+        served,
         workers=scenario.workers,
         env=env,
         log_dir=workdir,
@@ -432,6 +465,10 @@ def run_one(
         db_cpu = (
             cpu_spent(db_before, cpu_seconds(postgres_processes())) if kind == "postgresql" else 0.0
         )
+    if served != url and bouncer is not None:
+        # Its server connections to this database go now, not after pgbouncer's idle timeouts:
+        # a database per scenario would otherwise pile them up against max_connections.
+        bouncer.admin(f"KILL {url.rsplit('/', 1)[1]}")
     stored, oversold, leaked, audit_ok = asyncio.run(verify(url, baseline=scenario.baseline))
     requests = max(stats["requests"], 1)
     created = stats["created"] + (warm["created"] if warm else 0)
@@ -495,6 +532,16 @@ RATIOS: dict[str, tuple[str, str, float]] = {
     "ceiling / before": ("ceiling", "ceiling (before)", 1.0),
     "checkout / before": ("checkout", "checkout (before)", 1.0),
     "hot keyed / before": ("hot keyed", "hot keyed (before)", 1.0),
+    "hot batched pooler-safe / direct": ("hot batched pooler-safe", "hot batched", 1.0),
+    "hot batched via pgbouncer / direct": ("hot batched via pgbouncer", "hot batched", 1.0),
+    "spread batched pooler-safe / direct": ("spread batched pooler-safe", "spread batched", 1.0),
+    "spread batched via pgbouncer / direct": (
+        "spread batched via pgbouncer",
+        "spread batched",
+        1.0,
+    ),
+    "checkout pooler-safe / direct": ("checkout pooler-safe", "checkout", 1.0),
+    "checkout via pgbouncer / direct": ("checkout via pgbouncer", "checkout", 1.0),
 }
 TARGETS = {  # the issues' bars, shown next to the figures
     "hot batched / ceiling": 0.8,
@@ -702,6 +749,12 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="boxoffice-bench-"))
     workdir.chmod(0o755)
     postgres = ThrowawayPostgres().start() if "postgresql" in databases else None
+    bouncer = None
+    if postgres is not None and any(s.pooler == "pgbouncer" for s in chosen):
+        ensure_pgbouncer()
+        # As many server connections as one server process opens (DB_POOL_SIZE): what is
+        # measured is the hop through pgbouncer, not a smaller pool.
+        bouncer = ThrowawayPgbouncer(postgres, default_pool_size=20).start()
     runs = [
         (n, d, s, c)
         for n in range(1, args.rounds + 1)
@@ -716,7 +769,16 @@ def main() -> None:
             for n, kind, scenario, conns in runs:
                 progress.update(task, description=f"round {n}: {kind}: {scenario.label} @ {conns}")
                 result = run_one(
-                    wrk, kind, scenario, conns, args.duration, postgres, workdir, n, args.warmup
+                    wrk,
+                    kind,
+                    scenario,
+                    conns,
+                    args.duration,
+                    postgres,
+                    workdir,
+                    n,
+                    args.warmup,
+                    bouncer,
                 )
                 results.append(result)
                 # Kept as it goes: a failure in the last round loses nothing measured.
@@ -729,6 +791,8 @@ def main() -> None:
                 )
                 progress.advance(task)
     finally:
+        if bouncer is not None:
+            bouncer.stop()
         if postgres is not None:
             postgres.stop()
         shutil.rmtree(workdir, ignore_errors=True)

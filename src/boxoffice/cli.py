@@ -129,7 +129,7 @@ def db_upgrade(
     settings = _settings_or_exit()
     before = _revision(settings)
     try:
-        upgrade(settings.database_url, revision)
+        upgrade(settings.database_url, revision, pooler=settings.db_pooler)
     except Exception as error:
         _fail(f"migration failed: {describe(error)}")
     after = _revision(settings)
@@ -148,7 +148,7 @@ def db_downgrade(
     """Revert the schema to an earlier revision (drops what later revisions added)."""
     settings = _settings_or_exit()
     try:
-        downgrade(settings.database_url, revision)
+        downgrade(settings.database_url, revision, pooler=settings.db_pooler)
     except Exception as error:
         _fail(f"migration failed: {describe(error)}")
     after = _revision(settings)

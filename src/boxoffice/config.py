@@ -240,6 +240,12 @@ class Settings(BaseSettings):
     db_lock_timeout_seconds: float = Field(
         5.0, gt=0, le=3600, description="PostgreSQL: the longest a statement waits for a lock."
     )
+    db_pooler: Literal["none", "transaction"] = Field(
+        "none",
+        description="PostgreSQL: transaction when a pooler in transaction mode (pgbouncer "
+        "pool_mode = transaction) stands between the service and the server: no named "
+        "prepared statements, and the session settings set by each transaction (SET LOCAL).",
+    )
     sqlite_busy_timeout_seconds: float = Field(
         10.0, gt=0, le=300, description="SQLite: how long a writer waits for another's lock."
     )

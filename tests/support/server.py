@@ -166,15 +166,19 @@ def audit_verify(database_url: str) -> subprocess.CompletedProcess[str]:
     return _boxoffice(database_url, "audit", "verify")
 
 
-def inventory_check(database_url: str) -> subprocess.CompletedProcess[str]:
-    """`boxoffice check` on `database_url`, as an operator runs it after a crash."""
-    return _boxoffice(database_url, "check")
+def inventory_check(
+    database_url: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`boxoffice check` on `database_url` (and settings `env`), as an operator runs it."""
+    return _boxoffice(database_url, "check", env=env)
 
 
-def _boxoffice(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+def _boxoffice(
+    database_url: str, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "boxoffice", *args],
-        env={**os.environ, "DATABASE_URL": database_url},
+        env={**os.environ, "DATABASE_URL": database_url, **(env or {})},
         capture_output=True,
         text=True,
         timeout=120,

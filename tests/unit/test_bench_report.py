@@ -130,3 +130,19 @@ def test_baseline_scenarios_run_the_older_tree(
     ]
     (now,) = [s for s in SCENARIOS if s.label == "hot batched"]
     assert "PYTHONPATH" not in server_env(now)
+
+
+def test_pooled_scenarios_run_with_db_pooler_on_postgresql_only() -> None:
+    pooled = {s.label: s for s in SCENARIOS if s.pooler}
+    assert {
+        "hot batched pooler-safe",
+        "hot batched via pgbouncer",
+        "checkout via pgbouncer",
+    } <= set(pooled)
+    for scenario in pooled.values():
+        assert server_env(scenario)["DB_POOLER"] == "transaction"
+        assert scenario.databases == ("postgresql",)
+    (direct,) = [s for s in SCENARIOS if s.label == "hot batched"]
+    assert "DB_POOLER" not in server_env(direct)
+    (row,) = ratios([result("hot batched", 1000, 1), result("hot batched via pgbouncer", 900, 1)])
+    assert row["hot batched via pgbouncer / direct"]["median"] == pytest.approx(0.9)

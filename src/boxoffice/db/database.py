@@ -37,6 +37,21 @@ were small (a fresh database, before autovacuum's first ANALYZE), stays for
 the connection's life. Measured on the checkout benchmark: a batch's statement
 went from 7.0 to 3.8 ms at 4,000 holds, and no longer grows with the tables
 (docs/performance.md). Readers keep the planner's full choice.
+
+Behind a pooler in transaction mode (pgbouncer `pool_mode = transaction`,
+`DB_POOLER=transaction`), consecutive transactions of one connection may run
+on different server sessions, and one server session serves many clients in
+turn. Two things then change. No statement is named: asyncpg's statement
+cache is off, so every statement is the unnamed one, parsed again with each
+execution in the same message as its Bind, and nothing a session prepared can
+clash with another client's statement or outlive its transaction
+(SQLAlchemy's cache still keeps each statement's description, which names no
+statement on the server). And the session settings above are not startup
+parameters (pgbouncer refuses them; told to ignore them, it would pass them to
+no server session): every BEGIN carries them as `SET LOCAL`, in the BEGIN's
+round trip, and they end with the transaction; a statement run outside a
+transaction gets one (`db/driver.py`). `application_name` stays a startup
+parameter: pgbouncer sets it on whichever session serves the client.
 """
 
 from __future__ import annotations
@@ -56,6 +71,8 @@ from boxoffice.db.errors import DatabaseUnavailable
 from boxoffice.db.sqlite_writer import Job, ProcessWriter, ThreadWriter, Writer, WriterKind
 
 Dialect = Literal["sqlite", "postgresql"]
+# DB_POOLER: "transaction" when a pooler in transaction mode stands between us and PostgreSQL.
+Pooler = Literal["none", "transaction"]
 
 BEGIN_MODE_OPTION = "boxoffice_sqlite_begin"
 
@@ -121,6 +138,7 @@ class Database:
             settings.async_url,
             limits=Limits.from_settings(settings),
             sqlite_writer=settings.sqlite_writer,
+            pooler=settings.db_pooler,
         )
 
     @classmethod
@@ -130,6 +148,7 @@ class Database:
         *,
         limits: Limits = Limits(),
         sqlite_writer: WriterKind = "process",
+        pooler: Pooler = "none",
     ) -> Database:
         if url.get_backend_name() == "sqlite":
             busy = limits.busy_timeout
@@ -142,9 +161,11 @@ class Database:
             return cls(engine, "sqlite", writer=writer)
         readers, writers = limits.split()
         return cls(
-            _postgresql_engine(url, readers, limits),
+            _postgresql_engine(url, readers, limits, pooler=pooler),
             "postgresql",
-            write_engine=_postgresql_engine(url, writers, limits, settings=KEYED_PLANNING),
+            write_engine=_postgresql_engine(
+                url, writers, limits, settings=KEYED_PLANNING, pooler=pooler
+            ),
         )
 
     async def connect(self, *, write: bool) -> AsyncConnection:
@@ -201,7 +222,10 @@ def run_on_database(settings: Settings, use: Callable[[Database], Awaitable[T]])
         # statement timeout does not fit it.
         limits = replace(Limits.from_settings(settings), statement_timeout=3600.0)
         database = Database.from_url(
-            settings.async_url, limits=limits, sqlite_writer=settings.sqlite_writer
+            settings.async_url,
+            limits=limits,
+            sqlite_writer=settings.sqlite_writer,
+            pooler=settings.db_pooler,
         )
         try:
             return await use(database)
@@ -265,26 +289,39 @@ def _postgresql_engine(
     limits: Limits,
     *,
     settings: dict[str, str] | None = None,
+    pooler: Pooler = "none",
 ) -> AsyncEngine:
+    session = {
+        "statement_timeout": f"{int(limits.statement_timeout * 1000)}ms",
+        "lock_timeout": f"{int(limits.lock_timeout * 1000)}ms",
+        "idle_in_transaction_session_timeout": f"{IDLE_IN_TRANSACTION_SECONDS}s",
+        **(settings or {}),
+    }
+    connect_args: dict[str, Any] = {
+        # SQLAlchemy's asyncpg adapter opens connections with this coroutine.
+        "async_creator_fn": connect_host_by_host,
+        "timeout": limits.connect_timeout,
+        "command_timeout": limits.statement_timeout + CLIENT_GRACE_SECONDS,
+    }
+    if pooler == "none":
+        connect_args["server_settings"] = {"application_name": "boxoffice", **session}
+    else:
+        connect_args |= {
+            "server_settings": {"application_name": "boxoffice"},
+            "connection_class": settings_per_transaction(session),
+            # asyncpg: no cache, so every statement is the unnamed one, parsed again with each
+            # execution; SQLAlchemy then gets unnamed statements from prepare() too.
+            "statement_cache_size": 0,
+            # Said outright, should asyncpg's default for prepare() ever change.
+            "prepared_statement_name_func": _unnamed,
+        }
     return create_async_engine(
         url,
         pool_size=pool_size,
         max_overflow=0,
         pool_timeout=limits.pool_timeout,
         pool_pre_ping=True,
-        connect_args={
-            # SQLAlchemy's asyncpg adapter opens connections with this coroutine.
-            "async_creator_fn": connect_host_by_host,
-            "timeout": limits.connect_timeout,
-            "command_timeout": limits.statement_timeout + CLIENT_GRACE_SECONDS,
-            "server_settings": {
-                "application_name": "boxoffice",
-                "statement_timeout": f"{int(limits.statement_timeout * 1000)}ms",
-                "lock_timeout": f"{int(limits.lock_timeout * 1000)}ms",
-                "idle_in_transaction_session_timeout": f"{IDLE_IN_TRANSACTION_SECONDS}s",
-                **(settings or {}),
-            },
-        },
+        connect_args=connect_args,
     )
 
 
@@ -309,3 +346,39 @@ async def connect_host_by_host(**options: Any) -> Any:
             last_error = error
     assert last_error is not None
     raise last_error
+
+
+def _unnamed() -> str:
+    return ""
+
+
+class SettingsPerTransaction(asyncpg.Connection):  # type: ignore[misc]
+    """An asyncpg connection whose every BEGIN sets the session's settings for its transaction.
+
+    Behind a transaction pooler a session setting would stay with the server
+    session, for whichever client it serves next; `SET LOCAL` ends with the
+    transaction. Sent in the same simple query as the BEGIN, it costs no round
+    trip. asyncpg starts every transaction with `execute("BEGIN …;")`.
+    """
+
+    set_local = ""
+
+    async def execute(  # asyncpg's own signature
+        self,
+        query: str,
+        *args: Any,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> str:
+        if not args and query.startswith("BEGIN"):
+            query += self.set_local
+        status: str = await super().execute(query, *args, timeout=timeout)
+        return status
+
+
+def settings_per_transaction(session: dict[str, str]) -> type[SettingsPerTransaction]:
+    """The connection class whose transactions all start with `session`'s settings."""
+
+    class SessionSettingsPerTransaction(SettingsPerTransaction):
+        set_local = "".join(f" SET LOCAL {name} = '{value}';" for name, value in session.items())
+
+    return SessionSettingsPerTransaction

@@ -9,25 +9,26 @@ from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 from sqlalchemy.engine import Connection
 
-from boxoffice.db.database import Database
+from boxoffice.db.database import Database, Pooler
 
 SCRIPT_LOCATION = "boxoffice.db:migrations"
 
 
-def alembic_config(database_url: str) -> Config:
+def alembic_config(database_url: str, pooler: Pooler = "none") -> Config:
     """An Alembic config for `database_url`, independent of the working directory."""
     config = Config()
     config.set_main_option("script_location", SCRIPT_LOCATION)
     config.attributes["database_url"] = database_url
+    config.attributes["db_pooler"] = pooler  # DB_POOLER: how env.py connects
     return config
 
 
-def upgrade(database_url: str, revision: str = "head") -> None:
+def upgrade(database_url: str, revision: str = "head", *, pooler: Pooler = "none") -> None:
     """Bring the schema to `revision`; safe to run when it is already there.
 
     Runs Alembic, which starts its own event loop: call it outside a running loop.
     """
-    command.upgrade(alembic_config(database_url), revision)
+    command.upgrade(alembic_config(database_url, pooler), revision)
 
 
 def _scripts() -> ScriptDirectory:
@@ -58,9 +59,9 @@ async def current_revision(database: Database) -> str | None:
         return await conn.run_sync(read)
 
 
-def downgrade(database_url: str, revision: str) -> None:
+def downgrade(database_url: str, revision: str, *, pooler: Pooler = "none") -> None:
     """Take the schema back to `revision` ("base" removes every table)."""
-    command.downgrade(alembic_config(database_url), revision)
+    command.downgrade(alembic_config(database_url, pooler), revision)
 
 
 class SchemaOutOfDate(RuntimeError):

@@ -58,7 +58,11 @@ MIGRATION_LIMITS = Limits(pool_size=4, statement_timeout=24 * 3600.0, lock_timeo
 
 
 async def _run_online() -> None:
-    database = Database.from_url(async_database_url(_url()), limits=MIGRATION_LIMITS)
+    database = Database.from_url(
+        async_database_url(_url()),
+        limits=MIGRATION_LIMITS,
+        pooler=config.attributes.get("db_pooler", "none"),
+    )
     try:
         async with database.engine.connect() as connection:
             await connection.run_sync(_run)
