@@ -64,6 +64,17 @@ def bouncer(postgres: ThrowawayPostgres) -> Iterator[ThrowawayPgbouncer]:
         own.stop()
 
 
+@pytest.fixture
+def lone_bouncer(postgres: ThrowawayPostgres) -> Iterator[ThrowawayPgbouncer]:
+    """One server session for every client: what a transaction leaves on it, the next
+    client gets; and one transaction elsewhere can take it all."""
+    own = ThrowawayPgbouncer(postgres, default_pool_size=1).start()
+    try:
+        yield own
+    finally:
+        own.stop()
+
+
 @dataclass
 class Load:
     """What a sale's clients were told, by kind of request."""
@@ -207,9 +218,9 @@ async def test_without_db_pooler_the_same_sale_fails_through_pgbouncer(
     if pgbouncer_version() >= (1, 21):
         conf["max_prepared_statements"] = "0"
     lenient = ThrowawayPgbouncer(postgres, default_pool_size=SERVER_SESSIONS, extra_conf=conf)
-    lenient.start()
     server = ServerProcess(lenient.url(database_name), workers=2, log_dir=tmp_path)
     try:
+        lenient.start()
         try:
             server.start(timeout=STARTUP_SECONDS)
         except RuntimeError as refused:  # the first clash came while starting up
@@ -227,11 +238,11 @@ async def test_without_db_pooler_the_same_sale_fails_through_pgbouncer(
 
 
 async def test_each_transaction_gets_the_settings_and_the_session_keeps_none(
-    postgres: ThrowawayPostgres, database_name: str
+    lone_bouncer: ThrowawayPgbouncer, database_name: str
 ) -> None:
-    """One server session for every client: what a transaction leaves on it, the next
-    client gets."""
-    bouncer = ThrowawayPgbouncer(postgres, default_pool_size=1).start()
+    """Every transaction, and the committer's lone statement, runs under the session
+    settings; the one server session keeps neither them nor a prepared statement."""
+    bouncer = lone_bouncer
     limits = Limits(pool_size=6, statement_timeout=7.0, lock_timeout=3.0)
     url = async_database_url(bouncer.url(database_name))
     database = Database.from_url(url, limits=limits, pooler="transaction")
@@ -268,17 +279,16 @@ async def test_each_transaction_gets_the_settings_and_the_session_keeps_none(
         )
     finally:
         await plain.close()
-        bouncer.stop()
     assert tuple(left) == ("0", "0", "on", 0), "a setting or a prepared statement stayed behind"
 
 
 async def test_with_every_server_session_taken_requests_get_503_and_then_go_through(
-    postgres: ThrowawayPostgres, database_name: str, tmp_path: Path
+    lone_bouncer: ThrowawayPgbouncer, database_name: str, tmp_path: Path
 ) -> None:
     """pgbouncer queues a transaction while its pool is exhausted; the driver's deadline
     (DB_STATEMENT_TIMEOUT_SECONDS + 2 s) still ends the wait: a 503 with Retry-After, not a
     hang, and bookings resume by themselves once a session is free."""
-    bouncer = ThrowawayPgbouncer(postgres, default_pool_size=1).start()
+    bouncer = lone_bouncer
     env = {**POOLER, "DB_STATEMENT_TIMEOUT_SECONDS": "1"}
     server = ServerProcess(bouncer.url(database_name), env=env, log_dir=tmp_path)
     hog = None
@@ -316,4 +326,3 @@ async def test_with_every_server_session_taken_requests_get_503_and_then_go_thro
         if hog is not None:
             await hog.close()
         server.stop()
-        bouncer.stop()

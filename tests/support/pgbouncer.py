@@ -114,7 +114,11 @@ class ThrowawayPgbouncer:
             stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
-        self._wait_ready()
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def _wait_ready(self) -> None:
