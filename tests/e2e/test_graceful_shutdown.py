@@ -120,3 +120,16 @@ async def test_sigterm_stops_accepting_finishes_in_flight_bookings_and_exits_0(
     assert section["sold"] == 2 * len(booked)
     check = inventory_check(database_url)
     assert check.returncode == 0, check.stdout
+
+
+async def test_one_process_stopped_by_sigterm_exits_0(database_url: str, tmp_path: Path) -> None:
+    """Without workers there is no supervisor: the server itself must count a graceful stop
+    as a success (uvicorn raises the signal again, which ends it as killed by SIGTERM)."""
+    server = ServerProcess(database_url, log_dir=tmp_path).start()
+    assert server.process is not None
+    try:
+        server.process.send_signal(signal.SIGTERM)
+        exit_code = await asyncio.to_thread(server.process.wait, 60)
+    finally:
+        server.kill()
+    assert exit_code == 0, server.log()[-2000:]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from collections.abc import Iterator
 
 import uvicorn
 from uvicorn.supervisors import Multiprocess
@@ -38,12 +39,29 @@ class Supervisor(Multiprocess):
                 sock.close()
 
 
+class _Server(uvicorn.Server):
+    """uvicorn's server, which counts a stop on SIGTERM or SIGINT as a success (exit 0).
+
+    uvicorn raises the signal again once it has shut down, so the process ends as
+    "killed by SIGTERM" (143) even after a clean drain; a process manager would
+    record every deploy as a failure.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        with super().capture_signals():
+            try:
+                yield
+            finally:
+                self._captured_signals.clear()
+
+
 def run(config: uvicorn.Config) -> None:
     """Serve `config` until SIGTERM or SIGINT, then drain and return."""
     if config.workers > 1:
         Supervisor(config, sockets=[config.bind_socket()]).run()
         return
-    server = uvicorn.Server(config)
+    server = _Server(config)
     server.run()
     if not server.started:
         sys.exit(STARTUP_FAILURE)
