@@ -139,24 +139,7 @@ class ThrowawayPostgres:
         }
         with (self.data / "postgresql.conf").open("a") as handle:
             handle.writelines(f"{key} = {value}\n" for key, value in conf.items())
-        subprocess.run(
-            as_postgres(
-                [
-                    str(self.bin / "pg_ctl"),
-                    "-D",
-                    str(self.data),
-                    "-l",
-                    str(self.root / "log"),
-                    "-w",
-                    "-t",
-                    "60",
-                    "start",
-                ]
-            ),
-            check=True,
-            capture_output=True,
-        )
-        self._wait_ready()
+        self.resume()
         return self
 
     def _wait_ready(self) -> None:
@@ -184,7 +167,8 @@ class ThrowawayPostgres:
         )
 
     def resume(self) -> None:
-        """Start the halted server again on the same port and data (after crash recovery)."""
+        """Start the server on its data folder and port: the first time, or again after
+        `halt()` (then after crash recovery)."""
         subprocess.run(
             as_postgres(
                 [
