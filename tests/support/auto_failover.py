@@ -35,6 +35,7 @@ from tests.support.postgres import (
     free_port,
     initdb,
     pg_bin,
+    pg_ctl_stop,
     psql,
     reachable_by_postgres,
 )
@@ -286,22 +287,7 @@ class AutoFailoverFormation:
             # A postmaster that outlived its keeper (not in its process group) stops too.
             if (member.pgdata / "postmaster.pid").exists():
                 with contextlib.suppress(subprocess.CalledProcessError):
-                    subprocess.run(
-                        as_postgres(
-                            [
-                                str(pg_bin() / "pg_ctl"),
-                                "-D",
-                                str(member.pgdata),
-                                "-m",
-                                "immediate",
-                                "-w",
-                                "stop",
-                            ]
-                        ),
-                        check=True,
-                        capture_output=True,
-                        timeout=30,
-                    )
+                    pg_ctl_stop(member.pgdata, timeout=30)
         shutil.rmtree(self.root, ignore_errors=True)
 
     # -- what the monitor knows --------------------------------------------------------

@@ -111,6 +111,27 @@ def psql(port: int, sql: str, *, user: str, database: str) -> str:
     return result.stdout.strip()
 
 
+def pg_ctl_stop(data: Path, *, timeout: float | None = None) -> None:
+    """Stop the cluster in `data` as a crash would (immediate shutdown), its data kept."""
+    subprocess.run(
+        as_postgres([str(pg_bin() / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"]),
+        check=True,
+        capture_output=True,
+        timeout=timeout,
+    )
+
+
+def pg_ctl_start(data: Path, log: Path) -> None:
+    """Start the cluster in `data`, waiting up to a minute for it to accept connections."""
+    subprocess.run(
+        as_postgres(
+            [str(pg_bin() / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-t", "60", "start"]
+        ),
+        check=True,
+        capture_output=True,
+    )
+
+
 class ThrowawayPostgres:
     """initdb + pg_ctl start on 127.0.0.1:<free port>; `stop()` removes everything."""
 
@@ -158,34 +179,12 @@ class ThrowawayPostgres:
 
     def halt(self) -> None:
         """Stop the server as a crash would (immediate shutdown), keeping its data."""
-        subprocess.run(
-            as_postgres(
-                [str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop"]
-            ),
-            check=True,
-            capture_output=True,
-        )
+        pg_ctl_stop(self.data)
 
     def resume(self) -> None:
         """Start the server on its data folder and port: the first time, or again after
         `halt()` (then after crash recovery)."""
-        subprocess.run(
-            as_postgres(
-                [
-                    str(self.bin / "pg_ctl"),
-                    "-D",
-                    str(self.data),
-                    "-l",
-                    str(self.root / "log"),
-                    "-w",
-                    "-t",
-                    "60",
-                    "start",
-                ]
-            ),
-            check=True,
-            capture_output=True,
-        )
+        pg_ctl_start(self.data, self.root / "log")
         self._wait_ready()
 
     def create_database(self, name: str) -> str:
@@ -194,21 +193,7 @@ class ThrowawayPostgres:
 
     def stop(self) -> None:
         with contextlib.suppress(subprocess.CalledProcessError, FileNotFoundError):
-            subprocess.run(
-                as_postgres(
-                    [
-                        str(self.bin / "pg_ctl"),
-                        "-D",
-                        str(self.data),
-                        "-m",
-                        "immediate",
-                        "-w",
-                        "stop",
-                    ]
-                ),
-                check=True,
-                capture_output=True,
-            )
+            pg_ctl_stop(self.data)
         shutil.rmtree(self.root, ignore_errors=True)
 
 

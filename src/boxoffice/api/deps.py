@@ -13,7 +13,6 @@ from typing import Annotated, Any, Generic, TypeVar
 
 from fastapi import Depends, Query, Request
 
-from boxoffice.api.request_ids import request_id_of
 from boxoffice.booking import Booker
 from boxoffice.config import Settings
 from boxoffice.db.database import Database
@@ -131,8 +130,3 @@ IDEMPOTENCY_KEY_DOC: dict[str, Any] = {
         }
     ]
 }
-
-
-def request_id(request: Request) -> str:
-    """This request's id (api/request_ids.py), recorded in the audit trail."""
-    return request_id_of(request.scope)

@@ -229,16 +229,18 @@ def _allowed_methods(request: Request) -> list[str]:
     return allowed
 
 
+async def _on_overloaded(request: Request, exc: Exception) -> ProblemResponse:
+    return problem(
+        request,
+        503,
+        "overloaded",
+        "Too many requests are waiting for this event's seats; this one was not started, "
+        "so nothing was written. Retry shortly.",
+        headers={"Retry-After": RETRY_AFTER_SECONDS},
+    )
+
+
 async def _on_unavailable(request: Request, exc: Exception) -> ProblemResponse:
-    if isinstance(exc, Overloaded):
-        return problem(
-            request,
-            503,
-            "overloaded",
-            "Too many requests are waiting for this event's seats; this one was not started, "
-            "so nothing was written. Retry shortly.",
-            headers={"Retry-After": RETRY_AFTER_SECONDS},
-        )
     log.warning("database_unavailable", path=request.url.path, error=type(exc.__cause__).__name__)
     return problem(
         request,
@@ -266,6 +268,7 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
     app.add_exception_handler(DatabaseUnavailable, _on_unavailable)
+    app.add_exception_handler(Overloaded, _on_overloaded)  # the more specific class wins
     app.add_exception_handler(Exception, _on_unexpected)
 
 

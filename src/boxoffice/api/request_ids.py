@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import os
 
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from boxoffice.db.tables import MAX_REQUEST_ID_LENGTH
@@ -65,9 +66,9 @@ class RequestIdMiddleware:
         await self.app(scope, receive, send_with_id)
 
 
-def request_id_of(scope: Scope) -> str:
-    """The id `RequestIdMiddleware` gave this request."""
-    ident: str = scope[SCOPE_KEY]
+def request_id(request: Request) -> str:
+    """This request's id, as `RequestIdMiddleware` gave it (recorded in the audit trail)."""
+    ident: str = request.scope[SCOPE_KEY]
     return ident
 
 

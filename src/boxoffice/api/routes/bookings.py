@@ -13,11 +13,11 @@ from boxoffice.api.deps import (
     DatabaseDep,
     PageDep,
     idempotency_key,
-    request_id,
 )
 from boxoffice.api.fraud import caller_of
 from boxoffice.api.operation_links import CREATED_BOOKING, links
 from boxoffice.api.problems import problem_responses
+from boxoffice.api.request_ids import request_id
 from boxoffice.api.routes.links import LINK_HEADER_DOC, set_next_link
 from boxoffice.api.schemas import BookIn, BookingOut, CustomerId
 from boxoffice.booking import Booker

@@ -12,10 +12,10 @@ from boxoffice.api.deps import (
     PageDep,
     SeqPageDep,
     idempotency_key,
-    request_id,
 )
 from boxoffice.api.operation_links import CREATED_EVENT, links
 from boxoffice.api.problems import problem_responses
+from boxoffice.api.request_ids import request_id
 from boxoffice.api.routes.links import LINK_HEADER_DOC, set_next_link
 from boxoffice.api.schemas import AuditRecordOut, EventIn, EventOut
 from boxoffice.domain.access import Principal

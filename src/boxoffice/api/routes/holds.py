@@ -13,11 +13,11 @@ from boxoffice.api.deps import (
     ClockDep,
     DatabaseDep,
     idempotency_key,
-    request_id,
 )
 from boxoffice.api.fraud import caller_of
 from boxoffice.api.operation_links import CONFIRMED_HOLD, PLACED_HOLD, links
 from boxoffice.api.problems import problem_responses
+from boxoffice.api.request_ids import request_id
 from boxoffice.api.schemas import ConfirmationOut, ConfirmIn, HoldIn, HoldOut
 from boxoffice.booking import Booker
 from boxoffice.config import Settings
