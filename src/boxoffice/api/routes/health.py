@@ -10,7 +10,6 @@ from boxoffice.api.deps import DatabaseDep
 from boxoffice.api.problems import problem_responses
 from boxoffice.api.schemas import Health, Readiness
 from boxoffice.db.errors import DatabaseUnavailable
-from boxoffice.observability import metrics as local_metrics
 from boxoffice.observability.multiprocess import render
 
 router = APIRouter(tags=["health"])
@@ -45,5 +44,6 @@ async def readyz(request: Request, database: DatabaseDep) -> Readiness:
 )
 async def metrics(request: Request) -> Response:
     caller(request, "admin")
-    local_metrics.flush()
+    # This process's counts are up to the moment; the other workers' at most a second old.
+    request.app.state.exporter.flush()
     return Response(render(), media_type=CONTENT_TYPE_LATEST)
