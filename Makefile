@@ -34,9 +34,11 @@ migrate: $(VENV)/.runtime
 test: $(VENV)/.dev lint test-tools ## lint, then the whole suite on SQLite and a throwaway PostgreSQL
 	$(BIN)/python -m pytest
 
-# From Debian's packages if missing: curl (the README test runs its examples as written) and
-# redis-server (the shared rate-limit tests start their own on a free port).
-TEST_PACKAGES = $(if $(shell command -v curl),,curl) $(if $(wildcard /usr/bin/redis-server),,redis-server)
+# From Debian's packages if missing: curl (the README test runs its examples as written),
+# redis-server (the shared rate-limit tests start their own on a free port) and prometheus
+# (its promtool checks and unit-tests deploy/prometheus/alerts.yml).
+TEST_PACKAGES = $(if $(shell command -v curl),,curl) $(if $(wildcard /usr/bin/redis-server),,redis-server) \
+	$(if $(wildcard /usr/bin/promtool),,prometheus)
 test-tools:
 	@if [ -n "$(strip $(TEST_PACKAGES))" ]; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(TEST_PACKAGES); \

@@ -3,13 +3,18 @@
 
 from __future__ import annotations
 
+import json
+import re
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import yaml
 from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import delete
@@ -23,8 +28,6 @@ from boxoffice.services.rate_limits import Quota
 from boxoffice.services.unit_of_work import UnitOfWork
 from tests.api.conftest import EVENT, assert_problem
 from tests.support.keys import bearer
-
-pytestmark = pytest.mark.parametrize("booking_strategy", ["direct", "batched"])
 
 Series = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -91,9 +94,19 @@ def value(series: Series, name: str, **labels: str) -> float:
     return series.get((name, frozenset(labels.items())), 0.0)
 
 
-async def test_every_metric_counts_a_sale(
-    settings: Settings, database: Database, booking_strategy: str
-) -> None:
+@dataclass
+class Sale:
+    """What `sell` did, and the scrapes before and after."""
+
+    event: dict[str, Any]
+    paid_hold: str
+    before: Series
+    after: Series
+
+
+async def sell(settings: Settings, database: Database) -> Sale:
+    """A sale with one of everything: bookings, holds confirmed, released and expired, a
+    cancellation, refusals for want of seats, of a key, of a route and of a rate limit."""
     admin = await bearer(database)
     clock = FakeClock()
     async with serving(
@@ -137,7 +150,16 @@ async def test_every_metric_counts_a_sale(
         assert_problem(await http.get("/keys", headers=admin), 429, "rate_limited")
         await app.state.exporter.sample()
         after = await scrape(http, admin)
+    return Sale(event, paid, before, after)
 
+
+@pytest.mark.parametrize("booking_strategy", ["direct", "batched"])
+async def test_every_metric_counts_a_sale(
+    settings: Settings, database: Database, booking_strategy: str
+) -> None:
+    sale = await sell(settings, database)
+    before, after, event, paid = sale.before, sale.after, sale.event, sale.paid_hold
+    vip, ga = (section["id"] for section in event["sections"])
     missing = EXPORTED - {name for name, _ in after}
     assert not missing, f"not exported: {sorted(missing)}"
 
@@ -227,3 +249,68 @@ async def test_a_section_whose_seats_disagree_with_its_bookings_is_a_violation(
     # One section watched: the newest event's first; nothing of the older event.
     assert section in watched
     assert not watched & {s["id"] for s in older["sections"]}
+
+
+ROOT = Path(__file__).parents[2]
+# Prometheus makes this one itself, for every scrape target.
+MADE_BY_PROMETHEUS = {"up"}
+_KEYWORDS = {"and", "or", "unless", "bool", "offset", "group_left", "group_right", "inf", "nan"}
+
+
+def metric_names(expr: str) -> set[str]:
+    """The metric names a PromQL expression reads (not its functions, labels or keywords)."""
+    expr = re.sub(r'"(?:\\.|[^"\\])*"', '""', expr)  # strings: label values, regexes
+    expr = re.sub(r"\{[^}]*\}", " ", expr)  # label matchers
+    expr = re.sub(r"\[[^\]]*\]", " ", expr)  # ranges
+    expr = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", expr)
+    expr = re.sub(r"\$\w+", " ", expr)  # Grafana's variables
+    names = set()
+    for found in re.finditer(r"(?<![\w.$])[A-Za-z_:][\w:]*", expr):
+        follows = expr[found.end() :].lstrip()
+        if not follows.startswith("(") and found.group().lower() not in _KEYWORDS:
+            names.add(found.group())
+    return names
+
+
+def monitoring_queries() -> dict[str, str]:
+    """Every PromQL query of the alert rules and the dashboard, by where it is."""
+    queries = {}
+    rules = yaml.safe_load((ROOT / "deploy/prometheus/alerts.yml").read_text())
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            queries[f"alerts.yml: {rule['alert']}"] = rule["expr"]
+    dashboard = json.loads((ROOT / "deploy/grafana/boxoffice.json").read_text())
+    for panel in dashboard["panels"]:
+        for target in panel.get("targets", []):
+            queries[f"boxoffice.json: {panel['title']} {target['refId']}"] = target["expr"]
+    for variable in dashboard["templating"]["list"]:
+        if variable["type"] == "query":
+            found = re.fullmatch(r"label_values\((\w+), *\w+\)", variable["definition"])
+            assert found, variable["definition"]
+            queries[f"boxoffice.json: ${variable['name']}"] = found.group(1)
+    return queries
+
+
+def test_metric_names_are_read_out_of_promql() -> None:
+    expr = (
+        'histogram_quantile(0.99, sum by (le, route) (rate(a_bucket{route=~"/b|/c"}[5m]))) > 1e3'
+        " or min by (x) (b_total offset 5m) != on (x) group_left c"
+        ' or time() - max(d{e="f"}) > $threshold and up{job="boxoffice"} == bool 0'
+    )
+    assert metric_names(expr) == {"a_bucket", "b_total", "c", "d", "up"}
+
+
+async def test_the_alerts_and_the_dashboard_name_only_metrics_the_service_exports(
+    settings: Settings, database: Database
+) -> None:
+    sale = await sell(settings, database)
+    exported = {name for name, _ in sale.after} | MADE_BY_PROMETHEUS
+    queries = monitoring_queries()
+    assert len(queries) > 30
+    unknown = {
+        where: sorted(metric_names(expr) - exported)
+        for where, expr in queries.items()
+        if metric_names(expr) - exported
+    }
+    assert not unknown, unknown
+    assert all(metric_names(expr) for expr in queries.values())
