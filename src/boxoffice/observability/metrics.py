@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeAlias
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
@@ -40,7 +40,8 @@ if TYPE_CHECKING:
 Labels = tuple[str | int, ...]  # label values; prometheus-client makes them strings
 GaugeMode = str  # prometheus-client's multiprocess_mode: "livesum", "livemin", ...
 
-_ALL: list[LocalCounter | LocalHistogram | LocalGauge] = []
+LocalMetric: TypeAlias = "LocalCounter | LocalHistogram | LocalGauge"
+_ALL: list[LocalMetric] = []
 
 
 class LocalCounter:
@@ -55,7 +56,7 @@ class LocalCounter:
         labelnames: Sequence[str] = (),
         *,
         registry: CollectorRegistry | None = REGISTRY,
-        flushed: list[LocalCounter | LocalHistogram | LocalGauge] | None = _ALL,
+        flushed: list[LocalMetric] | None = _ALL,
     ) -> None:
         self.name = name
         self.documentation = documentation
@@ -102,7 +103,7 @@ class LocalHistogram:
         *,
         buckets: Sequence[float],
         registry: CollectorRegistry | None = REGISTRY,
-        flushed: list[LocalCounter | LocalHistogram | LocalGauge] | None = _ALL,
+        flushed: list[LocalMetric] | None = _ALL,
     ) -> None:
         self.name = name
         self.documentation = documentation
@@ -170,7 +171,7 @@ class LocalGauge:
         *,
         mode: GaugeMode,
         registry: CollectorRegistry | None = REGISTRY,
-        flushed: list[LocalCounter | LocalHistogram | LocalGauge] | None = _ALL,
+        flushed: list[LocalMetric] | None = _ALL,
     ) -> None:
         self.name = name
         self.documentation = documentation
@@ -206,7 +207,7 @@ class LocalGauge:
             (self._exported.labels(*labels) if labels else self._exported).set(value)
 
 
-def flush(metrics: Iterable[LocalCounter | LocalHistogram | LocalGauge] = _ALL) -> None:
+def flush(metrics: Iterable[LocalMetric] = _ALL) -> None:
     """Add what every local metric counted since the last flush to the exported ones.
 
     Synchronous, with no await: nothing counted meanwhile can be lost or counted twice.
