@@ -154,7 +154,14 @@ class Settings(BaseSettings):
         ge=0,
         le=3600,
         description="How often the metrics read from the database are refreshed: each "
-        "process probes it, one process reads the watched sections (0: never).",
+        "process probes it, one process reads the watched sections' seats (0: never).",
+    )
+    metrics_check_seconds: float = Field(
+        60.0,
+        ge=0,
+        le=86_400,
+        description="How often one process checks the watched sections against their holds "
+        "and bookings (0: never).",
     )
     metrics_inventory_sections: int = Field(
         200,

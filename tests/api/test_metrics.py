@@ -79,6 +79,12 @@ async def serving(
             yield app, http
 
 
+async def check_now(app: FastAPI) -> None:
+    """What the sampler does every few seconds: probe the database, check the sections."""
+    await app.state.exporter.probe()
+    await app.state.exporter.look(check=True)
+
+
 async def scrape(http: httpx.AsyncClient, admin: dict[str, str]) -> Series:
     answer = await http.get("/metrics", headers=admin)
     assert answer.status_code == 200, answer.text
@@ -148,7 +154,7 @@ async def sell(settings: Settings, database: Database) -> Sale:
         assert_problem(await http.post("/book", json=book(ga, 1)), 401, "unauthorized")
         assert (await http.get("/keys", headers=admin)).status_code == 200
         assert_problem(await http.get("/keys", headers=admin), 429, "rate_limited")
-        await app.state.exporter.sample()
+        await check_now(app)
         after = await scrape(http, admin)
     return Sale(event, paid, before, after)
 
@@ -231,14 +237,14 @@ async def test_a_section_whose_seats_disagree_with_its_bookings_is_a_violation(
             "/book", json={"eventId": newer["id"], "sectionId": section, "qty": 2}, headers=admin
         )
         assert booked.status_code == 201
-        await app.state.exporter.sample()
+        await check_now(app)
         clean = await scrape(http, admin)
         # A booking lost behind the service's back: its seats are sold to no one.
         async with UnitOfWork(database, write=True) as uow:
             lost = uuid.UUID(booked.json()["id"])
             await uow.conn.execute(delete(bookings).where(bookings.c.id == lost))
             await uow.commit()
-        await app.state.exporter.sample()
+        await check_now(app)
         broken = await scrape(http, admin)
 
     assert value(clean, "boxoffice_inventory_violations") == 0

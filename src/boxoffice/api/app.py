@@ -125,7 +125,9 @@ def create_app(
         exporter = Exporter(
             db,
             sample_seconds=settings.metrics_sample_seconds,
+            check_seconds=settings.metrics_check_seconds,
             inventory_sections=settings.metrics_inventory_sections,
+            clock=clock,
         )
         app.state.exporter = exporter
         if settings.boxoffice_open_access:

@@ -3,7 +3,8 @@
     every FLUSH_SECONDS          pools' usage sampled, then every local metric flushed
     every sample_seconds         this process probes the database (up? which server?);
                                  one process at a time reads the watched sections' seats
-                                 and checks them (services/inventory_check.py)
+    every check_seconds          one process at a time checks them against their holds
+                                 and bookings (services/inventory_check.py)
     at stop                      a last flush; with several workers, this process's live
                                  gauges are removed (observability/multiprocess.py)
 
@@ -17,12 +18,14 @@ import asyncio
 import contextlib
 import os
 import time
+from datetime import datetime, timedelta
 
 import structlog
 
 from boxoffice.db.database import Database
 from boxoffice.observability import metrics
 from boxoffice.observability.multiprocess import forget_process, take_turn
+from boxoffice.services.clock import Clock, system_clock
 from boxoffice.services.inventory_check import Watch, watch_newest_sections
 
 log = structlog.get_logger("boxoffice.metrics")
@@ -38,10 +41,15 @@ class Exporter:
         database: Database,
         *,
         sample_seconds: float,
+        check_seconds: float,
         inventory_sections: int,
+        clock: Clock = system_clock,
     ) -> None:
         self._database = database
         self._sample_seconds = sample_seconds
+        self._check_seconds = timedelta(seconds=check_seconds)
+        self._clock = clock
+        self._next_check: datetime | None = None  # when this process may next ask for the turn
         self._inventory_sections = inventory_sections
         self._server: str | None = None  # which database server answered the last probe
         self._up: bool | None = None
@@ -88,21 +96,34 @@ class Exporter:
             await asyncio.sleep(self._sample_seconds)
 
     async def sample(self) -> None:
-        """Probe the database; read and check the watched sections if it is our turn."""
-        await self._probe()
-        if (
-            self._up
-            and self._inventory_sections > 0
-            and take_turn("inventory", self._sample_seconds)
-        ):
-            try:
-                watch = await watch_newest_sections(self._database, self._inventory_sections)
-            except Exception as error:
-                log.warning("inventory_metrics_failed", error=repr(error))
-            else:
-                self._publish(watch)
+        """Probe the database; look at the watched sections, or check them, if it is our turn."""
+        await self.probe()
+        if not self._up or self._inventory_sections == 0:
+            return
+        now = self._clock()
+        check = (
+            self._check_seconds.total_seconds() > 0
+            and (self._next_check is None or now >= self._next_check)
+            and take_turn("inventory-check", self._check_seconds.total_seconds())
+        )
+        if check:
+            self._next_check = now + self._check_seconds
+        if check or take_turn("inventory", self._sample_seconds):
+            await self.look(check=check)
 
-    async def _probe(self) -> None:
+    async def look(self, *, check: bool) -> None:
+        """Read the watched sections' seats now, and check them if `check`."""
+        try:
+            watch = await watch_newest_sections(
+                self._database, self._inventory_sections, check=check
+            )
+        except Exception as error:
+            log.warning("inventory_metrics_failed", error=repr(error))
+        else:
+            self._publish(watch)
+
+    async def probe(self) -> None:
+        """Is the database up, and is it the server it was?"""
         try:
             server = await self._database.identify_server()
         except Exception as error:
@@ -133,9 +154,11 @@ class Exporter:
             ]
         metrics.SECTION_SEATS.set_all(seats)
         metrics.SECTION_CAPACITY.set_all(capacity)
+        if watch.violations is None:
+            return
         metrics.INVENTORY_VIOLATIONS.set(len(watch.violations))
         metrics.INVENTORY_CHECKED.set(time.time())
-        if len(watch.violations) != self._violations:
+        if len(watch.violations) != self._violations:  # logged when found, not every check
             for violation in watch.violations:
                 log.error("inventory_violation", violation=str(violation))
         self._violations = len(watch.violations)

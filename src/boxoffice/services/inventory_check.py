@@ -169,17 +169,19 @@ class WatchedSection:
 @dataclass(frozen=True, slots=True)
 class Watch:
     sections: list[WatchedSection]
-    violations: list[Violation]
+    violations: list[Violation] | None  # None: looked at, not checked
 
 
-async def watch_newest_sections(database: Database, max_sections: int) -> Watch:
-    """The sections of the newest events (at most `max_sections`) and what their rows break.
+async def watch_newest_sections(database: Database, max_sections: int, *, check: bool) -> Watch:
+    """The sections of the newest events (at most `max_sections`); if `check`, what they break.
 
-    The cheap, bounded part of the check, for the metrics every few seconds: per
-    section, the counts add up and none is negative, `held` matches its active hold
-    items and `sold` its confirmed bookings; not the audit trail, holds or tallies. One
-    statement, so one snapshot on either database; it reads the watched events'
-    confirmed bookings (through the bookings' event index) once per look.
+    A look reads those sections' rows only. A check is the cheap, bounded part of
+    `boxoffice check`: per section, the counts add up and none is negative, `held`
+    matches its active hold items and `sold` its confirmed bookings (not the audit
+    trail, holds or tallies), in the same statement, so in one snapshot on either
+    database. It reads the watched events' confirmed bookings once (through the
+    bookings' event index), tens of milliseconds per 10,000 bookings, so the metrics
+    check less often than they look (docs/performance.md).
     """
     watched = (
         select(
@@ -190,12 +192,15 @@ async def watch_newest_sections(database: Database, max_sections: int) -> Watch:
             sections.c.remaining,
             sections.c.held,
             sections.c.sold,
+            sections.c.position,
+            events.c.created_at,
         )
         .join(events, events.c.id == sections.c.event_id)
         .order_by(events.c.created_at.desc(), events.c.id, sections.c.position)
         .limit(max_sections)
         .cte("watched")
     )
+    newest_first = (watched.c.created_at.desc(), watched.c.event_id, watched.c.position)
     sold = (
         select(bookings.c.section_id, func.sum(bookings.c.qty).label("qty"))
         .where(
@@ -211,14 +216,20 @@ async def watch_newest_sections(database: Database, max_sections: int) -> Watch:
         .group_by(hold_items.c.section_id)
         .subquery("held")
     )
-    statement = select(
-        watched,
-        func.coalesce(held.c.qty, 0).label("held_items"),
-        func.coalesce(sold.c.qty, 0).label("confirmed"),
-    ).select_from(
-        watched.outerjoin(held, held.c.section_id == watched.c.id).outerjoin(
-            sold, sold.c.section_id == watched.c.id
+    statement = (
+        select(
+            watched,
+            func.coalesce(held.c.qty, 0).label("held_items"),
+            func.coalesce(sold.c.qty, 0).label("confirmed"),
         )
+        .select_from(
+            watched.outerjoin(held, held.c.section_id == watched.c.id).outerjoin(
+                sold, sold.c.section_id == watched.c.id
+            )
+        )
+        .order_by(*newest_first)
+        if check
+        else select(watched).order_by(*newest_first)
     )
     found: list[WatchedSection] = []
     violations: list[Violation] = []
@@ -226,8 +237,9 @@ async def watch_newest_sections(database: Database, max_sections: int) -> Watch:
         for row in await uow.conn.execute(statement):
             section = SectionRow(str(row.id), row.capacity, row.remaining, row.held, row.sold)
             found.append(WatchedSection(str(row.event_id), row.name, section))
-            violations += section_violations(section, int(row.held_items), int(row.confirmed))
-    return Watch(found, violations)
+            if check:
+                violations += section_violations(section, int(row.held_items), int(row.confirmed))
+    return Watch(found, violations if check else None)
 
 
 async def check_inventory(database: Database) -> Report:
