@@ -18,7 +18,7 @@ from boxoffice.api.body_limit import BodyLimitMiddleware
 from boxoffice.api.problems import install_problem_handlers, move_errors_to_problem_media_type
 from boxoffice.api.rate_limits import RateLimiter, RateLimitMiddleware
 from boxoffice.api.request_ids import RequestIdMiddleware
-from boxoffice.api.request_metrics import RequestMetricsMiddleware
+from boxoffice.api.request_metrics import RequestCounter
 from boxoffice.api.routes import bookings, events, flags, health, holds, keys
 from boxoffice.api.security_headers import EXPOSED_HEADERS
 from boxoffice.booking import make_booker
@@ -208,11 +208,9 @@ def create_app(
             allow_credentials=False,  # keys travel in a header, never in cookies
             max_age=600,
         )
-    # Every answer, a refusal by any middleware included, carries the request's id, and
-    # every line logged for it names it.
-    app.add_middleware(RequestIdMiddleware)
-    # Outermost: every request is counted and timed, whoever answers it.
-    app.add_middleware(RequestMetricsMiddleware, routes_of=app)
+    # Outermost: every answer, a refusal by any middleware included, carries the request's
+    # id, every line logged for it names it, and every request is counted and timed.
+    app.add_middleware(RequestIdMiddleware, count=RequestCounter(app).count)
     # Routes are matched in order, each tried in turn: the booking and checkout routes,
     # which take nearly all the traffic of a sale, come first. The documentation keeps
     # its own order (TAGS).
