@@ -220,7 +220,8 @@ async def test_every_metric_counts_a_sale(
     pools = {
         dict(labels)["pool"] for name, labels in after if name.startswith("boxoffice_database_pool")
     }
-    assert pools == ({"shared"} if database.dialect == "sqlite" else {"readers", "writers"})
+    # (In one process the registry also keeps the pools of apps that ran before this one.)
+    assert pools >= ({"shared"} if database.dialect == "sqlite" else {"readers", "writers"})
 
 
 async def test_a_section_whose_seats_disagree_with_its_bookings_is_a_violation(

@@ -92,7 +92,10 @@ class Exporter:
 
     async def _sampling(self) -> None:
         while True:
-            await self.sample()
+            try:
+                await self.sample()
+            except Exception as error:  # the shared folder gone, say: try again later
+                log.warning("metrics_sample_failed", error=repr(error))
             await asyncio.sleep(self._sample_seconds)
 
     async def sample(self) -> None:
