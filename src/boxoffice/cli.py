@@ -30,6 +30,7 @@ from boxoffice.db.migrate import (
     upgrade,
 )
 from boxoffice.domain.errors import BoxofficeError
+from boxoffice.observability.multiprocess import metrics_directory
 
 T = TypeVar("T")
 
@@ -118,7 +119,9 @@ def serve(
         # SIGTERM: stop accepting, let requests in flight finish for this long, then stop.
         timeout_graceful_shutdown=settings.shutdown_grace_seconds,
     )
-    run_server(config)
+    # Before any worker starts: each one finds it in its environment (GET /metrics).
+    with metrics_directory(workers):
+        run_server(config)
 
 
 @db_app.command("upgrade")

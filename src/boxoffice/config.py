@@ -149,6 +149,27 @@ class Settings(BaseSettings):
     idempotency_ttl_hours: float = Field(
         24.0, ge=1, le=24 * 365, description="How long an idempotency key's answer is kept."
     )
+    metrics_sample_seconds: float = Field(
+        5.0,
+        ge=0,
+        le=3600,
+        description="How often the metrics read from the database are refreshed: each "
+        "process probes it, one process reads the watched sections' seats (0: never).",
+    )
+    metrics_check_seconds: float = Field(
+        60.0,
+        ge=0,
+        le=86_400,
+        description="How often one process checks the watched sections against their holds "
+        "and bookings (0: never).",
+    )
+    metrics_inventory_sections: int = Field(
+        200,
+        ge=0,
+        le=10_000,
+        description="Sections watched by the inventory metrics, those of the newest events "
+        "first (0: none).",
+    )
 
     boxoffice_open_access: bool = Field(
         False,

@@ -14,6 +14,7 @@ from prometheus_client import REGISTRY
 from boxoffice.api.app import create_app
 from boxoffice.config import Settings
 from boxoffice.db.database import Database
+from boxoffice.observability import metrics
 from boxoffice.services.flags import FlagDesk
 from tests.api.conftest import assert_problem
 from tests.support.keys import bearer
@@ -52,6 +53,7 @@ async def make_event(http: httpx.AsyncClient, organizer: dict[str, str]) -> Any:
 
 
 def flagged(rule: str) -> float:
+    metrics.flush()  # counts reach prometheus-client at a flush
     return REGISTRY.get_sample_value("boxoffice_fraud_flags_total", {"rule": rule}) or 0.0
 
 

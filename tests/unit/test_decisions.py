@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from boxoffice.domain.commands import (
@@ -20,7 +21,7 @@ from boxoffice.domain.commands import (
     SweepExpired,
     Swept,
 )
-from boxoffice.domain.decisions import Inventory, Outcome, StoredAnswer, decide
+from boxoffice.domain.decisions import Changes, Inventory, Outcome, StoredAnswer, decide
 from boxoffice.domain.errors import (
     CustomerLimitExceeded,
     EventNotFound,
@@ -198,6 +199,53 @@ def test_release_and_cancel_return_tickets_to_a_capped_customer() -> None:
     assert isinstance(cancelled, Booking)
     assert cancelled.status == "cancelled"
     assert inv.tallies[(EVENT, "c1")] == 0
+
+
+def test_changes_count_what_a_batch_did_once_each() -> None:
+    """The metrics' counts: refusals and replays change nothing, and an expired hold given
+    back one section at a time is counted as expired once, by the batch that found it."""
+    later = NOW + timedelta(minutes=5)
+    to_confirm = held("c1c1c1c1-0000-4000-8000-000000000001", later, (A, 2), (B, 1))
+    to_release = held("c1c1c1c1-0000-4000-8000-000000000002", later, (A, 1))
+    lapsed = held("c1c1c1c1-0000-4000-8000-000000000003", NOW, (A, 1))
+    # Found expired by an earlier batch, which gave back its seats in another section.
+    lapsed_before = replace(
+        held("c1c1c1c1-0000-4000-8000-000000000004", NOW, (B, 1)), status="expired"
+    )
+    inv = inventory(capacity_a=10, capacity_b=10)
+    for hold in (to_confirm, to_release, lapsed, lapsed_before):
+        for item in hold.items:
+            inv.sections[item.section_id].hold(item.qty)
+        inv.holds[hold.id] = hold
+    sold = Booking("b0b0b0b0-0000-4000-8000-000000000001", EVENT, B, 2, 2000, NOW)
+    inv.sections[B].sell(2)
+    inv.bookings[sold.id] = sold
+    key = Idempotency("scope", "k1", "fingerprint")
+    inv.answers[key.ident] = StoredAnswer("fingerprint", sold)
+    decisions = decide(
+        [
+            Book(EVENT, A, 1),
+            Book(EVENT, A, 100),  # refused
+            Book(EVENT, A, 1, idempotency=key),  # replayed: the stored booking again
+            PlaceHold(EVENT, (HoldItemRequest(A, 1),), 60),
+            ConfirmHold(to_confirm.id),
+            ReleaseHold(to_release.id),
+            CancelBooking(sold.id),
+            CancelBooking(sold.id),  # already cancelled: unchanged
+        ],
+        inv,
+        NOW,
+        new_id_source(),
+    )
+    assert Changes.of(decisions.effects) == Changes(
+        bookings=3,  # one booked, two from the confirmed hold's items
+        tickets_sold=1 + 3,
+        holds_placed=1,
+        holds_confirmed=1,
+        holds_released=1,
+        holds_expired=1,
+        bookings_cancelled=1,
+    )
 
 
 def test_idempotency_replays_refuses_reuse_and_waits_for_busy_keys() -> None:

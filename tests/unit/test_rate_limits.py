@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
+from boxoffice.observability import metrics
 from boxoffice.services.rate_limits import (
     Buckets,
     LocalBuckets,
@@ -128,8 +129,14 @@ class FailingRedis:
         pass
 
 
+def exported(name: str) -> float | None:
+    """A metric as the next scrape would show it (counts reach prometheus-client at a flush)."""
+    metrics.flush()
+    return REGISTRY.get_sample_value(name)
+
+
 async def test_a_redis_that_does_not_answer_falls_back_to_local_buckets_and_is_retried() -> None:
-    fallbacks = REGISTRY.get_sample_value("boxoffice_rate_limit_fallbacks_total") or 0.0
+    fallbacks = exported("boxoffice_rate_limit_fallbacks_total") or 0.0
     timer = Timer()
     redis = FailingRedis()
     buckets = Buckets(redis, local=LocalBuckets(timer=timer), retry_seconds=5, timer=timer)  # type: ignore[arg-type]
@@ -139,15 +146,15 @@ async def test_a_redis_that_does_not_answer_falls_back_to_local_buckets_and_is_r
     assert [v.allowed for v in verdicts] == [True, True, False]  # local limits hold
     assert redis.calls == 1  # not asked again until the retry time
     assert not buckets.shared
-    assert REGISTRY.get_sample_value("boxoffice_rate_limit_fallbacks_total") == fallbacks + 1
-    assert REGISTRY.get_sample_value("boxoffice_rate_limits_shared") == 0
+    assert exported("boxoffice_rate_limit_fallbacks_total") == fallbacks + 1
+    assert exported("boxoffice_rate_limits_shared") == 0
     assert [entry["log_level"] for entry in logs] == ["warning"]  # once, not per request
     assert "Redis does not answer" in logs[0]["event"]
     timer.now += 5
     redis.down = False
     assert (await buckets.take("k", quota)).remaining == 99  # Redis's verdict again
     assert buckets.shared
-    assert REGISTRY.get_sample_value("boxoffice_rate_limits_shared") == 1
+    assert exported("boxoffice_rate_limits_shared") == 1
 
 
 async def test_a_redis_that_hangs_costs_a_request_its_timeout_once_then_nothing() -> None:

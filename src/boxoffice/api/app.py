@@ -18,6 +18,7 @@ from boxoffice.api.body_limit import BodyLimitMiddleware
 from boxoffice.api.problems import install_problem_handlers, move_errors_to_problem_media_type
 from boxoffice.api.rate_limits import RateLimiter, RateLimitMiddleware
 from boxoffice.api.request_ids import RequestIdMiddleware
+from boxoffice.api.request_metrics import RequestCounter
 from boxoffice.api.routes import bookings, events, flags, health, holds, keys
 from boxoffice.api.security_headers import EXPOSED_HEADERS
 from boxoffice.booking import make_booker
@@ -25,6 +26,7 @@ from boxoffice.booking.sweeper import Sweeper
 from boxoffice.config import Settings, get_settings
 from boxoffice.db.database import Database
 from boxoffice.db.migrate import check_schema
+from boxoffice.observability.exporter import Exporter
 from boxoffice.observability.logging import configure_logging
 from boxoffice.services.clock import Clock, system_clock
 from boxoffice.services.flags import FlagDesk
@@ -120,6 +122,14 @@ def create_app(
         app.state.keys = KeyRing(db, cache_seconds=settings.key_cache_seconds)
         flags = FlagDesk(db, settings.fraud_rules) if settings.fraud_flags_enabled else None
         app.state.flags = flags
+        exporter = Exporter(
+            db,
+            sample_seconds=settings.metrics_sample_seconds,
+            check_seconds=settings.metrics_check_seconds,
+            inventory_sections=settings.metrics_inventory_sections,
+            clock=clock,
+        )
+        app.state.exporter = exporter
         if settings.boxoffice_open_access:
             log.warning(
                 "OPEN ACCESS: BOXOFFICE_OPEN_ACCESS=true, so no API key is checked and anyone "
@@ -132,6 +142,7 @@ def create_app(
             await sweeper.start()
             if flags is not None:
                 await flags.start()
+            await exporter.start()
             log.info(f"Database connected successfully ({db.dialect})")
             log.info(f"Server is running on port {settings.port}")
             # Everything loaded so far lives as long as the process: keep it out of
@@ -149,6 +160,7 @@ def create_app(
                 await flags.stop()
             await sweeper.stop()
             await booker.stop()
+            await exporter.stop()  # after the last batches: their counts are flushed
             if rate_limiter is not None:
                 await rate_limiter.close()
             if database is None:
@@ -197,8 +209,8 @@ def create_app(
             max_age=600,
         )
     # Outermost: every answer, a refusal by any middleware included, carries the request's
-    # id, and every line logged for it names it.
-    app.add_middleware(RequestIdMiddleware)
+    # id, every line logged for it names it, and every request is counted and timed.
+    app.add_middleware(RequestIdMiddleware, count=RequestCounter(app).count)
     # Routes are matched in order, each tried in turn: the booking and checkout routes,
     # which take nearly all the traffic of a sale, come first. The documentation keeps
     # its own order (TAGS).

@@ -53,6 +53,7 @@ from boxoffice.domain.errors import (
     NotFound,
     Unauthorized,
 )
+from boxoffice.observability.metrics import REFUSALS
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 RETRY_AFTER_SECONDS = "1"
@@ -79,6 +80,7 @@ class ProblemResponse(JSONResponse):
 
 def problem_body(status: int, code: str, detail: str, *, instance: str | None) -> bytes:
     """A serialized problem document, for places that answer below FastAPI."""
+    REFUSALS.inc((code,))
     document = Problem(
         title=HTTPStatus(status).phrase, status=status, detail=detail, code=code, instance=instance
     )
@@ -118,6 +120,7 @@ def problem(
     headers: dict[str, str] | None = None,
     **extensions: Any,
 ) -> ProblemResponse:
+    REFUSALS.inc((code,))
     body = Problem(
         title=HTTPStatus(status).phrase,
         status=status,

@@ -176,7 +176,7 @@ async def send_too_many(
     scope: Scope, send: Send, name: str, limit: Limit | None, wait: float = 1.0
 ) -> None:
     """The 429, with `Retry-After` and (when a bucket said no) the rate-limit headers."""
-    metrics.RATE_LIMITED.labels(name).inc()
+    metrics.RATE_LIMITED.inc((name,))
     watch_refusal(scope, "rate_limited")
     if limit is not None:
         wait = limit.verdict.retry_after

@@ -6,12 +6,18 @@ without a system call per request. It is sent back in `X-Request-ID` on every
 answer (errors included), recorded with each audit record the request writes,
 and added to every log line written while the request runs (the `request_id`
 field, through `observability.logging.REQUEST_ID`), uvicorn's access log too.
+
+Being outermost, it also times every request and hands its status to
+`count` (api/request_metrics.py), in the one wrapper around `send` it needs
+anyway.
 """
 
 from __future__ import annotations
 
 import itertools
 import os
+from collections.abc import Callable
+from time import perf_counter
 
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -33,16 +39,23 @@ def _given(value: bytes) -> str | None:
     return None
 
 
-class RequestIdMiddleware:
-    """Outermost: names the request before anything can answer or log for it."""
+# Called once a request is answered: its scope, status and duration in seconds.
+CountRequest = Callable[[Scope, int, float], None]
 
-    def __init__(self, app: ASGIApp) -> None:
+
+class RequestIdMiddleware:
+    """Outermost: names the request before anything can answer or log for it, and has it
+    counted once answered."""
+
+    def __init__(self, app: ASGIApp, *, count: CountRequest | None = None) -> None:
         self.app = app
+        self.count = count
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        started = perf_counter()
         ident = None
         for name, value in scope["headers"]:
             if name == b"x-request-id":
@@ -52,9 +65,12 @@ class RequestIdMiddleware:
             ident = f"{_PREFIX}-{next(_counter):x}"
         scope[SCOPE_KEY] = ident
         header = (b"x-request-id", ident.encode("ascii"))
+        status = 500  # unless an answer starts: an exception escaped every handler
 
         async def send_with_id(message: Message) -> None:
+            nonlocal status
             if message["type"] == "http.response.start":
+                status = message["status"]
                 message["headers"] = [*message.get("headers", ()), header]
             await send(message)
 
@@ -63,7 +79,13 @@ class RequestIdMiddleware:
         # which Starlette runs outside every middleware, and the server's own log of the
         # error) still belongs to this request.
         REQUEST_ID.set(ident)
-        await self.app(scope, receive, send_with_id)
+        if self.count is None:
+            await self.app(scope, receive, send_with_id)
+            return
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            self.count(scope, status, perf_counter() - started)
 
 
 def request_id(request: Request) -> str:

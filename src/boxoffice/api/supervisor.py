@@ -8,6 +8,9 @@ reset. `Supervisor` closes its copy first, so that once the workers close
 theirs (the first thing each does on SIGTERM) new connections are refused at
 once and a load balancer moves on, while requests in flight finish within
 SHUTDOWN_GRACE_SECONDS (uvicorn's `timeout_graceful_shutdown`).
+
+When a worker dies and uvicorn starts another, the dead one's live gauges are
+removed from the metrics (a worker that stops normally removes its own).
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from collections.abc import Iterator
 
 import uvicorn
 from uvicorn.supervisors import Multiprocess
+
+from boxoffice.observability.multiprocess import forget_process
 
 STARTUP_FAILURE = 3  # uvicorn's own exit code when the app could not start
 
@@ -32,6 +37,13 @@ class Supervisor(Multiprocess):
     def handle_int(self) -> None:
         self._stop_listening()
         super().handle_int()
+
+    def keep_subprocess_alive(self) -> None:
+        before = {process.pid for process in self.processes}
+        super().keep_subprocess_alive()
+        for pid in before - {process.pid for process in self.processes}:
+            if pid is not None:
+                forget_process(pid)
 
     def _stop_listening(self) -> None:
         for sock in self.sockets:

@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -50,8 +51,8 @@ from boxoffice.booking.remembered import Remembered, apply_if_unchanged
 from boxoffice.db.database import Database
 from boxoffice.db.errors import DatabaseUnavailable, Overloaded
 from boxoffice.domain.commands import Book, Command, ConfirmHold, PlaceHold, ReleaseHold
-from boxoffice.domain.decisions import Outcome, Result
-from boxoffice.observability.metrics import BOOKING_QUEUE_TIMEOUTS, COMMITTER_RESTARTS
+from boxoffice.domain.decisions import Changes, Decisions, Outcome, Result
+from boxoffice.observability import metrics
 from boxoffice.services.clock import Clock, system_clock
 from boxoffice.services.idempotency import InFlight
 from boxoffice.services.unit_of_work import UnitOfWork
@@ -72,7 +73,7 @@ class _Waiting:
 def _give_up(waiting: _Waiting) -> None:
     """The queue timeout: answer a command that no batch has taken, and now none will."""
     if not waiting.answer.done():
-        BOOKING_QUEUE_TIMEOUTS.inc()
+        metrics.BOOKING_QUEUE_TIMEOUTS.inc()
         waiting.answer.set_exception(
             Overloaded("the booking queue did not reach this request in time")
         )
@@ -241,7 +242,7 @@ class BatchedBooker:
             min(self._restart_delay * 2, MAX_RESTART_DELAY_SECONDS),
         )
         log.error("committer_died", restart_in_seconds=delay, exc_info=task.exception())
-        COMMITTER_RESTARTS.inc()
+        metrics.COMMITTER_RESTARTS.inc()
         self._restart = asyncio.get_running_loop().call_later(delay, self._start_committer)
 
     def _fail_waiting(self, error: Exception) -> None:
@@ -262,18 +263,22 @@ class BatchedBooker:
         self.stats.batches += 1
         self.stats.requests += len(batch)
         self.stats.largest = max(self.stats.largest, len(batch))
+        started = time.perf_counter()
         answers = await answer_each(self._apply, [w.command for w in batch])
         for waiting, answer in zip(batch, answers, strict=True):
             _settle(waiting, answer)
+        metrics.COMMIT_SECONDS.observe(time.perf_counter() - started)
+        metrics.BATCH_COMMANDS.observe(len(batch))
 
     async def _apply(self, commands: Sequence[Command]) -> list[Outcome]:
         """Commit `commands`; raise only when nothing of them was committed."""
         now = self._clock()
         try:
             if self._remembered is not None:
-                outcomes = await self._apply_if_unchanged(commands, now)
-                if outcomes is not None:
-                    return outcomes
+                decided = await self._apply_if_unchanged(commands, now)
+                if decided is not None:
+                    metrics.count_changes(Changes.of(decided.effects))
+                    return decided.outcomes
             applied = await self._locked.apply(commands, now)
         except BaseException:
             if self._connections is not None:  # it may be broken: the next batch opens anew
@@ -285,6 +290,7 @@ class BatchedBooker:
                     c.hold_id for c in commands if isinstance(c, ConfirmHold | ReleaseHold)
                 )
             raise
+        metrics.count_changes(applied.changes)
         if self._remembered is not None:
             self._remembered.remember(applied.sections)
             self._remembered.remember_holds(applied.new_holds, applied.changed_holds)
@@ -296,7 +302,7 @@ class BatchedBooker:
 
     async def _apply_if_unchanged(
         self, commands: Sequence[Command], now: datetime
-    ) -> list[Outcome] | None:
+    ) -> Decisions | None:
         assert self._remembered is not None
         assert self._connections is not None
         inventory = self._remembered.inventory_for(commands, now)
@@ -306,15 +312,13 @@ class BatchedBooker:
         async with UnitOfWork(
             self._database, write=True, single_statement=True, connection=conn
         ) as uow:
-            outcomes = await apply_if_unchanged(
-                uow.conn, commands, inventory, self._remembered, now
-            )
+            decided = await apply_if_unchanged(uow.conn, commands, inventory, self._remembered, now)
             await uow.commit()
-        if outcomes is None:
+        if decided is None:
             self.stats.retried += len(commands)
         else:
             self.stats.verified += len(commands)
-        return outcomes
+        return decided
 
 
 def _settle(waiting: _Waiting, outcome: Answer) -> None:

@@ -7,6 +7,7 @@ from boxoffice.db.database import Database
 from boxoffice.domain.commands import Book, Command, PlaceHold
 from boxoffice.domain.decisions import Result
 from boxoffice.domain.errors import BoxofficeError
+from boxoffice.observability import metrics
 from boxoffice.services.clock import Clock, system_clock
 from boxoffice.services.idempotency import InFlight
 
@@ -45,6 +46,7 @@ class DirectBooker:
             command.check_quantity(self._max_tickets)
         with self._keys.claimed(command.idempotency):
             applied = await self._writer.apply([command], self._clock())
+        metrics.count_changes(applied.changes)
         outcome = applied.outcomes[0]
         if isinstance(outcome, BoxofficeError):
             raise outcome

@@ -42,7 +42,7 @@ from boxoffice.booking.transaction import new_id
 from boxoffice.booking.write import PG_WRITE, pg_parameters
 from boxoffice.db.driver import DriverStatement
 from boxoffice.domain.commands import Book, Command, ConfirmHold, PlaceHold, ReleaseHold
-from boxoffice.domain.decisions import Inventory, Outcome, decide
+from boxoffice.domain.decisions import Decisions, Inventory, decide
 from boxoffice.domain.errors import BoxofficeError
 from boxoffice.domain.ids import cached_canonical_id
 from boxoffice.domain.model import Hold, Section
@@ -138,8 +138,8 @@ async def apply_if_unchanged(
     inventory: Inventory,
     remembered: Remembered,
     now: datetime,
-) -> list[Outcome] | None:
-    """The outcomes, committed; or None when nothing was written and the batch needs locks.
+) -> Decisions | None:
+    """The decisions, committed; or None when nothing was written and the batch needs locks.
 
     `inventory` is `remembered.inventory_for(commands)`: copies, decided on here.
     """
@@ -161,4 +161,4 @@ async def apply_if_unchanged(
         section.version += 1
     remembered.remember(decisions.effects.sections)
     remembered.remember_holds(decisions.effects.new_holds, decisions.effects.changed_holds.values())
-    return decisions.outcomes
+    return decisions

@@ -26,6 +26,7 @@ from boxoffice.booking.locked import LockedWriter
 from boxoffice.db.database import Database
 from boxoffice.db.tables import hold_items, idempotency_keys
 from boxoffice.domain.commands import SweepExpired, Swept
+from boxoffice.observability import metrics
 from boxoffice.services.clock import Clock
 from boxoffice.services.unit_of_work import UnitOfWork
 
@@ -85,6 +86,7 @@ class Sweeper:
         freed = 0
         if section_ids:
             applied = await self._writer.apply([SweepExpired(tuple(section_ids))], now)
+            metrics.count_changes(applied.changes)
             outcome = applied.outcomes[0]
             if isinstance(outcome, Swept):
                 freed = outcome.seats

@@ -23,7 +23,7 @@ from sqlalchemy import Connection
 from boxoffice.booking.load import load_expired, load_inventory
 from boxoffice.booking.write import write_effects
 from boxoffice.domain.commands import Command
-from boxoffice.domain.decisions import Decisions, Inventory, Outcome, decide
+from boxoffice.domain.decisions import Changes, Decisions, Inventory, Outcome, decide
 from boxoffice.domain.ids import IdPool
 from boxoffice.domain.model import Hold, Section
 
@@ -32,12 +32,14 @@ new_id = IdPool()
 
 @dataclass(slots=True)
 class Applied:
-    """One outcome per command; the locked sections and the holds as the commit leaves them."""
+    """One outcome per command; the locked sections and the holds as the commit leaves them;
+    what the batch did, counted."""
 
     outcomes: list[Outcome]
     sections: dict[str, Section]
     new_holds: list[Hold] = field(default_factory=list)
     changed_holds: list[Hold] = field(default_factory=list)
+    changes: Changes = field(default_factory=Changes)
 
 
 def apply_commands(conn: Connection, commands: Sequence[Command], now: datetime) -> Applied:
@@ -53,6 +55,7 @@ def apply_commands(conn: Connection, commands: Sequence[Command], now: datetime)
         sections_after(inventory, decisions),
         effects.new_holds,
         list(effects.changed_holds.values()),
+        Changes.of(effects),
     )
 
 

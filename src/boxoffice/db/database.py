@@ -65,6 +65,7 @@ import asyncpg
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import QueuePool
 
 from boxoffice.config import Settings
 from boxoffice.db.errors import DatabaseUnavailable
@@ -182,6 +183,27 @@ class Database:
         async with self.engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
 
+    async def identify_server(self) -> str:
+        """Which server answers, or raise: on PostgreSQL its address, port and start time
+        (a failover or a restart changes it); on SQLite always ''."""
+        async with self.engine.connect() as conn:
+            if self.dialect == "sqlite":
+                await conn.execute(text("SELECT 1"))
+                return ""
+            row = (await conn.execute(text(_WHICH_SERVER))).one()
+        return " ".join(str(value) for value in row)
+
+    def pool_usage(self) -> dict[str, tuple[int, int]]:
+        """Per pool, (connections checked out, connections it may open)."""
+        pools = {"shared" if self.dialect == "sqlite" else "readers": self.engine.pool}
+        if self.write_engine is not self.engine:
+            pools["writers"] = self.write_engine.pool
+        return {
+            name: (pool.checkedout(), pool.size())
+            for name, pool in pools.items()
+            if isinstance(pool, QueuePool)
+        }
+
     async def start_writer(self) -> None:
         """SQLite: have the writer ready (its process started), so no request waits for it."""
         if self.writer is not None:
@@ -211,6 +233,10 @@ class Database:
         await self.engine.dispose()
         if self.write_engine is not self.engine:
             await self.write_engine.dispose()
+
+
+# inet_server_addr() is NULL over a Unix socket; the start time still tells a restart.
+_WHICH_SERVER = "SELECT inet_server_addr(), inet_server_port(), pg_postmaster_start_time()"
 
 
 def run_on_database(settings: Settings, use: Callable[[Database], Awaitable[T]]) -> T:

@@ -120,6 +120,37 @@ class Effects:
 
 
 @dataclass(slots=True)
+class Changes:
+    """What a batch did, counted: the service's bookings, holds and cancellations metrics."""
+
+    bookings: int = 0  # booked at once, or from a confirmed hold's items
+    tickets_sold: int = 0
+    holds_placed: int = 0
+    holds_confirmed: int = 0
+    holds_released: int = 0
+    holds_expired: int = 0
+    bookings_cancelled: int = 0
+
+    @classmethod
+    def of(cls, effects: Effects) -> Changes:
+        settled = {"confirmed": 0, "released": 0, "expired": 0}
+        for ident, hold in effects.changed_holds.items():
+            # An expired hold given back one section at a time is settled once: the batch
+            # that found it active.
+            if effects.hold_statuses.get(ident) == "active" and hold.status in settled:
+                settled[hold.status] += 1
+        return cls(
+            bookings=len(effects.new_bookings),
+            tickets_sold=sum(booking.qty for booking in effects.new_bookings),
+            holds_placed=len(effects.new_holds),
+            holds_confirmed=settled["confirmed"],
+            holds_released=settled["released"],
+            holds_expired=settled["expired"],
+            bookings_cancelled=len(effects.changed_bookings),
+        )
+
+
+@dataclass(slots=True)
 class Decisions:
     outcomes: list[Outcome]
     effects: Effects

@@ -45,7 +45,7 @@ class FlagDesk:
 
     def raise_flags(self, flags: list[Flag]) -> None:
         for flag in flags:
-            metrics.FRAUD_FLAGS.labels(flag.rule).inc()
+            metrics.FRAUD_FLAGS.inc((flag.rule,))
             log.warning(
                 "fraud_flag",
                 rule=flag.rule,

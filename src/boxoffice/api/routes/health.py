@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from boxoffice.api.access import caller
 from boxoffice.api.deps import DatabaseDep
 from boxoffice.api.problems import problem_responses
 from boxoffice.api.schemas import Health, Readiness
 from boxoffice.db.errors import DatabaseUnavailable
+from boxoffice.observability.multiprocess import render
 
 router = APIRouter(tags=["health"])
 
@@ -39,8 +40,10 @@ async def readyz(request: Request, database: DatabaseDep) -> Readiness:
     "/metrics",
     response_class=Response,
     responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
-    summary="Prometheus metrics of this process (admin)",
+    summary="Prometheus metrics of every worker process (admin)",
 )
 async def metrics(request: Request) -> Response:
     caller(request, "admin")
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    # This process's counts are up to the moment; the other workers' at most a second old.
+    request.app.state.exporter.flush()
+    return Response(render(), media_type=CONTENT_TYPE_LATEST)
