@@ -44,10 +44,32 @@ LocalMetric: TypeAlias = "LocalCounter | LocalHistogram | LocalGauge"
 _ALL: list[LocalMetric] = []
 
 
-class LocalCounter:
+class _LocalMetric:
+    """What every local metric has: its Prometheus name, help, labels and registry; and its
+    place in the list a flush walks."""
+
+    __slots__ = ("_registry", "documentation", "labelnames", "name")
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str],
+        registry: CollectorRegistry | None,
+        flushed: list[LocalMetric] | None,
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = tuple(labelnames)
+        self._registry = registry
+        if flushed is not None:
+            flushed.append(self)  # type: ignore[arg-type]  # only subclasses are made
+
+
+class LocalCounter(_LocalMetric):
     """A Prometheus counter, counted in this process and added to the real one at each flush."""
 
-    __slots__ = ("_counts", "_exported", "_registry", "documentation", "labelnames", "name")
+    __slots__ = ("_counts", "_exported")
 
     def __init__(
         self,
@@ -58,14 +80,9 @@ class LocalCounter:
         registry: CollectorRegistry | None = REGISTRY,
         flushed: list[LocalMetric] | None = _ALL,
     ) -> None:
-        self.name = name
-        self.documentation = documentation
-        self.labelnames = tuple(labelnames)
-        self._registry = registry
         self._counts: dict[Labels, float] = {}
         self._exported: Counter | None = None
-        if flushed is not None:
-            flushed.append(self)
+        super().__init__(name, documentation, labelnames, registry, flushed)
 
     def inc(self, labels: Labels = (), amount: float = 1) -> None:
         counts = self._counts
@@ -81,19 +98,10 @@ class LocalCounter:
             (self._exported.labels(*labels) if labels else self._exported).inc(amount)
 
 
-class LocalHistogram:
+class LocalHistogram(_LocalMetric):
     """A Prometheus histogram: per label values, a count per bucket and a sum, added at flush."""
 
-    __slots__ = (
-        "_bounds",
-        "_exported",
-        "_registry",
-        "_series",
-        "buckets",
-        "documentation",
-        "labelnames",
-        "name",
-    )
+    __slots__ = ("_bounds", "_exported", "_series", "buckets")
 
     def __init__(
         self,
@@ -105,17 +113,12 @@ class LocalHistogram:
         registry: CollectorRegistry | None = REGISTRY,
         flushed: list[LocalMetric] | None = _ALL,
     ) -> None:
-        self.name = name
-        self.documentation = documentation
-        self.labelnames = tuple(labelnames)
         self.buckets = tuple(buckets)  # upper bounds, ascending; +Inf is added
         self._bounds = self.buckets
-        self._registry = registry
         # Per label values: one count per bucket (the last one +Inf), then the sum.
         self._series: dict[Labels, list[float]] = {}
         self._exported: Histogram | None = None
-        if flushed is not None:
-            flushed.append(self)
+        super().__init__(name, documentation, labelnames, registry, flushed)
 
     def observe(self, value: float, labels: Labels = ()) -> None:
         series = self._series.get(labels)
@@ -146,22 +149,14 @@ class LocalHistogram:
             child._sum.inc(series[-1])
 
 
-class LocalGauge:
+class LocalGauge(_LocalMetric):
     """A Prometheus gauge: the values set since the last flush are written at the next one.
 
     `mode` is how the values of several processes combine (prometheus-client's
     `multiprocess_mode`); one process's own value is the last one set.
     """
 
-    __slots__ = (
-        "_exported",
-        "_registry",
-        "_values",
-        "documentation",
-        "labelnames",
-        "mode",
-        "name",
-    )
+    __slots__ = ("_exported", "_values", "mode")
 
     def __init__(
         self,
@@ -173,15 +168,10 @@ class LocalGauge:
         registry: CollectorRegistry | None = REGISTRY,
         flushed: list[LocalMetric] | None = _ALL,
     ) -> None:
-        self.name = name
-        self.documentation = documentation
-        self.labelnames = tuple(labelnames)
         self.mode = mode
-        self._registry = registry
         self._values: dict[Labels, float] = {}
         self._exported: Gauge | None = None
-        if flushed is not None:
-            flushed.append(self)
+        super().__init__(name, documentation, labelnames, registry, flushed)
 
     def set(self, value: float, labels: Labels = ()) -> None:
         self._values[labels] = value
