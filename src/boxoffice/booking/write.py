@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, case, insert, text, update
+from sqlalchemy import Connection, Insert, bindparam, case, func, insert, select, text, update
 
 from boxoffice.booking.load import as_uuid
 from boxoffice.db.tables import (
@@ -450,7 +450,21 @@ def _write_sqlite(conn: Connection, effects: Effects, now: datetime) -> None:
             ],
         )
     if effects.audit:
-        conn.execute(insert(audit_records), audit_rows(effects.audit, now))
+        conn.execute(audit_insert("sqlite"), audit_rows(effects.audit, now))
+
+
+# SQLite: `audit_records.seq` shares the primary key with `event_id`, so it is not the
+# rowid, and each insert numbers its row as SQLite numbers rowids, the largest + 1 (one
+# probe of the key's index; every writer holds the write lock, so no two take one number).
+_SQLITE_AUDIT_INSERT = insert(audit_records).values(
+    seq=select(func.coalesce(func.max(audit_records.c.seq), 0) + 1).scalar_subquery()
+)
+_AUDIT_INSERT = insert(audit_records)  # PostgreSQL: numbered by its sequence
+
+
+def audit_insert(dialect: str) -> Insert:
+    """The insert for `audit_rows`, numbering each row on SQLite (see above)."""
+    return _SQLITE_AUDIT_INSERT if dialect == "sqlite" else _AUDIT_INSERT
 
 
 def audit_rows(records: Sequence[Any], now: datetime) -> list[dict[str, Any]]:
