@@ -261,3 +261,21 @@ api_keys = Table(
         "(role = 'organizer') = (organizer_id IS NOT NULL)", name="organizer_keys_name_one"
     ),
 )
+
+# How a database distributed by event (Citus, docs/scaling.md) spreads each table: by this
+# column. The tables spread by `event_id`, and `events` by its id, are co-located: all of
+# an event's rows on one shard. Each of them has the column in its primary key, in every
+# unique constraint, and on both sides of every foreign key between them; the booking
+# path names it in every statement (tests/integration/test_distribution_keys.py).
+DISTRIBUTION_COLUMNS: dict[str, str] = {
+    "events": "id",
+    "sections": "event_id",
+    "holds": "event_id",
+    "hold_items": "event_id",
+    "bookings": "event_id",
+    "customer_tickets": "event_id",
+    "audit_records": "event_id",
+    "idempotency_keys": "scope",  # a caller's keys, whatever event they name
+}
+REFERENCE_TABLES = ("api_keys",)  # read on every request, written rarely: on every node
+LOCAL_TABLES = ("fraud_flags",)  # written in the background, read by people: on one node
