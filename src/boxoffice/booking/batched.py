@@ -190,7 +190,7 @@ class BatchedBooker:
             if self._committer is None and not self._stopping:
                 raise RuntimeError("BatchedBooker.start() was not called")
             raise DatabaseUnavailable("the booking committer is not running")
-        if not isinstance(command, Book | PlaceHold):
+        if not isinstance(command, Book | PlaceHold):  # the event first (events_of.py)
             command = await self.events_of.resolve(command)
         key = command.idempotency
         if key is None:  # the common case, without a context manager's cost

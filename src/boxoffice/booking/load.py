@@ -91,10 +91,11 @@ Named = set[tuple[str, str]]  # (event id, row id), canonical
 def _in_events(event_id: ColumnElement[Any], ident: ColumnElement[Any]) -> ColumnElement[bool]:
     """`event_id IN :events AND ident IN :ids`: the rows named, by event and id.
 
-    Two lists rather than (event, id) pairs: one statement compiled once, and a row is
-    found only if it is in the event named with it (ids are unique: a pair from two
-    lists that was never named matches no row, or one another command of the batch
-    named in that event).
+    Two lists rather than (event, id) pairs: one statement, compiled once. Their
+    product can also find a row named with the wrong event when the batch names its
+    right one too (a section of one event named with another): it is read, or
+    locked, in an event the batch touches anyway, and the command that named it
+    with the wrong event is refused as before (`domain/decisions.section_of`).
     """
     return and_(
         event_id.in_(bindparam("events", expanding=True)),
