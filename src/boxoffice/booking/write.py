@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Insert, bindparam, case, func, insert, select, text, update
+from sqlalchemy import Connection, bindparam, case, func, insert, select, text, update
 
 from boxoffice.booking.load import as_uuid
 from boxoffice.db.tables import (
@@ -486,26 +486,23 @@ def _write_sqlite(conn: Connection, effects: Effects, now: datetime) -> None:
             ],
         )
     if effects.audit:
-        conn.execute(audit_insert("sqlite"), audit_rows(effects.audit, now))
+        first = (conn.execute(LAST_AUDIT_SEQ).scalar() or 0) + 1
+        conn.execute(insert(audit_records), audit_rows(effects.audit, now, first))
 
 
 # SQLite: `audit_records.seq` shares the primary key with `event_id`, so it is not the
-# rowid, and each insert numbers its row as SQLite numbers rowids, the largest + 1 (one
-# probe of the key's index; every writer holds the write lock, so no two take one number).
-_SQLITE_AUDIT_INSERT = insert(audit_records).values(
-    seq=select(func.coalesce(func.max(audit_records.c.seq), 0) + 1).scalar_subquery()
-)
-_AUDIT_INSERT = insert(audit_records)  # PostgreSQL: numbered by its sequence
+# rowid: each transaction numbers its records on from the largest, as SQLite numbers
+# rowids (one probe of the key's index per transaction; every SQLite writer holds the
+# write lock, so no two take one number). PostgreSQL numbers them from its sequence.
+LAST_AUDIT_SEQ = select(func.max(audit_records.c.seq))
 
 
-def audit_insert(dialect: str) -> Insert:
-    """The insert for `audit_rows`, numbering each row on SQLite (see above)."""
-    return _SQLITE_AUDIT_INSERT if dialect == "sqlite" else _AUDIT_INSERT
-
-
-def audit_rows(records: Sequence[Any], now: datetime) -> list[dict[str, Any]]:
-    """Audit records as rows for SQLAlchemy's `insert(audit_records)`."""
-    return [
+def audit_rows(
+    records: Sequence[Any], now: datetime, first_seq: int | None = None
+) -> list[dict[str, Any]]:
+    """Audit records as rows for SQLAlchemy's `insert(audit_records)`; numbered from
+    `first_seq` when given (SQLite, see above)."""
+    rows = [
         {
             "at": now,
             "event_id": as_uuid(r.event_id),
@@ -521,3 +518,7 @@ def audit_rows(records: Sequence[Any], now: datetime) -> list[dict[str, Any]]:
         }
         for r in records
     ]
+    if first_seq is not None:
+        for seq, row in enumerate(rows, start=first_seq):
+            row["seq"] = seq
+    return rows

@@ -197,8 +197,8 @@ def _sequence() -> Column[int]:
     object belongs to one table, so each table gets its own).
 
     PostgreSQL numbers it from a sequence. On SQLite it is the rowid where it is the whole
-    primary key; where it shares the key (`audit_records`), every insert numbers its
-    rows itself (`booking/write.audit_insert`), as SQLite numbers rowids: the largest + 1.
+    primary key; where it shares the key (`audit_records`), every transaction numbers its
+    rows itself (`booking/write.LAST_AUDIT_SEQ`), as SQLite numbers rowids: the largest + 1.
     """
     return Column(
         "seq", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True

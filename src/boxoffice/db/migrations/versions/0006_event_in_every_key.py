@@ -22,7 +22,7 @@ an ALTER TABLE, which holds its table's lock while the new index is built. On
 SQLite each table is rebuilt once (batch mode, foreign keys off meanwhile).
 
 `audit_records.seq` is no longer SQLite's rowid once it shares the key: SQLite
-inserts number their rows themselves from here on (`booking/write.audit_insert`);
+transactions number their records themselves (`booking/write.LAST_AUDIT_SEQ`);
 PostgreSQL's sequence is untouched.
 
 Revision ID: 0006_event_in_every_key
