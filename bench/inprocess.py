@@ -2,9 +2,11 @@
 
 Throughput on shared cores is noisy; an instruction count is not. This runs
 `POST /book` (64 concurrent, one hot section, SQLite with group commit on a
-writer thread so the whole booking is in this process) or `POST /noop` through
-every middleware, after a warm-up, and prints nothing but errors. Count two
-sizes and difference them, so that start-up cancels out:
+writer thread so the whole booking is in this process), checkouts (`POST
+/holds` of 1 seat, then `POST /holds/{id}/confirm`: `--requests` counts
+checkouts) or `POST /noop` through every middleware, after a warm-up, and
+prints nothing but errors. Count two sizes and difference them, so that
+start-up cancels out:
 
     for n in 640 1920; do
       valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.$n \\
@@ -14,6 +16,8 @@ sizes and difference them, so that start-up cancels out:
 
 `--keyed` sends a customer's API key with rate limits on (a quota no run
 exhausts); without it, open access and no rate limits, as the other scenarios.
+`--no-event-cache`: confirmations read their hold's event every time, as when
+another process placed the hold (`booking/events_of.py`).
 The body is marked as arrived whole, as `boxoffice serve`'s protocol marks it.
 """
 
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import tempfile
@@ -40,7 +45,12 @@ CONCURRENCY = 64
 
 
 async def drive(
-    what: str, keyed: bool, requests: int, url: str, queue_timeout_ms: int = 1000
+    what: str,
+    keyed: bool,
+    requests: int,
+    url: str,
+    queue_timeout_ms: int = 1000,
+    event_cache: bool = True,
 ) -> None:
     settings = Settings(
         _env_file=None,
@@ -52,6 +62,8 @@ async def drive(
         rate_limit_purchase="100000000/1s",
         rate_limit_write="100000000/1s",
         booking_queue_timeout_ms=queue_timeout_ms,
+        max_active_holds_per_customer=0,  # 64 checkouts at once, all one customer's
+        max_hold_churn_per_hour=0,
     )
     database = Database.from_settings(settings)
     now = datetime.now(UTC)
@@ -69,17 +81,27 @@ async def drive(
     )
     app = create_noop_app() if what == "noop" else create_app(settings, database)
     async with app.router.lifespan_context(app):
-        body = json.dumps(await _booking(app, admin)).encode()
-        headers = [
-            (b"host", b"bench"),
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-        ]
-        if keyed:
-            headers.append((b"authorization", f"Bearer {customer}".encode()))
-        path = "/noop" if what == "noop" else "/book"
+        booking = await _booking(app, admin)
+        if not event_cache:  # the booker keeps none (older code has no such thing)
+            with contextlib.suppress(AttributeError):
+                app.state.booker.events_of.max_size = 0
+        hold = {
+            "eventId": booking["eventId"],
+            "items": [{"sectionId": booking["sectionId"], "qty": 1}],
+        }
+        book_body = json.dumps(booking).encode()
+        hold_body = json.dumps(hold).encode()
+        headers_of = {}
+        for body in (book_body, hold_body, b"{}"):
+            headers_of[body] = [
+                (b"host", b"bench"),
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ]
+            if keyed:
+                headers_of[body].append((b"authorization", f"Bearer {customer}".encode()))
 
-        async def once() -> None:
+        async def once(path: str, body: bytes, status: int = 201) -> bytes:
             scope: dict[str, Any] = {
                 "type": "http",
                 "asgi": {"version": "3.0"},
@@ -90,7 +112,7 @@ async def drive(
                 "raw_path": path.encode(),
                 "query_string": b"",
                 "root_path": "",
-                "headers": list(headers),
+                "headers": list(headers_of[body]),
                 "client": ("127.0.0.1", 5000),
                 "server": ("127.0.0.1", 4521),
                 "state": {},
@@ -107,18 +129,29 @@ async def drive(
                 raise AssertionError("unreachable")
 
             statuses: list[int] = []
+            answer = bytearray()
 
             async def send(message: MutableMapping[str, Any]) -> None:
                 if message["type"] == "http.response.start":
                     statuses.append(message["status"])
+                elif message["type"] == "http.response.body":
+                    answer.extend(message.get("body", b""))
 
             await app(scope, receive, send)
-            if statuses != [201]:
-                raise SystemExit(f"{path} answered {statuses}")
+            if statuses != [status]:
+                raise SystemExit(f"{path} answered {statuses}: {bytes(answer)!r}")
+            return bytes(answer)
+
+        async def checkout() -> None:
+            placed = json.loads(await once("/holds", hold_body))
+            await once(f"/holds/{placed['id']}/confirm", b"{}")
 
         async def client(count: int) -> None:
             for _ in range(count):
-                await once()
+                if what == "checkout":
+                    await checkout()
+                else:
+                    await once("/noop" if what == "noop" else "/book", book_body)
 
         await asyncio.gather(*(client(10) for _ in range(CONCURRENCY)))  # warm-up
         await asyncio.gather(*(client(requests // CONCURRENCY) for _ in range(CONCURRENCY)))
@@ -144,16 +177,30 @@ async def _booking(app: Any, admin: str) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("what", choices=["book", "noop"])
+    parser.add_argument("what", choices=["book", "checkout", "noop"])
     parser.add_argument("--keyed", action="store_true")
     parser.add_argument("--requests", type=int, default=1920)
     parser.add_argument(
         "--queue-timeout-ms", type=int, default=1000, help="BOOKING_QUEUE_TIMEOUT_MS (0: off)"
     )
+    parser.add_argument(
+        "--no-event-cache",
+        action="store_true",
+        help="confirmations read their hold's event every time (booking/events_of.py)",
+    )
     args = parser.parse_args()
     url = f"sqlite:///{Path(tempfile.mkdtemp(prefix='boxoffice-count-')) / 'count.db'}"
     upgrade(url)  # runs its own event loop: before ours
-    asyncio.run(drive(args.what, args.keyed, args.requests, url, args.queue_timeout_ms))
+    asyncio.run(
+        drive(
+            args.what,
+            args.keyed,
+            args.requests,
+            url,
+            args.queue_timeout_ms,
+            event_cache=not args.no_event_cache,
+        )
+    )
 
 
 if __name__ == "__main__":

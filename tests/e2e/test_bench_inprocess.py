@@ -1,5 +1,5 @@
 """The instruction-counting driver (`bench/inprocess.py`) keeps working: a small run of
-each of its four modes, the way docs/performance.md runs it under callgrind."""
+each of its modes, the way docs/performance.md runs it under callgrind."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).parents[2]
 
 
-@pytest.mark.parametrize("what", ["book", "noop"])
+@pytest.mark.parametrize("what", ["book", "checkout", "noop"])
 @pytest.mark.parametrize("keyed", [False, True], ids=["open", "keyed"])
 def test_the_driver_runs_every_request_to_a_201(what: str, keyed: bool) -> None:
     done = subprocess.run(

@@ -28,13 +28,17 @@ def _parameters() -> dict[str, object]:
     one = str(uuid.uuid4())
     return {
         "now": datetime.now(UTC),
-        "sections": json.dumps([{"id": one, "expected": 0, "remaining": 1, "held": 0, "sold": 0}]),
+        "sections": json.dumps(
+            [{"id": one, "event_id": one, "expected": 0, "remaining": 1, "held": 0, "sold": 0}]
+        ),
         "holds": "[]",
         "items": "[]",
-        "settled": json.dumps([{"id": one, "status": "confirmed", "expected": "active"}]),
-        "freed": json.dumps([{"hold_id": one, "section_id": one}]),
+        "settled": json.dumps(
+            [{"id": one, "event_id": one, "status": "confirmed", "expected": "active"}]
+        ),
+        "freed": json.dumps([{"hold_id": one, "section_id": one, "event_id": one}]),
         "bookings": "[]",
-        "cancelled": json.dumps([{"id": one}]),
+        "cancelled": json.dumps([{"id": one, "event_id": one}]),
         "tallies": json.dumps([{"event_id": one, "customer_id": "c", "delta": 1}]),
         "answers": "[]",
         "trail": "[]",

@@ -166,10 +166,10 @@ def test_an_expired_hold_gives_back_only_the_seats_of_loaded_sections() -> None:
     hold = held(H, NOW, (A, 2), (B, 3))
     inv = inventory_with_hold(hold)
     del inv.sections[B]  # another batch's section: not locked by this one
-    decisions = decide([SweepExpired((A,))], inv, NOW, new_id_source())
+    decisions = decide([SweepExpired(((EVENT, A),))], inv, NOW, new_id_source())
     (swept,) = decisions.outcomes
     assert swept == Swept(2)
-    assert decisions.effects.freed_items == [(H, A)]
+    assert decisions.effects.freed_items == [(H, A, EVENT)]
     assert [i.active for i in inv.holds[H].items] == [False, True]
 
 

@@ -6,6 +6,7 @@
 - `locked.py`: run that transaction (SQLite's writer, or a PostgreSQL connection).
 - `remembered.py`: PostgreSQL's one-round-trip batch, decided on remembered sections.
 - `connections.py`: the committer's kept connections.
+- `events_of.py`: the event of a hold or booking named by id alone, learnt before its batch.
 - `narrowing.py`: a failing batch narrowed down to the command that fails it.
 - `batched.py`: group commit; commands that queue up during a transaction share the next one.
 - `direct.py`: one transaction per command.

@@ -25,6 +25,8 @@
   one already in a batch is always waited for. One timer watches the oldest
   command (the queue is in arrival order), not one per command: a timer per
   booking cost 3.8 % of a booking's instructions (docs/performance.md).
+- Confirm, release and cancel learn the event of the hold or booking they name
+  before they queue (`events_of.py`): every statement of the batch names it.
 - If the committer task dies (a bug, not a database failure: those fail one
   batch), whatever it held is answered 503, and it is started again after
   `restart_delay_seconds`, doubling while it keeps dying. `ready` is False
@@ -45,6 +47,7 @@ from datetime import datetime
 import structlog
 
 from boxoffice.booking.connections import KeptConnections
+from boxoffice.booking.events_of import EventsOf
 from boxoffice.booking.locked import LockedWriter
 from boxoffice.booking.narrowing import Answer, answer_each
 from boxoffice.booking.remembered import Remembered, apply_if_unchanged
@@ -52,6 +55,7 @@ from boxoffice.db.database import Database
 from boxoffice.db.errors import DatabaseUnavailable, Overloaded
 from boxoffice.domain.commands import Book, Command, ConfirmHold, PlaceHold, ReleaseHold
 from boxoffice.domain.decisions import Changes, Decisions, Outcome, Result
+from boxoffice.domain.model import Hold
 from boxoffice.observability import metrics
 from boxoffice.services.clock import Clock, system_clock
 from boxoffice.services.idempotency import InFlight
@@ -123,6 +127,7 @@ class BatchedBooker:
         self._connections = KeptConnections(database) if postgresql else None
         self._locked = LockedWriter(database, self._connections)
         self._remembered = Remembered() if postgresql else None
+        self.events_of = EventsOf(database)
         self.stats = BatchStats()
 
     async def start(self) -> None:
@@ -186,14 +191,20 @@ class BatchedBooker:
             if self._committer is None and not self._stopping:
                 raise RuntimeError("BatchedBooker.start() was not called")
             raise DatabaseUnavailable("the booking committer is not running")
+        if not isinstance(command, Book | PlaceHold):  # the event first (events_of.py)
+            command = await self.events_of.resolve(command)
         key = command.idempotency
         if key is None:  # the common case, without a context manager's cost
-            return await self._queued(command)
-        self._keys.claim(key)
-        try:
-            return await self._queued(command)
-        finally:
-            self._keys.release(key)
+            result = await self._queued(command)
+        else:
+            self._keys.claim(key)
+            try:
+                result = await self._queued(command)
+            finally:
+                self._keys.release(key)
+        if type(result) is Hold:
+            self.events_of.remember(result.id, result.event_id)
+        return result
 
     async def _queued(self, command: Command) -> Result:
         loop = asyncio.get_running_loop()

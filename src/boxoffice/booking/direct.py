@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from boxoffice.booking.events_of import EventsOf
 from boxoffice.booking.locked import LockedWriter
 from boxoffice.db.database import Database
 from boxoffice.domain.commands import Book, Command, PlaceHold
 from boxoffice.domain.decisions import Result
 from boxoffice.domain.errors import BoxofficeError
+from boxoffice.domain.model import Hold
 from boxoffice.observability import metrics
 from boxoffice.services.clock import Clock, system_clock
 from boxoffice.services.idempotency import InFlight
@@ -28,6 +30,7 @@ class DirectBooker:
         self._clock = clock
         self._writer = LockedWriter(database)
         self._keys = InFlight() if in_flight is None else in_flight
+        self.events_of = EventsOf(database)
 
     async def start(self) -> None:
         await self._database.start_writer()
@@ -44,10 +47,14 @@ class DirectBooker:
         """Apply `command` atomically and return its result, or raise and change nothing."""
         if isinstance(command, Book | PlaceHold):
             command.check_quantity(self._max_tickets)
+        else:
+            command = await self.events_of.resolve(command)  # see events_of.py
         with self._keys.claimed(command.idempotency):
             applied = await self._writer.apply([command], self._clock())
         metrics.count_changes(applied.changes)
         outcome = applied.outcomes[0]
         if isinstance(outcome, BoxofficeError):
             raise outcome
+        if isinstance(outcome, Hold):
+            self.events_of.remember(outcome.id, outcome.event_id)
         return outcome

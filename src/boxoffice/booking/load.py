@@ -1,6 +1,10 @@
 """Load what a batch of commands touches, locked, as an `Inventory` to decide on.
 
-Statements, each only when some command needs it:
+Every statement names the event of each row it reads (`event_id IN (…)` next
+to the ids), as a database distributed by event needs (docs/scaling.md):
+bookings and holds name their event; confirm, release and cancel carry the
+event of their hold or booking, learnt before the transaction
+(`booking/events_of.py`). Statements, each only when some command needs it:
 
 1. The sections of held or booked seats the commands name (confirm, release
    and cancel name a hold or a booking; their sections are read first, without
@@ -35,7 +39,7 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, bindparam, or_, select, text
+from sqlalchemy import ColumnElement, Connection, and_, bindparam, or_, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -81,35 +85,53 @@ _SECTION_COLUMNS = (
     events.c.max_per_customer,
     events.c.organizer_id,
 )
+Named = set[tuple[str, str]]  # (event id, row id), canonical
+
+
+def _in_events(event_id: ColumnElement[Any], ident: ColumnElement[Any]) -> ColumnElement[bool]:
+    """`event_id IN :events AND ident IN :ids`: the rows named, by event and id.
+
+    Two lists rather than (event, id) pairs: one statement, compiled once. Their
+    product can also find a row named with the wrong event when the batch names its
+    right one too (a section of one event named with another): it is read, or
+    locked, in an event the batch touches anyway, and the command that named it
+    with the wrong event is refused as before (`domain/decisions.section_of`).
+    """
+    return and_(
+        event_id.in_(bindparam("events", expanding=True)),
+        ident.in_(bindparam("ids", expanding=True)),
+    )
+
+
 _SECTIONS = (
     select(*_SECTION_COLUMNS)
     .join_from(sections, events, events.c.id == sections.c.event_id)
-    .where(sections.c.id.in_(bindparam("ids", expanding=True)))
+    .where(_in_events(sections.c.event_id, sections.c.id))
     .order_by(sections.c.id)
 )
 _LOCK_SECTIONS = _SECTIONS.with_for_update(of=sections)
 _LOCK_FREE_SECTIONS = _SECTIONS.with_for_update(of=sections, skip_locked=True)
-_HOLD_SECTIONS = select(hold_items.c.section_id).where(
-    hold_items.c.hold_id.in_(bindparam("ids", expanding=True))
+_HOLD_SECTIONS = select(hold_items.c.event_id, hold_items.c.section_id).where(
+    _in_events(hold_items.c.event_id, hold_items.c.hold_id)
 )
-_BOOKING_SECTIONS = select(bookings.c.section_id).where(
-    bookings.c.id.in_(bindparam("ids", expanding=True))
+_BOOKING_SECTIONS = select(bookings.c.event_id, bookings.c.section_id).where(
+    _in_events(bookings.c.event_id, bookings.c.id)
 )
 _HOLDS = (
     select(holds, events.c.max_per_customer)
     .join_from(holds, events, events.c.id == holds.c.event_id)
-    .where(holds.c.id.in_(bindparam("ids", expanding=True)))
+    .where(_in_events(holds.c.event_id, holds.c.id))
 )
-_ITEMS = select(hold_items).where(hold_items.c.hold_id.in_(bindparam("ids", expanding=True)))
+_ITEMS = select(hold_items).where(_in_events(hold_items.c.event_id, hold_items.c.hold_id))
 _BOOKINGS = (
     select(bookings, events.c.max_per_customer)
     .join_from(bookings, events, events.c.id == bookings.c.event_id)
-    .where(bookings.c.id.in_(bindparam("ids", expanding=True)))
+    .where(_in_events(bookings.c.event_id, bookings.c.id))
 )
 _EXPIRED_IN_SECTIONS = (
-    select(hold_items.c.hold_id)
+    select(hold_items.c.event_id, hold_items.c.hold_id)
     .where(
-        hold_items.c.section_id.in_(bindparam("ids", expanding=True)),
+        _in_events(hold_items.c.event_id, hold_items.c.section_id),
         hold_items.c.active,
         hold_items.c.expires_at <= bindparam("now"),
     )
@@ -132,8 +154,17 @@ def _uuids(ids: Iterable[str]) -> list[uuid.UUID]:
     return [as_uuid(ident) for ident in sorted(ids)]
 
 
-def _canonical(values: Iterable[str]) -> set[str]:
-    return {found for value in values if (found := cached_canonical_id(value)) is not None}
+def _named(named: Named) -> dict[str, list[uuid.UUID]]:
+    """The parameters of `_in_events` for these (event, id) pairs."""
+    return {
+        "events": _uuids({event for event, _ in named}),
+        "ids": _uuids({ident for _, ident in named}),
+    }
+
+
+def _pairs(rows: Iterable[Any]) -> Named:
+    """(event id, id) rows as canonical strings."""
+    return {(str(event), str(ident)) for event, ident in rows}
 
 
 def pairs_in(
@@ -159,28 +190,24 @@ def pairs_in(
 def load_inventory(conn: Connection, commands: Sequence[Command], now: datetime) -> Inventory:
     """Everything `commands` touch, locked where it will change, as stored now."""
     inventory = Inventory()
-    wanted = _canonical(_named_sections(commands))
-    hold_ids = _canonical(c.hold_id for c in commands if isinstance(c, ConfirmHold | ReleaseHold))
-    booking_ids = _canonical(c.booking_id for c in commands if isinstance(c, CancelBooking))
+    wanted = _named_sections(commands)
+    hold_ids = _named_by_id(c for c in commands if isinstance(c, ConfirmHold | ReleaseHold))
+    booking_ids = _named_by_id(c for c in commands if isinstance(c, CancelBooking))
     if hold_ids:
-        wanted.update(
-            str(s) for s in conn.execute(_HOLD_SECTIONS, {"ids": _uuids(hold_ids)}).scalars()
-        )
+        wanted.update(_pairs(conn.execute(_HOLD_SECTIONS, _named(hold_ids))))
     if booking_ids:
-        wanted.update(
-            str(s) for s in conn.execute(_BOOKING_SECTIONS, {"ids": _uuids(booking_ids)}).scalars()
-        )
+        wanted.update(_pairs(conn.execute(_BOOKING_SECTIONS, _named(booking_ids))))
     sweeping = bool(commands) and all(isinstance(c, SweepExpired) for c in commands)
     if wanted:
         query = _LOCK_FREE_SECTIONS if sweeping else _LOCK_SECTIONS
-        for row in conn.execute(query, {"ids": _uuids(wanted)}):
+        for row in conn.execute(query, _named(wanted)):
             section = section_from_row(row)
             inventory.sections[section.id] = section
     limits: dict[str, int] = {}
     if hold_ids:
         limits.update(_load_holds(conn, inventory, hold_ids))
     if booking_ids:
-        for row in conn.execute(_BOOKINGS, {"ids": _uuids(booking_ids)}):
+        for row in conn.execute(_BOOKINGS, _named(booking_ids)):
             booking = booking_from_row(row)
             inventory.bookings[booking.id] = booking
             if row.max_per_customer is not None:
@@ -207,25 +234,50 @@ def load_expired(
         if section.max_per_customer is not None
     }
     if customers:
-        query = select(holds.c.id).where(
+        query = select(holds.c.event_id, holds.c.id).where(
             pairs_in(holds.c.event_id, holds.c.customer_id, customers, as_uuid),
             holds.c.status == "active",
             holds.c.expires_at <= now,
         )
-        found = {str(ident) for ident in conn.execute(query).scalars()} - set(inventory.holds)
+        found = {pair for pair in _pairs(conn.execute(query)) if pair[1] not in inventory.holds}
         if found:
             limits.update(_load_holds(conn, inventory, found))
     _load_tallies(conn, inventory, [], limits)
     return len(inventory.holds) > before
 
 
-def _named_sections(commands: Sequence[Command]) -> list[str]:
-    named: list[str] = []
+def _named_sections(commands: Sequence[Command]) -> Named:
+    """The sections that bookings, holds and sweeps name, with the event named with them
+    (a section named with another event is not loaded: it is not found there)."""
+    named: Named = set()
     for command in commands:
         if isinstance(command, Book | PlaceHold):
-            named.extend(command.section_names)
+            event = cached_canonical_id(command.event_id)
+            if event is None:
+                continue
+            for name in command.section_names:
+                ident = cached_canonical_id(name)
+                if ident is not None:
+                    named.add((event, ident))
         elif isinstance(command, SweepExpired):
-            named.extend(command.section_ids)
+            for event_id, section_id in command.sections:
+                event, ident = cached_canonical_id(event_id), cached_canonical_id(section_id)
+                if event is not None and ident is not None:
+                    named.add((event, ident))
+    return named
+
+
+def _named_by_id(commands: Iterable[ConfirmHold | ReleaseHold | CancelBooking]) -> Named:
+    """The holds or bookings named, each with the event learnt for it before the batch;
+    one whose event is not known (no such hold or booking) is not looked for."""
+    named: Named = set()
+    for command in commands:
+        ident = cached_canonical_id(
+            command.booking_id if isinstance(command, CancelBooking) else command.hold_id
+        )
+        event = None if command.event_id is None else cached_canonical_id(command.event_id)
+        if ident is not None and event is not None:
+            named.add((event, ident))
     return named
 
 
@@ -235,28 +287,24 @@ def _sections_of(command: Book | PlaceHold, inventory: Inventory) -> list[Sectio
 
 
 def _load_expired_in(
-    conn: Connection, inventory: Inventory, section_ids: Iterable[str], now: datetime
+    conn: Connection, inventory: Inventory, in_sections: dict[str, Section], now: datetime
 ) -> dict[str, int]:
-    ids = set(section_ids)
-    if not ids:
+    if not in_sections:
         return {}
-    found = {
-        str(hold_id)
-        for hold_id in conn.execute(
-            _EXPIRED_IN_SECTIONS, {"ids": _uuids(ids), "now": now}
-        ).scalars()
-    } - set(inventory.holds)
+    named = {(section.event_id, ident) for ident, section in in_sections.items()}
+    rows = conn.execute(_EXPIRED_IN_SECTIONS, {**_named(named), "now": now})
+    found = {pair for pair in _pairs(rows) if pair[1] not in inventory.holds}
     return _load_holds(conn, inventory, found) if found else {}
 
 
-def _load_holds(conn: Connection, inventory: Inventory, hold_ids: set[str]) -> dict[str, int]:
+def _load_holds(conn: Connection, inventory: Inventory, hold_ids: Named) -> dict[str, int]:
     """Read holds with their items into `inventory`; the caps of their events."""
-    ids = _uuids(hold_ids)
+    params = _named(hold_ids)
     items: dict[str, list[tuple[int, HoldItem]]] = {}
-    for row in conn.execute(_ITEMS, {"ids": ids}):
+    for row in conn.execute(_ITEMS, params):
         items.setdefault(str(row.hold_id), []).append((row.position, hold_item_from_row(row)))
     limits: dict[str, int] = {}
-    for row in conn.execute(_HOLDS, {"ids": ids}):
+    for row in conn.execute(_HOLDS, params):
         hold = hold_from_row(row, [item for _, item in sorted(items.get(str(row.id), []))])
         inventory.holds[hold.id] = hold
         if row.max_per_customer is not None:

@@ -75,14 +75,15 @@ class Sweeper:
     async def sweep(self) -> int:
         """One pass: the seats given back (in up to SECTIONS_PER_SWEEP sections)."""
         now = self._clock()
+        # Read outside the write transaction, which names each section with its event.
         async with UnitOfWork(self._database, write=False) as uow:
             found = await uow.conn.execute(
-                select(hold_items.c.section_id)
+                select(hold_items.c.event_id, hold_items.c.section_id)
                 .where(hold_items.c.active, hold_items.c.expires_at <= now)
                 .distinct()
                 .limit(SECTIONS_PER_SWEEP)
             )
-            section_ids = sorted(str(ident) for ident in found.scalars())
+            section_ids = sorted((str(event), str(ident)) for event, ident in found)
         freed = 0
         if section_ids:
             applied = await self._writer.apply([SweepExpired(tuple(section_ids))], now)
@@ -92,6 +93,8 @@ class Sweeper:
                 freed = outcome.seats
             if freed:
                 log.info("expired_holds_swept", seats=freed, sections=len(section_ids))
+        # Old keys of every caller at once: the one statement here that names no event or
+        # scope (on a distributed database, one DELETE on every shard, off the booking path).
         async with UnitOfWork(self._database, write=True) as uow:
             await uow.conn.execute(
                 delete(idempotency_keys).where(idempotency_keys.c.created_at < now - self._key_ttl)

@@ -13,6 +13,9 @@ this module only turns them into statements, one place per dialect:
   (`booking/remembered.py`), where a mismatch writes nothing at all.
 - SQLite (in-process, no round trips): one executemany per table that has rows.
 
+Every row is found by its event as well as its id (`event_id` is in every
+inventory key, and in every statement's WHERE: docs/scaling.md).
+
 Adding a column is one more key here and one more column in its table; adding
 a command adds nothing here. The CHECK constraints still back every count.
 """
@@ -26,7 +29,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, case, insert, text, update
+from sqlalchemy import Connection, bindparam, case, func, insert, select, text, update
 
 from boxoffice.booking.load import as_uuid
 from boxoffice.db.tables import (
@@ -45,19 +48,20 @@ PG_WRITE = text(
     """
     WITH s_new AS (
         SELECT * FROM json_to_recordset(CAST(:sections AS json))
-                   AS t(id uuid, expected bigint, remaining integer, held integer, sold integer)
+                   AS t(id uuid, event_id uuid, expected bigint, remaining integer,
+                        held integer, sold integer)
     ), s_locked AS (
         -- Row locks in id order, as everywhere: processes cannot deadlock.
         SELECT s.id, s.version FROM sections AS s
-         WHERE s.id IN (SELECT id FROM s_new) ORDER BY s.id FOR UPDATE
+         WHERE (s.id, s.event_id) IN (SELECT id, event_id FROM s_new) ORDER BY s.id FOR UPDATE
     ), h_new_status AS (
         SELECT * FROM json_to_recordset(CAST(:settled AS json))
-                   AS c(id uuid, status text, expected text)
+                   AS c(id uuid, event_id uuid, status text, expected text)
     ), h_locked AS (
         -- After the sections (their CTE is evaluated first): the same order as every
         -- locked batch, which locks sections, then writes holds.
         SELECT h.id, h.status FROM holds AS h
-         WHERE h.id IN (SELECT id FROM h_new_status)
+         WHERE (h.id, h.event_id) IN (SELECT id, event_id FROM h_new_status)
            AND (SELECT count(*) FROM s_locked) >= 0
          ORDER BY h.id FOR UPDATE
     ), a_new AS (
@@ -82,7 +86,8 @@ PG_WRITE = text(
         UPDATE sections AS s
            SET remaining = n.remaining, held = n.held, sold = n.sold, version = s.version + 1
           FROM s_new AS n
-         WHERE s.id = n.id AND s.version = n.expected AND (SELECT ok FROM checked)
+         WHERE s.id = n.id AND s.event_id = n.event_id AND s.version = n.expected
+           AND (SELECT ok FROM checked)
     ), h_new AS (
         INSERT INTO holds (id, event_id, customer_id, status, expires_at, created_at)
         SELECT h.id, h.event_id, h.customer_id, 'active', h.expires_at, :now
@@ -102,11 +107,13 @@ PG_WRITE = text(
            SET status = c.status,
                settled_at = CASE WHEN c.status = c.expected THEN h.settled_at ELSE :now END
           FROM h_new_status AS c
-         WHERE h.id = c.id AND (SELECT ok FROM checked)
+         WHERE h.id = c.id AND h.event_id = c.event_id AND (SELECT ok FROM checked)
     ), i_write AS (
         UPDATE hold_items AS i SET active = false
-          FROM json_to_recordset(CAST(:freed AS json)) AS f(hold_id uuid, section_id uuid)
-         WHERE i.hold_id = f.hold_id AND i.section_id = f.section_id AND (SELECT ok FROM checked)
+          FROM json_to_recordset(CAST(:freed AS json))
+               AS f(hold_id uuid, section_id uuid, event_id uuid)
+         WHERE i.hold_id = f.hold_id AND i.section_id = f.section_id AND i.event_id = f.event_id
+           AND (SELECT ok FROM checked)
     ), b_new AS (
         INSERT INTO bookings (id, event_id, section_id, qty, unit_price_cents, total_price_cents,
                               status, created_at, customer_id, hold_id, payment_reference)
@@ -118,8 +125,8 @@ PG_WRITE = text(
          WHERE (SELECT ok FROM checked)
     ), b_write AS (
         UPDATE bookings AS b SET status = 'cancelled', cancelled_at = :now
-          FROM json_to_recordset(CAST(:cancelled AS json)) AS c(id uuid)
-         WHERE b.id = c.id AND (SELECT ok FROM checked)
+          FROM json_to_recordset(CAST(:cancelled AS json)) AS c(id uuid, event_id uuid)
+         WHERE b.id = c.id AND b.event_id = c.event_id AND (SELECT ok FROM checked)
     ), t_write AS (
         UPDATE customer_tickets AS c SET tickets = c.tickets + t.delta
           FROM json_to_recordset(CAST(:tallies AS json))
@@ -164,6 +171,7 @@ def pg_parameters(effects: Effects, now: datetime) -> dict[str, Any]:
             [
                 {
                     "id": s.id,
+                    "event_id": s.event_id,
                     "expected": effects.versions[s.id],
                     "remaining": s.remaining,
                     "held": s.held,
@@ -200,12 +208,20 @@ def pg_parameters(effects: Effects, now: datetime) -> dict[str, Any]:
         ),
         "settled": _rows(
             [
-                {"id": h.id, "status": h.status, "expected": effects.hold_statuses[h.id]}
+                {
+                    "id": h.id,
+                    "event_id": h.event_id,
+                    "status": h.status,
+                    "expected": effects.hold_statuses[h.id],
+                }
                 for h in effects.changed_holds.values()
             ]
         ),
         "freed": _rows(
-            [{"hold_id": hold, "section_id": section} for hold, section in effects.freed_items]
+            [
+                {"hold_id": hold, "section_id": section, "event_id": event}
+                for hold, section, event in effects.freed_items
+            ]
         ),
         "bookings": _rows(
             [
@@ -222,7 +238,9 @@ def pg_parameters(effects: Effects, now: datetime) -> dict[str, Any]:
                 for b in effects.new_bookings
             ]
         ),
-        "cancelled": _rows([{"id": ident} for ident in effects.changed_bookings]),
+        "cancelled": _rows(
+            [{"id": b.id, "event_id": b.event_id} for b in effects.changed_bookings.values()]
+        ),
         "tallies": _rows(
             [
                 {"event_id": event, "customer_id": customer, "delta": delta}
@@ -287,7 +305,11 @@ def write_effects(conn: Connection, effects: Effects, now: datetime) -> None:
 
 _S_WRITE = (
     update(sections)
-    .where(sections.c.id == bindparam("s_id"), sections.c.version == bindparam("s_expected"))
+    .where(
+        sections.c.id == bindparam("s_id"),
+        sections.c.event_id == bindparam("s_event"),
+        sections.c.version == bindparam("s_expected"),
+    )
     .values(
         remaining=bindparam("s_remaining"),
         held=bindparam("s_held"),
@@ -297,7 +319,11 @@ _S_WRITE = (
 )
 _H_WRITE = (
     update(holds)
-    .where(holds.c.id == bindparam("h_id"), holds.c.status == bindparam("h_expected"))
+    .where(
+        holds.c.id == bindparam("h_id"),
+        holds.c.event_id == bindparam("h_event"),
+        holds.c.status == bindparam("h_expected"),
+    )
     .values(
         status=bindparam("h_status"),
         # An expired hold's seats coming back later leave its settled_at alone.
@@ -312,12 +338,13 @@ _I_WRITE = (
     .where(
         hold_items.c.hold_id == bindparam("f_hold"),
         hold_items.c.section_id == bindparam("f_section"),
+        hold_items.c.event_id == bindparam("f_event"),
     )
     .values(active=False)
 )
 _B_WRITE = (
     update(bookings)
-    .where(bookings.c.id == bindparam("b_id"))
+    .where(bookings.c.id == bindparam("b_id"), bookings.c.event_id == bindparam("b_event"))
     .values(status="cancelled", cancelled_at=bindparam("b_at"))
 )
 _T_WRITE = (
@@ -340,6 +367,7 @@ def _write_sqlite(conn: Connection, effects: Effects, now: datetime) -> None:
         rows = [
             {
                 "s_id": as_uuid(s.id),
+                "s_event": as_uuid(s.event_id),
                 "s_expected": effects.versions[s.id],
                 "s_remaining": s.remaining,
                 "s_held": s.held,
@@ -385,6 +413,7 @@ def _write_sqlite(conn: Connection, effects: Effects, now: datetime) -> None:
         rows = [
             {
                 "h_id": uuid.UUID(h.id),
+                "h_event": as_uuid(h.event_id),
                 "h_status": h.status,
                 "h_expected": effects.hold_statuses[h.id],
                 "h_at": now,
@@ -397,8 +426,12 @@ def _write_sqlite(conn: Connection, effects: Effects, now: datetime) -> None:
         conn.execute(
             _I_WRITE,
             [
-                {"f_hold": uuid.UUID(hold), "f_section": as_uuid(section)}
-                for hold, section in effects.freed_items
+                {
+                    "f_hold": uuid.UUID(hold),
+                    "f_section": as_uuid(section),
+                    "f_event": as_uuid(event),
+                }
+                for hold, section, event in effects.freed_items
             ],
         )
     if effects.new_bookings:
@@ -424,7 +457,10 @@ def _write_sqlite(conn: Connection, effects: Effects, now: datetime) -> None:
     if effects.changed_bookings:
         conn.execute(
             _B_WRITE,
-            [{"b_id": uuid.UUID(ident), "b_at": now} for ident in effects.changed_bookings],
+            [
+                {"b_id": uuid.UUID(b.id), "b_event": as_uuid(b.event_id), "b_at": now}
+                for b in effects.changed_bookings.values()
+            ],
         )
     tallies = _tally_changes(effects)
     if tallies:
@@ -450,12 +486,23 @@ def _write_sqlite(conn: Connection, effects: Effects, now: datetime) -> None:
             ],
         )
     if effects.audit:
-        conn.execute(insert(audit_records), audit_rows(effects.audit, now))
+        first = (conn.execute(LAST_AUDIT_SEQ).scalar() or 0) + 1
+        conn.execute(insert(audit_records), audit_rows(effects.audit, now, first))
 
 
-def audit_rows(records: Sequence[Any], now: datetime) -> list[dict[str, Any]]:
-    """Audit records as rows for SQLAlchemy's `insert(audit_records)`."""
-    return [
+# SQLite: `audit_records.seq` shares the primary key with `event_id`, so it is not the
+# rowid: each transaction numbers its records on from the largest, as SQLite numbers
+# rowids (one probe of the key's index per transaction; every SQLite writer holds the
+# write lock, so no two take one number). PostgreSQL numbers them from its sequence.
+LAST_AUDIT_SEQ = select(func.max(audit_records.c.seq))
+
+
+def audit_rows(
+    records: Sequence[Any], now: datetime, first_seq: int | None = None
+) -> list[dict[str, Any]]:
+    """Audit records as rows for SQLAlchemy's `insert(audit_records)`; numbered from
+    `first_seq` when given (SQLite, see above)."""
+    rows = [
         {
             "at": now,
             "event_id": as_uuid(r.event_id),
@@ -471,3 +518,7 @@ def audit_rows(records: Sequence[Any], now: datetime) -> list[dict[str, Any]]:
         }
         for r in records
     ]
+    if first_seq is not None:
+        for seq, row in enumerate(rows, start=first_seq):
+            row["seq"] = seq
+    return rows

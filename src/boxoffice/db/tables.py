@@ -6,6 +6,12 @@ total is not `unit price × qty`, a booking or hold item for a section of
 another event (composite foreign keys), and a customer with more tickets in an
 event than its cap (`customer_tickets`).
 
+Every inventory table carries `event_id` (the event's own row: its `id`) in its
+primary key, and the foreign keys between them are composite with it: all of
+an event's rows can live on one shard of a database distributed by event
+(docs/scaling.md). The primary keys lead with the row's own id, so a lookup by
+id alone stays one index probe on one node.
+
 `hold_items.expires_at` and `.active` repeat the hold's expiry and whether the
 item's seats are still counted as held, so that the seats of expired holds in
 a section are one index range away (`ix_hold_items_expiring`).
@@ -75,7 +81,7 @@ sections = Table(
     "sections",
     metadata,
     Column("id", Uuid(), primary_key=True),
-    Column("event_id", Uuid(), ForeignKey("events.id"), nullable=False),
+    Column("event_id", Uuid(), ForeignKey("events.id"), primary_key=True),
     Column("position", Integer(), nullable=False),
     Column("name", String(MAX_NAME_LENGTH), nullable=False),
     Column("price_cents", BigInteger(), nullable=False),
@@ -92,14 +98,13 @@ sections = Table(
     ),
     UniqueConstraint("event_id", "name"),
     UniqueConstraint("event_id", "position"),
-    UniqueConstraint("id", "event_id"),
 )
 
 bookings = Table(
     "bookings",
     metadata,
     Column("id", Uuid(), primary_key=True),
-    Column("event_id", Uuid(), nullable=False),
+    Column("event_id", Uuid(), primary_key=True),
     Column("section_id", Uuid(), nullable=False),
     Column("qty", Integer(), nullable=False),
     Column("unit_price_cents", BigInteger(), nullable=False),
@@ -107,13 +112,14 @@ bookings = Table(
     Column("status", String(16), nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("customer_id", String(MAX_CUSTOMER_ID_LENGTH), nullable=True),
-    Column("hold_id", Uuid(), ForeignKey("holds.id"), nullable=True),
+    Column("hold_id", Uuid(), nullable=True),
     Column("payment_reference", String(MAX_PAYMENT_REFERENCE_LENGTH), nullable=True),
     Column("cancelled_at", UTCDateTime(), nullable=True),
     CheckConstraint("qty >= 1", name="qty_positive"),
     CheckConstraint("total_price_cents = unit_price_cents * qty", name="total_is_unit_times_qty"),
     CheckConstraint("status IN ('confirmed', 'cancelled')", name="status_known"),
     ForeignKeyConstraint(["section_id", "event_id"], ["sections.id", "sections.event_id"]),
+    ForeignKeyConstraint(["hold_id", "event_id"], ["holds.id", "holds.event_id"]),
     Index(None, "created_at", "id"),
     Index(None, "event_id", "created_at", "id"),
     Index(None, "customer_id", "created_at", "id"),
@@ -124,7 +130,7 @@ holds = Table(
     "holds",
     metadata,
     Column("id", Uuid(), primary_key=True),
-    Column("event_id", Uuid(), ForeignKey("events.id"), nullable=False),
+    Column("event_id", Uuid(), ForeignKey("events.id"), primary_key=True),
     Column("customer_id", String(MAX_CUSTOMER_ID_LENGTH), nullable=True),
     Column("status", String(16), nullable=False),
     Column("expires_at", UTCDateTime(), nullable=False),
@@ -140,15 +146,16 @@ holds = Table(
 hold_items = Table(
     "hold_items",
     metadata,
-    Column("hold_id", Uuid(), ForeignKey("holds.id"), primary_key=True),
+    Column("hold_id", Uuid(), primary_key=True),
     Column("section_id", Uuid(), primary_key=True),
-    Column("event_id", Uuid(), nullable=False),
+    Column("event_id", Uuid(), primary_key=True),
     Column("position", Integer(), nullable=False),
     Column("qty", Integer(), nullable=False),
     Column("unit_price_cents", BigInteger(), nullable=False),
     Column("expires_at", UTCDateTime(), nullable=False),
     Column("active", Boolean(), nullable=False),
     CheckConstraint("qty >= 1", name="qty_positive"),
+    ForeignKeyConstraint(["hold_id", "event_id"], ["holds.id", "holds.event_id"]),
     ForeignKeyConstraint(["section_id", "event_id"], ["sections.id", "sections.event_id"]),
     Index(
         "ix_hold_items_expiring",
@@ -171,6 +178,8 @@ customer_tickets = Table(
     CheckConstraint("tickets >= 0 AND tickets <= max_tickets", name="within_limit"),
 )
 
+# Keyed by the caller's scope, not by event: a key is the caller's, whatever it names (a
+# distributed database spreads it by `scope`; docs/scaling.md says what that costs).
 idempotency_keys = Table(
     "idempotency_keys",
     metadata,
@@ -185,7 +194,12 @@ idempotency_keys = Table(
 
 def _sequence() -> Column[int]:
     """`seq`: the order rows were written in, for lists read oldest first (a column
-    object belongs to one table, so each table gets its own)."""
+    object belongs to one table, so each table gets its own).
+
+    PostgreSQL numbers it from a sequence. On SQLite it is the rowid where it is the whole
+    primary key; where it shares the key (`audit_records`), every transaction numbers its
+    rows itself (`booking/write.LAST_AUDIT_SEQ`), as SQLite numbers rowids: the largest + 1.
+    """
     return Column(
         "seq", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True
     )
@@ -196,7 +210,7 @@ audit_records = Table(
     metadata,
     _sequence(),
     Column("at", UTCDateTime(), nullable=False),
-    Column("event_id", Uuid(), nullable=False),
+    Column("event_id", Uuid(), primary_key=True),
     Column("section_id", Uuid(), nullable=True),
     Column("action", String(16), nullable=False),
     Column("qty", Integer(), nullable=False),
@@ -247,3 +261,21 @@ api_keys = Table(
         "(role = 'organizer') = (organizer_id IS NOT NULL)", name="organizer_keys_name_one"
     ),
 )
+
+# How a database distributed by event (Citus, docs/scaling.md) spreads each table: by this
+# column. The tables spread by `event_id`, and `events` by its id, are co-located: all of
+# an event's rows on one shard. Each of them has the column in its primary key, in every
+# unique constraint, and on both sides of every foreign key between them; the booking
+# path names it in every statement (tests/integration/test_distribution_keys.py).
+DISTRIBUTION_COLUMNS: dict[str, str] = {
+    "events": "id",
+    "sections": "event_id",
+    "holds": "event_id",
+    "hold_items": "event_id",
+    "bookings": "event_id",
+    "customer_tickets": "event_id",
+    "audit_records": "event_id",
+    "idempotency_keys": "scope",  # a caller's keys, whatever event they name
+}
+REFERENCE_TABLES = ("api_keys",)  # read on every request, written rarely: on every node
+LOCAL_TABLES = ("fraud_flags",)  # written in the background, read by people: on one node

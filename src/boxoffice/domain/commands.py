@@ -102,6 +102,11 @@ class PlaceHold:
         return tuple(item.section_id for item in self.items)
 
 
+# Confirm, release and cancel name a hold or a booking by id alone. Every statement of
+# their transaction names the event too (docs/scaling.md), so the booker learns it first
+# (`booking/events_of.py`) and sets `event_id`; None: no such hold or booking.
+
+
 @dataclass(frozen=True, slots=True)
 class ConfirmHold:
     hold_id: str
@@ -109,6 +114,7 @@ class ConfirmHold:
     idempotency: Idempotency | None = None
     request_id: str | None = None
     actor: Principal | None = None
+    event_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +123,7 @@ class ReleaseHold:
     idempotency: Idempotency | None = None
     request_id: str | None = None
     actor: Principal | None = None
+    event_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,13 +132,14 @@ class CancelBooking:
     idempotency: Idempotency | None = None
     request_id: str | None = None
     actor: Principal | None = None
+    event_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class SweepExpired:
-    """Give back the seats of every expired hold in these sections."""
+    """Give back the seats of every expired hold in these sections: (event id, section id)."""
 
-    section_ids: tuple[str, ...]
+    sections: tuple[tuple[str, str], ...]
     idempotency: None = None
     request_id: str | None = None
 

@@ -101,7 +101,8 @@ class Effects:
     new_holds: list[Hold] = field(default_factory=list)
     changed_holds: dict[str, Hold] = field(default_factory=dict)
     hold_statuses: dict[str, str] = field(default_factory=dict)  # each one's status as loaded
-    freed_items: list[tuple[str, str]] = field(default_factory=list)  # (hold id, section id)
+    # (hold id, section id, event id): items whose seats are no longer held
+    freed_items: list[tuple[str, str, str]] = field(default_factory=list)
     tally_changes: dict[Tally, int] = field(default_factory=dict)  # tickets added (or taken)
     answers: list[tuple[Idempotency, Outcome]] = field(default_factory=list)
     audit: list[AuditRecord] = field(default_factory=list)
@@ -359,7 +360,7 @@ class _Deciding:
 
     def sweep(self, command: SweepExpired) -> Outcome:
         # give_back_expired did the work for every expired hold the snapshot holds.
-        named = {cached_canonical_id(ident) for ident in command.section_ids}
+        named = {cached_canonical_id(ident) for _, ident in command.sections}
         return Swept(
             sum(r.qty for r in self.effects.audit if r.action == "expire" and r.section_id in named)
         )
@@ -384,7 +385,7 @@ class _Deciding:
                 hold = hold.without_seats_in(item.section_id)
                 self.inv.holds[hold.id] = hold
                 self.effects.changed_holds[hold.id] = hold
-                self.effects.freed_items.append((hold.id, item.section_id))
+                self.effects.freed_items.append((hold.id, item.section_id, hold.event_id))
                 self.record("expire", section, item.qty, None, hold=hold)
 
     # Helpers -----------------------------------------------------------------------
@@ -440,7 +441,7 @@ class _Deciding:
         self.effects.changed_holds[hold.id] = settled
         if status in ("confirmed", "released"):
             self.effects.freed_items.extend(
-                (hold.id, item.section_id) for item in hold.items if item.active
+                (hold.id, item.section_id, hold.event_id) for item in hold.items if item.active
             )
         return settled
 

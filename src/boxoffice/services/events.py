@@ -17,7 +17,7 @@ from sqlalchemy import Row, func, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from boxoffice.booking.load import claim_answers
-from boxoffice.booking.write import audit_rows
+from boxoffice.booking.write import LAST_AUDIT_SEQ, audit_rows
 from boxoffice.db.database import Database
 from boxoffice.db.tables import audit_records, events, hold_items, idempotency_keys, sections
 from boxoffice.domain.audit import AuditRecord
@@ -102,7 +102,10 @@ async def create_event(
                 ],
             )
             await uow.conn.execute(insert(sections), section_rows)
-            await uow.conn.execute(insert(audit_records), audit_rows(trail, now))
+            first = None  # PostgreSQL numbers audit records itself; SQLite: write.py
+            if database.dialect == "sqlite":
+                first = ((await uow.conn.execute(LAST_AUDIT_SEQ)).scalar() or 0) + 1
+            await uow.conn.execute(insert(audit_records), audit_rows(trail, now, first))
             if idempotency is not None:
                 await uow.conn.execute(
                     insert(idempotency_keys),
