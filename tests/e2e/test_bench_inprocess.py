@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.postgres import ThrowawayPostgres
+
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).parents[2]
@@ -27,3 +29,19 @@ def test_the_driver_runs_every_request_to_a_201(what: str, keyed: bool) -> None:
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "answered" not in done.stderr
+
+
+@pytest.mark.parametrize("what", ["book", "checkout"])
+def test_the_driver_runs_against_postgresql(what: str, postgres: ThrowawayPostgres) -> None:
+    url = postgres.create_database(f"count_{what}")
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.inprocess", what, "--requests", "64", "--database-url", url],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "answered" not in done.stderr
+    # The bookings went to PostgreSQL, not to a SQLite file of the driver's own.
+    assert int(postgres.psql("SELECT count(*) FROM bookings", database=f"count_{what}")) >= 64
