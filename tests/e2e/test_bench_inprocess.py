@@ -1,5 +1,6 @@
-"""The instruction-counting driver (`bench/inprocess.py`) keeps working: a small run of
-each of its modes, the way docs/performance.md runs it under callgrind."""
+"""The benchmark's drivers keep working: a small run of each mode of the
+instruction-counting driver (`bench/inprocess.py`), the way docs/performance.md runs it
+under callgrind, and of `bench/repeat.py`."""
 
 from __future__ import annotations
 
@@ -45,3 +46,20 @@ def test_the_driver_runs_against_postgresql(what: str, postgres: ThrowawayPostgr
     assert "answered" not in done.stderr
     # The bookings went to PostgreSQL, not to a SQLite file of the driver's own.
     assert int(postgres.psql("SELECT count(*) FROM bookings", database=f"count_{what}")) >= 64
+
+
+SHORT = ["--duration", "1", "--warmup", "0"]
+
+
+def test_the_repeat_driver_runs_one_scenario_and_reads_its_batches() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.repeat", "--runs", "1", "--database", "sqlite", *SHORT],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    row = done.stdout.strip().splitlines()[-1].strip("|").split("|")
+    assert row[0].strip() == "1"
+    assert int(row[4].replace(",", "")) > 0  # batches, from the server's own log
