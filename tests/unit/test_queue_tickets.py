@@ -46,6 +46,7 @@ def test_a_ticket_reads_back_as_signed_and_is_compact() -> None:
     assert text.startswith(TICKET_PREFIX)
     assert len(text) < 90
     assert signer.read_ticket(text) == TICKET
+    assert signer.ticket(TICKET) == text  # joining again gives the same ticket back
 
 
 @given(

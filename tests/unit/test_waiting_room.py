@@ -178,6 +178,18 @@ def test_sold_out_is_its_own_state_whatever_the_settings() -> None:
         assert (decided.count, decided.state) == (0, "sold_out")
 
 
+def test_seats_all_held_pause_the_line_without_selling_it_out() -> None:
+    decided = admissions(settings(), figures(seats_left=0, seats_held=12), NOW)
+    assert (decided.count, decided.state, decided.limited_by) == (0, "open", "stock")
+    returned = admissions(settings(), figures(seats_left=4, seats_held=8), NOW)
+    assert (returned.count, returned.state) == (2, "open")
+
+
+def test_a_cancellation_after_the_sell_out_reopens_the_line() -> None:
+    assert admissions(settings(), figures(seats_left=0), NOW).state == "sold_out"
+    assert admissions(settings(), figures(seats_left=3), NOW).state == "open"
+
+
 def test_suspended_admits_nobody() -> None:
     decided = admissions(settings(suspended=True), figures(), NOW)
     assert (decided.count, decided.state) == (0, "suspended")
@@ -217,7 +229,7 @@ def test_admissions_never_break_a_limit(
     shopping: int, last_minute: int, seats: int, waiting: int, purchases: int, per_purchase: int
 ) -> None:
     stats = PurchaseStats(purchases=purchases, tickets=purchases * per_purchase)
-    live = RoomFigures(shopping, last_minute, seats, waiting, stats)
+    live = RoomFigures(shopping, last_minute, seats, waiting, stats=stats)
     decided = admissions(settings(), live, NOW)
     assert 0 <= decided.count <= waiting
     assert shopping + decided.count <= max(500, shopping)
@@ -228,6 +240,7 @@ def test_admissions_never_break_a_limit(
         assert seats - (shopping + decided.count - 1) * average > 0
     if seats <= 0:
         assert decided.state == "sold_out"
+        assert decided.count == 0
 
 
 def test_changing_a_setting_is_a_new_valid_value() -> None:

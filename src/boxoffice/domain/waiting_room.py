@@ -15,7 +15,10 @@ purchase so far, so admissions stop while
     seats left - shoppers inside × average quantity ≤ 0
 
 and resume when seats return (holds lapse, bookings are cancelled). No seat
-left at all is its own state, `sold_out`, which every waiting ticket is told.
+left, and none held that could come back, is its own state, `sold_out`, which
+every waiting ticket is told; seats all held but not yet sold only pause the
+line. A cancellation after the sell-out reopens it: the state is decided
+afresh on every call, never latched.
 
 `shopping` counts admitted customers still within their session who have not
 bought yet: the seats of those who have are out of `seats_left` already, and
@@ -171,8 +174,9 @@ class RoomFigures:
 
     shopping: int  # admitted, within their session, not bought yet
     admitted_last_minute: int
-    seats_left: int
+    seats_left: int  # free to hold or book: neither held nor sold
     waiting: int
+    seats_held: int = 0  # in active holds: they come back if the holds lapse
     stats: PurchaseStats = PurchaseStats()
 
 
@@ -192,7 +196,7 @@ class Admission:
 def admissions(settings: RoomSettings, figures: RoomFigures, now: datetime) -> Admission:
     """How many more customers may be admitted at `now`: never more than are waiting, and
     none while sold out, closed, suspended or rejecting."""
-    if figures.seats_left <= 0:
+    if figures.seats_left <= 0 and figures.seats_held <= 0:
         return Admission(0, "sold_out")
     if not settings.enabled:
         return Admission(figures.waiting, "off")
