@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -38,12 +39,14 @@ def chi_square(counts: list[int]) -> float:
     return sum((c - expected) ** 2 / expected for c in counts)
 
 
-def rank_counts(trials: int, line: int, arrival: int, keys_of: object) -> list[int]:
+def rank_counts(
+    trials: int, line: int, arrival: int, keys_of: Callable[[random.Random, int], list[int]]
+) -> list[int]:
     """How often the `arrival`-th joiner of a pre-queue of `line` ends at each place."""
     draw = random.Random(20261201)
     counts = [0] * line
     for _ in range(trials):
-        keys = keys_of(draw, line)  # type: ignore[operator]
+        keys = keys_of(draw, line)
         counts[sorted(keys).index(keys[arrival])] += 1
     return counts
 
@@ -123,8 +126,8 @@ def test_the_watermark_never_moves_back_however_stale_its_refreshes(
     for seconds, key in steps:
         moved = mark.advanced(OPENS + timedelta(seconds=seconds), key)
         assert moved.key >= mark.key
-        for probe, when in admitted.items():
-            assert moved.admitted_at(probe) == when  # nobody un-admitted or re-timed
+        for probe, first_seen in admitted.items():
+            assert moved.admitted_at(probe) == first_seen  # nobody un-admitted or re-timed
         for probe in (key, key - 1, mark.key, moved.key):
             if (when := moved.admitted_at(probe)) is not None:
                 admitted[probe] = when
