@@ -133,8 +133,7 @@ class Watermark:
     def since(self, moment: datetime) -> Watermark:
         """Only the steps taken after `moment`: those admitted at or before it are
         remembered as admitted (the floor), no longer when."""
-        times = [at for at, _ in self.steps]
-        dropped = bisect.bisect_right(times, moment)
+        dropped = bisect.bisect_right(self.steps, moment, key=_step_time)
         if dropped == 0:
             return self
         return Watermark(self.steps[dropped:], self.steps[dropped - 1][1])
@@ -143,8 +142,16 @@ class Watermark:
         """When `key` was admitted; None if it was not, or before the steps kept."""
         if key > self.key or key <= self.floor:
             return None
-        keys = [step_key for _, step_key in self.steps]
-        return self.steps[bisect.bisect_left(keys, key)][0]
+        # Every poll comes here: a binary search over the steps, no list built.
+        return self.steps[bisect.bisect_left(self.steps, key, key=_step_key)][0]
+
+
+def _step_time(step: tuple[datetime, int]) -> datetime:
+    return step[0]
+
+
+def _step_key(step: tuple[datetime, int]) -> int:
+    return step[1]
 
 
 @dataclass(frozen=True, slots=True)
