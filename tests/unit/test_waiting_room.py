@@ -13,11 +13,11 @@ from hypothesis import strategies as st
 
 from boxoffice.domain.errors import InvalidRequest
 from boxoffice.domain.waiting_room import (
+    DEFAULT_PRIOR_QUANTITY,
     MAX_NEW_USERS_PER_MINUTE,
     MAX_SESSION_DURATION_SECONDS,
     MAX_TOTAL_ACTIVE_USERS,
     MIN_SESSION_DURATION_SECONDS,
-    PRIOR_QUANTITY,
     PurchaseStats,
     RoomFigures,
     RoomSettings,
@@ -116,11 +116,12 @@ def test_phase_follows_the_clock() -> None:
 
 
 def test_the_prior_stands_before_any_purchase_and_gives_way_to_measurement() -> None:
-    assert PurchaseStats().average_quantity() == PRIOR_QUANTITY
-    few = PurchaseStats(purchases=1, tickets=4).average_quantity()
-    assert PRIOR_QUANTITY < few < Fraction(5, 2)  # one purchase of 4 barely moves it
-    many = PurchaseStats(purchases=10_000, tickets=35_000).average_quantity()
-    assert abs(many - Fraction(7, 2)) < Fraction(1, 100)
+    assert PurchaseStats().average_quantity() == DEFAULT_PRIOR_QUANTITY
+    assert PurchaseStats(prior=6).average_quantity() == 6
+    few = PurchaseStats(purchases=1, tickets=1).average_quantity()
+    assert Fraction(7, 2) < few < DEFAULT_PRIOR_QUANTITY  # one purchase of 1 barely moves it
+    many = PurchaseStats(purchases=10_000, tickets=25_000).average_quantity()
+    assert abs(many - Fraction(5, 2)) < Fraction(1, 100)
 
 
 def test_the_average_is_never_below_one_seat() -> None:
@@ -148,20 +149,20 @@ def test_never_more_than_are_waiting() -> None:
 
 
 def test_admission_stops_when_the_seats_left_cannot_serve_those_inside() -> None:
-    stats = PurchaseStats(purchases=1_000, tickets=2_000)  # an average of 2
+    stats = PurchaseStats(purchases=1_000, tickets=2_000, prior=2)  # an average of 2
     inside = figures(shopping=50, seats_left=100, stats=stats)
     decided = admissions(settings(), inside, NOW)
     assert (decided.count, decided.state, decided.limited_by) == (0, "open", "stock")
 
 
 def test_admission_resumes_when_seats_return() -> None:
-    stats = PurchaseStats(purchases=1_000, tickets=2_000)
+    stats = PurchaseStats(purchases=1_000, tickets=2_000, prior=2)
     decided = admissions(settings(), figures(shopping=50, seats_left=106, stats=stats), NOW)
     assert (decided.count, decided.limited_by) == (3, "stock")
 
 
 def test_the_last_shopper_let_in_may_find_fewer_than_the_average() -> None:
-    stats = PurchaseStats(purchases=1_000, tickets=2_000)
+    stats = PurchaseStats(purchases=1_000, tickets=2_000, prior=2)
     # 101 seats, 50 inside at 2 each: one seat left, enough for one more shopper.
     decided = admissions(settings(), figures(shopping=50, seats_left=101, stats=stats), NOW)
     assert decided.count == 1
@@ -169,7 +170,9 @@ def test_the_last_shopper_let_in_may_find_fewer_than_the_average() -> None:
 
 def test_the_prior_paces_the_stock_before_any_purchase() -> None:
     decided = admissions(settings(), figures(seats_left=20, waiting=1_000), NOW)
-    assert (decided.count, decided.limited_by) == (10, "stock")  # 20 seats / 2 each
+    assert (decided.count, decided.limited_by) == (5, "stock")  # 20 seats / 4 each
+    pairs = figures(seats_left=20, stats=PurchaseStats(prior=2))  # at most 2 per customer
+    assert admissions(settings(), pairs, NOW).count == 10
 
 
 def test_sold_out_is_its_own_state_whatever_the_settings() -> None:
@@ -182,7 +185,7 @@ def test_seats_all_held_pause_the_line_without_selling_it_out() -> None:
     decided = admissions(settings(), figures(seats_left=0, seats_held=12), NOW)
     assert (decided.count, decided.state, decided.limited_by) == (0, "open", "stock")
     returned = admissions(settings(), figures(seats_left=4, seats_held=8), NOW)
-    assert (returned.count, returned.state) == (2, "open")
+    assert (returned.count, returned.state) == (1, "open")
 
 
 def test_a_cancellation_after_the_sell_out_reopens_the_line() -> None:

@@ -24,12 +24,18 @@ afresh on every call, never latched.
 bought yet: the seats of those who have are out of `seats_left` already, and
 counting them again would stall the line near the end of a sale.
 
-Before the first purchase the average is a prior (`PRIOR_QUANTITY`, 2 seats:
-a pair), blended with what is measured as if it were `PRIOR_WEIGHT` purchases
-already made, so the first one or two purchases cannot swing it. A prior too
-low lets in shoppers who find nothing left; too high keeps seats idle until
-purchases correct it: it only matters at the very end of a sale, when a few
-hundred purchases have been measured already and outweigh it.
+Before the first purchase the average is a prior, blended with what is
+measured as if it were `PRIOR_WEIGHT` purchases already made, so the first
+one or two purchases cannot swing it. The prior is the most one shopper may
+take: the event's per-customer limit, or `DEFAULT_PRIOR_QUANTITY` (4) when it
+has none. It errs on the side of letting in too few, on purpose. A prior too
+low lets in, with the first burst at opening, shoppers who will find nothing
+(the whole point of the room is not to), and a burst is decided before any
+purchase is measured: with 500 seats, a prior of 2 (a pair) and an average
+of 2.5, the first tick let in 250 and 41 of them found nothing
+(tests/unit/test_waiting_room_run.py). Too high only keeps seats idle for
+the seconds the first purchases take to be measured, while the loop keeps
+asking twice a second.
 
 Pacing by rate counts the admissions of the last 60 s (a sliding window the
 storage can count), so a minute's quota may be let in at once when the sale
@@ -48,11 +54,11 @@ from typing import Literal, get_args
 from boxoffice.domain.errors import InvalidRequest
 
 __all__ = [
+    "DEFAULT_PRIOR_QUANTITY",
     "MAX_NEW_USERS_PER_MINUTE",
     "MAX_SESSION_DURATION_SECONDS",
     "MAX_TOTAL_ACTIVE_USERS",
     "MIN_SESSION_DURATION_SECONDS",
-    "PRIOR_QUANTITY",
     "PRIOR_WEIGHT",
     "RATE_WINDOW",
     "Admission",
@@ -76,7 +82,7 @@ MAX_SESSION_DURATION_SECONDS = 2 * 60 * 60
 MAX_PREQUEUE_AHEAD = timedelta(days=7)  # a pre-queue opens at most a week before the sale
 RATE_WINDOW = timedelta(minutes=1)
 
-PRIOR_QUANTITY = Fraction(2)
+DEFAULT_PRIOR_QUANTITY = 4  # the most one shopper takes, when the event sets no limit
 PRIOR_WEIGHT = 10
 
 
@@ -157,15 +163,17 @@ def _check_int(name: str, value: int, low: int, high: int) -> None:
 
 @dataclass(frozen=True, slots=True)
 class PurchaseStats:
-    """Purchases made in the event so far, and the tickets they took."""
+    """Purchases made in the event so far, the tickets they took, and the prior: the most
+    one shopper may take (the event's per-customer limit, if it has one)."""
 
     purchases: int = 0
     tickets: int = 0
+    prior: int = DEFAULT_PRIOR_QUANTITY
 
     def average_quantity(self) -> Fraction:
         """Tickets a shopper is expected to take: measured, blended with the prior."""
-        blended = (self.tickets + PRIOR_QUANTITY * PRIOR_WEIGHT) / (self.purchases + PRIOR_WEIGHT)
-        return max(Fraction(1), blended)
+        weighted = self.tickets + self.prior * PRIOR_WEIGHT
+        return max(Fraction(1), Fraction(weighted, self.purchases + PRIOR_WEIGHT))
 
 
 @dataclass(frozen=True, slots=True)
