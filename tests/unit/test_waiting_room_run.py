@@ -26,7 +26,13 @@ from boxoffice.domain.queue_order import (
     answer_poll,
     order_key,
 )
-from boxoffice.domain.waiting_room import PurchaseStats, RoomFigures, RoomSettings, admissions
+from boxoffice.domain.waiting_room import (
+    DEFAULT_PRIOR_QUANTITY,
+    PurchaseStats,
+    RoomFigures,
+    RoomSettings,
+    admissions,
+)
 
 OPENS = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
 TICK = timedelta(milliseconds=500)
@@ -55,7 +61,7 @@ class Run:
 
 
 @functools.cache
-def sale(*, inventory_aware: bool, seed: int = 12) -> Run:
+def sale(*, inventory_aware: bool, prior: int = DEFAULT_PRIOR_QUANTITY, seed: int = 12) -> Run:
     draw = random.Random(seed)
     room = RoomSettings(
         enabled=True,
@@ -73,7 +79,7 @@ def sale(*, inventory_aware: bool, seed: int = 12) -> Run:
         customers.append(
             Customer(key, joins, draw.randint(1, 4), timedelta(seconds=draw.uniform(5, 40)))
         )
-    run = Run(customers)
+    run = Run(customers, stats=PurchaseStats(prior=prior))
     now = OPENS
     while now < OPENS + timedelta(minutes=5):
         for c in customers:  # purchases due now
@@ -82,7 +88,9 @@ def sale(*, inventory_aware: bool, seed: int = 12) -> Run:
                 c.bought = min(c.wants, run.seats_left)
                 run.seats_left -= c.bought
                 if c.bought:
-                    run.stats = PurchaseStats(run.stats.purchases + 1, run.stats.tickets + c.bought)
+                    run.stats = PurchaseStats(
+                        run.stats.purchases + 1, run.stats.tickets + c.bought, prior
+                    )
                 else:
                     run.futile += 1
         if run.seats_left == 0 and run.sold_out_at is None:
@@ -130,6 +138,14 @@ def test_following_the_inventory_lets_in_few_who_find_nothing() -> None:
     admitted = sum(1 for c in aware.customers if c.admitted_at)
     assert aware.futile < 0.05 * admitted
     assert blind.futile > 5 * max(1, aware.futile)
+
+
+def test_a_prior_below_the_true_average_lets_the_opening_burst_in_for_nothing() -> None:
+    # The customers take 2.5 seats on average; a prior of a pair is decided on before
+    # any purchase is measured.
+    assert sale(inventory_aware=True, prior=2).futile > 5 * max(
+        1, sale(inventory_aware=True).futile
+    )
 
 
 def test_polls_tell_the_waiting_sold_out_and_the_admitted_their_session() -> None:
