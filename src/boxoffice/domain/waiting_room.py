@@ -1,0 +1,237 @@
+"""An event's waiting room: its settings, and how many may be let in now.
+
+    RoomSettings (validated)  ┐
+    RoomFigures (as measured) ┴─ admissions(now) ─> Admission(count, state, limited_by)
+
+The settings follow Cloudflare Waiting Room's vocabulary (`newUsersPerMinute`,
+`totalActiveUsers`, `sessionDuration`, `queueingMethod`), with a pre-queue that
+opens before the sale and `suspended` to pause admissions while the line keeps
+its order.
+
+What a room in front of the shop cannot do, this one does: it follows the
+inventory. A shopper let in is expected to take the average quantity of a
+purchase so far, so admissions stop while
+
+    seats left - shoppers inside × average quantity ≤ 0
+
+and resume when seats return (holds lapse, bookings are cancelled). No seat
+left, and none held that could come back, is its own state, `sold_out`, which
+every waiting ticket is told; seats all held but not yet sold only pause the
+line. A cancellation after the sell-out reopens it: the state is decided
+afresh on every call, never latched.
+
+`shopping` counts admitted customers still within their session who have not
+bought yet: the seats of those who have are out of `seats_left` already, and
+counting them again would stall the line near the end of a sale.
+
+Before the first purchase the average is a prior, blended with what is
+measured as if it were `PRIOR_WEIGHT` purchases already made, so the first
+one or two purchases cannot swing it. The prior is the most one shopper may
+take: the event's per-customer limit, or `DEFAULT_PRIOR_QUANTITY` (4) when it
+has none. It errs on the side of letting in too few, on purpose. A prior too
+low lets in, with the first burst at opening, shoppers who will find nothing
+(the whole point of the room is not to), and a burst is decided before any
+purchase is measured: with 500 seats, a prior of 2 (a pair) and an average
+of 2.5, the first tick let in 250 and 41 of them found nothing
+(tests/unit/test_waiting_room_run.py). Too high only keeps seats idle for
+the seconds the first purchases take to be measured, while the loop keeps
+asking twice a second.
+
+Pacing by rate counts the admissions of the last 60 s (a sliding window the
+storage can count), so a minute's quota may be let in at once when the sale
+opens; the admission loop that calls this a few times a second spreads it by
+calling often. Plain Python: no clock but the `now` it is given.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from fractions import Fraction
+from typing import Literal, get_args
+
+from boxoffice.domain.errors import InvalidRequest
+
+__all__ = [
+    "DEFAULT_PRIOR_QUANTITY",
+    "MAX_NEW_USERS_PER_MINUTE",
+    "MAX_SESSION_DURATION_SECONDS",
+    "MAX_TOTAL_ACTIVE_USERS",
+    "MIN_SESSION_DURATION_SECONDS",
+    "PRIOR_WEIGHT",
+    "RATE_WINDOW",
+    "Admission",
+    "PurchaseStats",
+    "QueueingMethod",
+    "RoomFigures",
+    "RoomSettings",
+    "RoomState",
+    "admissions",
+]
+
+QueueingMethod = Literal["fifo", "random", "passthrough", "reject"]
+QUEUEING_METHODS: tuple[str, ...] = get_args(QueueingMethod)
+
+# Cloudflare allows 200..2^31-1 new users a minute; a shop this size serves far fewer,
+# and 1 keeps tests and small events possible.
+MAX_NEW_USERS_PER_MINUTE = 1_000_000
+MAX_TOTAL_ACTIVE_USERS = 10_000_000
+MIN_SESSION_DURATION_SECONDS = 60  # time to choose seats and pay, at the least
+MAX_SESSION_DURATION_SECONDS = 2 * 60 * 60
+MAX_PREQUEUE_AHEAD = timedelta(days=7)  # a pre-queue opens at most a week before the sale
+RATE_WINDOW = timedelta(minutes=1)
+
+DEFAULT_PRIOR_QUANTITY = 4  # the most one shopper takes, when the event sets no limit
+PRIOR_WEIGHT = 10
+
+
+@dataclass(frozen=True, slots=True)
+class RoomSettings:
+    """An event's waiting room as its organizer set it; built only valid.
+
+    `opens_at` None opens the line at once; `prequeue_opens_at` None means no
+    pre-queue (joining before `opens_at` is refused).
+    """
+
+    enabled: bool
+    opens_at: datetime | None
+    new_users_per_minute: int
+    total_active_users: int
+    session_duration_seconds: int
+    queueing_method: QueueingMethod = "fifo"
+    prequeue_opens_at: datetime | None = None
+    suspended: bool = False
+
+    def __post_init__(self) -> None:
+        _check_int("newUsersPerMinute", self.new_users_per_minute, 1, MAX_NEW_USERS_PER_MINUTE)
+        _check_int("totalActiveUsers", self.total_active_users, 1, MAX_TOTAL_ACTIVE_USERS)
+        if self.total_active_users < self.new_users_per_minute:
+            # As Cloudflare: more let in a minute than may be inside at once is a typo.
+            raise InvalidRequest(
+                "totalActiveUsers must be at least newUsersPerMinute.", field="totalActiveUsers"
+            )
+        _check_int(
+            "sessionDurationSeconds",
+            self.session_duration_seconds,
+            MIN_SESSION_DURATION_SECONDS,
+            MAX_SESSION_DURATION_SECONDS,
+        )
+        if self.queueing_method not in QUEUEING_METHODS:
+            raise InvalidRequest(
+                f"queueingMethod must be one of {', '.join(QUEUEING_METHODS)}.",
+                field="queueingMethod",
+            )
+        for name, moment in (
+            ("opensAt", self.opens_at),
+            ("prequeueOpensAt", self.prequeue_opens_at),
+        ):
+            if moment is not None and moment.utcoffset() is None:
+                raise InvalidRequest(f"{name} must carry a time zone.", field=name)
+        if self.prequeue_opens_at is not None:
+            if self.opens_at is None:
+                raise InvalidRequest(
+                    "prequeueOpensAt needs an opensAt to shuffle at.", field="prequeueOpensAt"
+                )
+            if self.prequeue_opens_at >= self.opens_at:
+                raise InvalidRequest(
+                    "prequeueOpensAt must be before opensAt.", field="prequeueOpensAt"
+                )
+            if self.opens_at - self.prequeue_opens_at > MAX_PREQUEUE_AHEAD:
+                raise InvalidRequest(
+                    "prequeueOpensAt must be at most 7 days before opensAt.",
+                    field="prequeueOpensAt",
+                )
+
+    @property
+    def session_duration(self) -> timedelta:
+        return timedelta(seconds=self.session_duration_seconds)
+
+    def phase(self, now: datetime) -> Literal["closed", "prequeue", "open"]:
+        """Whether the line takes joiners yet, and whether it moves."""
+        if self.opens_at is None or now >= self.opens_at:
+            return "open"
+        if self.prequeue_opens_at is not None and now >= self.prequeue_opens_at:
+            return "prequeue"
+        return "closed"
+
+
+def _check_int(name: str, value: int, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidRequest(f"{name} must be an integer from {low} to {high}.", field=name)
+
+
+@dataclass(frozen=True, slots=True)
+class PurchaseStats:
+    """Purchases made in the event so far, the tickets they took, and the prior: the most
+    one shopper may take (the event's per-customer limit, if it has one)."""
+
+    purchases: int = 0
+    tickets: int = 0
+    prior: int = DEFAULT_PRIOR_QUANTITY
+
+    def average_quantity(self) -> Fraction:
+        """Tickets a shopper is expected to take: measured, blended with the prior."""
+        weighted = self.tickets + self.prior * PRIOR_WEIGHT
+        return max(Fraction(1), Fraction(weighted, self.purchases + PRIOR_WEIGHT))
+
+
+@dataclass(frozen=True, slots=True)
+class RoomFigures:
+    """The room's live figures, as the storage counts them at `now`."""
+
+    shopping: int  # admitted, within their session, not bought yet
+    admitted_last_minute: int
+    seats_left: int  # free to hold or book: neither held nor sold
+    waiting: int
+    seats_held: int = 0  # in active holds: they come back if the holds lapse
+    stats: PurchaseStats = PurchaseStats()
+
+
+RoomState = Literal["off", "closed", "prequeue", "suspended", "rejecting", "open", "sold_out"]
+Limit = Literal["rate", "active", "stock", "waiting"]
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """How many of those waiting may be let in now, and why not more."""
+
+    count: int
+    state: RoomState
+    limited_by: Limit | None = None  # the tightest limit, while the room is open
+
+
+def admissions(settings: RoomSettings, figures: RoomFigures, now: datetime) -> Admission:
+    """How many more customers may be admitted at `now`: never more than are waiting, and
+    none while sold out, closed, suspended or rejecting."""
+    if figures.seats_left <= 0 and figures.seats_held <= 0:
+        return Admission(0, "sold_out")
+    if not settings.enabled:
+        return Admission(figures.waiting, "off")
+    phase = settings.phase(now)
+    if phase != "open":
+        return Admission(0, phase)
+    if settings.suspended:
+        return Admission(0, "suspended")
+    if settings.queueing_method == "reject":
+        return Admission(0, "rejecting")
+    if settings.queueing_method == "passthrough":
+        return Admission(figures.waiting, "open", "waiting")
+    room: dict[Limit, int] = {
+        "rate": settings.new_users_per_minute - figures.admitted_last_minute,
+        "active": settings.total_active_users - figures.shopping,
+        "stock": stock_room(figures),
+        "waiting": figures.waiting,
+    }
+    limited_by = min(room, key=lambda limit: room[limit])
+    return Admission(max(0, room[limited_by]), "open", limited_by)
+
+
+def stock_room(figures: RoomFigures) -> int:
+    """Shoppers the seats left can still serve, beyond those inside: the last one let in
+    may find fewer than the average, never nothing."""
+    average = figures.stats.average_quantity()
+    free = figures.seats_left - figures.shopping * average
+    if free <= 0:
+        return 0
+    return math.ceil(free / average)

@@ -1,0 +1,262 @@
+"""Order keys and the pre-queue shuffle, the watermark, and what a poll is told."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from boxoffice.domain.queue_order import (
+    FIFO_BASE,
+    MAX_POLL_SECONDS,
+    MIN_POLL_SECONDS,
+    PREQUEUE_TOP,
+    RANDOM_BASE,
+    RANDOM_TOP,
+    Band,
+    LineSnapshot,
+    Watermark,
+    answer_poll,
+    estimate_position,
+    order_key,
+    poll_after_seconds,
+)
+
+OPENS = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
+SESSION = timedelta(minutes=10)
+
+# Chi-square critical values at p = 0.001: a fixed seed makes the test deterministic,
+# and a uniform draw passes it with a wide margin, a biased one fails it by far.
+CHI2_999 = {15: 37.70, 19: 43.82}
+
+
+def chi_square(counts: list[int]) -> float:
+    expected = sum(counts) / len(counts)
+    return sum((c - expected) ** 2 / expected for c in counts)
+
+
+def rank_counts(
+    trials: int, line: int, arrival: int, keys_of: Callable[[random.Random, int], list[int]]
+) -> list[int]:
+    """How often the `arrival`-th joiner of a pre-queue of `line` ends at each place."""
+    draw = random.Random(20261201)
+    counts = [0] * line
+    for _ in range(trials):
+        keys = keys_of(draw, line)
+        counts[sorted(keys).index(keys[arrival])] += 1
+    return counts
+
+
+def prequeue_keys(draw: random.Random, line: int) -> list[int]:
+    return [order_key("prequeue", sequence=i, watermark=-1, rng=draw) for i in range(line)]
+
+
+# Order keys -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arrival", [0, 10, 19])
+def test_the_pre_queue_shuffle_gives_every_arrival_every_place_alike(arrival: int) -> None:
+    counts = rank_counts(20_000, 20, arrival, prequeue_keys)
+    assert chi_square(counts) < CHI2_999[19]
+
+
+def test_the_uniformity_check_catches_a_line_kept_in_arrival_order() -> None:
+    def by_arrival(draw: random.Random, line: int) -> list[int]:
+        return [order_key("fifo", sequence=i, watermark=-1) for i in range(line)]
+
+    def nearly_random(draw: random.Random, line: int) -> list[int]:
+        # A "shuffle" with a slight edge for early arrivals: the last one's key is
+        # pushed back by 1.9 % of the band.
+        return [draw.randrange(PREQUEUE_TOP) + i * PREQUEUE_TOP // 1_000 for i in range(line)]
+
+    assert chi_square(rank_counts(2_000, 20, 19, by_arrival)) > CHI2_999[19]
+    assert chi_square(rank_counts(20_000, 20, 19, nearly_random)) > CHI2_999[19]
+
+
+def test_fifo_keys_follow_arrival_behind_the_whole_pre_queue() -> None:
+    keys = [order_key("fifo", sequence=n, watermark=-1) for n in range(5)]
+    assert keys == sorted(keys) == list(range(FIFO_BASE, FIFO_BASE + 5))
+    assert all(key >= PREQUEUE_TOP for key in keys)
+    draw = random.Random(1)
+    assert max(prequeue_keys(draw, 1_000)) < FIFO_BASE
+    with pytest.raises(ValueError, match="sequence"):
+        order_key("fifo", sequence=RANDOM_BASE - FIFO_BASE, watermark=-1)
+
+
+def test_random_joiners_draw_above_the_watermark_in_their_band() -> None:
+    draw = random.Random(2)
+    watermark = RANDOM_BASE + (RANDOM_TOP - RANDOM_BASE) // 2
+    keys = [order_key("random", sequence=0, watermark=watermark, rng=draw) for _ in range(500)]
+    assert all(watermark < key < RANDOM_TOP for key in keys)
+    low = [order_key("random", sequence=0, watermark=5, rng=draw) for _ in range(500)]
+    assert all(RANDOM_BASE <= key < RANDOM_TOP for key in low)
+    with pytest.raises(ValueError, match="used up"):
+        order_key("random", sequence=0, watermark=RANDOM_TOP - 1)
+
+
+def test_a_random_joiner_is_exchangeable_with_those_already_waiting() -> None:
+    # 30 joined; the watermark then passed 15 of them; a newcomer's place among the
+    # 16 now waiting must be uniform, neither favoured nor pushed to the back.
+    draw = random.Random(3)
+    counts = [0] * 16
+    for _ in range(16_000):
+        keys = sorted(order_key("random", sequence=0, watermark=-1, rng=draw) for _ in range(30))
+        watermark = keys[14]
+        waiting = keys[15:]
+        newcomer = order_key("random", sequence=0, watermark=watermark, rng=draw)
+        counts[sum(key < newcomer for key in waiting)] += 1
+    assert chi_square(counts) < CHI2_999[15]
+
+
+# The watermark ----------------------------------------------------------------------
+
+
+@given(
+    st.lists(st.tuples(st.integers(0, 600), st.integers(-1, 10_000)), max_size=30),
+)
+def test_the_watermark_never_moves_back_however_stale_its_refreshes(
+    steps: list[tuple[int, int]],
+) -> None:
+    mark = Watermark()
+    admitted: dict[int, datetime] = {}
+    for seconds, key in steps:
+        moved = mark.advanced(OPENS + timedelta(seconds=seconds), key)
+        assert moved.key >= mark.key
+        for probe, first_seen in admitted.items():
+            assert moved.admitted_at(probe) == first_seen  # nobody un-admitted or re-timed
+        for probe in (key, key - 1, mark.key, moved.key):
+            if (when := moved.admitted_at(probe)) is not None:
+                admitted[probe] = when
+        mark = moved
+    times = [at for at, _ in mark.steps]
+    assert times == sorted(times)
+
+
+def test_admission_times_follow_the_steps() -> None:
+    mark = Watermark().merged(
+        [(OPENS + timedelta(seconds=2), 200), (OPENS, 100), (OPENS + timedelta(seconds=1), 50)]
+    )
+    # The late-read (1 s, 50) step is stale behind (0 s, 100) and changes nothing.
+    assert mark.steps == ((OPENS, 100), (OPENS + timedelta(seconds=2), 200))
+    assert mark.admitted_at(0) == OPENS
+    assert mark.admitted_at(100) == OPENS
+    assert mark.admitted_at(101) == OPENS + timedelta(seconds=2)
+    assert mark.admitted_at(201) is None
+    assert Watermark().admitted_at(0) is None
+
+
+def test_steps_older_than_a_session_are_folded_into_the_floor() -> None:
+    mark = Watermark().merged(
+        [(OPENS, 100), (OPENS + timedelta(seconds=5), 200), (OPENS + timedelta(seconds=9), 300)]
+    )
+    kept = mark.since(OPENS + timedelta(seconds=5))
+    assert kept.floor == 200
+    assert kept.key == 300
+    assert kept.admitted_at(150) is None
+    assert kept.admitted_at(201) == OPENS + timedelta(seconds=9)
+    assert mark.since(OPENS - timedelta(seconds=1)) == mark
+    emptied = mark.since(OPENS + timedelta(seconds=60))
+    assert emptied.key == 300  # everyone is still admitted, no longer when
+    assert emptied.advanced(OPENS + timedelta(seconds=61), 250) == emptied
+
+
+# Polls ------------------------------------------------------------------------------
+
+
+def snapshot(
+    *, mark: Watermark, pace: float = 10.0, sold_out: bool = False, fifo_issued: int = 1_000
+) -> LineSnapshot:
+    return LineSnapshot(
+        mark,
+        (
+            Band(0, PREQUEUE_TOP, 0),
+            Band(
+                FIFO_BASE, FIFO_BASE + fifo_issued, max(0, FIFO_BASE + fifo_issued - mark.key - 1)
+            ),
+            Band(RANDOM_BASE, RANDOM_TOP, 0),
+        ),
+        pace,
+        SESSION,
+        sold_out,
+    )
+
+
+MARK = Watermark().advanced(OPENS, FIFO_BASE + 99)  # the first 100 fifo joiners are in
+
+
+def test_an_admitted_ticket_carries_its_session() -> None:
+    answer = answer_poll(FIFO_BASE + 99, snapshot(mark=MARK), OPENS + timedelta(minutes=1))
+    assert answer.status == "admitted"
+    assert answer.admitted_until == OPENS + SESSION
+    assert answer.position is None
+
+
+def test_an_admitted_ticket_expires_with_its_session() -> None:
+    answer = answer_poll(FIFO_BASE, snapshot(mark=MARK), OPENS + SESSION)
+    assert answer.status == "expired"
+    folded = snapshot(mark=MARK.since(OPENS))
+    assert answer_poll(FIFO_BASE, folded, OPENS).status == "expired"
+
+
+def test_a_waiting_fifo_ticket_knows_its_place_and_wait() -> None:
+    answer = answer_poll(FIFO_BASE + 149, snapshot(mark=MARK, pace=10.0), OPENS)
+    assert (answer.status, answer.position, answer.estimated_wait_seconds) == ("waiting", 50, 5)
+    assert answer.poll_after_seconds == 1
+
+
+def test_sold_out_is_told_to_the_waiting_not_to_the_admitted() -> None:
+    sold = snapshot(mark=MARK, sold_out=True)
+    assert answer_poll(FIFO_BASE + 500, sold, OPENS).status == "sold_out"
+    assert answer_poll(FIFO_BASE + 5, sold, OPENS).status == "admitted"
+
+
+def test_a_line_that_does_not_move_polls_at_the_longest_interval() -> None:
+    answer = answer_poll(FIFO_BASE + 149, snapshot(mark=MARK, pace=0.0), OPENS)
+    assert answer.status == "waiting"
+    assert answer.estimated_wait_seconds is None
+    assert answer.poll_after_seconds == MAX_POLL_SECONDS
+
+
+def test_a_pre_queue_place_is_estimated_from_its_key() -> None:
+    mark = Watermark()
+    line = LineSnapshot(
+        mark, (Band(0, PREQUEUE_TOP, 1_000), Band(FIFO_BASE, FIFO_BASE + 500, 500)), 10.0, SESSION
+    )
+    assert estimate_position(0, line) == 1
+    assert estimate_position(PREQUEUE_TOP // 4, line) == 251
+    assert estimate_position(FIFO_BASE, line) == 1_001  # behind the whole pre-queue
+    assert estimate_position(FIFO_BASE + 250, line) == 1_251
+
+
+@given(st.integers(0, RANDOM_TOP), st.integers(0, RANDOM_TOP), st.integers(-1, RANDOM_TOP))
+def test_a_place_further_back_is_never_estimated_ahead(a: int, b: int, w: int) -> None:
+    mark = Watermark().advanced(OPENS, w) if w >= 0 else Watermark()
+    line = LineSnapshot(
+        mark,
+        (
+            Band(0, PREQUEUE_TOP, 700),
+            Band(FIFO_BASE, FIFO_BASE + 300, 120),
+            Band(RANDOM_BASE, RANDOM_TOP, 90),
+        ),
+        5.0,
+        SESSION,
+    )
+    low, high = sorted((a, b))
+    assert 1 <= estimate_position(low, line) <= estimate_position(high, line) <= 911
+
+
+@given(st.integers(0, 10**7), st.integers(0, 10**7))
+def test_poll_after_grows_with_the_wait_within_its_bounds(a: int, b: int) -> None:
+    short, long = sorted((a, b))
+    assert MIN_POLL_SECONDS <= poll_after_seconds(short) <= poll_after_seconds(long)
+    assert poll_after_seconds(long) <= MAX_POLL_SECONDS
+
+
+def test_poll_after_at_the_front_and_far_back() -> None:
+    assert poll_after_seconds(0) == MIN_POLL_SECONDS
+    assert poll_after_seconds(45) == 5
+    assert poll_after_seconds(3_600) == MAX_POLL_SECONDS

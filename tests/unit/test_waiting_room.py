@@ -1,0 +1,252 @@
+"""The waiting room's settings limits, and how many it lets in under each constraint."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from fractions import Fraction
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from boxoffice.domain.errors import InvalidRequest
+from boxoffice.domain.waiting_room import (
+    DEFAULT_PRIOR_QUANTITY,
+    MAX_NEW_USERS_PER_MINUTE,
+    MAX_SESSION_DURATION_SECONDS,
+    MAX_TOTAL_ACTIVE_USERS,
+    MIN_SESSION_DURATION_SECONDS,
+    PurchaseStats,
+    RoomFigures,
+    RoomSettings,
+    admissions,
+)
+
+OPENS = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
+NOW = OPENS + timedelta(minutes=5)
+
+
+def settings(**changes: Any) -> RoomSettings:
+    values: dict[str, Any] = {
+        "enabled": True,
+        "opens_at": OPENS,
+        "prequeue_opens_at": OPENS - timedelta(hours=1),
+        "new_users_per_minute": 100,
+        "total_active_users": 500,
+        "session_duration_seconds": 600,
+        "queueing_method": "fifo",
+    }
+    values.update(changes)
+    return RoomSettings(**values)
+
+
+def figures(**changes: Any) -> RoomFigures:
+    values: dict[str, Any] = {
+        "shopping": 0,
+        "admitted_last_minute": 0,
+        "seats_left": 10_000,
+        "waiting": 1_000,
+    }
+    values.update(changes)
+    return RoomFigures(**values)
+
+
+# Settings ---------------------------------------------------------------------------
+
+
+def test_good_settings_are_kept_as_given() -> None:
+    room = settings(queueing_method="random", suspended=True)
+    assert room.new_users_per_minute == 100
+    assert room.session_duration == timedelta(minutes=10)
+    assert room.suspended
+
+
+@pytest.mark.parametrize(
+    ("field", "changes"),
+    [
+        ("newUsersPerMinute", {"new_users_per_minute": 0}),
+        ("newUsersPerMinute", {"new_users_per_minute": -5}),
+        ("newUsersPerMinute", {"new_users_per_minute": MAX_NEW_USERS_PER_MINUTE + 1}),
+        ("newUsersPerMinute", {"new_users_per_minute": True}),
+        ("newUsersPerMinute", {"new_users_per_minute": 10.5}),
+        ("totalActiveUsers", {"total_active_users": 0}),
+        ("totalActiveUsers", {"total_active_users": MAX_TOTAL_ACTIVE_USERS + 1}),
+        ("totalActiveUsers", {"new_users_per_minute": 600, "total_active_users": 599}),
+        ("sessionDurationSeconds", {"session_duration_seconds": MIN_SESSION_DURATION_SECONDS - 1}),
+        ("sessionDurationSeconds", {"session_duration_seconds": MAX_SESSION_DURATION_SECONDS + 1}),
+        ("queueingMethod", {"queueing_method": "lifo"}),
+        ("opensAt", {"opens_at": datetime(2026, 12, 1, 10, 0)}),
+        ("prequeueOpensAt", {"prequeue_opens_at": datetime(2026, 12, 1, 9, 0)}),
+        ("prequeueOpensAt", {"prequeue_opens_at": OPENS}),
+        ("prequeueOpensAt", {"prequeue_opens_at": OPENS + timedelta(seconds=1)}),
+        ("prequeueOpensAt", {"prequeue_opens_at": OPENS - timedelta(days=7, seconds=1)}),
+        ("prequeueOpensAt", {"opens_at": None}),
+    ],
+)
+def test_each_limit_is_refused_with_its_field(field: str, changes: dict[str, Any]) -> None:
+    with pytest.raises(InvalidRequest) as refused:
+        settings(**changes)
+    assert refused.value.field == field
+
+
+def test_the_limits_themselves_are_accepted() -> None:
+    settings(new_users_per_minute=1, total_active_users=1)
+    settings(
+        new_users_per_minute=MAX_NEW_USERS_PER_MINUTE, total_active_users=MAX_TOTAL_ACTIVE_USERS
+    )
+    settings(session_duration_seconds=MIN_SESSION_DURATION_SECONDS)
+    settings(session_duration_seconds=MAX_SESSION_DURATION_SECONDS)
+    settings(prequeue_opens_at=OPENS - timedelta(days=7))
+    settings(prequeue_opens_at=None, opens_at=None)
+
+
+def test_phase_follows_the_clock() -> None:
+    room = settings()
+    assert room.phase(OPENS - timedelta(hours=2)) == "closed"
+    assert room.phase(OPENS - timedelta(hours=1)) == "prequeue"
+    assert room.phase(OPENS - timedelta(microseconds=1)) == "prequeue"
+    assert room.phase(OPENS) == "open"
+    assert settings(prequeue_opens_at=None).phase(OPENS - timedelta(minutes=1)) == "closed"
+    assert settings(prequeue_opens_at=None, opens_at=None).phase(OPENS) == "open"
+
+
+# The average quantity -------------------------------------------------------------------
+
+
+def test_the_prior_stands_before_any_purchase_and_gives_way_to_measurement() -> None:
+    assert PurchaseStats().average_quantity() == DEFAULT_PRIOR_QUANTITY
+    assert PurchaseStats(prior=6).average_quantity() == 6
+    few = PurchaseStats(purchases=1, tickets=1).average_quantity()
+    assert Fraction(7, 2) < few < DEFAULT_PRIOR_QUANTITY  # one purchase of 1 barely moves it
+    many = PurchaseStats(purchases=10_000, tickets=25_000).average_quantity()
+    assert abs(many - Fraction(5, 2)) < Fraction(1, 100)
+
+
+def test_the_average_is_never_below_one_seat() -> None:
+    assert PurchaseStats(purchases=1_000, tickets=0).average_quantity() == 1
+
+
+# Pacing ---------------------------------------------------------------------------------
+
+
+def test_the_per_minute_rate_limits_admissions() -> None:
+    decided = admissions(settings(), figures(admitted_last_minute=70), NOW)
+    assert (decided.count, decided.state, decided.limited_by) == (30, "open", "rate")
+    assert admissions(settings(), figures(admitted_last_minute=100), NOW).count == 0
+
+
+def test_total_active_users_limits_admissions() -> None:
+    decided = admissions(settings(), figures(shopping=480), NOW)
+    assert (decided.count, decided.limited_by) == (20, "active")
+    assert admissions(settings(), figures(shopping=500), NOW).count == 0
+
+
+def test_never_more_than_are_waiting() -> None:
+    decided = admissions(settings(), figures(waiting=7), NOW)
+    assert (decided.count, decided.limited_by) == (7, "waiting")
+
+
+def test_admission_stops_when_the_seats_left_cannot_serve_those_inside() -> None:
+    stats = PurchaseStats(purchases=1_000, tickets=2_000, prior=2)  # an average of 2
+    inside = figures(shopping=50, seats_left=100, stats=stats)
+    decided = admissions(settings(), inside, NOW)
+    assert (decided.count, decided.state, decided.limited_by) == (0, "open", "stock")
+
+
+def test_admission_resumes_when_seats_return() -> None:
+    stats = PurchaseStats(purchases=1_000, tickets=2_000, prior=2)
+    decided = admissions(settings(), figures(shopping=50, seats_left=106, stats=stats), NOW)
+    assert (decided.count, decided.limited_by) == (3, "stock")
+
+
+def test_the_last_shopper_let_in_may_find_fewer_than_the_average() -> None:
+    stats = PurchaseStats(purchases=1_000, tickets=2_000, prior=2)
+    # 101 seats, 50 inside at 2 each: one seat left, enough for one more shopper.
+    decided = admissions(settings(), figures(shopping=50, seats_left=101, stats=stats), NOW)
+    assert decided.count == 1
+
+
+def test_the_prior_paces_the_stock_before_any_purchase() -> None:
+    decided = admissions(settings(), figures(seats_left=20, waiting=1_000), NOW)
+    assert (decided.count, decided.limited_by) == (5, "stock")  # 20 seats / 4 each
+    pairs = figures(seats_left=20, stats=PurchaseStats(prior=2))  # at most 2 per customer
+    assert admissions(settings(), pairs, NOW).count == 10
+
+
+def test_sold_out_is_its_own_state_whatever_the_settings() -> None:
+    for room in (settings(), settings(suspended=True), settings(queueing_method="passthrough")):
+        decided = admissions(room, figures(seats_left=0), NOW)
+        assert (decided.count, decided.state) == (0, "sold_out")
+
+
+def test_seats_all_held_pause_the_line_without_selling_it_out() -> None:
+    decided = admissions(settings(), figures(seats_left=0, seats_held=12), NOW)
+    assert (decided.count, decided.state, decided.limited_by) == (0, "open", "stock")
+    returned = admissions(settings(), figures(seats_left=4, seats_held=8), NOW)
+    assert (returned.count, returned.state) == (1, "open")
+
+
+def test_a_cancellation_after_the_sell_out_reopens_the_line() -> None:
+    assert admissions(settings(), figures(seats_left=0), NOW).state == "sold_out"
+    assert admissions(settings(), figures(seats_left=3), NOW).state == "open"
+
+
+def test_suspended_admits_nobody() -> None:
+    decided = admissions(settings(suspended=True), figures(), NOW)
+    assert (decided.count, decided.state) == (0, "suspended")
+
+
+def test_nobody_is_admitted_before_opening() -> None:
+    assert admissions(settings(), figures(), OPENS - timedelta(minutes=1)).state == "prequeue"
+    assert admissions(settings(), figures(), OPENS - timedelta(hours=2)).state == "closed"
+    assert admissions(settings(), figures(), OPENS - timedelta(minutes=1)).count == 0
+
+
+def test_passthrough_lets_everyone_waiting_in() -> None:
+    room = settings(queueing_method="passthrough")
+    decided = admissions(room, figures(admitted_last_minute=100, shopping=500), NOW)
+    assert (decided.count, decided.state) == (1_000, "open")
+
+
+def test_reject_admits_nobody() -> None:
+    decided = admissions(settings(queueing_method="reject"), figures(), NOW)
+    assert (decided.count, decided.state) == (0, "rejecting")
+
+
+def test_a_room_turned_off_lets_everyone_through() -> None:
+    decided = admissions(settings(enabled=False), figures(), NOW)
+    assert (decided.count, decided.state) == (1_000, "off")
+
+
+@given(
+    shopping=st.integers(0, 2_000),
+    last_minute=st.integers(0, 2_000),
+    seats=st.integers(-5, 5_000),
+    waiting=st.integers(0, 5_000),
+    purchases=st.integers(0, 500),
+    per_purchase=st.integers(1, 6),
+)
+def test_admissions_never_break_a_limit(
+    shopping: int, last_minute: int, seats: int, waiting: int, purchases: int, per_purchase: int
+) -> None:
+    stats = PurchaseStats(purchases=purchases, tickets=purchases * per_purchase)
+    live = RoomFigures(shopping, last_minute, seats, waiting, stats=stats)
+    decided = admissions(settings(), live, NOW)
+    assert 0 <= decided.count <= waiting
+    assert shopping + decided.count <= max(500, shopping)
+    assert last_minute + decided.count <= max(100, last_minute)
+    average = stats.average_quantity()
+    if decided.count:
+        # The last one let in still has at least one seat of its expected share.
+        assert seats - (shopping + decided.count - 1) * average > 0
+    if seats <= 0:
+        assert decided.state == "sold_out"
+        assert decided.count == 0
+
+
+def test_changing_a_setting_is_a_new_valid_value() -> None:
+    room = settings()
+    with pytest.raises(InvalidRequest):
+        replace(room, new_users_per_minute=0)
