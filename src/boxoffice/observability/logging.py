@@ -37,7 +37,11 @@ def configure_logging(level: str = "INFO", fmt: str = "console") -> None:
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer()
         if fmt == "json"
-        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        # Plain tracebacks: a rich one shows every frame's locals, and a request's locals
+        # hold its headers, an API key among them.
+        else structlog.dev.ConsoleRenderer(
+            colors=sys.stderr.isatty(), exception_formatter=structlog.dev.plain_traceback
+        )
     )
     structlog.configure(
         processors=[
@@ -50,8 +54,11 @@ def configure_logging(level: str = "INFO", fmt: str = "console") -> None:
         cache_logger_on_first_use=True,
     )
     handler = logging.StreamHandler()
+    # Other libraries' records (uvicorn's "Exception in ASGI application") get their
+    # traceback as plain text too, before either renderer sees it.
+    foreign = [*shared, structlog.processors.format_exc_info]
     handler.setFormatter(
-        structlog.stdlib.ProcessorFormatter(foreign_pre_chain=shared, processor=renderer)
+        structlog.stdlib.ProcessorFormatter(foreign_pre_chain=foreign, processor=renderer)
     )
     root = logging.getLogger()
     root.handlers[:] = [handler]
