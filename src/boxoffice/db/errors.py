@@ -47,13 +47,17 @@ def _transient(driver_error: object) -> bool:
     return sqlstate in _TRANSIENT_SQLSTATES or sqlstate[:2] == "08"
 
 
-def _no_host_takes_writes(error: BaseException) -> bool:
-    """A URL naming several hosts with `target_session_attrs=read-write`, and every host
-    answered read-only: a failover is under way (the new primary is read-only until
-    it is confirmed), and asyncpg reports it as an internal client error."""
+def _connection_in_a_bad_state(error: BaseException) -> bool:
+    """asyncpg's own client-side errors: every host read-only with
+    `target_session_attrs=read-write` (a failover under way: the new primary is
+    read-only until it is confirmed), or a connection whose protocol is still in an
+    operation that never finished ("cannot switch to state …; another operation is in
+    progress": a statement cut off when its server died, its cancel request lost).
+    Either way this connection, or this moment, is unusable, and a retry on a new
+    connection can succeed (the committer drops its connection on any failure)."""
     cause: BaseException | None = error
     while cause is not None:
-        if isinstance(cause, asyncpg.TargetServerAttributeNotMatched):
+        if isinstance(cause, asyncpg.InternalClientError):
             return True
         cause = cause.__cause__
     return False
@@ -65,7 +69,7 @@ def is_unavailable(error: BaseException) -> bool:
     Integrity and programming errors are not in this set: they are bugs or
     bad data, and must not be disguised as a temporary outage.
     """
-    if _no_host_takes_writes(error):
+    if _connection_in_a_bad_state(error):
         return True
     if isinstance(error, sa_exc.TimeoutError | TimeoutError | asyncio.TimeoutError):
         return True

@@ -56,7 +56,7 @@ def configure_logging(level: str = "INFO", fmt: str = "console") -> None:
     handler = logging.StreamHandler()
     # Other libraries' records (uvicorn's "Exception in ASGI application") get their
     # traceback as plain text too, before either renderer sees it.
-    foreign = [*shared, structlog.processors.format_exc_info]
+    foreign: list[structlog.types.Processor] = [*shared, structlog.processors.format_exc_info]
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(foreign_pre_chain=foreign, processor=renderer)
     )
