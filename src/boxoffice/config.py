@@ -11,7 +11,14 @@ import re
 from functools import lru_cache
 from typing import Annotated, Literal
 
-from pydantic import BeforeValidator, Field, PlainSerializer, field_validator, model_validator
+from pydantic import (
+    BeforeValidator,
+    Field,
+    PlainSerializer,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 
@@ -231,6 +238,46 @@ class Settings(BaseSettings):
         10, ge=0, le=100_000, description="Different customers buying from one address."
     )
 
+    waiting_room_secret: SecretStr | None = Field(
+        None,
+        description="Signs queue tickets and admission tokens: 32 bytes or more, as 64+ hex "
+        "digits; the same on every process and server. Unset: one is made on first use and "
+        "kept in the database.",
+    )
+    waiting_room_retired_secrets: SecretStr | None = Field(
+        None,
+        description="Earlier WAITING_ROOM_SECRETs, comma-separated, still accepted while "
+        "tickets signed with them are in use (key rotation).",
+    )
+    waiting_room_refresh_ms: int = Field(
+        250,
+        ge=50,
+        le=5000,
+        description="How often each process reads the waiting rooms' watermarks and figures: "
+        "the longest a poll's answer lags the line.",
+    )
+    waiting_room_tick_ms: int = Field(
+        500,
+        ge=50,
+        le=10_000,
+        description="How often the admission loop (one process per event at a time) lets "
+        "more customers in.",
+    )
+    waiting_room_clock_skew_ms: int = Field(
+        2000,
+        ge=0,
+        le=60_000,
+        description="The most the servers' clocks may disagree: admissions start this long "
+        "after opensAt, so no pre-queue joiner on a slow clock lands behind the opening.",
+    )
+    max_polls_tracked: int = Field(
+        200_000,
+        ge=1000,
+        le=10_000_000,
+        description="Queue tickets whose last poll one process remembers, to rate-limit "
+        "those polling faster than told (the oldest are forgotten first).",
+    )
+
     cors_allow_origins: str = Field(
         "",
         description="Browser origins allowed to call the API, comma-separated "
@@ -307,6 +354,38 @@ class Settings(BaseSettings):
                 f"HOLD_TTL_MAX_SECONDS ({self.hold_ttl_max_seconds})"
             )
         return self
+
+    @field_validator("waiting_room_secret", "waiting_room_retired_secrets")
+    @classmethod
+    def _secrets(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        for part in value.get_secret_value().split(","):
+            try:
+                secret = bytes.fromhex(part.strip())
+            except ValueError:
+                raise ValueError("a waiting-room secret is written as hex digits") from None
+            if len(secret) < 32:
+                raise ValueError("a waiting-room secret has 32 bytes (64 hex digits) or more")
+        return value
+
+    @property
+    def waiting_room_secrets(self) -> tuple[bytes | None, tuple[bytes, ...]]:
+        """The configured signing secret (None: the database's), and the retired ones."""
+        current = (
+            None
+            if self.waiting_room_secret is None
+            else bytes.fromhex(self.waiting_room_secret.get_secret_value().strip())
+        )
+        retired = (
+            ()
+            if self.waiting_room_retired_secrets is None
+            else tuple(
+                bytes.fromhex(part.strip())
+                for part in self.waiting_room_retired_secrets.get_secret_value().split(",")
+            )
+        )
+        return current, retired
 
     @property
     def cors_origins(self) -> list[str]:

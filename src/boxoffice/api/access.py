@@ -34,9 +34,10 @@ from boxoffice.services.keys import KeyRing
 PRINCIPAL = "boxoffice.principal"  # where the middleware leaves the caller in the scope
 
 # Operations anyone may call without a key (their OpenAPI operation ids), and their paths.
-PUBLIC_OPERATIONS = frozenset({"list_events", "get_event", "healthz", "readyz"})
+PUBLIC_OPERATIONS = frozenset({"list_events", "get_event", "poll_queue", "healthz", "readyz"})
 _PUBLIC_PATHS = re.compile(
-    r"/events/?|/events/[^/]+|/healthz|/readyz|/docs|/docs/oauth2-redirect|/redoc|/openapi\.json"
+    r"/events/?|/events/[^/]+|/queue/[^/]+|/healthz|/readyz|/docs|/docs/oauth2-redirect|/redoc"
+    r"|/openapi\.json"
 )
 
 

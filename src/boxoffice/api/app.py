@@ -19,19 +19,21 @@ from boxoffice.api.problems import install_problem_handlers, move_errors_to_prob
 from boxoffice.api.rate_limits import RateLimiter, RateLimitMiddleware
 from boxoffice.api.request_ids import RequestIdMiddleware
 from boxoffice.api.request_metrics import RequestCounter
-from boxoffice.api.routes import bookings, events, flags, health, holds, keys
+from boxoffice.api.routes import bookings, events, flags, health, holds, keys, waiting_room
 from boxoffice.api.security_headers import EXPOSED_HEADERS
 from boxoffice.booking import make_booker
 from boxoffice.booking.sweeper import Sweeper
 from boxoffice.config import Settings, get_settings
 from boxoffice.db.database import Database
 from boxoffice.db.migrate import check_schema
+from boxoffice.domain.poll_pacing import PollPacer
 from boxoffice.observability.exporter import Exporter
 from boxoffice.observability.logging import configure_logging
 from boxoffice.services.clock import Clock, system_clock
 from boxoffice.services.flags import FlagDesk
 from boxoffice.services.idempotency import InFlight
 from boxoffice.services.keys import KeyRing
+from boxoffice.services.room_watch import RoomWatch
 
 log = structlog.get_logger("boxoffice")
 
@@ -39,6 +41,10 @@ TAGS = [
     {"name": "events", "description": "Events and their sections; availability is public."},
     {"name": "bookings", "description": "Book seats in one step, list and cancel bookings."},
     {"name": "holds", "description": "Checkout: hold seats while paying, then confirm."},
+    {
+        "name": "waiting room",
+        "description": "On-sale mode: a line in front of the event, paced by its inventory.",
+    },
     {"name": "flags", "description": "Suspicious patterns noticed, for a person to look at."},
     {"name": "keys", "description": "API keys, for admins: make, list, revoke."},
     {
@@ -130,6 +136,16 @@ def create_app(
             clock=clock,
         )
         app.state.exporter = exporter
+        secret, retired = settings.waiting_room_secrets
+        room_watch = RoomWatch(
+            db,
+            clock=clock,
+            refresh_seconds=settings.waiting_room_refresh_ms / 1000,
+            tick_seconds=settings.waiting_room_tick_ms / 1000,
+            clock_skew_seconds=settings.waiting_room_clock_skew_ms / 1000,
+            secret=secret,
+            retired_secrets=retired,
+        )
         if settings.boxoffice_open_access:
             log.warning(
                 "OPEN ACCESS: BOXOFFICE_OPEN_ACCESS=true, so no API key is checked and anyone "
@@ -139,6 +155,8 @@ def create_app(
         try:
             await check_schema(db)
             await booker.start()
+            await room_watch.start()
+            app.state.room_watch = room_watch
             await sweeper.start()
             if flags is not None:
                 await flags.start()
@@ -159,6 +177,7 @@ def create_app(
             if flags is not None:
                 await flags.stop()
             await sweeper.stop()
+            await room_watch.stop()
             await booker.stop()
             await exporter.stop()  # after the last batches: their counts are flushed
             if rate_limiter is not None:
@@ -181,6 +200,8 @@ def create_app(
     app.state.settings = settings
     app.state.clock = clock
     app.state.flags = None  # the fraud watch, from the lifespan on (services/flags.py)
+    app.state.room_watch = None  # the waiting rooms, from the lifespan on (room_watch.py)
+    app.state.poll_pacer = PollPacer(settings.max_polls_tracked)
     rate_limiter = RateLimiter.from_settings(settings)
     app.state.rate_limiter = rate_limiter
     install_problem_handlers(app)
@@ -216,6 +237,7 @@ def create_app(
     # its own order (TAGS).
     app.include_router(bookings.router)
     app.include_router(holds.router)
+    app.include_router(waiting_room.router)
     app.include_router(events.router)
     app.include_router(flags.router)
     app.include_router(keys.router)

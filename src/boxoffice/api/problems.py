@@ -5,13 +5,16 @@
 | RequestValidationError, InvalidRequest   | 400    | validation_error      |
 | InsufficientSeats                        | 400    | insufficient_seats    |
 | Unauthorized (+ WWW-Authenticate)        | 401    | unauthorized          |
-| Forbidden                                | 403    | forbidden             |
-| NotFound, unknown route                  | 404    | not_found             |
+| Forbidden (AdmissionRequired,            | 403    | forbidden,            |
+|   AdmissionInvalid)                      |        | admission_required, … |
+| NotFound (QueueTicketInvalid), unknown   | 404    | not_found, …          |
+|   route                                  |        |                       |
 | Conflict (HoldExpired, HoldNotActive,    | 409    | hold_expired, …       |
 |   CustomerLimitExceeded, ActiveHoldLimit,|        |                       |
 |   IdempotencyInProgress + Retry-After)   |        |                       |
 | IdempotencyKeyReused                     | 422    | idempotency_key_reused|
-| HoldChurnLimit (+ Retry-After)           | 429    | hold_churn_limit      |
+| HoldChurnLimit, PollTooSoon              | 429    | hold_churn_limit,     |
+|   (+ Retry-After)                        |        | poll_too_soon         |
 | a rate limit (api/rate_limits.py)        | 429    | rate_limited          |
 | wrong method                             | 405    | method_not_allowed    |
 | body over MAX_BODY_BYTES                 | 413    | payload_too_large     |
@@ -51,6 +54,7 @@ from boxoffice.domain.errors import (
     InsufficientSeats,
     InvalidRequest,
     NotFound,
+    PollTooSoon,
     Unauthorized,
 )
 from boxoffice.observability.metrics import REFUSALS
@@ -145,7 +149,7 @@ def _status_of(error: BoxofficeError) -> int:
         return 409
     if isinstance(error, IdempotencyKeyReused):
         return 422
-    if isinstance(error, HoldChurnLimit):
+    if isinstance(error, HoldChurnLimit | PollTooSoon):
         return 429
     return 500
 
@@ -176,7 +180,7 @@ async def _on_domain_error(request: Request, exc: Exception) -> ProblemResponse:
         {"Retry-After": RETRY_AFTER_SECONDS}
         if isinstance(exc, IdempotencyInProgress)
         else {"Retry-After": str(exc.retry_after_seconds)}
-        if isinstance(exc, HoldChurnLimit)
+        if isinstance(exc, HoldChurnLimit | PollTooSoon)
         else {"WWW-Authenticate": 'Bearer realm="boxoffice"'}
         if isinstance(exc, Unauthorized)
         else None
@@ -280,13 +284,17 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     descriptions = {
         400: "Invalid input (`validation_error`) or, for bookings, `insufficient_seats`.",
         404: "Not found (`not_found`).",
+        403: "The key's role may not do this (`forbidden`) or, while the event's waiting "
+        "room is on, no valid Admission-Token (`admission_required`, `admission_invalid`).",
         409: "Conflict: `hold_expired`, `hold_not_active`, `customer_limit_exceeded`, "
-        "`active_hold_limit`, or `idempotency_in_progress` (retry after `Retry-After`).",
+        "`active_hold_limit`, `queue_not_open`, or `idempotency_in_progress` (retry after "
+        "`Retry-After`).",
         413: "Body larger than MAX_BODY_BYTES (`payload_too_large`).",
         422: "The Idempotency-Key was used before with a different request "
         "(`idempotency_key_reused`).",
-        429: "Too many requests (`rate_limited`) or, for holds, too many given up in the "
-        "last hour (`hold_churn_limit`); retry after `Retry-After`.",
+        429: "Too many requests (`rate_limited`), for holds too many given up in the "
+        "last hour (`hold_churn_limit`), for queue tickets a poll before its "
+        "`pollAfterSeconds` (`poll_too_soon`); retry after `Retry-After`.",
         500: "Unexpected error (`internal_error`).",
         503: "Database unavailable (`service_unavailable`) or, for inventory changes, the "
         "booking queue full for longer than BOOKING_QUEUE_TIMEOUT_MS (`overloaded`); retry "

@@ -4,7 +4,8 @@ The caller is its API key (by id), or its address when it sent none (the
 public reads, and every request under BOXOFFICE_OPEN_ACCESS). Organizer and
 admin keys get RATE_LIMIT_STAFF_FACTOR times the quota: a box office or a
 shop's back end books for many people through one key. Health checks are
-never limited.
+never limited, and
+neither are queue polls, which are paced per ticket instead.
 
 Every limited response carries the IETF `RateLimit-Policy` and `RateLimit`
 headers (draft-ietf-httpapi-ratelimit-headers: `"purchase";q=20;w=10` and
@@ -48,7 +49,9 @@ def route_class(method: str, path: str) -> RouteClass | None:
     if path.startswith("/keys"):
         return "keys"
     if method in ("GET", "HEAD"):
-        return None if path in _UNLIMITED else "read"
+        if path in _UNLIMITED or path.startswith("/queue/"):
+            return None  # a queue ticket's polls are paced per ticket (domain/poll_pacing.py)
+        return "read"
     if path.startswith(_PURCHASE_PREFIXES):
         return "purchase"
     return "write"

@@ -15,6 +15,7 @@ from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
@@ -45,7 +46,16 @@ from boxoffice.domain.model import (
     Section,
 )
 from boxoffice.domain.money import from_cents
+from boxoffice.domain.waiting_room import (
+    MAX_NEW_USERS_PER_MINUTE,
+    MAX_SESSION_DURATION_SECONDS,
+    MAX_TOTAL_ACTIVE_USERS,
+    MIN_SESSION_DURATION_SECONDS,
+    QueueingMethod,
+    RoomSettings,
+)
 from boxoffice.services.keys import NewKey
+from boxoffice.services.waiting_room import Room
 
 ID_MAX_LENGTH = 64
 
@@ -351,6 +361,138 @@ class AuditRecordOut(_Response):
         )
 
 
+class WaitingRoomIn(_Request):
+    """An event's waiting room, in Cloudflare Waiting Room's vocabulary."""
+
+    enabled: bool = True
+    prequeue_opens_at: AwareDatetime | None = Field(
+        None, description="When joining starts; those who join before opensAt are shuffled."
+    )
+    opens_at: AwareDatetime | None = Field(
+        None, description="When admissions start; none: at once."
+    )
+    new_users_per_minute: Annotated[
+        StrictInt, Field(ge=1, le=MAX_NEW_USERS_PER_MINUTE, description="Admissions a minute.")
+    ]
+    total_active_users: Annotated[
+        StrictInt,
+        Field(
+            ge=1,
+            le=MAX_TOTAL_ACTIVE_USERS,
+            description="Most admitted shoppers inside at once (at least newUsersPerMinute).",
+        ),
+    ]
+    session_duration_seconds: Annotated[
+        StrictInt,
+        Field(
+            ge=MIN_SESSION_DURATION_SECONDS,
+            le=MAX_SESSION_DURATION_SECONDS,
+            description="How long an admitted shopper may buy.",
+        ),
+    ] = 600
+    queueing_method: QueueingMethod = "fifo"
+    suspended: bool = Field(False, description="Pause admissions; the line keeps its order.")
+
+    def settings(self) -> RoomSettings:
+        return RoomSettings(
+            enabled=self.enabled,
+            opens_at=self.opens_at,
+            new_users_per_minute=self.new_users_per_minute,
+            total_active_users=self.total_active_users,
+            session_duration_seconds=self.session_duration_seconds,
+            queueing_method=self.queueing_method,
+            prequeue_opens_at=self.prequeue_opens_at,
+            suspended=self.suspended,
+        )
+
+
+class WaitingRoomFiguresOut(_Response):
+    state: str = Field(description="off, closed, prequeue, suspended, rejecting, open or sold_out.")
+    limited_by: str | None = Field(
+        description="While open: what holds admissions back (rate, active, stock, waiting)."
+    )
+    waiting: int
+    active_shoppers: int
+    admitted: int = Field(description="Admitted so far.")
+    admitted_last_minute: int
+    seats_left: int
+    seats_held: int
+    average_quantity: float = Field(description="Tickets a shopper is expected to take.")
+    sold_out: bool
+    measured_at: datetime
+
+
+class WaitingRoomOut(_Response):
+    event_id: str
+    enabled: bool
+    prequeue_opens_at: datetime | None
+    opens_at: datetime | None
+    new_users_per_minute: int
+    total_active_users: int
+    session_duration_seconds: int
+    queueing_method: QueueingMethod
+    suspended: bool
+    figures: WaitingRoomFiguresOut | None = Field(
+        description="As the admission loop measured them last; none before its first turn."
+    )
+
+    @classmethod
+    def of(cls, room: Room) -> WaitingRoomOut:
+        settings = room.settings
+        published = room.published
+        figures = (
+            None
+            if published is None or room.published_at is None
+            else WaitingRoomFiguresOut(
+                state=published.state,
+                limited_by=published.limited_by,
+                waiting=published.waiting,
+                active_shoppers=published.shopping,
+                admitted=published.admitted_total,
+                admitted_last_minute=published.admitted_last_minute,
+                seats_left=published.seats_left,
+                seats_held=published.seats_held,
+                average_quantity=published.average_quantity,
+                sold_out=published.sold_out,
+                measured_at=room.published_at,
+            )
+        )
+        return cls(
+            event_id=room.event_id,
+            enabled=settings.enabled,
+            prequeue_opens_at=settings.prequeue_opens_at,
+            opens_at=settings.opens_at,
+            new_users_per_minute=settings.new_users_per_minute,
+            total_active_users=settings.total_active_users,
+            session_duration_seconds=settings.session_duration_seconds,
+            queueing_method=settings.queueing_method,
+            suspended=settings.suspended,
+            figures=figures,
+        )
+
+
+class QueueJoinIn(_Request):
+    """Only with open access (BOXOFFICE_OPEN_ACCESS): a customer key joins as itself."""
+
+    customer_id: CustomerId | None = None
+
+
+class QueueTicketOut(_Response):
+    ticket: str = Field(description="Opaque; poll GET /queue/{ticket} with it.")
+    event_id: str
+    status: Literal["waiting", "admitted", "expired", "sold_out"]
+    position: int | None = Field(description="While waiting: your estimated place, 1 first.")
+    estimated_wait_seconds: int | None = Field(
+        description="While waiting: the estimate at the recent pace; none while the line "
+        "does not move."
+    )
+    poll_after_seconds: int = Field(description="Poll again after this long, not sooner.")
+    admission_token: str | None = Field(
+        description="Once admitted: send it as the Admission-Token header to book or hold."
+    )
+    admitted_until: datetime | None = Field(description="When the admitted session ends.")
+
+
 class FieldError(BaseModel):
     field: str
     message: str
@@ -375,6 +517,9 @@ class Problem(BaseModel):
         description="Tickets the customer may still take (customer_limit_exceeded).",
     )
     status_of_hold: str | None = Field(None, alias="holdStatus", description="hold_not_active.")
+    opens_at: str | None = Field(
+        None, alias="opensAt", description="When the line opens (queue_not_open)."
+    )
 
     def body(self) -> dict[str, Any]:
         return self.model_dump(exclude_none=True, by_alias=True)

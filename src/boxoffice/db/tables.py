@@ -262,6 +262,68 @@ api_keys = Table(
     ),
 )
 
+# The waiting room (services/waiting_room.py): an event's settings, its watermark (every
+# order key at or below it is admitted) and the figures its admission loop published
+# last, for every process to read a few times a second; `lease_*` says which process
+# runs the loop, so one at a time moves the watermark.
+waiting_rooms = Table(
+    "waiting_rooms",
+    metadata,
+    Column("event_id", Uuid(), ForeignKey("events.id"), primary_key=True),
+    Column("enabled", Boolean(), nullable=False),
+    Column("prequeue_opens_at", UTCDateTime(), nullable=True),
+    Column("opens_at", UTCDateTime(), nullable=True),
+    Column("new_users_per_minute", Integer(), nullable=False),
+    Column("total_active_users", Integer(), nullable=False),
+    Column("session_duration_seconds", Integer(), nullable=False),
+    Column("queueing_method", String(16), nullable=False),
+    Column("suspended", Boolean(), nullable=False),
+    Column("line_epoch", UTCDateTime(), nullable=False),  # fifo keys count from here
+    Column("watermark", BigInteger(), nullable=False),
+    Column("figures", Text(), nullable=True),  # JSON, as the admission loop published it
+    Column("figures_at", UTCDateTime(), nullable=True),
+    Column("lease_holder", String(64), nullable=True),
+    Column("lease_until", UTCDateTime(), nullable=True),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    CheckConstraint(
+        "queueing_method IN ('fifo', 'random', 'passthrough', 'reject')", name="method_known"
+    ),
+)
+
+# One place in an event's line per customer: the key says where (domain/queue_order.py).
+queue_places = Table(
+    "queue_places",
+    metadata,
+    Column("event_id", Uuid(), ForeignKey("events.id"), primary_key=True),
+    Column("customer_id", String(MAX_CUSTOMER_ID_LENGTH), primary_key=True),
+    Column("order_key", BigInteger(), nullable=False),
+    Column("joined_at", UTCDateTime(), nullable=False),
+    CheckConstraint("order_key >= 0", name="order_key_not_negative"),
+    Index(None, "event_id", "order_key"),
+)
+
+# When the watermark passed where, and how many it let in: a poll learns from these
+# when its key was admitted, so when its session ends.
+admission_steps = Table(
+    "admission_steps",
+    metadata,
+    Column("event_id", Uuid(), ForeignKey("events.id"), primary_key=True),
+    Column("order_key", BigInteger(), primary_key=True),
+    Column("at", UTCDateTime(), nullable=False),
+    Column("admitted", Integer(), nullable=False),
+    CheckConstraint("admitted >= 0", name="admitted_not_negative"),
+)
+
+# Secrets the service makes for itself when none is configured (the queue tickets'
+# signing key): shared by every process and server on the database, made once.
+service_secrets = Table(
+    "service_secrets",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("secret", String(128), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+)
+
 # How a database distributed by event (Citus, docs/scaling.md) spreads each table: by this
 # column. The tables spread by `event_id`, and `events` by its id, are co-located: all of
 # an event's rows on one shard. Each of them has the column in its primary key, in every
@@ -276,6 +338,12 @@ DISTRIBUTION_COLUMNS: dict[str, str] = {
     "customer_tickets": "event_id",
     "audit_records": "event_id",
     "idempotency_keys": "scope",  # a caller's keys, whatever event they name
+    "waiting_rooms": "event_id",
+    "queue_places": "event_id",
+    "admission_steps": "event_id",
 }
-REFERENCE_TABLES = ("api_keys",)  # read on every request, written rarely: on every node
+REFERENCE_TABLES = (
+    "api_keys",
+    "service_secrets",
+)  # read on every request, written rarely: on every node
 LOCAL_TABLES = ("fraud_flags",)  # written in the background, read by people: on one node

@@ -3,12 +3,16 @@
     BoxofficeError
     ├── Unauthorized               401 unauthorized (no key, or not a valid one)
     ├── Forbidden                  403 forbidden (the key's role may not do this)
+    │   ├── AdmissionRequired          admission_required: the event's waiting room is on
+    │   └── AdmissionInvalid           admission_invalid: forged, expired, someone else's
     ├── NotFound                   404 not_found
     │   ├── EventNotFound
     │   ├── SectionNotFound
     │   ├── BookingNotFound
     │   ├── HoldNotFound
-    │   └── KeyNotFound
+    │   ├── KeyNotFound
+    │   ├── WaitingRoomNotFound
+    │   └── QueueTicketInvalid         queue_ticket_invalid (forged or malformed)
     ├── InvalidRequest             400 validation_error
     ├── InsufficientSeats          400 insufficient_seats (carries `remaining`)
     ├── Conflict                   409: the request is fine, the state of things says no
@@ -16,10 +20,13 @@
     │   ├── HoldNotActive              hold_not_active (confirmed or released already)
     │   ├── CustomerLimitExceeded      customer_limit_exceeded (`limit`, `remainingForCustomer`)
     │   ├── ActiveHoldLimit            active_hold_limit (`limit`): too many holds at once
+    │   ├── QueueNotOpen               queue_not_open: no room on, or before its pre-queue
     │   └── IdempotencyInProgress      idempotency_in_progress (retry after a moment)
     ├── IdempotencyKeyReused       422 idempotency_key_reused (same key, different request)
-    └── HoldChurnLimit             429 hold_churn_limit (`limit`, + Retry-After): too many holds
-                                   given up (released or lapsed) in the last hour
+    ├── HoldChurnLimit             429 hold_churn_limit (`limit`, + Retry-After): too many holds
+    │                              given up (released or lapsed) in the last hour
+    └── PollTooSoon                429 poll_too_soon (+ Retry-After): a queue ticket polled
+                                   faster than its `pollAfterSeconds`
 
 Infrastructure failures (the database is down or locked for too long) are not
 domain errors: see `boxoffice.db.errors.DatabaseUnavailable`.
@@ -234,3 +241,67 @@ class IdempotencyKeyReused(BoxofficeError):
             "This Idempotency-Key was already used with a different request; "
             "use a new key for a new request."
         )
+
+
+class AdmissionRequired(Forbidden):
+    """The event's waiting room is on: buying needs the customer's admission token."""
+
+    code = "admission_required"
+
+    def __init__(self, event_id: str) -> None:
+        super().__init__(
+            f"Event {event_id!r} sells through its waiting room: join the line "
+            "(POST /events/{id}/queue), and send the admission token it gives you as "
+            "the Admission-Token header."
+        )
+
+
+class AdmissionInvalid(Forbidden):
+    """An admission token that is forged, expired, or for another customer or event."""
+
+    code = "admission_invalid"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "The Admission-Token is not valid for this customer and event, or its session "
+            "is over: poll your queue ticket again."
+        )
+
+
+class WaitingRoomNotFound(NotFound):
+    def __init__(self, event_id: str) -> None:
+        super().__init__(f"Event {event_id!r} has no waiting room.")
+
+
+class QueueTicketInvalid(NotFound):
+    """A ticket that was not signed by this service: no such place in any line."""
+
+    code = "queue_ticket_invalid"
+
+    def __init__(self) -> None:
+        super().__init__("This queue ticket is not one this service issued.")
+
+
+class QueueNotOpen(Conflict):
+    """The line takes no joiners now: the room is off, not open yet, or rejecting."""
+
+    code = "queue_not_open"
+
+    def __init__(self, detail: str, *, opens_at: str | None = None) -> None:
+        super().__init__(detail)
+        self.opens_at = opens_at
+
+    def extensions(self) -> dict[str, Any]:
+        return {} if self.opens_at is None else {"opensAt": self.opens_at}
+
+
+class PollTooSoon(BoxofficeError):
+    """A ticket polled again before the `pollAfterSeconds` it was told."""
+
+    code = "poll_too_soon"
+
+    def __init__(self, retry_after_seconds: int) -> None:
+        super().__init__(
+            f"Poll this ticket again in {retry_after_seconds} s, as its last answer said."
+        )
+        self.retry_after_seconds = retry_after_seconds

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 
 from boxoffice.api.access import caller
+from boxoffice.api.admission import PURCHASE_HEADERS_DOC, check_admission
 from boxoffice.api.deps import (
     IDEMPOTENCY_KEY_DOC,
     BookerDep,
@@ -34,9 +35,9 @@ router = APIRouter(tags=["bookings"])
     "/book",
     status_code=201,
     response_model=BookingOut,
-    responses={**links(CREATED_BOOKING), **problem_responses(400, 404, 409, 413, 422, 503)},
+    responses={**links(CREATED_BOOKING), **problem_responses(400, 403, 404, 409, 413, 422, 503)},
     summary="Book seats in a section: all of them, or none",
-    openapi_extra=IDEMPOTENCY_KEY_DOC,
+    openapi_extra=PURCHASE_HEADERS_DOC,
 )
 async def book(
     body: BookIn,
@@ -47,6 +48,7 @@ async def book(
     booker: Booker = request.app.state.booker
     actor = caller(request, "customer", "organizer")
     customer = actor.customer_for(body.customer_id)
+    check_admission(request, body.event_id, customer, actor)
     given = idempotency_key(request)
     key = (
         None

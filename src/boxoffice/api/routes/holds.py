@@ -7,6 +7,7 @@ from datetime import datetime
 from fastapi import APIRouter, Request, Response
 
 from boxoffice.api.access import caller
+from boxoffice.api.admission import PURCHASE_HEADERS_DOC, check_admission
 from boxoffice.api.deps import (
     IDEMPOTENCY_KEY_DOC,
     BookerDep,
@@ -45,9 +46,9 @@ router = APIRouter(tags=["holds"])
     "/holds",
     status_code=201,
     response_model=HoldOut,
-    responses={**links(PLACED_HOLD), **problem_responses(400, 404, 409, 413, 422, 429, 503)},
+    responses={**links(PLACED_HOLD), **problem_responses(400, 403, 404, 409, 413, 422, 429, 503)},
     summary="Hold seats in one or more sections of an event: every item, or none",
-    openapi_extra=IDEMPOTENCY_KEY_DOC,
+    openapi_extra=PURCHASE_HEADERS_DOC,
 )
 async def place_hold(body: HoldIn, request: Request, response: Response) -> HoldOut:
     # A checkout's two requests take what they need straight from app state, as /book
@@ -58,6 +59,7 @@ async def place_hold(body: HoldIn, request: Request, response: Response) -> Hold
     clock: Clock = state.clock
     actor = caller(request, "customer", "organizer")
     customer = actor.customer_for(body.customer_id)
+    check_admission(request, body.event_id, customer, actor)
     ttl = settings.hold_ttl_seconds if body.ttl_seconds is None else body.ttl_seconds
     if not settings.hold_ttl_min_seconds <= ttl <= settings.hold_ttl_max_seconds:
         raise InvalidRequest(

@@ -1,0 +1,191 @@
+"""On-sale mode: an event's waiting room, joining its line, and polling a place in it.
+
+    PUT/GET /events/{id}/waiting-room   organizer: settings, and the live figures
+    POST    /events/{id}/queue          customer: one place per customer, a signed ticket
+    GET     /queue/{ticket}             anyone holding the ticket: waiting, admitted, ...
+
+A poll touches neither the database nor any shared state: it is answered from
+the ticket (signed, so nobody forges a better place) and this process's view
+of the line (services/room_watch.py). It needs no API key (the ticket is the
+credential, and the admission token it may carry is good only with the
+customer's own key), is not drawn on the read rate limit, and is paced per
+ticket instead (domain/poll_pacing.py).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from fastapi import APIRouter, Request, Response
+
+from boxoffice.api.access import caller
+from boxoffice.api.deps import ClockDep, DatabaseDep
+from boxoffice.api.problems import problem_responses
+from boxoffice.api.schemas import QueueJoinIn, QueueTicketOut, WaitingRoomIn, WaitingRoomOut
+from boxoffice.domain.errors import (
+    InvalidRequest,
+    QueueNotOpen,
+    QueueTicketInvalid,
+)
+from boxoffice.domain.poll_pacing import PollPacer
+from boxoffice.domain.queue_order import (
+    FIFO_BASE,
+    MAX_POLL_SECONDS,
+    NOBODY,
+    RANDOM_BASE,
+    PollAnswer,
+    answer_poll,
+    order_key,
+)
+from boxoffice.domain.queue_tickets import AdmissionToken, QueueTicket
+from boxoffice.services import events as event_service
+from boxoffice.services import waiting_room as room_service
+from boxoffice.services.room_watch import RoomView, RoomWatch
+
+router = APIRouter(tags=["waiting room"])
+
+
+def _watch(request: Request) -> RoomWatch:
+    watch: RoomWatch = request.app.state.room_watch
+    return watch
+
+
+@router.put(
+    "/events/{event_id}/waiting-room",
+    response_model=WaitingRoomOut,
+    responses=problem_responses(400, 404, 413, 503),
+    summary="Turn the event's waiting room on, change it, pause it (suspended) or turn it off",
+)
+async def put_waiting_room(
+    event_id: str, body: WaitingRoomIn, request: Request, database: DatabaseDep, clock: ClockDep
+) -> WaitingRoomOut:
+    actor = caller(request, "organizer")
+    room = await room_service.put_room(database, event_id, body.settings(), actor, clock())
+    await _watch(request).refresh()  # this process at once; the others within a refresh
+    return WaitingRoomOut.of(room)
+
+
+@router.get(
+    "/events/{event_id}/waiting-room",
+    response_model=WaitingRoomOut,
+    responses=problem_responses(404, 503),
+    summary="The event's waiting room: its settings and live figures",
+)
+async def get_waiting_room(
+    event_id: str, request: Request, database: DatabaseDep
+) -> WaitingRoomOut:
+    actor = caller(request, "organizer")
+    return WaitingRoomOut.of(await room_service.get_room(database, event_id, actor))
+
+
+@router.post(
+    "/events/{event_id}/queue",
+    status_code=201,
+    response_model=QueueTicketOut,
+    responses=problem_responses(400, 404, 409, 413, 503),
+    summary="Join the event's line: one place per customer, the same ticket every time",
+)
+async def join_queue(
+    event_id: str,
+    request: Request,
+    response: Response,
+    database: DatabaseDep,
+    clock: ClockDep,
+    body: QueueJoinIn | None = None,
+) -> QueueTicketOut:
+    actor = caller(request, "customer")
+    customer = actor.customer_for(None if body is None else body.customer_id)
+    if customer is None:
+        raise InvalidRequest("customerId is needed to join a line.", field="customerId")
+    watch = _watch(request)
+    view = watch.view(event_id)
+    now = clock()
+    if view is None:
+        await event_service.get_event(database, event_id, now)  # 404 if there is no event
+        raise QueueNotOpen("This event has no waiting room on: book directly.")
+    key = _order_key(watch, view, now)
+    room = view.room
+    key, joined_at = await room_service.join(database, room.event_id, customer, key, now)
+    ticket = watch.signer.ticket(QueueTicket(room.event_id, customer, key, joined_at))
+    answer = answer_poll(key, view.snapshot, now)
+    _pacer(request).told(ticket, now.timestamp(), answer.poll_after_seconds)
+    response.headers["Location"] = f"/queue/{ticket}"
+    return _ticket_out(watch, ticket, room.event_id, customer, answer)
+
+
+def _order_key(watch: RoomWatch, view: RoomView, now: datetime) -> int:
+    """Where a customer joining now goes: drawn at random in the pre-queue (the shuffle),
+    by arrival after opening (fifo), or at random among those still waiting."""
+    settings = view.room.settings
+    phase = settings.phase(now)
+    if phase == "closed":
+        opens = settings.prequeue_opens_at or settings.opens_at
+        raise QueueNotOpen(
+            "The line for this event is not open yet.",
+            opens_at=None if opens is None else opens.isoformat(),
+        )
+    if settings.queueing_method == "reject":
+        raise QueueNotOpen("This event's line takes nobody new now.")
+    watermark = view.snapshot.watermark.key
+    if phase == "prequeue" and watermark == NOBODY:
+        return order_key("prequeue", sequence=0, watermark=watermark)
+    if settings.queueing_method == "random":
+        return order_key("random", sequence=0, watermark=watermark)
+    micros = (now - view.room.line_epoch) // timedelta(microseconds=1)
+    arrived = watch.arrival(view.room.event_id, max(0, micros))
+    key = order_key("fifo", sequence=arrived, watermark=watermark)
+    if FIFO_BASE <= watermark < RANDOM_BASE - 1:
+        # A clock that runs late must not put a newcomer among those let in already.
+        key = max(key, watermark + 1)
+    return key
+
+
+@router.get(
+    "/queue/{ticket}",
+    response_model=QueueTicketOut,
+    responses=problem_responses(404, 429),
+    summary="Your place in line: waiting, admitted (with the admission token), expired or "
+    "sold out; poll again after pollAfterSeconds",
+)
+async def poll_queue(ticket: str, request: Request) -> QueueTicketOut:
+    pacer = _pacer(request)
+    now = request.app.state.clock()
+    moment = now.timestamp()
+    pacer.check(ticket, moment)
+    watch = _watch(request)
+    place = watch.signer.read_ticket(ticket)
+    if place is None:
+        raise QueueTicketInvalid()
+    view = watch.view(place.event_id)
+    if view is None:
+        # The room is off: nobody needs a token to buy; a token is given all the same.
+        answer = PollAnswer("admitted", MAX_POLL_SECONDS, admitted_until=now + timedelta(hours=1))
+    else:
+        answer = answer_poll(place.order_key, view.snapshot, now)
+    pacer.told(ticket, moment, answer.poll_after_seconds)
+    return _ticket_out(watch, ticket, place.event_id, place.customer_id, answer)
+
+
+def _pacer(request: Request) -> PollPacer:
+    pacer: PollPacer = request.app.state.poll_pacer
+    return pacer
+
+
+def _ticket_out(
+    watch: RoomWatch, ticket: str, event_id: str, customer: str, answer: PollAnswer
+) -> QueueTicketOut:
+    token = (
+        None
+        if answer.admitted_until is None
+        else watch.signer.admission_token(AdmissionToken(event_id, customer, answer.admitted_until))
+    )
+    return QueueTicketOut(
+        ticket=ticket,
+        event_id=event_id,
+        status=answer.status,
+        position=answer.position,
+        estimated_wait_seconds=answer.estimated_wait_seconds,
+        poll_after_seconds=answer.poll_after_seconds,
+        admission_token=token,
+        admitted_until=answer.admitted_until,
+    )

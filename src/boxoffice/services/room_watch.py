@@ -1,0 +1,195 @@
+"""What one process knows of the waiting rooms, and its turn at letting people in.
+
+    every WAITING_ROOM_REFRESH_MS: read_rooms + read_steps ─> RoomView per event
+    every WAITING_ROOM_TICK_MS:    admit() per room (only the lease holder acts)
+    a poll, a join, a purchase:    view(event) ─ a dict lookup, no database
+
+A poll is answered from its ticket and the `RoomView` kept here: the room's
+settings, its watermark with the steps of the current sessions, and the
+figures its admission loop published (the bands of who waits where, the pace,
+sold out or not). They are at most a refresh old; the watermark never moves
+back whatever a refresh reads (`Watermark.merged`), so an admitted ticket
+stays admitted on every process.
+
+Every process runs the admission loop too; the room's lease decides which one
+acts (services/waiting_room.admit). If it dies, another takes over when the
+lease lapses, from the state in the database: a restart loses nobody's place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import structlog
+
+from boxoffice.db.database import Database
+from boxoffice.db.errors import DatabaseUnavailable
+from boxoffice.domain.ids import canonical_id
+from boxoffice.domain.queue_order import LineSnapshot, Watermark
+from boxoffice.domain.queue_tickets import TicketSigner
+from boxoffice.services import waiting_room as rooms
+from boxoffice.services.clock import Clock
+from boxoffice.services.waiting_room import Room
+
+log = structlog.get_logger("boxoffice.waiting_room")
+
+__all__ = ["RoomView", "RoomWatch"]
+
+LEASE_TICKS = 10  # a lease lasts this many ticks: a dead holder is replaced that soon
+
+
+@dataclass(frozen=True, slots=True)
+class RoomView:
+    """An event's room as this process last read it."""
+
+    room: Room
+    snapshot: LineSnapshot
+
+    @property
+    def gates_purchases(self) -> bool:
+        """Whether buying in the event needs an admission token."""
+        return self.room.settings.enabled and self.room.settings.queueing_method != "passthrough"
+
+
+class RoomWatch:
+    """The per-process view of every room that is on, and the admission loop."""
+
+    def __init__(
+        self,
+        database: Database,
+        *,
+        clock: Clock,
+        refresh_seconds: float,
+        tick_seconds: float,
+        clock_skew_seconds: float,
+        secret: bytes | None = None,
+        retired_secrets: tuple[bytes, ...] = (),
+    ) -> None:
+        self._database = database
+        self._clock = clock
+        self._refresh_seconds = refresh_seconds
+        self._tick_seconds = tick_seconds
+        self._clock_skew = timedelta(seconds=clock_skew_seconds)
+        self._secret = secret
+        self._retired = retired_secrets
+        self._holder = uuid.uuid4().hex
+        self._views: dict[str, RoomView] = {}
+        self._watermarks: dict[str, Watermark] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._arrivals: dict[str, int] = {}
+        self._signer: TicketSigner | None = None
+
+    @property
+    def signer(self) -> TicketSigner:
+        if self._signer is None:
+            raise RuntimeError("the room watch is not started")
+        return self._signer
+
+    def arrival(self, event_id: str, micros: int) -> int:
+        """A fifo joiner's arrival, in microseconds since the line's epoch: later than every
+        other this process gave out for the event, so its joiners never tie."""
+        arrived = max(micros, self._arrivals.get(event_id, -1) + 1)
+        self._arrivals[event_id] = arrived
+        return arrived
+
+    def view(self, event_id: str) -> RoomView | None:
+        """The event's room, if it is on; `event_id` as a client spelled it."""
+        if not self._views:
+            return None
+        found = self._views.get(event_id)
+        if found is None:
+            canonical = canonical_id(event_id)
+            found = None if canonical is None else self._views.get(canonical)
+        return found
+
+    async def start(self) -> None:
+        """Load the signing secret and every room before serving, then keep them fresh."""
+        secret = self._secret or await rooms.signing_secret(self._database, self._clock())
+        self._signer = TicketSigner(secret, retired=self._retired)
+        await self.refresh()
+        loops = ((self._refresh_seconds, self.refresh), (self._tick_seconds, self.tick))
+        for seconds, work in loops:
+            if seconds > 0:
+                self._tasks.append(asyncio.create_task(self._every(seconds, work)))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+
+    async def _every(self, seconds: float, work: Callable[[], Awaitable[None]]) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            try:
+                await work()
+            except DatabaseUnavailable:
+                log.warning("waiting_room_database_unavailable")  # keep the last view
+            except Exception:
+                log.exception("waiting_room_loop_failed")
+
+    async def refresh(self) -> None:
+        """Read every room that is on, and the watermark steps taken since the last read."""
+        now = self._clock()
+        views: dict[str, RoomView] = {}
+        for room in await rooms.read_rooms(self._database):
+            watermark = await self._watermark(room, now)
+            views[room.event_id] = self._view(room, watermark)
+        self._views = views
+        self._watermarks = {event: self._watermarks[event] for event in views}
+
+    async def _watermark(self, room: Room, now: datetime) -> Watermark:
+        session_start = now - room.settings.session_duration
+        known = self._watermarks.get(room.event_id)
+        if known is None:
+            floor, steps = await rooms.read_steps(
+                self._database, room.event_id, after_key=-1, since=session_start
+            )
+            known = Watermark(floor=floor).merged(steps)
+        elif room.watermark > known.key:
+            _, steps = await rooms.read_steps(
+                self._database, room.event_id, after_key=known.key, since=None
+            )
+            known = known.merged(steps)
+        known = known.since(session_start)
+        self._watermarks[room.event_id] = known
+        return known
+
+    def _view(self, room: Room, watermark: Watermark) -> RoomView:
+        published = room.published
+        snapshot = LineSnapshot(
+            watermark=watermark,
+            bands=() if published is None else published.bands,
+            admitted_per_second=0.0 if published is None else published.admitted_per_second,
+            session=room.settings.session_duration,
+            sold_out=published is not None and published.sold_out,
+        )
+        return RoomView(room, snapshot)
+
+    async def tick(self) -> None:
+        """Let the next ones in, in every room whose lease this process holds or takes."""
+        for event_id in list(self._views):
+            room = await rooms.admit(
+                self._database,
+                event_id,
+                holder=self._holder,
+                now=self._clock(),
+                lease=timedelta(seconds=max(1.0, self._tick_seconds * LEASE_TICKS)),
+                clock_skew=self._clock_skew,
+            )
+            if room is None:
+                continue
+            # This process sees its own step at once; the others at their next refresh.
+            known = self._watermarks.get(event_id, Watermark())
+            if room.watermark > known.key and room.published_at is not None:
+                known = known.advanced(room.published_at, room.watermark)
+            self._watermarks[event_id] = known
+            if event_id in self._views:
+                self._views[event_id] = self._view(room, known)

@@ -1,0 +1,494 @@
+"""The waiting room's use cases: set it up, join the line, and let the next ones in.
+
+    PUT  /events/{id}/waiting-room ─> put_room     organizer: settings, kept with the line
+    POST /events/{id}/queue        ─> join         one place per customer (insert or read)
+    admission loop (one process)   ─> admit        the watermark moves, figures published
+    every process, a few times/s   ─> read_rooms + read_steps   (services/room_watch.py)
+
+Each function owns its transaction. The line itself is rows of
+`queue_places` (one per customer, its order key) and the watermark's steps in
+`admission_steps`; the room's row keeps the settings, the watermark and the
+figures the admission loop published last, so a process learns everything a
+poll needs from one row and the new steps, never per poll.
+
+The admission loop runs in every process, and takes turns: whoever holds the
+room's lease (`lease_holder`, `lease_until`, taken by a conditional UPDATE that
+also takes the row's lock) moves the watermark, and every write of the tick
+names the holder, so a process whose lease lapsed mid-tick writes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import uuid
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, case, exists, func, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from boxoffice.db.database import Database
+from boxoffice.db.tables import (
+    admission_steps,
+    bookings,
+    events,
+    hold_items,
+    holds,
+    queue_places,
+    sections,
+    service_secrets,
+    waiting_rooms,
+)
+from boxoffice.domain.access import Principal
+from boxoffice.domain.errors import EventNotFound, WaitingRoomNotFound
+from boxoffice.domain.ids import parse_id
+from boxoffice.domain.queue_order import (
+    FIFO_BASE,
+    NOBODY,
+    PREQUEUE_TOP,
+    RANDOM_BASE,
+    RANDOM_TOP,
+    Band,
+)
+from boxoffice.domain.waiting_room import (
+    DEFAULT_PRIOR_QUANTITY,
+    RATE_WINDOW,
+    PurchaseStats,
+    RoomFigures,
+    RoomSettings,
+    RoomState,
+    admissions,
+)
+from boxoffice.services.events import sections_as_seen
+from boxoffice.services.unit_of_work import UnitOfWork
+
+__all__ = [
+    "FIFO_BUCKETS",
+    "Published",
+    "Room",
+    "admit",
+    "get_room",
+    "join",
+    "put_room",
+    "read_rooms",
+    "read_steps",
+    "signing_secret",
+]
+
+FIFO_BUCKETS = 32  # the fifo band's waiting, published in this many buckets of keys
+SECRET_NAME = "waiting_room"
+PACE_FLOOR = timedelta(seconds=5)  # the shortest span a pace is measured over
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """The figures the admission loop published at its last tick, for everyone to read."""
+
+    state: RoomState
+    limited_by: str | None
+    waiting: int
+    shopping: int
+    admitted_total: int
+    admitted_last_minute: int
+    admitted_per_second: float
+    seats_left: int
+    seats_held: int
+    average_quantity: float
+    bands: tuple[Band, ...]
+
+    @property
+    def sold_out(self) -> bool:
+        return self.state == "sold_out"
+
+    def to_json(self) -> str:
+        fields = asdict(self)
+        fields["bands"] = [[band.low, band.top, band.waiting] for band in self.bands]
+        return json.dumps(fields, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> Published:
+        fields: dict[str, Any] = json.loads(text)
+        fields["bands"] = tuple(Band(*band) for band in fields["bands"])
+        return cls(**fields)
+
+
+@dataclass(frozen=True, slots=True)
+class Room:
+    """An event's waiting room as stored: settings, where the line stands, the figures."""
+
+    event_id: str
+    settings: RoomSettings
+    line_epoch: datetime  # fifo order keys count microseconds from here
+    watermark: int
+    published: Published | None
+    published_at: datetime | None
+    updated_at: datetime
+    organizer_id: str | None = None
+
+
+def _room(row: Any) -> Room:
+    settings = RoomSettings(
+        enabled=row.enabled,
+        opens_at=row.opens_at,
+        new_users_per_minute=row.new_users_per_minute,
+        total_active_users=row.total_active_users,
+        session_duration_seconds=row.session_duration_seconds,
+        queueing_method=row.queueing_method,
+        prequeue_opens_at=row.prequeue_opens_at,
+        suspended=row.suspended,
+    )
+    return Room(
+        event_id=str(row.event_id),
+        settings=settings,
+        line_epoch=row.line_epoch,
+        watermark=row.watermark,
+        published=None if row.figures is None else Published.from_json(row.figures),
+        published_at=row.figures_at,
+        updated_at=row.updated_at,
+        organizer_id=getattr(row, "organizer_id", None),
+    )
+
+
+def _settings_columns(settings: RoomSettings) -> dict[str, Any]:
+    return {
+        "enabled": settings.enabled,
+        "prequeue_opens_at": settings.prequeue_opens_at,
+        "opens_at": settings.opens_at,
+        "new_users_per_minute": settings.new_users_per_minute,
+        "total_active_users": settings.total_active_users,
+        "session_duration_seconds": settings.session_duration_seconds,
+        "queueing_method": settings.queueing_method,
+        "suspended": settings.suspended,
+    }
+
+
+async def _managed_event(conn: AsyncConnection, event_id: str, actor: Principal) -> uuid.UUID:
+    """The event's id, if `actor` may manage it; someone else's event is not found."""
+    ident = parse_id(event_id)
+    if ident is None:
+        raise EventNotFound(event_id)
+    owner = (await conn.execute(select(events.c.organizer_id).where(events.c.id == ident))).first()
+    if owner is None or not actor.may_manage_event(owner.organizer_id):
+        raise EventNotFound(event_id)
+    return ident
+
+
+async def put_room(
+    database: Database, event_id: str, settings: RoomSettings, actor: Principal, now: datetime
+) -> Room:
+    """Set the event's waiting room; the line, its watermark and its figures are kept, so
+    a room changed or paused mid-sale keeps everyone's place."""
+    columns = {**_settings_columns(settings), "updated_at": now}
+    async with UnitOfWork(database, write=True) as uow:
+        ident = await _managed_event(uow.conn, event_id, actor)
+        changed = await uow.conn.execute(
+            update(waiting_rooms).where(waiting_rooms.c.event_id == ident).values(**columns)
+        )
+        if changed.rowcount == 0:
+            await uow.conn.execute(
+                insert(waiting_rooms).values(
+                    event_id=ident, line_epoch=now, watermark=NOBODY, **columns
+                )
+            )
+        row = (
+            await uow.conn.execute(select(waiting_rooms).where(waiting_rooms.c.event_id == ident))
+        ).one()
+        await uow.commit()
+    return _room(row)
+
+
+async def get_room(database: Database, event_id: str, actor: Principal) -> Room:
+    """The event's waiting room, for those who manage the event."""
+    async with UnitOfWork(database, write=False) as uow:
+        ident = await _managed_event(uow.conn, event_id, actor)
+        row = (
+            await uow.conn.execute(select(waiting_rooms).where(waiting_rooms.c.event_id == ident))
+        ).first()
+    if row is None:
+        raise WaitingRoomNotFound(event_id)
+    return _room(row)
+
+
+async def read_rooms(database: Database) -> list[Room]:
+    """Every room that is on, for a process's watch."""
+    async with UnitOfWork(database, write=False) as uow:
+        rows = (await uow.conn.execute(select(waiting_rooms).where(waiting_rooms.c.enabled))).all()
+    return [_room(row) for row in rows]
+
+
+async def read_steps(
+    database: Database, event_id: str, *, after_key: int, since: datetime | None
+) -> tuple[int, list[tuple[datetime, int]]]:
+    """The watermark's steps past `after_key`; with `since` (a first read), only those
+    taken since then, and the floor: the highest key admitted before it."""
+    ident = uuid.UUID(event_id)
+    query = (
+        select(admission_steps.c.at, admission_steps.c.order_key)
+        .where(admission_steps.c.event_id == ident, admission_steps.c.order_key > after_key)
+        .order_by(admission_steps.c.order_key)
+    )
+    async with UnitOfWork(database, write=False) as uow:
+        floor = after_key
+        if since is not None:
+            query = query.where(admission_steps.c.at > since)
+            older = (
+                await uow.conn.execute(
+                    select(func.max(admission_steps.c.order_key)).where(
+                        admission_steps.c.event_id == ident, admission_steps.c.at <= since
+                    )
+                )
+            ).scalar()
+            floor = max(floor, NOBODY if older is None else int(older))
+        steps = [(row.at, int(row.order_key)) for row in await uow.conn.execute(query)]
+    return floor, steps
+
+
+async def join(
+    database: Database, event_id: str, customer_id: str, order_key: int, now: datetime
+) -> tuple[int, datetime]:
+    """The customer's place in the event's line: the one it has, or a new one at
+    `order_key`. One place per customer, however many joins race for it."""
+    ident = uuid.UUID(event_id)
+    insert_ = pg_insert if database.dialect == "postgresql" else sqlite_insert
+    place = select(queue_places.c.order_key, queue_places.c.joined_at).where(
+        queue_places.c.event_id == ident, queue_places.c.customer_id == customer_id
+    )
+    async with UnitOfWork(database, write=True) as uow:
+        await uow.conn.execute(
+            insert_(queue_places)
+            .values(event_id=ident, customer_id=customer_id, order_key=order_key, joined_at=now)
+            .on_conflict_do_nothing()
+        )
+        row = (await uow.conn.execute(place)).one()
+        await uow.commit()
+    return int(row.order_key), row.joined_at
+
+
+async def signing_secret(database: Database, now: datetime) -> bytes:
+    """The secret queue tickets are signed with when none is configured: made once, by
+    whichever process asks first, and the same for every process after."""
+    query = select(service_secrets.c.secret).where(service_secrets.c.name == SECRET_NAME)
+    insert_ = pg_insert if database.dialect == "postgresql" else sqlite_insert
+    async with UnitOfWork(database, write=True) as uow:
+        found = (await uow.conn.execute(query)).scalar()
+        if found is None:
+            # Another server may make it at the same moment: its secret is then the one.
+            await uow.conn.execute(
+                insert_(service_secrets)
+                .values(name=SECRET_NAME, secret=secrets.token_hex(32), created_at=now)
+                .on_conflict_do_nothing()
+            )
+            found = (await uow.conn.execute(query)).scalar()
+        await uow.commit()
+    assert found is not None
+    return bytes.fromhex(found)
+
+
+async def admit(
+    database: Database,
+    event_id: str,
+    *,
+    holder: str,
+    now: datetime,
+    lease: timedelta,
+    clock_skew: timedelta,
+) -> Room | None:
+    """One tick of the admission loop: if this process holds (or takes) the room's lease,
+    let in as many as `admissions()` allows and publish the figures. None: another
+    process holds the lease, or the room is off."""
+    ident = uuid.UUID(event_id)
+    async with UnitOfWork(database, write=True) as uow:
+        taken = await uow.conn.execute(
+            update(waiting_rooms)
+            .where(
+                waiting_rooms.c.event_id == ident,
+                waiting_rooms.c.enabled,
+                (waiting_rooms.c.lease_holder == holder)
+                | waiting_rooms.c.lease_holder.is_(None)
+                | (waiting_rooms.c.lease_until < now),
+            )
+            .values(lease_holder=holder, lease_until=now + lease)
+        )
+        if taken.rowcount == 0:
+            return None
+        row = (
+            await uow.conn.execute(
+                select(waiting_rooms, events.c.max_per_customer, events.c.organizer_id)
+                .join(events, events.c.id == waiting_rooms.c.event_id)
+                .where(waiting_rooms.c.event_id == ident)
+            )
+        ).one()
+        room = _room(row)
+        published = await uow.conn.run_sync(
+            _tick, ident, room, row.max_per_customer, now, clock_skew
+        )
+        watermark = published[1]
+        await uow.conn.execute(
+            update(waiting_rooms)
+            .where(waiting_rooms.c.event_id == ident, waiting_rooms.c.lease_holder == holder)
+            .values(watermark=watermark, figures=published[0].to_json(), figures_at=now)
+        )
+        await uow.commit()
+    return Room(
+        room.event_id,
+        room.settings,
+        room.line_epoch,
+        watermark,
+        published[0],
+        now,
+        room.updated_at,
+        room.organizer_id,
+    )
+
+
+def _tick(
+    conn: Connection,
+    ident: uuid.UUID,
+    room: Room,
+    max_per_customer: int | None,
+    now: datetime,
+    clock_skew: timedelta,
+) -> tuple[Published, int]:
+    """Measure, decide, move the watermark: in the tick's transaction (sync, on the
+    connection's own thread hop, as the group commit does)."""
+    settings = room.settings
+    watermark = room.watermark
+    steps = admission_steps.c
+    places = queue_places.c
+
+    def scalar(query: Any) -> int:
+        return int(conn.execute(query).scalar() or 0)
+
+    in_window = and_(steps.event_id == ident, steps.at > now - RATE_WINDOW)
+    admitted_last_minute = scalar(select(func.sum(steps.admitted)).where(in_window))
+    first_in_window = conn.execute(select(func.min(steps.at)).where(in_window)).scalar()
+    session_start = conn.execute(
+        select(func.max(steps.order_key)).where(
+            steps.event_id == ident, steps.at <= now - settings.session_duration
+        )
+    ).scalar()
+    bought = exists().where(
+        holds.c.event_id == places.event_id, holds.c.customer_id == places.customer_id
+    ) | exists().where(
+        bookings.c.event_id == places.event_id, bookings.c.customer_id == places.customer_id
+    )
+    shopping = scalar(
+        select(func.count()).where(
+            places.event_id == ident,
+            places.order_key > (NOBODY if session_start is None else session_start),
+            places.order_key <= watermark,
+            ~bought,
+        )
+    )
+    waiting = scalar(
+        select(func.count()).where(places.event_id == ident, places.order_key > watermark)
+    )
+    seats = sections_as_seen(now, [ident]).where(sections.c.event_id == ident).subquery()
+    seats_row = conn.execute(
+        select(
+            func.coalesce(func.sum(seats.c.remaining + seats.c.expired), 0),
+            func.coalesce(func.sum(seats.c.held - seats.c.expired), 0),
+        )
+    ).one()
+    direct = and_(bookings.c.event_id == ident, bookings.c.hold_id.is_(None))
+    purchases = scalar(select(func.count()).where(holds.c.event_id == ident)) + scalar(
+        select(func.count()).where(direct)
+    )
+    tickets = scalar(
+        select(func.sum(hold_items.c.qty)).where(hold_items.c.event_id == ident)
+    ) + scalar(select(func.sum(bookings.c.qty)).where(direct))
+    stats = PurchaseStats(purchases, tickets, max_per_customer or DEFAULT_PRIOR_QUANTITY)
+    figures = RoomFigures(
+        shopping=shopping,
+        admitted_last_minute=admitted_last_minute,
+        seats_left=int(seats_row[0]),
+        waiting=waiting,
+        seats_held=int(seats_row[1]),
+        stats=stats,
+    )
+    # The line opens at opensAt as the slowest clock among the servers sees it: a pre-queue
+    # joiner on a clock that runs late still draws a key before anyone is let in.
+    decision = admissions(settings, figures, now - clock_skew)
+    admitted_now = 0
+    if decision.count > 0 and decision.state in ("open", "off"):
+        last = conn.execute(
+            select(places.order_key)
+            .where(places.event_id == ident, places.order_key > watermark)
+            .order_by(places.order_key)
+            .offset(decision.count - 1)
+            .limit(1)
+        ).scalar()
+        if last is None:  # fewer waiting than counted a moment ago: let them all in
+            last = conn.execute(
+                select(func.max(places.order_key)).where(places.event_id == ident)
+            ).scalar()
+        if last is not None and last > watermark:
+            admitted_now = scalar(
+                select(func.count()).where(
+                    places.event_id == ident,
+                    places.order_key > watermark,
+                    places.order_key <= last,
+                )
+            )
+            conn.execute(
+                insert(admission_steps).values(
+                    event_id=ident, order_key=last, at=now, admitted=admitted_now
+                )
+            )
+            watermark = int(last)
+    admitted_total = scalar(select(func.sum(steps.admitted)).where(steps.event_id == ident))
+    recent = admitted_last_minute + admitted_now
+    span = PACE_FLOOR if first_in_window is None else max(PACE_FLOOR, now - first_in_window)
+    published = Published(
+        state=decision.state,
+        limited_by=decision.limited_by,
+        waiting=waiting - admitted_now,
+        shopping=shopping + admitted_now,
+        admitted_total=admitted_total,
+        admitted_last_minute=recent,
+        admitted_per_second=round(recent / span.total_seconds(), 3),
+        seats_left=figures.seats_left,
+        seats_held=figures.seats_held,
+        average_quantity=float(stats.average_quantity()),
+        bands=_bands(conn, ident, watermark),
+    )
+    return published, watermark
+
+
+def _bands(conn: Connection, ident: uuid.UUID, watermark: int) -> tuple[Band, ...]:
+    """Who waits where: the pre-queue and random bands whole (their keys are uniform), the
+    fifo band in buckets (arrivals come in bursts); a place is estimated from these."""
+    places = queue_places.c
+    waiting = and_(places.event_id == ident, places.order_key > watermark)
+    band = case((places.order_key >= RANDOM_BASE, 2), (places.order_key >= FIFO_BASE, 1), else_=0)
+    counts = {
+        int(which): (int(count), int(low), int(high))
+        for which, count, low, high in conn.execute(
+            select(band, func.count(), func.min(places.order_key), func.max(places.order_key))
+            .where(waiting)
+            .group_by(band)
+        )
+    }
+    bands: list[Band] = []
+    if 0 in counts:
+        bands.append(Band(0, PREQUEUE_TOP, counts[0][0]))
+    if 1 in counts:
+        _, low, high = counts[1]
+        width = max(1, -(-(high - low + 1) // FIFO_BUCKETS))
+        bucket = (places.order_key - low) // width
+        for index, count in conn.execute(
+            select(bucket, func.count())
+            .where(waiting, places.order_key < RANDOM_BASE)
+            .group_by(bucket)
+            .order_by(bucket)
+        ):
+            start = low + int(index) * width
+            bands.append(Band(start, start + width, int(count)))
+    if 2 in counts:
+        bands.append(Band(RANDOM_BASE, RANDOM_TOP, counts[2][0]))
+    return tuple(bands)

@@ -1,0 +1,361 @@
+"""The waiting room over HTTP: every state of a ticket and every refusal, on both databases.
+
+The app's clock is moved by the test, and the admission loop's turns are
+taken by the test (`watch.tick()`), so each step is seen exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from boxoffice.api.app import create_app
+from boxoffice.config import Settings
+from boxoffice.db.database import Database
+from boxoffice.services.clock import FakeClock
+from boxoffice.services.room_watch import RoomWatch
+from tests.api.conftest import assert_problem
+from tests.support.keys import bearer
+
+ROOM = {"newUsersPerMinute": 2, "totalActiveUsers": 2, "sessionDurationSeconds": 600}
+
+
+@dataclass
+class Sale:
+    http: httpx.AsyncClient
+    app: FastAPI
+    clock: FakeClock
+    database: Database
+    admin: dict[str, str]
+
+    @property
+    def watch(self) -> RoomWatch:
+        watch: RoomWatch = self.app.state.room_watch
+        return watch
+
+    async def customer(self, name: str) -> dict[str, str]:
+        return await bearer(self.database, "customer", customer_id=name)
+
+    async def event(self, capacity: int = 10, **extra: Any) -> dict[str, Any]:
+        made = await self.http.post(
+            "/events",
+            json={
+                "name": "Stadium",
+                "sections": [{"name": "GA", "price": 30, "capacity": capacity}],
+                **extra,
+            },
+            headers=self.admin,
+        )
+        assert made.status_code == 201, made.text
+        return dict(made.json())
+
+    async def room(self, event: dict[str, Any], **settings: Any) -> httpx.Response:
+        return await self.http.put(
+            f"/events/{event['id']}/waiting-room", json={**ROOM, **settings}, headers=self.admin
+        )
+
+    async def join(self, event: dict[str, Any], who: dict[str, str]) -> dict[str, Any]:
+        joined = await self.http.post(f"/events/{event['id']}/queue", headers=who)
+        assert joined.status_code == 201, joined.text
+        assert joined.headers["location"] == f"/queue/{joined.json()['ticket']}"
+        return dict(joined.json())
+
+    async def poll(self, ticket: str) -> httpx.Response:
+        self.clock.advance(31)  # past any pollAfterSeconds
+        return await self.http.get(f"/queue/{ticket}")
+
+    async def book(
+        self, event: dict[str, Any], who: dict[str, str], token: str | None, qty: int = 1
+    ) -> httpx.Response:
+        headers = {**who, **({} if token is None else {"Admission-Token": token})}
+        body = {"eventId": event["id"], "sectionId": event["sections"][0]["id"], "qty": qty}
+        return await self.http.post("/book", json=body, headers=headers)
+
+
+@pytest.fixture
+async def sale(settings: Settings, database: Database) -> AsyncIterator[Sale]:
+    clock = FakeClock()
+    quiet = settings.model_copy(
+        update={
+            "hold_sweep_interval_seconds": 0,
+            "metrics_sample_seconds": 0,
+            # The test takes the loops' turns itself.
+            "waiting_room_refresh_ms": 5000,
+            "waiting_room_tick_ms": 10_000,
+            "waiting_room_clock_skew_ms": 0,
+            "rate_limits_enabled": False,
+        }
+    )
+    app = create_app(quiet, database, clock=clock)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            yield Sale(http, app, clock, database, await bearer(database))
+
+
+async def test_an_organizer_sets_up_reads_and_changes_a_room(sale: Sale) -> None:
+    event = await sale.event()
+    put = await sale.room(event, queueingMethod="random")
+    assert put.status_code == 200, put.text
+    room = put.json()
+    assert room["eventId"] == event["id"]
+    assert room["enabled"] is True
+    assert room["queueingMethod"] == "random"
+    assert room["figures"] is None  # the admission loop has not measured anything yet
+    await sale.watch.tick()
+    got = (await sale.http.get(f"/events/{event['id']}/waiting-room", headers=sale.admin)).json()
+    assert got["figures"]["state"] == "open"
+    assert got["figures"]["seatsLeft"] == 10
+    assert got["figures"]["waiting"] == 0
+    paused = await sale.room(event, suspended=True)
+    assert paused.json()["suspended"] is True
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"totalActiveUsers": 1, "newUsersPerMinute": 2}, "totalActiveUsers"),
+        ({"sessionDurationSeconds": 5}, "sessionDurationSeconds"),
+        ({"newUsersPerMinute": 0}, "newUsersPerMinute"),
+        ({"queueingMethod": "lottery"}, "queueingMethod"),
+        ({"opensAt": "2026-12-24T10:00:00"}, "opensAt"),  # no time zone
+        (
+            {"opensAt": "2026-12-24T10:00:00Z", "prequeueOpensAt": "2026-12-24T11:00:00Z"},
+            "prequeueOpensAt",
+        ),
+        ({"prequeueOpensAt": "2026-12-24T11:00:00Z"}, "prequeueOpensAt"),  # no opensAt
+        ({"owner": "me"}, "owner"),
+    ],
+)
+async def test_bad_room_settings_are_refused_and_change_nothing(
+    sale: Sale, change: dict[str, Any], field: str
+) -> None:
+    event = await sale.event()
+    refused = await sale.room(event, **change)
+    problem = assert_problem(refused, 400, "validation_error")
+    assert any(field in error["field"] for error in problem["errors"]), problem
+    missing = await sale.http.get(f"/events/{event['id']}/waiting-room", headers=sale.admin)
+    assert_problem(missing, 404, "not_found")
+
+
+async def test_only_the_events_managers_set_up_its_room(sale: Sale) -> None:
+    event = await sale.event()
+    customer = await sale.customer("c1")
+    assert_problem(
+        await sale.http.put(f"/events/{event['id']}/waiting-room", json=ROOM, headers=customer),
+        403,
+        "forbidden",
+    )
+    other = await bearer(sale.database, "organizer", organizer_id="someone-else")
+    assert_problem(
+        await sale.http.put(f"/events/{event['id']}/waiting-room", json=ROOM, headers=other),
+        404,
+        "not_found",
+    )
+    assert_problem(
+        await sale.http.put("/events/nope/waiting-room", json=ROOM, headers=sale.admin),
+        404,
+        "not_found",
+    )
+
+
+async def test_a_customer_waits_is_admitted_buys_and_the_session_ends(sale: Sale) -> None:
+    event = await sale.event()
+    await sale.room(event)
+    alice = await sale.customer("alice")
+    refused = await sale.book(event, alice, None)
+    assert_problem(refused, 403, "admission_required")
+    joined = await sale.join(event, alice)
+    assert joined["status"] == "waiting"
+    assert joined["position"] == 1
+    assert joined["admissionToken"] is None
+    assert joined["pollAfterSeconds"] >= 1
+    await sale.watch.tick()
+    admitted = (await sale.poll(joined["ticket"])).json()
+    assert admitted["status"] == "admitted"
+    token = admitted["admissionToken"]
+    assert token.startswith("wa1.")
+    booked = await sale.book(event, alice, token, qty=2)
+    assert booked.status_code == 201, booked.text
+    again = await sale.book(event, alice, token)  # any number of purchases in the session
+    assert again.status_code == 201, again.text
+    sale.clock.now = sale.clock.now.replace() + timedelta(seconds=600)
+    expired = (await sale.poll(joined["ticket"])).json()
+    assert expired["status"] == "expired"
+    assert expired["admissionToken"] is None
+    assert_problem(await sale.book(event, alice, token), 403, "admission_invalid")
+
+
+async def test_tokens_of_others_forged_or_for_another_event_are_refused(sale: Sale) -> None:
+    event, other_event = await sale.event(), await sale.event()
+    await sale.room(event)
+    await sale.room(other_event)
+    alice, bob = await sale.customer("alice"), await sale.customer("bob")
+    ticket = (await sale.join(event, alice))["ticket"]
+    await sale.watch.tick()
+    token = (await sale.poll(ticket)).json()["admissionToken"]
+    assert_problem(await sale.book(event, bob, token), 403, "admission_invalid")
+    assert_problem(await sale.book(other_event, alice, token), 403, "admission_invalid")
+    forged = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
+    assert_problem(await sale.book(event, alice, forged), 403, "admission_invalid")
+    assert_problem(await sale.book(event, alice, "not-a-token"), 403, "admission_invalid")
+    hold = await sale.http.post(
+        "/holds",
+        json={
+            "eventId": event["id"],
+            "items": [{"sectionId": event["sections"][0]["id"], "qty": 1}],
+        },
+        headers=bob,
+    )
+    assert_problem(hold, 403, "admission_required")
+    seats = (await sale.http.get(f"/events/{event['id']}")).json()["sections"][0]
+    assert seats["remaining"] == 10  # nothing refused changed anything
+
+
+async def test_one_place_per_customer_however_many_joins_race(sale: Sale) -> None:
+    event = await sale.event()
+    await sale.room(event)
+    alice = await sale.customer("alice")
+    joins = await asyncio.gather(
+        *(sale.http.post(f"/events/{event['id']}/queue", headers=alice) for _ in range(8))
+    )
+    assert {join.status_code for join in joins} == {201}
+    assert len({join.json()["ticket"] for join in joins}) == 1
+    await sale.watch.tick()
+    figures = (
+        await sale.http.get(f"/events/{event['id']}/waiting-room", headers=sale.admin)
+    ).json()["figures"]
+    assert figures["admitted"] == 1
+
+
+async def test_admissions_follow_the_pace_and_the_line_order(sale: Sale) -> None:
+    event = await sale.event(capacity=100)
+    await sale.room(event)  # 2 a minute, 2 inside at once
+    tickets = []
+    for name in ("a", "b", "c", "d"):
+        tickets.append((await sale.join(event, await sale.customer(name)))["ticket"])
+    await sale.watch.tick()
+    statuses = [(await sale.poll(ticket)).json() for ticket in tickets]
+    assert [s["status"] for s in statuses] == ["admitted", "admitted", "waiting", "waiting"]
+    assert [s["position"] for s in statuses[2:]] == [1, 2]
+    assert statuses[2]["estimatedWaitSeconds"] is not None
+
+
+async def test_the_stock_holds_admissions_and_sold_out_tells_everyone(sale: Sale) -> None:
+    event = await sale.event(capacity=3, maxPerCustomer=3)
+    await sale.room(event, newUsersPerMinute=100, totalActiveUsers=100)
+    names = ("a", "b", "c")
+    keys = {name: await sale.customer(name) for name in names}
+    tickets = {name: (await sale.join(event, keys[name]))["ticket"] for name in names}
+    await sale.watch.tick()
+    # 3 seats, and a shopper is expected to take 3 (the per-customer limit): one let in.
+    states = {name: (await sale.poll(tickets[name])).json()["status"] for name in names}
+    assert states == {"a": "admitted", "b": "waiting", "c": "waiting"}
+    figures = (
+        await sale.http.get(f"/events/{event['id']}/waiting-room", headers=sale.admin)
+    ).json()["figures"]
+    assert figures["limitedBy"] == "stock"
+    token = (await sale.poll(tickets["a"])).json()["admissionToken"]
+    assert (await sale.book(event, keys["a"], token, qty=3)).status_code == 201
+    await sale.watch.tick()
+    await sale.watch.refresh()
+    assert (await sale.poll(tickets["b"])).json()["status"] == "sold_out"
+    assert (await sale.poll(tickets["c"])).json()["status"] == "sold_out"
+
+
+async def test_the_pre_queue_waits_for_the_opening(sale: Sale) -> None:
+    event = await sale.event()
+    opens = sale.clock.now + timedelta(minutes=10)
+    await sale.room(
+        event,
+        opensAt=opens.isoformat(),
+        prequeueOpensAt=(opens - timedelta(minutes=5)).isoformat(),
+    )
+    alice = await sale.customer("alice")
+    closed = await sale.http.post(f"/events/{event['id']}/queue", headers=alice)
+    problem = assert_problem(closed, 409, "queue_not_open")
+    assert problem["opensAt"].startswith((opens - timedelta(minutes=5)).isoformat()[:16])
+    sale.clock.advance(6 * 60)
+    ticket = (await sale.join(event, alice))["ticket"]
+    await sale.watch.tick()
+    assert (await sale.poll(ticket)).json()["status"] == "waiting"  # before opensAt
+    sale.clock.now = opens
+    await sale.watch.tick()
+    assert (await sale.poll(ticket)).json()["status"] == "admitted"
+
+
+async def test_a_suspended_room_admits_nobody_and_keeps_the_line(sale: Sale) -> None:
+    event = await sale.event()
+    await sale.room(event, suspended=True)
+    ticket = (await sale.join(event, await sale.customer("alice")))["ticket"]
+    await sale.watch.tick()
+    assert (await sale.poll(ticket)).json()["status"] == "waiting"
+    await sale.room(event, suspended=False)
+    await sale.watch.tick()
+    assert (await sale.poll(ticket)).json()["status"] == "admitted"
+
+
+async def test_polling_faster_than_told_is_rate_limited(sale: Sale) -> None:
+    event = await sale.event()
+    await sale.room(event)
+    joined = await sale.join(event, await sale.customer("alice"))
+    too_soon = await sale.http.get(f"/queue/{joined['ticket']}")
+    problem = assert_problem(too_soon, 429, "poll_too_soon")
+    assert int(too_soon.headers["retry-after"]) >= 1
+    assert problem["detail"]
+    sale.clock.advance(joined["pollAfterSeconds"])
+    assert (await sale.http.get(f"/queue/{joined['ticket']}")).status_code == 200
+
+
+async def test_forged_and_malformed_tickets_are_refused(sale: Sale) -> None:
+    event = await sale.event()
+    await sale.room(event)
+    ticket = (await sale.join(event, await sale.customer("alice")))["ticket"]
+    better = ticket[:10] + ("A" if ticket[10] != "A" else "B") + ticket[11:]
+    assert_problem(await sale.poll(better), 404, "queue_ticket_invalid")
+    assert_problem(await sale.poll("wq1.nonsense"), 404, "queue_ticket_invalid")
+    assert_problem(await sale.poll("x" * 600), 404, "queue_ticket_invalid")
+
+
+async def test_joining_without_a_room_or_a_customer_is_refused(sale: Sale) -> None:
+    event = await sale.event()
+    alice = await sale.customer("alice")
+    no_room = await sale.http.post(f"/events/{event['id']}/queue", headers=alice)
+    assert_problem(no_room, 409, "queue_not_open")
+    assert_problem(await sale.http.post("/events/nope/queue", headers=alice), 404, "not_found")
+    await sale.room(event)
+    staff = await sale.http.post(f"/events/{event['id']}/queue", headers=sale.admin)
+    problem = assert_problem(staff, 400, "validation_error")
+    assert problem["errors"][0]["field"] == "customerId"
+    organizer = await bearer(sale.database, "organizer", organizer_id="o1")
+    assert_problem(
+        await sale.http.post(f"/events/{event['id']}/queue", headers=organizer), 403, "forbidden"
+    )
+    await sale.room(event, queueingMethod="reject")
+    assert_problem(
+        await sale.http.post(f"/events/{event['id']}/queue", headers=alice), 409, "queue_not_open"
+    )
+
+
+async def test_staff_sell_without_a_token_and_passthrough_or_off_needs_none(sale: Sale) -> None:
+    event = await sale.event()
+    await sale.room(event)
+    body = {
+        "eventId": event["id"],
+        "sectionId": event["sections"][0]["id"],
+        "qty": 1,
+        "customerId": "walk-in",
+    }
+    assert (await sale.http.post("/book", json=body, headers=sale.admin)).status_code == 201
+    alice = await sale.customer("alice")
+    await sale.room(event, queueingMethod="passthrough")
+    assert (await sale.book(event, alice, None)).status_code == 201
+    await sale.room(event, enabled=False)
+    assert (await sale.book(event, alice, None)).status_code == 201
