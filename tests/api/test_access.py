@@ -25,6 +25,7 @@ from boxoffice.db.database import Database
 from boxoffice.services.keys import KEY_PREFIX
 from tests.support.keys import bearer
 
+ROOM = {"newUsersPerMinute": 10, "totalActiveUsers": 10}
 CALLERS = ("public", "customer_a", "customer_b", "organizer_x", "organizer_y", "admin")
 
 
@@ -81,6 +82,12 @@ async def world(settings: Settings, database: Database) -> AsyncIterator[World]:
                 headers=headers["customer_a"],
             )
             assert booking.status_code == 201, booking.text
+            room = await http.put(
+                f"/events/{event['id']}/waiting-room",
+                json={**ROOM, "enabled": False},  # stored, and gates nothing
+                headers=headers["organizer_x"],
+            )
+            assert room.status_code == 200, room.text
             yield World(http, headers, event, hold.json()["id"], booking.json()["id"], keys)
 
 
@@ -147,6 +154,24 @@ EXPECTED: dict[str, tuple[Request, tuple[int, ...]]] = {
         (401, 403, 403, 200, 404, 200),
     ),
     "all flags": (lambda w: ("GET", "/flags", None), (401, 403, 403, 403, 403, 200)),
+    "set up the waiting room": (
+        lambda w: ("PUT", f"/events/{w.event['id']}/waiting-room", {**ROOM, "enabled": False}),
+        (401, 403, 403, 200, 404, 200),
+    ),
+    "read the waiting room": (
+        lambda w: ("GET", f"/events/{w.event['id']}/waiting-room", None),
+        (401, 403, 403, 200, 404, 200),
+    ),
+    # The room is off: customers may join no line (409); staff queue for nobody.
+    "join the line": (
+        lambda w: ("POST", f"/events/{w.event['id']}/queue", None),
+        (401, 409, 409, 403, 403, 400),
+    ),
+    # Public: the ticket is the credential (a forged one is no place in any line).
+    "poll a place in line": (
+        lambda w: ("GET", "/queue/wq1.forged", None),
+        (404, 404, 404, 404, 404, 404),
+    ),
 }
 
 # Changes that can happen once: each caller gets a fresh world's objects.
@@ -382,6 +407,10 @@ ROWS_BY_OPERATION = {
     "release_hold": "release hold",
     "cancel_booking": "cancel booking",
     "revoke_key": "revoke a key",
+    "put_waiting_room": "set up the waiting room",
+    "get_waiting_room": "read the waiting room",
+    "join_queue": "join the line",
+    "poll_queue": "poll a place in line",
 }
 
 

@@ -9,6 +9,8 @@ import pytest
 
 from boxoffice.domain.errors import (
     ActiveHoldLimit,
+    AdmissionInvalid,
+    AdmissionRequired,
     BookingNotFound,
     BoxofficeError,
     Conflict,
@@ -25,8 +27,12 @@ from boxoffice.domain.errors import (
     InvalidRequest,
     KeyNotFound,
     NotFound,
+    PollTooSoon,
+    QueueNotOpen,
+    QueueTicketInvalid,
     SectionNotFound,
     Unauthorized,
+    WaitingRoomNotFound,
 )
 from boxoffice.services.idempotency import decode, encode
 
@@ -48,6 +54,13 @@ ERRORS = [
     KeyNotFound("0123456789abcdef"),
     ActiveHoldLimit(5),
     HoldChurnLimit(20, 1234),
+    AdmissionRequired("e1"),
+    AdmissionInvalid(),
+    WaitingRoomNotFound("e1"),
+    QueueTicketInvalid(),
+    QueueNotOpen("not yet", opens_at="2026-12-24T10:00:00+00:00"),
+    QueueNotOpen("never"),
+    PollTooSoon(7),
 ]
 
 
