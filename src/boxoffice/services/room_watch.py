@@ -30,10 +30,11 @@ import structlog
 from boxoffice.db.database import Database
 from boxoffice.db.errors import DatabaseUnavailable
 from boxoffice.domain.ids import canonical_id
-from boxoffice.domain.queue_order import LineSnapshot, Watermark
+from boxoffice.domain.queue_order import NOBODY, LineSnapshot, Watermark
 from boxoffice.domain.queue_tickets import TicketSigner
 from boxoffice.services import waiting_room as rooms
 from boxoffice.services.clock import Clock
+from boxoffice.services.line_joiner import LineJoiner
 from boxoffice.services.waiting_room import Room
 
 log = structlog.get_logger("boxoffice.waiting_room")
@@ -82,6 +83,7 @@ class RoomWatch:
         self._watermarks: dict[str, Watermark] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._arrivals: dict[str, int] = {}
+        self.joiner = LineJoiner(database)
         self._signer: TicketSigner | None = None
 
     @property
@@ -118,6 +120,7 @@ class RoomWatch:
                 self._tasks.append(asyncio.create_task(self._every(seconds, work)))
 
     async def stop(self) -> None:
+        await self.joiner.stop()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -164,10 +167,15 @@ class RoomWatch:
 
     def _view(self, room: Room, watermark: Watermark) -> RoomView:
         published = room.published
+        # Before anyone is let in, the pace is the one the organizer set: a line told
+        # "no idea, poll in 30 s" at the opening would learn of its turn late.
+        pace = 0.0 if published is None else published.admitted_per_second
+        if pace <= 0 and watermark.key == NOBODY:
+            pace = room.settings.new_users_per_minute / 60
         snapshot = LineSnapshot(
             watermark=watermark,
             bands=() if published is None else published.bands,
-            admitted_per_second=0.0 if published is None else published.admitted_per_second,
+            admitted_per_second=pace,
             session=room.settings.session_duration,
             sold_out=published is not None and published.sold_out,
         )

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import secrets
 import uuid
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -69,6 +70,7 @@ from boxoffice.services.unit_of_work import UnitOfWork
 
 __all__ = [
     "FIFO_BUCKETS",
+    "Joining",
     "Published",
     "Room",
     "admit",
@@ -248,25 +250,49 @@ async def read_steps(
     return floor, steps
 
 
-async def join(
-    database: Database, event_id: str, customer_id: str, order_key: int, now: datetime
-) -> tuple[int, datetime]:
-    """The customer's place in the event's line: the one it has, or a new one at
-    `order_key`. One place per customer, however many joins race for it."""
-    ident = uuid.UUID(event_id)
+@dataclass(frozen=True, slots=True)
+class Joining:
+    """A customer asking for a place: `order_key` is where it goes if it has none yet."""
+
+    event_id: str
+    customer_id: str
+    order_key: int
+    at: datetime
+
+
+async def join(database: Database, joins: Sequence[Joining]) -> list[tuple[int, datetime]]:
+    """Each customer's place in its event's line, in the order asked: the one it has, or a
+    new one at its `order_key`. One place per customer, however many joins race for it,
+    in one transaction for them all (the joins of a burst are written together)."""
     insert_ = pg_insert if database.dialect == "postgresql" else sqlite_insert
-    place = select(queue_places.c.order_key, queue_places.c.joined_at).where(
-        queue_places.c.event_id == ident, queue_places.c.customer_id == customer_id
-    )
+    rows = {
+        (joining.event_id, joining.customer_id): {
+            "event_id": uuid.UUID(joining.event_id),
+            "customer_id": joining.customer_id,
+            "order_key": joining.order_key,
+            "joined_at": joining.at,
+        }
+        for joining in joins
+    }
+    places: dict[tuple[str, str], tuple[int, datetime]] = {}
     async with UnitOfWork(database, write=True) as uow:
-        await uow.conn.execute(
-            insert_(queue_places)
-            .values(event_id=ident, customer_id=customer_id, order_key=order_key, joined_at=now)
-            .on_conflict_do_nothing()
-        )
-        row = (await uow.conn.execute(place)).one()
+        await uow.conn.execute(insert_(queue_places).on_conflict_do_nothing(), list(rows.values()))
+        by_event: dict[str, list[str]] = {}
+        for event_id, customer_id in rows:
+            by_event.setdefault(event_id, []).append(customer_id)
+        for event_id, customers in by_event.items():
+            found = await uow.conn.execute(
+                select(
+                    queue_places.c.customer_id, queue_places.c.order_key, queue_places.c.joined_at
+                ).where(
+                    queue_places.c.event_id == uuid.UUID(event_id),
+                    queue_places.c.customer_id.in_(customers),
+                )
+            )
+            for row in found:
+                places[(event_id, row.customer_id)] = (int(row.order_key), row.joined_at)
         await uow.commit()
-    return int(row.order_key), row.joined_at
+    return [places[(joining.event_id, joining.customer_id)] for joining in joins]
 
 
 async def signing_secret(database: Database, now: datetime) -> bytes:
@@ -302,6 +328,9 @@ async def admit(
     let in as many as `admissions()` allows and publish the figures. None: another
     process holds the lease, or the room is off."""
     ident = uuid.UUID(event_id)
+    # Three short transactions, so SQLite's write lock is held only to write: the lease,
+    # the measurements (a snapshot), then the step, written only if nobody else moved
+    # the watermark meanwhile (a lease that lapsed mid-tick writes nothing).
     async with UnitOfWork(database, write=True) as uow:
         taken = await uow.conn.execute(
             update(waiting_rooms)
@@ -314,8 +343,10 @@ async def admit(
             )
             .values(lease_holder=holder, lease_until=now + lease)
         )
-        if taken.rowcount == 0:
-            return None
+        await uow.commit()
+    if taken.rowcount == 0:
+        return None
+    async with UnitOfWork(database, write=False, snapshot=True) as uow:
         row = (
             await uow.conn.execute(
                 select(waiting_rooms, events.c.max_per_customer, events.c.organizer_id)
@@ -324,22 +355,34 @@ async def admit(
             )
         ).one()
         room = _room(row)
-        published = await uow.conn.run_sync(
+        published, watermark, admitted = await uow.conn.run_sync(
             _tick, ident, room, row.max_per_customer, now, clock_skew
         )
-        watermark = published[1]
-        await uow.conn.execute(
+    async with UnitOfWork(database, write=True) as uow:
+        moved = await uow.conn.execute(
             update(waiting_rooms)
-            .where(waiting_rooms.c.event_id == ident, waiting_rooms.c.lease_holder == holder)
-            .values(watermark=watermark, figures=published[0].to_json(), figures_at=now)
+            .where(
+                waiting_rooms.c.event_id == ident,
+                waiting_rooms.c.lease_holder == holder,
+                waiting_rooms.c.watermark == room.watermark,
+            )
+            .values(watermark=watermark, figures=published.to_json(), figures_at=now)
         )
+        if moved.rowcount == 0:
+            return None
+        if watermark > room.watermark:
+            await uow.conn.execute(
+                insert(admission_steps).values(
+                    event_id=ident, order_key=watermark, at=now, admitted=admitted
+                )
+            )
         await uow.commit()
     return Room(
         room.event_id,
         room.settings,
         room.line_epoch,
         watermark,
-        published[0],
+        published,
         now,
         room.updated_at,
         room.organizer_id,
@@ -353,9 +396,9 @@ def _tick(
     max_per_customer: int | None,
     now: datetime,
     clock_skew: timedelta,
-) -> tuple[Published, int]:
-    """Measure, decide, move the watermark: in the tick's transaction (sync, on the
-    connection's own thread hop, as the group commit does)."""
+) -> tuple[Published, int, int]:
+    """Measure and decide: the figures to publish, where the watermark goes, and how many
+    that lets in (run on the connection's own side, sync, in one snapshot)."""
     settings = room.settings
     watermark = room.watermark
     steps = admission_steps.c
@@ -435,13 +478,10 @@ def _tick(
                     places.order_key <= last,
                 )
             )
-            conn.execute(
-                insert(admission_steps).values(
-                    event_id=ident, order_key=last, at=now, admitted=admitted_now
-                )
-            )
             watermark = int(last)
-    admitted_total = scalar(select(func.sum(steps.admitted)).where(steps.event_id == ident))
+    admitted_total = admitted_now + scalar(
+        select(func.sum(steps.admitted)).where(steps.event_id == ident)
+    )
     recent = admitted_last_minute + admitted_now
     span = PACE_FLOOR if first_in_window is None else max(PACE_FLOOR, now - first_in_window)
     published = Published(
@@ -457,7 +497,7 @@ def _tick(
         average_quantity=float(stats.average_quantity()),
         bands=_bands(conn, ident, watermark),
     )
-    return published, watermark
+    return published, watermark, admitted_now
 
 
 def _bands(conn: Connection, ident: uuid.UUID, watermark: int) -> tuple[Band, ...]:

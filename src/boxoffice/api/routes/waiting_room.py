@@ -41,6 +41,7 @@ from boxoffice.domain.queue_tickets import AdmissionToken, QueueTicket
 from boxoffice.services import events as event_service
 from boxoffice.services import waiting_room as room_service
 from boxoffice.services.room_watch import RoomView, RoomWatch
+from boxoffice.services.waiting_room import Joining
 
 router = APIRouter(tags=["waiting room"])
 
@@ -105,7 +106,7 @@ async def join_queue(
         raise QueueNotOpen("This event has no waiting room on: book directly.")
     key = _order_key(watch, view, now)
     room = view.room
-    key, joined_at = await room_service.join(database, room.event_id, customer, key, now)
+    key, joined_at = await watch.joiner.join(Joining(room.event_id, customer, key, now))
     ticket = watch.signer.ticket(QueueTicket(room.event_id, customer, key, joined_at))
     answer = answer_poll(key, view.snapshot, now)
     _pacer(request).told(ticket, now.timestamp(), answer.poll_after_seconds)
