@@ -359,3 +359,31 @@ async def test_staff_sell_without_a_token_and_passthrough_or_off_needs_none(sale
     assert (await sale.book(event, alice, None)).status_code == 201
     await sale.room(event, enabled=False)
     assert (await sale.book(event, alice, None)).status_code == 201
+
+
+async def test_a_restart_loses_nobodys_place(
+    sale: Sale, settings: Settings, database: Database
+) -> None:
+    """Another process (or this one restarted) reads the line from the database: the same
+    secret, the same keys, the same watermark; tickets issued before it keep their place."""
+    event = await sale.event(capacity=100)
+    await sale.room(event, newUsersPerMinute=1, totalActiveUsers=1)
+    first = (await sale.join(event, await sale.customer("first")))["ticket"]
+    second = (await sale.join(event, await sale.customer("second")))["ticket"]
+    await sale.watch.tick()
+    quiet = settings.model_copy(
+        update={"waiting_room_refresh_ms": 5000, "waiting_room_tick_ms": 10_000}
+    )
+    restarted = create_app(quiet, database, clock=sale.clock)
+    async with restarted.router.lifespan_context(restarted):
+        transport = httpx.ASGITransport(app=restarted, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            sale.clock.advance(31)
+            assert (await http.get(f"/queue/{first}")).json()["status"] == "admitted"
+            waiting = (await http.get(f"/queue/{second}")).json()
+            assert waiting["status"] == "waiting"
+            assert waiting["position"] == 1
+            again = await http.post(
+                f"/events/{event['id']}/queue", headers=await sale.customer("second")
+            )
+            assert again.json()["ticket"] == second  # joining again: the same place
