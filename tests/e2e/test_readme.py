@@ -96,4 +96,8 @@ def test_every_curl_example_in_the_readme_works(database_url: str, tmp_path: Pat
                 values["holdId"] = created["id"]
             elif "sectionId" in created and "qty" in created:
                 values["bookingId"] = created["id"]
-    assert {"eventId", "holdId", "bookingId"} <= set(values)
+            elif "ticket" in created:
+                values["ticket"] = created["ticket"]
+                if created["admissionToken"]:
+                    values["admissionToken"] = created["admissionToken"]
+    assert {"eventId", "holdId", "bookingId", "ticket", "admissionToken"} <= set(values)
