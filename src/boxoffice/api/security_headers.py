@@ -38,4 +38,5 @@ EXPOSED_HEADERS = (
     "RateLimit",
     "RateLimit-Policy",
     "X-Request-ID",
+    "ETag",
 )
