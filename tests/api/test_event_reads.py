@@ -106,6 +106,16 @@ def book(event: dict[str, Any], qty: int, section: int = 0) -> dict[str, Any]:
     return {"eventId": event["id"], "sectionId": event["sections"][section]["id"], "qty": qty}
 
 
+def hold(event: dict[str, Any], qty: int, section: int = 0) -> dict[str, Any]:
+    items = [{"sectionId": event["sections"][section]["id"], "qty": qty}]
+    return {"eventId": event["id"], "items": items}
+
+
+def seats(answer: httpx.Response) -> list[tuple[int, int, int]]:
+    assert answer.status_code == 200, answer.text
+    return [(s["remaining"], s["held"], s["sold"]) for s in answer.json()["sections"]]
+
+
 def remaining(answer: httpx.Response) -> list[int]:
     assert answer.status_code == 200, answer.text
     return [section["remaining"] for section in answer.json()["sections"]]
@@ -245,18 +255,22 @@ async def test_this_process_sees_its_own_purchases_at_once(
     assert remaining(await client.get(path)) == [5, 100]
     booked = await client.post("/book", json=book(event, 2))
     assert booked.status_code == 201
-    assert remaining(await client.get(path)) == [3, 100]
-    hold = {"eventId": event["id"], "items": [{"sectionId": event["sections"][1]["id"], "qty": 4}]}
-    held = await client.post("/holds", json=hold)
-    assert held.status_code == 201
-    assert remaining(await client.get(path)) == [3, 96]
-    assert (await client.delete(f"/holds/{held.json()['id']}")).status_code == 204
-    assert remaining(await client.get(path)) == [3, 100]
+    assert seats(await client.get(path)) == [(3, 0, 2), (100, 0, 0)]
+    released = await client.post("/holds", json=hold(event, 4, section=1))
+    assert released.status_code == 201
+    assert seats(await client.get(path)) == [(3, 0, 2), (96, 4, 0)]
+    assert (await client.delete(f"/holds/{released.json()['id']}")).status_code == 204
+    assert seats(await client.get(path)) == [(3, 0, 2), (100, 0, 0)]
+    paid = await client.post("/holds", json=hold(event, 1))
+    assert paid.status_code == 201
+    assert seats(await client.get(path)) == [(2, 1, 2), (100, 0, 0)]
+    assert (await client.post(f"/holds/{paid.json()['id']}/confirm")).status_code == 201
+    assert seats(await client.get(path)) == [(2, 0, 3), (100, 0, 0)]
     cancelled = await client.post(f"/bookings/{booked.json()['id']}/cancel")
     assert cancelled.status_code == 200
     with counting_event_reads(database) as reads:
-        assert remaining(await client.get(path)) == [5, 100]
-        assert remaining(await client.get(path)) == [5, 100]
+        assert seats(await client.get(path)) == [(4, 0, 1), (100, 0, 0)]
+        assert seats(await client.get(path)) == [(4, 0, 1), (100, 0, 0)]
         assert reads.count == 1  # read again once after the write, then kept
 
 
@@ -278,8 +292,7 @@ async def test_booking_decides_on_the_live_count_whatever_the_cache_shows(
     refused = await client.post("/book", json=book(event, 1))
     problem = assert_problem(refused, 400, "insufficient_seats")
     assert problem["remaining"] == 0
-    hold = {"eventId": event["id"], "items": [{"sectionId": event["sections"][0]["id"], "qty": 1}]}
-    assert_problem(await client.post("/holds", json=hold), 400, "insufficient_seats")
+    assert_problem(await client.post("/holds", json=hold(event, 1)), 400, "insufficient_seats")
     # The refusals were this process's writes to the event: its next read is live.
     assert remaining(await client.get(path)) == [0, 100]
 
