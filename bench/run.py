@@ -62,6 +62,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 LUA = ROOT / "bench" / "book.lua"
 CHECKOUT_LUA = ROOT / "bench" / "checkout.lua"
+EVENT_READ_LUA = ROOT / "bench" / "event_read.lua"
 PERFORMANCE_DOC = ROOT / "docs" / "performance.md"
 console = Console()
 EXTRA_ENV: dict[str, str] = {}  # server settings from --set NAME=VALUE
@@ -75,7 +76,9 @@ class Scenario:
     workers: int = 1
     sqlite_writer: str | None = None  # SQLITE_WRITER, when not the default
     databases: tuple[str, ...] = ("postgresql", "sqlite")
-    app: str = "book"  # book, checkout, noop (our own no-op route), bare (bare FastAPI)
+    # book, checkout, event-read (GET /events/{id}), noop (our own no-op route), bare (bare
+    # FastAPI)
+    app: str = "book"
     idempotent: bool = False  # an Idempotency-Key of its own on every request
     keyed: bool = False  # access control on, a customer's API key on every request
     baseline: bool = False  # served by the --baseline tree's code, not this one
@@ -83,6 +86,8 @@ class Scenario:
     # "safe": DB_POOLER=transaction, straight to PostgreSQL (what the setting alone costs);
     # "pgbouncer": the same setting, through pgbouncer in transaction mode.
     pooler: str | None = None
+    staleness_ms: int | None = None  # AVAILABILITY_MAX_STALENESS_MS, when not the default
+    revalidate: bool = False  # event-read: If-None-Match with the ETag last seen (304s)
 
     @property
     def label(self) -> str:
@@ -91,7 +96,9 @@ class Scenario:
         before = " (before)" if self.baseline else ""
         queue = "" if self.queue_timeout_ms is None else f" queue-timeout-{self.queue_timeout_ms}"
         pooler = {None: "", "safe": " pooler-safe", "pgbouncer": " via pgbouncer"}[self.pooler]
-        return f"{self.name}{suffix}{writer}{queue}{pooler}{before}"
+        cache = {None: "", 0: " uncached"}.get(self.staleness_ms, f" stale-{self.staleness_ms}ms")
+        revalidated = " 304" if self.revalidate else ""
+        return f"{self.name}{revalidated}{cache}{suffix}{writer}{queue}{pooler}{before}"
 
 
 def pooled(name: str, sections: int, app: str = "book") -> list[Scenario]:
@@ -119,6 +126,8 @@ SCENARIOS = [
     *pooled("checkout", 1000, app="checkout"),
     Scenario("ceiling", None, 1, workers=2, app="noop"),
     Scenario("hot batched", "batched", 1, workers=2),
+    # The read storm (issue 12): everyone refreshing one event's page.
+    Scenario("event read", "batched", 1, app="event-read"),
 ]
 
 # Run only when named in --only: SQLite's group commits on a thread of the server
@@ -128,6 +137,12 @@ OPT_IN_SCENARIOS = [
     Scenario("spread batched", "batched", 1000, sqlite_writer="thread", databases=("sqlite",)),
     # Backpressure off (issue 11): how long requests wait when nothing bounds the queue.
     Scenario("hot batched", "batched", 1, queue_timeout_ms=0),
+    # The read storm without the availability cache (every read from the database, as
+    # before issue 12), and with browsers revalidating their copy (304s).
+    Scenario("event read", "batched", 1, app="event-read", staleness_ms=0),
+    Scenario("event read", "batched", 1, app="event-read", revalidate=True),
+    Scenario("event read", "batched", 1, app="event-read", workers=2),
+    Scenario("event read", "batched", 1, app="event-read", workers=2, staleness_ms=0),
 ]
 
 # With --baseline DIR: the same scenarios served by an older tree's code (a `git worktree`
@@ -140,6 +155,7 @@ BASELINE_SCENARIOS = [
     Scenario("checkout", "batched", 1000, app="checkout", baseline=True),
     # Only when the older tree has API keys (they came with issue 10).
     Scenario("hot keyed", "batched", 1, keyed=True, baseline=True),
+    Scenario("event read", "batched", 1, app="event-read", baseline=True),
 ]
 BASELINE: Path | None = None  # --baseline
 
@@ -282,6 +298,8 @@ def wrk_script(scenario: Scenario, targets: Path) -> list[str]:
     """The Lua script and its arguments for `scenario`."""
     if scenario.app == "checkout":
         return [str(CHECKOUT_LUA), "--", str(targets)]
+    if scenario.app == "event-read":
+        return [str(EVENT_READ_LUA), "--", str(targets), *(["revalidate"] * scenario.revalidate)]
     path = "/book" if scenario.app == "book" else "/noop"
     return [str(LUA), "--", path, str(targets), *(["idempotent"] if scenario.idempotent else [])]
 
@@ -408,6 +426,8 @@ def server_env(scenario: Scenario) -> dict[str, str]:
         env["BOOKING_QUEUE_TIMEOUT_MS"] = str(scenario.queue_timeout_ms)
     if scenario.pooler:
         env["DB_POOLER"] = "transaction"
+    if scenario.staleness_ms is not None:
+        env["AVAILABILITY_MAX_STALENESS_MS"] = str(scenario.staleness_ms)
     if scenario.baseline:
         env["PYTHONPATH"] = baseline_path()
     return {**env, **EXTRA_ENV}
@@ -542,6 +562,15 @@ RATIOS: dict[str, tuple[str, str, float]] = {
     ),
     "checkout pooler-safe / direct": ("checkout pooler-safe", "checkout", 1.0),
     "checkout via pgbouncer / direct": ("checkout via pgbouncer", "checkout", 1.0),
+    "event read / ceiling": ("event read", "ceiling", 1.0),
+    "event read / bare": ("event read", "bare ceiling", 1.0),
+    "event read / uncached": ("event read", "event read uncached", 1.0),
+    "event read uncached / ceiling": ("event read uncached", "ceiling", 1.0),
+    "event read uncached / bare": ("event read uncached", "bare ceiling", 1.0),
+    "event read 304 / 200": ("event read 304", "event read", 1.0),
+    "event read w2 / uncached w2": ("event read w2", "event read uncached w2", 1.0),
+    "event read w2 / ceiling w2": ("event read w2", "ceiling w2", 1.0),
+    "event read / before": ("event read", "event read (before)", 1.0),
 }
 TARGETS = {  # the issues' bars, shown next to the figures
     "hot batched / ceiling": 0.8,

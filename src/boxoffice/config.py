@@ -156,6 +156,22 @@ class Settings(BaseSettings):
     idempotency_ttl_hours: float = Field(
         24.0, ge=1, le=24 * 365, description="How long an idempotency key's answer is kept."
     )
+    availability_max_staleness_ms: int = Field(
+        500,
+        ge=0,
+        le=10_000,
+        description="How old the seats GET /events/{id} shows may be: each process keeps an "
+        "event's answer this long, read again by one request at a time, and browsers and "
+        "caches may keep it for what is left of it, in whole seconds (0: no cache, every "
+        "read from the database). Booking always decides on the live count.",
+    )
+    availability_cache_events: int = Field(
+        1000,
+        ge=1,
+        le=100_000,
+        description="The most events whose availability one process keeps (the least "
+        "recently read dropped first).",
+    )
     metrics_sample_seconds: float = Field(
         5.0,
         ge=0,

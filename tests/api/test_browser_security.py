@@ -51,7 +51,8 @@ async def test_cors_lets_listed_origins_in_and_no_other(serve: Serve, database: 
             headers={
                 "Origin": SHOP,
                 "Access-Control-Request-Method": "POST",
-                "Access-Control-Request-Headers": "authorization, content-type, idempotency-key",
+                "Access-Control-Request-Headers": "authorization, content-type, idempotency-key, "
+                "admission-token",
             },
         )
         assert preflight.status_code == 200  # no key needed for a preflight

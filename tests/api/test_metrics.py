@@ -61,6 +61,8 @@ EXPORTED = {
     "boxoffice_rate_limited_requests_total",
     "boxoffice_rate_limit_fallbacks_total",
     "boxoffice_rate_limits_shared",
+    "boxoffice_availability_cache_lookups_total",
+    "boxoffice_availability_cache_refreshes_total",
 }  # and boxoffice_fraud_flags_total{rule}, from the first flag (tests/api/test_flags.py)
 
 
@@ -127,6 +129,8 @@ async def sell(settings: Settings, database: Database) -> Sale:
         made = await http.post("/events", json=EVENT, headers=admin)
         event = made.json()
         vip, ga = (section["id"] for section in event["sections"])  # 5 and 100 seats
+        for _ in range(2):  # read, then answered from the availability cache
+            assert (await http.get(f"/events/{event['id']}")).status_code == 200
 
         def book(section: str, qty: int) -> dict[str, Any]:
             return {"eventId": event["id"], "sectionId": section, "qty": qty}
@@ -179,6 +183,9 @@ async def test_every_metric_counts_a_sale(
     assert grew("boxoffice_holds_released_total") == 1
     assert grew("boxoffice_holds_expired_total") == 1
     assert grew("boxoffice_bookings_cancelled_total") == 1
+    assert grew("boxoffice_availability_cache_lookups_total", result="miss") == 1
+    assert grew("boxoffice_availability_cache_lookups_total", result="hit") == 1
+    assert grew("boxoffice_availability_cache_refreshes_total") == 1
     for code in ("insufficient_seats", "not_found", "unauthorized", "rate_limited"):
         assert grew("boxoffice_refusals_total", code=code) == 1, code
     assert grew("boxoffice_rate_limited_requests_total", route_class="keys") == 1

@@ -63,6 +63,16 @@ def test_invalid_configuration_is_refused(env: dict[str, str]) -> None:
     assert "invalid configuration" in run.stderr
 
 
+def test_serve_refuses_a_bad_availability_staleness_naming_it(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'b.db'}"
+    run = boxoffice("serve", DATABASE_URL=url, AVAILABILITY_MAX_STALENESS_MS="60000")
+    assert run.returncode == 1
+    assert "invalid configuration" in run.stderr
+    assert "availability_max_staleness_ms" in run.stderr
+    assert "less than or equal to 10000" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
 def test_keys_are_made_listed_and_revoked_and_shown_only_once(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'k.db'}"
     assert boxoffice("db", "upgrade", DATABASE_URL=url).returncode == 0

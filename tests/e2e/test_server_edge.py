@@ -155,6 +155,38 @@ def test_every_answer_carries_the_security_headers(
     assert "server" not in answer.headers  # what runs the service is nobody's business
 
 
+def test_an_event_read_says_once_how_long_it_may_be_kept(server: ServerProcess) -> None:
+    """uvicorn's default headers can only be added to: the event read's Cache-Control must
+    be the only one, or a cache would obey the stricter no-store; a 304 has no body."""
+    event = {"name": "Gig", "sections": [{"name": "A", "price": 1, "capacity": 1}]}
+    made = httpx.post(f"{server.url}/events", json=event).raise_for_status().json()
+    path = f"/events/{made['id']}"
+    answer = httpx.get(f"{server.url}{path}")
+    assert answer.status_code == 200
+    assert answer.headers.get_list("cache-control") == ["public, max-age=0, must-revalidate"]
+    for name in ("x-content-type-options", "x-frame-options", "referrer-policy"):
+        assert answer.headers.get_list(name) == [SECURITY[name]]
+    etag = answer.headers["etag"]
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.settimeout(5)
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nIf-None-Match: {etag}\r\n\r\n".encode())
+        unchanged = b""
+        while b"\r\n\r\n" not in unchanged:  # a 304 has a head only
+            unchanged += sock.recv(65536)
+        # The connection stays usable: nothing but the head was sent.
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_response(sock).startswith(b"HTTP/1.1 200 ")
+    head, _, body = unchanged.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 304 ")
+    assert body == b""
+    lines = head.decode().lower().split("\r\n")
+    assert f"etag: {etag}" in lines
+    assert [line for line in lines if line.startswith("cache-control:")] == [
+        "cache-control: public, max-age=0, must-revalidate"
+    ]
+    assert not [line for line in lines if line.startswith(("content-length", "transfer-encoding"))]
+
+
 def test_a_refusal_before_any_route_carries_them_too(server: ServerProcess) -> None:
     answer, _ = exchange(server, b"GET /events HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000)
     head = answer.partition(b"\r\n\r\n")[0].decode().lower()

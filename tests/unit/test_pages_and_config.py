@@ -10,6 +10,7 @@ import asyncpg.exceptions as asyncpg_errors
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import ValidationError
 from sqlalchemy import exc as sa_exc
 
 from boxoffice.config import Settings, UnsupportedDatabaseURL, async_database_url
@@ -110,6 +111,33 @@ def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
         "postgresql",
         4,
     )
+
+
+@pytest.mark.parametrize(
+    ("value", "wanted"),
+    [
+        ("-1", "greater than or equal to 0"),
+        ("10001", "less than or equal to 10000"),
+        ("0.5", "valid integer"),
+        ("soon", "valid integer"),
+    ],
+)
+def test_availability_staleness_outside_its_bounds_is_refused_by_name(
+    monkeypatch: pytest.MonkeyPatch, value: str, wanted: str
+) -> None:
+    monkeypatch.setenv("AVAILABILITY_MAX_STALENESS_MS", value)
+    with pytest.raises(ValidationError) as refused:
+        Settings(_env_file=None)  # type: ignore[call-arg]
+    assert "availability_max_staleness_ms" in str(refused.value)
+    assert wanted in str(refused.value)
+
+
+@pytest.mark.parametrize("value", ["0", "500", "10000"])
+def test_availability_staleness_within_its_bounds_is_taken(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("AVAILABILITY_MAX_STALENESS_MS", value)
+    assert Settings(_env_file=None).availability_max_staleness_ms == int(value)  # type: ignore[call-arg]
 
 
 def test_env_example_documents_every_setting() -> None:

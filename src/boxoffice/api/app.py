@@ -5,6 +5,8 @@ from __future__ import annotations
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
+from functools import partial
 from typing import Any
 
 import structlog
@@ -29,6 +31,7 @@ from boxoffice.db.migrate import check_schema
 from boxoffice.domain.poll_pacing import PollPacer
 from boxoffice.observability.exporter import Exporter
 from boxoffice.observability.logging import configure_logging
+from boxoffice.services.availability import AvailabilityCache
 from boxoffice.services.clock import Clock, system_clock
 from boxoffice.services.flags import FlagDesk
 from boxoffice.services.idempotency import InFlight
@@ -108,6 +111,17 @@ def create_app(
         app.state.database = db
         in_flight = InFlight()
         app.state.in_flight = in_flight
+        availability = (
+            AvailabilityCache(
+                partial(events.read_event_answer, db),
+                clock=clock,
+                max_staleness=timedelta(milliseconds=settings.availability_max_staleness_ms),
+                max_events=settings.availability_cache_events,
+            )
+            if settings.availability_max_staleness_ms
+            else None
+        )
+        app.state.availability = availability
         booker = make_booker(
             settings.booking_strategy,
             db,
@@ -116,6 +130,8 @@ def create_app(
             clock=clock,
             in_flight=in_flight,
             queue_timeout_seconds=settings.booking_queue_timeout_ms / 1000,
+            # This process's own purchases show in its next read of their event.
+            on_written=None if availability is None else availability.forget,
         )
         app.state.booker = booker
         sweeper = Sweeper(
@@ -202,6 +218,7 @@ def create_app(
     app.state.flags = None  # the fraud watch, from the lifespan on (services/flags.py)
     app.state.room_watch = None  # the waiting rooms, from the lifespan on (room_watch.py)
     app.state.poll_pacer = PollPacer(settings.max_polls_tracked)
+    app.state.availability = None  # GET /events/{id}'s cache, from the lifespan on
     rate_limiter = RateLimiter.from_settings(settings)
     app.state.rate_limiter = rate_limiter
     install_problem_handlers(app)
@@ -223,8 +240,15 @@ def create_app(
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST", "DELETE"],
-            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-Request-ID"],
+            allow_methods=["GET", "POST", "PUT", "DELETE"],
+            allow_headers=[
+                "Admission-Token",  # a web shop buying through the waiting room
+                "Authorization",
+                "Content-Type",
+                "Idempotency-Key",
+                "If-None-Match",
+                "X-Request-ID",
+            ],
             expose_headers=[*EXPOSED_HEADERS],
             allow_credentials=False,  # keys travel in a header, never in cookies
             max_age=600,

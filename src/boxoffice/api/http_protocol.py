@@ -26,6 +26,7 @@ from typing import Any, cast
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from boxoffice.api.problems import PROBLEM_MEDIA_TYPE, problem_body
+from boxoffice.api.security_headers import NO_STORE
 from boxoffice.config import get_settings
 
 BODY_COMPLETE = "boxoffice.body_complete"  # in the scope: the body has all arrived
@@ -150,7 +151,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         body = problem_body(status, code, detail, instance=None)
         phrase = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}[status]
         defaults = b"".join(  # the security headers, as on every other answer
-            name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers
+            name + b": " + value + b"\r\n"
+            for name, value in (*self.server_state.default_headers, NO_STORE)
         )
         self.transport.write(
             b"HTTP/1.1 %d %s\r\n%scontent-type: %s\r\ncontent-length: %d\r\n"

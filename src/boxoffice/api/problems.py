@@ -266,7 +266,8 @@ async def _on_unexpected(request: Request, exc: Exception) -> ProblemResponse:
         500,
         "internal_error",
         "An unexpected error occurred.",
-        headers=request_id_header(request.scope),
+        # Sent from outside every middleware: RequestIdMiddleware adds neither header.
+        headers={**request_id_header(request.scope), "Cache-Control": "no-store"},
     )
 
 

@@ -8,8 +8,9 @@ and added to every log line written while the request runs (the `request_id`
 field, through `observability.logging.REQUEST_ID`), uvicorn's access log too.
 
 Being outermost, it also times every request and hands its status to
-`count` (api/request_metrics.py), in the one wrapper around `send` it needs
-anyway.
+`count` (api/request_metrics.py), and gives every answer that sets no
+`Cache-Control` of its own `Cache-Control: no-store` (api/security_headers.py),
+in the one wrapper around `send` it needs anyway.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from time import perf_counter
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from boxoffice.api.security_headers import NO_STORE
 from boxoffice.db.tables import MAX_REQUEST_ID_LENGTH
 from boxoffice.observability.logging import REQUEST_ID
 
@@ -71,7 +73,13 @@ class RequestIdMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", ()), header]
+                headers = [*message.get("headers", ()), header]
+                for name, _ in headers:
+                    if name == b"cache-control":
+                        break
+                else:
+                    headers.append(NO_STORE)
+                message["headers"] = headers
             await send(message)
 
         # Not reset afterwards: the server runs each request in a task of its own, whose

@@ -18,6 +18,7 @@ the booker; both keep the same promise.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from typing import Literal, Protocol
 
 from boxoffice.booking.batched import BatchedBooker
@@ -55,13 +56,17 @@ def make_booker(
     clock: Clock = system_clock,
     in_flight: InFlight | None = None,
     queue_timeout_seconds: float = 1.0,
+    on_written: Callable[[Iterable[str]], None] | None = None,
 ) -> Booker:
+    """The booker `strategy` names; `on_written` is told the events each of its transactions
+    wrote to, before the commands in it are answered."""
     if strategy == "direct":
         return DirectBooker(
             database,
             max_tickets_per_booking=max_tickets_per_booking,
             clock=clock,
             in_flight=in_flight,
+            on_written=on_written,
         )
     return BatchedBooker(
         database,
@@ -70,6 +75,7 @@ def make_booker(
         clock=clock,
         in_flight=in_flight,
         queue_timeout_seconds=queue_timeout_seconds,
+        on_written=on_written,
     )
 
 

@@ -27,6 +27,9 @@
   booking cost 3.8 % of a booking's instructions (docs/performance.md).
 - Confirm, release and cancel learn the event of the hold or booking they name
   before they queue (`events_of.py`): every statement of the batch names it.
+- Once a batch is over, and before any of its commands is answered,
+  `on_written` is told the events it wrote to (once per batch): the process's
+  cached availability of those events is dropped (`services/availability.py`).
 - If the committer task dies (a bug, not a database failure: those fail one
   batch), whatever it held is answered 503, and it is started again after
   `restart_delay_seconds`, doubling while it keeps dying. `ready` is False
@@ -40,7 +43,7 @@ import contextlib
 import math
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -53,7 +56,14 @@ from boxoffice.booking.narrowing import Answer, answer_each
 from boxoffice.booking.remembered import Remembered, apply_if_unchanged
 from boxoffice.db.database import Database
 from boxoffice.db.errors import DatabaseUnavailable, Overloaded
-from boxoffice.domain.commands import Book, Command, ConfirmHold, PlaceHold, ReleaseHold
+from boxoffice.domain.commands import (
+    Book,
+    Command,
+    ConfirmHold,
+    PlaceHold,
+    ReleaseHold,
+    events_named,
+)
 from boxoffice.domain.decisions import Changes, Decisions, Outcome, Result
 from boxoffice.domain.model import Hold
 from boxoffice.observability import metrics
@@ -107,8 +117,10 @@ class BatchedBooker:
         in_flight: InFlight | None = None,
         queue_timeout_seconds: float = 1.0,
         restart_delay_seconds: float = 1.0,
+        on_written: Callable[[Iterable[str]], None] | None = None,
     ) -> None:
         self._database = database
+        self._on_written = on_written
         self._max_tickets = max_tickets_per_booking
         self._max_batch = max_batch_size
         self._queue_timeout = queue_timeout_seconds  # 0: wait however long it takes
@@ -276,6 +288,8 @@ class BatchedBooker:
         self.stats.largest = max(self.stats.largest, len(batch))
         started = time.perf_counter()
         answers = await answer_each(self._apply, [w.command for w in batch])
+        if self._on_written is not None:
+            self._on_written(events_named(w.command for w in batch))
         for waiting, answer in zip(batch, answers, strict=True):
             _settle(waiting, answer)
         metrics.COMMIT_SECONDS.observe(time.perf_counter() - started)

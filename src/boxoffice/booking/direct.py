@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
 from boxoffice.booking.events_of import EventsOf
 from boxoffice.booking.locked import LockedWriter
 from boxoffice.db.database import Database
-from boxoffice.domain.commands import Book, Command, PlaceHold
+from boxoffice.domain.commands import Book, Command, PlaceHold, events_named
 from boxoffice.domain.decisions import Result
 from boxoffice.domain.errors import BoxofficeError
 from boxoffice.domain.model import Hold
@@ -24,8 +26,10 @@ class DirectBooker:
         max_tickets_per_booking: int,
         clock: Clock = system_clock,
         in_flight: InFlight | None = None,
+        on_written: Callable[[Iterable[str]], None] | None = None,
     ) -> None:
         self._database = database
+        self._on_written = on_written  # told the command's event before it is answered
         self._max_tickets = max_tickets_per_booking
         self._clock = clock
         self._writer = LockedWriter(database)
@@ -51,6 +55,8 @@ class DirectBooker:
             command = await self.events_of.resolve(command)  # see events_of.py
         with self._keys.claimed(command.idempotency):
             applied = await self._writer.apply([command], self._clock())
+        if self._on_written is not None:
+            self._on_written(events_named((command,)))
         metrics.count_changes(applied.changes)
         outcome = applied.outcomes[0]
         if isinstance(outcome, BoxofficeError):

@@ -15,6 +15,7 @@ once, and its answer is stored with its effects.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from boxoffice.domain.access import Principal
@@ -165,6 +166,18 @@ class Released:
 @dataclass(frozen=True, slots=True)
 class Swept:
     seats: int
+
+
+def events_named(commands: Iterable[Command]) -> set[str]:
+    """The events these commands write to, as their callers spelt them (confirm, release and
+    cancel once their event is known; the sweeper's by the sections it names)."""
+    named: set[str] = set()
+    for command in commands:
+        if isinstance(command, SweepExpired):
+            named.update(event_id for event_id, _ in command.sections)
+        elif command.event_id is not None:
+            named.add(command.event_id)
+    return named
 
 
 def check_quantity(qty: int, max_tickets: int, field: str) -> None:

@@ -353,3 +353,18 @@ FRAUD_FLAGS = LocalCounter(
     "Fraud flags raised (domain/fraud.py), by rule.",
     ["rule"],
 )
+
+# Event reads (services/availability.py) ---------------------------------------------------
+
+AVAILABILITY_LOOKUPS = LocalCounter(
+    "boxoffice_availability_cache_lookups",
+    "GET /events/{id} answers looked up in the process's availability cache, by result: "
+    "hit (an entry within AVAILABILITY_MAX_STALENESS_MS) or miss (read, or waited for the "
+    "read in flight).",
+    ["result"],
+)
+AVAILABILITY_REFRESHES = LocalCounter(
+    "boxoffice_availability_cache_refreshes",
+    "Database reads made to refresh the availability cache: one per event per miss, however "
+    "many requests missed together.",
+)
