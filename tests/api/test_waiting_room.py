@@ -387,3 +387,27 @@ async def test_a_restart_loses_nobodys_place(
                 f"/events/{event['id']}/queue", headers=await sale.customer("second")
             )
             assert again.json()["ticket"] == second  # joining again: the same place
+
+
+async def test_the_room_is_counted_in_the_metrics(sale: Sale) -> None:
+    from tests.api.test_metrics import scrape, value
+
+    before = await scrape(sale.http, sale.admin)
+    event = await sale.event()
+    await sale.room(event)
+    tickets = [(await sale.join(event, await sale.customer(n)))["ticket"] for n in "abc"]
+    await sale.watch.tick()  # 2 a minute: two let in, one waiting
+    await sale.watch.refresh()
+    for ticket in tickets:
+        await sale.poll(ticket)
+    after = await scrape(sale.http, sale.admin)
+
+    def grew(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert grew("boxoffice_queue_joins_total") == 3
+    assert grew("boxoffice_queue_admitted_total") == 2
+    assert grew("boxoffice_queue_polls_total", status="admitted") == 2
+    assert grew("boxoffice_queue_polls_total", status="waiting") == 1
+    assert value(after, "boxoffice_queue_waiting_customers", event_id=event["id"]) == 1
+    assert value(after, "boxoffice_queue_shopping_customers", event_id=event["id"]) == 2

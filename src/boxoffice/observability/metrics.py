@@ -368,3 +368,28 @@ AVAILABILITY_REFRESHES = LocalCounter(
     "Database reads made to refresh the availability cache: one per event per miss, however "
     "many requests missed together.",
 )
+
+# The waiting room (api/routes/waiting_room.py, services/room_watch.py) ------------------
+
+QUEUE_JOINS = LocalCounter("boxoffice_queue_joins", "Joins of a waiting room's line answered.")
+QUEUE_POLLS = LocalCounter(
+    "boxoffice_queue_polls",
+    "Polls of a queue ticket answered, by the status told (waiting, admitted, expired, "
+    "sold_out); refused ones are counted as refusals (poll_too_soon, queue_ticket_invalid).",
+    ["status"],
+)
+QUEUE_ADMITTED = LocalCounter(
+    "boxoffice_queue_admitted", "Customers let in by the admission loop, over every room."
+)
+QUEUE_WAITING = LocalGauge(
+    "boxoffice_queue_waiting_customers",
+    "Customers waiting in an event's line, as its admission loop last measured.",
+    ["event_id"],
+    mode="livemostrecent",
+)
+QUEUE_SHOPPING = LocalGauge(
+    "boxoffice_queue_shopping_customers",
+    "Admitted customers of an event still within their session who have not bought yet.",
+    ["event_id"],
+    mode="livemostrecent",
+)

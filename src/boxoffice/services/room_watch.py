@@ -32,6 +32,11 @@ from boxoffice.db.errors import DatabaseUnavailable
 from boxoffice.domain.ids import canonical_id
 from boxoffice.domain.queue_order import NOBODY, LineSnapshot, Watermark
 from boxoffice.domain.queue_tickets import TicketSigner
+from boxoffice.observability.metrics import (
+    QUEUE_ADMITTED,
+    QUEUE_SHOPPING,
+    QUEUE_WAITING,
+)
 from boxoffice.services import waiting_room as rooms
 from boxoffice.services.clock import Clock
 from boxoffice.services.line_joiner import LineJoiner
@@ -147,6 +152,10 @@ class RoomWatch:
             views[room.event_id] = self._view(room, watermark)
         self._views = views
         self._watermarks = {event: self._watermarks[event] for event in views}
+        for event_id, view in views.items():
+            if view.room.published is not None:
+                QUEUE_WAITING.set(view.room.published.waiting, (event_id,))
+                QUEUE_SHOPPING.set(view.room.published.shopping, (event_id,))
 
     async def _watermark(self, room: Room, now: datetime) -> Watermark:
         session_start = now - room.settings.session_duration
@@ -194,6 +203,8 @@ class RoomWatch:
             )
             if room is None:
                 continue
+            if room.published is not None:
+                QUEUE_ADMITTED.inc(amount=room.published.admitted_now)
             # This process sees its own step at once; the others at their next refresh.
             known = self._watermarks.get(event_id, Watermark())
             if room.watermark > known.key and room.published_at is not None:

@@ -102,6 +102,7 @@ class Published:
     seats_held: int
     average_quantity: float
     bands: tuple[Band, ...]
+    admitted_now: int = 0  # by the tick that published these
 
     @property
     def sold_out(self) -> bool:
@@ -496,6 +497,7 @@ def _tick(
         seats_held=figures.seats_held,
         average_quantity=float(stats.average_quantity()),
         bands=_bands(conn, ident, watermark),
+        admitted_now=admitted_now,
     )
     return published, watermark, admitted_now
 

@@ -38,6 +38,7 @@ from boxoffice.domain.queue_order import (
     order_key,
 )
 from boxoffice.domain.queue_tickets import AdmissionToken, QueueTicket
+from boxoffice.observability.metrics import QUEUE_JOINS, QUEUE_POLLS
 from boxoffice.services import events as event_service
 from boxoffice.services import waiting_room as room_service
 from boxoffice.services.room_watch import RoomView, RoomWatch
@@ -111,6 +112,7 @@ async def join_queue(
     answer = answer_poll(key, view.snapshot, now)
     _pacer(request).told(ticket, now.timestamp(), answer.poll_after_seconds)
     response.headers["Location"] = f"/queue/{ticket}"
+    QUEUE_JOINS.inc()
     return _ticket_out(watch, ticket, room.event_id, customer, answer)
 
 
@@ -164,6 +166,7 @@ async def poll_queue(ticket: str, request: Request) -> QueueTicketOut:
     else:
         answer = answer_poll(place.order_key, view.snapshot, now)
     pacer.told(ticket, moment, answer.poll_after_seconds)
+    QUEUE_POLLS.inc((answer.status,))
     return _ticket_out(watch, ticket, place.event_id, place.customer_id, answer)
 
 
