@@ -394,16 +394,7 @@ class WaitingRoomIn(_Request):
     suspended: bool = Field(False, description="Pause admissions; the line keeps its order.")
 
     def settings(self) -> RoomSettings:
-        return RoomSettings(
-            enabled=self.enabled,
-            opens_at=self.opens_at,
-            new_users_per_minute=self.new_users_per_minute,
-            total_active_users=self.total_active_users,
-            session_duration_seconds=self.session_duration_seconds,
-            queueing_method=self.queueing_method,
-            prequeue_opens_at=self.prequeue_opens_at,
-            suspended=self.suspended,
-        )
+        return RoomSettings.read_from(self)
 
 
 class WaitingRoomFiguresOut(_Response):

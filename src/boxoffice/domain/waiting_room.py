@@ -46,7 +46,7 @@ calling often. Plain Python: no clock but the `now` it is given.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from fractions import Fraction
 from typing import Literal, get_args
@@ -142,6 +142,16 @@ class RoomSettings:
                     "prequeueOpensAt must be at most 7 days before opensAt.",
                     field="prequeueOpensAt",
                 )
+
+    @classmethod
+    def read_from(cls, source: object) -> RoomSettings:
+        """The settings of anything that has them as attributes of the same names: a
+        request's body, a stored row."""
+        return cls(**{field.name: getattr(source, field.name) for field in fields(cls)})
+
+    def values(self) -> dict[str, object]:
+        """Every setting by name, as stored."""
+        return {field.name: getattr(self, field.name) for field in fields(self)}
 
     @property
     def session_duration(self) -> timedelta:

@@ -135,16 +135,7 @@ class Room:
 
 
 def _room(row: Any) -> Room:
-    settings = RoomSettings(
-        enabled=row.enabled,
-        opens_at=row.opens_at,
-        new_users_per_minute=row.new_users_per_minute,
-        total_active_users=row.total_active_users,
-        session_duration_seconds=row.session_duration_seconds,
-        queueing_method=row.queueing_method,
-        prequeue_opens_at=row.prequeue_opens_at,
-        suspended=row.suspended,
-    )
+    settings = RoomSettings.read_from(row)
     return Room(
         event_id=str(row.event_id),
         settings=settings,
@@ -155,19 +146,6 @@ def _room(row: Any) -> Room:
         updated_at=row.updated_at,
         organizer_id=getattr(row, "organizer_id", None),
     )
-
-
-def _settings_columns(settings: RoomSettings) -> dict[str, Any]:
-    return {
-        "enabled": settings.enabled,
-        "prequeue_opens_at": settings.prequeue_opens_at,
-        "opens_at": settings.opens_at,
-        "new_users_per_minute": settings.new_users_per_minute,
-        "total_active_users": settings.total_active_users,
-        "session_duration_seconds": settings.session_duration_seconds,
-        "queueing_method": settings.queueing_method,
-        "suspended": settings.suspended,
-    }
 
 
 async def _managed_event(conn: AsyncConnection, event_id: str, actor: Principal) -> uuid.UUID:
@@ -186,7 +164,7 @@ async def put_room(
 ) -> Room:
     """Set the event's waiting room; the line, its watermark and its figures are kept, so
     a room changed or paused mid-sale keeps everyone's place."""
-    columns = {**_settings_columns(settings), "updated_at": now}
+    columns = {**settings.values(), "updated_at": now}
     async with UnitOfWork(database, write=True) as uow:
         ident = await _managed_event(uow.conn, event_id, actor)
         changed = await uow.conn.execute(
