@@ -267,17 +267,18 @@ class Settings(BaseSettings):
     )
     waiting_room_refresh_ms: int = Field(
         250,
-        ge=50,
+        ge=0,
         le=5000,
         description="How often each process reads the waiting rooms' watermarks and figures: "
-        "the longest a poll's answer lags the line.",
+        "the longest a poll's answer lags the line (0: never after the start, so this "
+        "process sees only its own changes: one process alone, or a benchmark).",
     )
     waiting_room_tick_ms: int = Field(
         500,
-        ge=50,
+        ge=0,
         le=10_000,
         description="How often the admission loop (one process per event at a time) lets "
-        "more customers in.",
+        "more customers in (0: this process never does; others must).",
     )
     waiting_room_clock_skew_ms: int = Field(
         2000,
