@@ -279,6 +279,13 @@ async def signing_secret(database: Database, now: datetime) -> bytes:
     whichever process asks first, and the same for every process after."""
     query = select(service_secrets.c.secret).where(service_secrets.c.name == SECRET_NAME)
     insert_ = pg_insert if database.dialect == "postgresql" else sqlite_insert
+    # Read first, without SQLite's write lock: every process start comes here, and a start
+    # that waited for the lock (a long write elsewhere) would not be serving, nor hear
+    # SIGTERM, until it got it. Only the very first start writes.
+    async with UnitOfWork(database, write=False) as uow:
+        found = (await uow.conn.execute(query)).scalar()
+    if found is not None:
+        return bytes.fromhex(found)
     async with UnitOfWork(database, write=True) as uow:
         found = (await uow.conn.execute(query)).scalar()
         if found is None:
