@@ -7,7 +7,7 @@ PORT   ?=
 PORT_FLAG = $(if $(PORT),--port $(PORT))
 URL_FLAG  = $(if $(PORT),--url http://127.0.0.1:$(PORT))
 
-.PHONY: run test lint format simulate migrate bench clean test-tools failover-tools failover-demo test-failover
+.PHONY: run test lint format simulate migrate bench onsale clean test-tools failover-tools failover-demo test-failover
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -75,6 +75,11 @@ $(VENV)/.bench: pyproject.toml | $(BIN)/python
 BENCH_ARGS ?=
 bench: $(VENV)/.bench ## flash-sale benchmark on PostgreSQL and SQLite; results in bench/results and docs/performance.md
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+# wrk comes from Debian's packages when missing (bench/run.py's ensure_wrk).
+ONSALE_ARGS ?=
+onsale: $(VENV)/.bench ## the million-attempt sale (issue 12) on PostgreSQL, with and without the waiting room; results in bench/results/onsale.*
+	$(BIN)/python -m bench.onsale $(ONSALE_ARGS)
 
 simulate: $(VENV)/.runtime ## the original concurrency script, against a running server (key in BOXOFFICE_API_KEY)
 	$(BIN)/boxoffice simulate $(URL_FLAG)

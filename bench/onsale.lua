@@ -8,7 +8,7 @@
 -- of its sections (up to MAX_SECTIONS); 429 and 503 are retried after Retry-After (or 1 s).
 --
 -- wrk's connections are a pool, not customers: request() sends the earliest action due
--- (a heap by due time), and each request carries X-Request-ID "<customer>" (the server
+-- (a heap by due time), and each request carries X-Request-ID "<customer>.<n>" (the server
 -- echoes it), which is how response() finds whose answer it is. delay() parks a
 -- connection until the next action is due, claiming that action so two connections do
 -- not wake for one; a connection woken with nothing due sends a "filler" GET /healthz,
@@ -24,7 +24,7 @@
 -- after T0> <api key>"; thread t plays the lines with index % THREADS == t. Output, per
 -- thread, OUT_PREFIX<t>.log: "R <ms since T0> <class> <status> <latency ms> <customer>" per
 -- answer, "C <customer> <kind> <final> <bought> <joined ms> <admitted ms> <bought ms>
--- <polls> <ticket>" per customer once it is done, "B <ticket>" per join of the "joins" bot
+-- <polls> <admittedUntil> <ticket>" per customer once it is done, "B <ticket>" per join of the "joins" bot
 -- answered 201, and "DONE" when every one of the
 -- slice is; the Python side stops wrk once every thread has written it.
 local ffi = require("ffi")
@@ -51,51 +51,60 @@ end
 
 -- Per customer (arrays indexed by customer number within this thread).
 local key, kind, state, ticket, token, hold_id, qty, sections, tried, left
-local joined_at, admitted_at, bought_at, polls, bought, sent_at, inflight
+local joined_at, admitted_at, bought_at, polls, bought, sent_at, inflight, admitted_until
+local inflight_n = {}
+local sent_who, sent_n, sent_time, sent_head, sent_tail = {}, {}, {}, 1, 0
+local LOST_MS = 40000 -- past wrk's --timeout (30 s): the request is not coming back
 local out, event_id, mode, t0, confirm_share, ttl, section_ids
 local remaining_customers, bot_joins_out, told = 0, 0, {}
-local heap_due, heap_who, heap_n = {}, {}, 0
-local claimed_due, claimed_who, claimed_head, claimed_tail = {}, {}, 1, 0
+-- Two heaps by due time: actions waiting for a connection, and actions a parked connection
+-- will wake for (claimed by delay(); see the top).
+local function new_heap() return {due = {}, who = {}, n = 0} end
+local waiting, claimed = new_heap(), new_heap()
 
-local function heap_push(due, who)
-  heap_n = heap_n + 1
-  local i = heap_n
+local function heap_push(heap, due, who)
+  local hd, hw = heap.due, heap.who
+  heap.n = heap.n + 1
+  local i = heap.n
   while i > 1 do
     local parent = math.floor(i / 2)
-    if heap_due[parent] <= due then break end
-    heap_due[i], heap_who[i] = heap_due[parent], heap_who[parent]
+    if hd[parent] <= due then break end
+    hd[i], hw[i] = hd[parent], hw[parent]
     i = parent
   end
-  heap_due[i], heap_who[i] = due, who
+  hd[i], hw[i] = due, who
 end
 
-local function heap_pop()
-  local due, who = heap_due[1], heap_who[1]
-  local last_due, last_who = heap_due[heap_n], heap_who[heap_n]
-  heap_due[heap_n], heap_who[heap_n] = nil, nil
-  heap_n = heap_n - 1
+local function heap_pop(heap)
+  local hd, hw, n = heap.due, heap.who, heap.n
+  local due, who = hd[1], hw[1]
+  local last_due, last_who = hd[n], hw[n]
+  hd[n], hw[n] = nil, nil
+  n = n - 1
+  heap.n = n
   local i = 1
   while true do
     local child = i * 2
-    if child > heap_n then break end
-    if child < heap_n and heap_due[child + 1] < heap_due[child] then child = child + 1 end
-    if last_due <= heap_due[child] then break end
-    heap_due[i], heap_who[i] = heap_due[child], heap_who[child]
+    if child > n then break end
+    if child < n and hd[child + 1] < hd[child] then child = child + 1 end
+    if last_due <= hd[child] then break end
+    hd[i], hw[i] = hd[child], hw[child]
     i = child
   end
-  if heap_n > 0 then heap_due[i], heap_who[i] = last_due, last_who end
+  if n > 0 then hd[i], hw[i] = last_due, last_who end
   return due, who
 end
 
 local function schedule(who, after_ms)
-  heap_push(wall_ms() + after_ms, who)
+  heap_push(waiting, wall_ms() + after_ms, who)
 end
 
 local function finish(who, final)
   state[who] = "done"
   local t = function(ms) return ms and string.format("%.1f", ms - t0) or "-" end
-  out:write(string.format("C %d %s %s %d %s %s %s %d %s\n", who, kind[who], final, bought[who],
-    t(joined_at[who]), t(admitted_at[who]), t(bought_at[who]), polls[who], ticket[who] or "-"))
+  out:write(string.format("C %d %s %s %d %s %s %s %d %s %s\n", who, kind[who], final,
+    bought[who], t(joined_at[who]), t(admitted_at[who]), t(bought_at[who]), polls[who],
+    admitted_until[who] or "-", ticket[who] or "-"))
   remaining_customers = remaining_customers - 1
   if remaining_customers == 0 then
     out:write("DONE\n")
@@ -113,7 +122,8 @@ function init(args)
   for line in io.lines(args[2]) do table.insert(section_ids, line) end
   key, kind, state, ticket, token, hold_id, qty, sections, tried, left = {}, {}, {}, {}, {}, {},
     {}, {}, {}, {}
-  joined_at, admitted_at, bought_at, polls, bought, sent_at, inflight = {}, {}, {}, {}, {}, {}, {}
+  joined_at, admitted_at, bought_at, polls, bought, sent_at, inflight, admitted_until = {}, {}, {},
+    {}, {}, {}, {}, {}
   math.randomseed(1000 + tid)
   for line in io.lines(args[1]) do
     local index, what, arrival, api_key = line:match("^(%d+) (%S+) (%d+) (%S+)$")
@@ -130,41 +140,57 @@ function init(args)
       end
       sections[index], tried[index] = order, 1
       state[index] = mode == "room" and "join" or "hold"
-      heap_push(t0 + tonumber(arrival), index)
+      heap_push(waiting, t0 + tonumber(arrival), index)
       remaining_customers = remaining_customers + 1
     end
   end
   if remaining_customers == 0 then out:write("DONE\n") out:flush() end
 end
 
--- The claimed queue: actions a parked connection will wake for (see the top).
+-- Requests sent longest ago first: those answered are dropped, one unanswered for LOST_MS
+-- is sent again.
+local function find_lost()
+  local now = wall_ms()
+  while sent_head <= sent_tail do
+    local who, n = sent_who[sent_head], sent_n[sent_head]
+    if inflight[who] == n and now - sent_time[sent_head] < LOST_MS then return end
+    sent_who[sent_head], sent_n[sent_head], sent_time[sent_head] = nil, nil, nil
+    sent_head = sent_head + 1
+    if inflight[who] == n then
+      inflight[who] = nil
+      out:write(string.format("L %.1f %d %s\n", now - t0, who, state[who]))
+      heap_push(waiting, now, who)
+    end
+  end
+end
+
+-- Park this connection until the next action is due, and claim that action.
 function delay()
-  if heap_n == 0 then return 200 end
-  local due, who = heap_pop()
-  claimed_tail = claimed_tail + 1
-  claimed_due[claimed_tail], claimed_who[claimed_tail] = due, who
+  find_lost()
+  if waiting.n == 0 then return 1000 end
+  local due, who = heap_pop(waiting)
+  heap_push(claimed, due, who)
   local wait = due - wall_ms()
   if wait < 0 then return 0 end
   return math.floor(wait)
 end
 
+-- The earliest action, claimed or not: a connection woken for a later one leaves it to
+-- the next wakeup, so nothing due waits behind something parked for later.
 local function next_action()
-  local has_claim = claimed_head <= claimed_tail
-  if has_claim and (heap_n == 0 or claimed_due[claimed_head] <= heap_due[1]) then
-    local who = claimed_who[claimed_head]
-    claimed_due[claimed_head], claimed_who[claimed_head] = nil, nil
-    claimed_head = claimed_head + 1
+  if claimed.n > 0 and (waiting.n == 0 or claimed.due[1] <= waiting.due[1]) then
+    local _, who = heap_pop(claimed)
     return who
   end
-  if heap_n > 0 then
-    local _, who = heap_pop()
+  if waiting.n > 0 then
+    local _, who = heap_pop(waiting)
     return who
   end
   return nil
 end
 
-local function auth(who, extra)
-  local headers = {["Authorization"] = "Bearer " .. key[who], ["X-Request-ID"] = tostring(who),
+local function auth(who, extra, ident)
+  local headers = {["Authorization"] = "Bearer " .. key[who], ["X-Request-ID"] = ident,
     ["Content-Type"] = "application/json"}
   if extra then for name, value in pairs(extra) do headers[name] = value end end
   return headers
@@ -181,34 +207,47 @@ function request()
   if who == nil then
     return wrk.format("GET", "/healthz", {["X-Request-ID"] = "filler"})
   end
-  sent_at[who] = wall_ms()
-  inflight[who] = true
+  local now = wall_ms()
+  sent_at[who] = now
+  local ident = tostring(who)
+  if who > 0 then
+    -- Remembered until answered: a request wrk loses (a connection closed under it) is
+    -- sent again once LOST_MS have passed without an answer.
+    local n = (inflight_n[who] or 0) + 1
+    inflight_n[who], inflight[who] = n, n
+    ident = who .. "." .. n
+    sent_tail = sent_tail + 1
+    sent_who[sent_tail], sent_n[sent_tail], sent_time[sent_tail] = who, n, now
+  end
   local s = state[who]
   if s == "join" then
     if kind[who] == "joins" and bot_joins_out == 0 then
       -- The bot's burst: BOT_JOINS joins of one customer at once, one per wakeup.
       bot_joins_out = BOT_JOINS
-      for _ = 2, BOT_JOINS do heap_push(0, -who) end
+      for _ = 2, BOT_JOINS do heap_push(waiting, 0, -who) end
     end
-    return wrk.format("POST", "/events/" .. event_id .. "/queue", auth(who), "{}")
+    return wrk.format("POST", "/events/" .. event_id .. "/queue", auth(who, nil, ident), "{}")
   elseif who < 0 then -- one of the bot's burst
     sent_at[who] = wall_ms()
-    return wrk.format("POST", "/events/" .. event_id .. "/queue", auth(-who), "{}")
+    return wrk.format("POST", "/events/" .. event_id .. "/queue", auth(-who, nil, tostring(who)),
+      "{}")
   elseif s == "poll" then
-    return wrk.format("GET", "/queue/" .. ticket[who], {["X-Request-ID"] = tostring(who)})
+    return wrk.format("GET", "/queue/" .. ticket[who], {["X-Request-ID"] = ident})
   elseif s == "forge" then
-    return wrk.format("GET", "/queue/" .. forged(ticket[who]), {["X-Request-ID"] = tostring(who)})
+    return wrk.format("GET", "/queue/" .. forged(ticket[who]), {["X-Request-ID"] = ident})
   elseif s == "hold" then
     local extra = token[who] and {["Admission-Token"] = token[who]} or nil
     local section = section_ids[sections[who][tried[who]]]
-    return wrk.format("POST", "/holds", auth(who, extra), '{"eventId":"' .. event_id ..
+    return wrk.format("POST", "/holds", auth(who, extra, ident), '{"eventId":"' .. event_id ..
       '","items":[{"sectionId":"' .. section .. '","qty":' .. qty[who] .. '}],"ttlSeconds":' ..
       ttl .. '}')
   elseif s == "confirm" then
-    return wrk.format("POST", "/holds/" .. hold_id[who] .. "/confirm", auth(who),
+    return wrk.format("POST", "/holds/" .. hold_id[who] .. "/confirm", auth(who, nil, ident),
       '{"paymentReference":"onsale"}')
   end
-  error("customer " .. who .. " in state " .. tostring(s))
+  -- Not reached unless this script is wrong: say so, and keep wrk (and the others) going.
+  out:write(string.format("E customer %d in state %s\n", who, tostring(s)))
+  return wrk.format("GET", "/healthz", {["X-Request-ID"] = "filler"})
 end
 
 local function retry_after(headers)
@@ -218,7 +257,7 @@ end
 
 -- What a join's or a poll's answer says to do next.
 local function follow(who, now, body)
-  local status = body:match('"status":"(%a+)"')
+  local status = body:match('"status":"([%a_]+)"')
   if status == "waiting" then
     local after = tonumber(body:match('"pollAfterSeconds":(%d+)')) * 1000
     if kind[who] == "fast" then
@@ -231,6 +270,7 @@ local function follow(who, now, body)
   elseif status == "admitted" then
     admitted_at[who] = admitted_at[who] or now
     token[who] = body:match('"admissionToken":"([^"]+)"')
+    admitted_until[who] = admitted_until[who] or body:match('"admittedUntil":"([^"]+)"')
     state[who] = "hold"
     schedule(who, 0)
   else
@@ -245,7 +285,13 @@ function response(status, headers, body)
     out:write(string.format("R %.1f filler %d 0 -\n", now - t0, status))
     return
   end
-  local who = tonumber(ident)
+  local who, n = ident:match("^(%-?%d+)%.?(%d*)$")
+  who, n = tonumber(who), tonumber(n)
+  if who ~= nil and who > 0 and inflight[who] ~= n then
+    -- The answer to a request given up as lost and sent again: the new one counts.
+    out:write(string.format("R %.1f stale %d 0 %d\n", now - t0, status, who))
+    return
+  end
   if who == nil then
     out:write(string.format("R %.1f unknown %d 0 %s\n", now - t0, status, ident))
     return
