@@ -172,19 +172,19 @@ async def test_a_key_that_cannot_be_looked_up_is_503_not_500(
     from boxoffice.services import keys
 
     made = await bearer(database, "customer", customer_id="gina")
-    original = keys.find_key
+    original = keys.find_keys
 
-    async def drained(database: Database, token: str) -> None:
+    async def drained(database: Database, tokens: object) -> None:
         raise DatabaseUnavailable("QueuePool limit reached") from TimeoutError()
 
     app = create_app(settings, database)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
-            monkeypatch.setattr(keys, "find_key", drained)
+            monkeypatch.setattr(keys, "find_keys", drained)
             answer = await http.get("/bookings", headers=made)
             assert_problem(answer, 503, "service_unavailable")
             assert answer.headers["retry-after"] == "1"
             assert "QueuePool" not in answer.text
-            monkeypatch.setattr(keys, "find_key", original)
+            monkeypatch.setattr(keys, "find_keys", original)
             assert (await http.get("/bookings", headers=made)).status_code == 200
