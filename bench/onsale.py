@@ -76,7 +76,7 @@ class SaleConfig:
     prequeue_seconds: float = 15.0  # the pre-queue is open this long before the sale
     arrival_seconds: float = 60.0  # the rest arrive over this long after opening
     new_users_per_minute: int = 12_000
-    total_active_users: int = 4_000
+    total_active_users: int = 12_000
     session_seconds: int = 120
     hold_ttl_seconds: int = 15  # the 10 % never confirmed lapse this fast, and seats return
     confirm_share: float = 0.9
@@ -258,7 +258,7 @@ def run_sale(
                     "queueingMethod": "fifo",
                 },
             )
-            room.raise_for_status()
+            assert room.status_code == 200, room.text
         prefix = workdir / f"onsale-{'room' if config.room else 'noroom'}-"
         t0_ms = t0.timestamp() * 1000
         command = [
@@ -351,7 +351,7 @@ def _create_event(client: httpx.Client, config: SaleConfig) -> dict[str, Any]:
             "maxPerCustomer": 4,
         },
     )
-    made.raise_for_status()
+    assert made.status_code == 201, made.text
     event: dict[str, Any] = made.json()
     return event
 
