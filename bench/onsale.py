@@ -77,14 +77,14 @@ class SaleConfig:
     arrival_seconds: float = 60.0  # the rest arrive over this long after opening
     new_users_per_minute: int = 12_000
     total_active_users: int = 12_000
-    session_seconds: int = 120
-    hold_ttl_seconds: int = 15  # the 10 % never confirmed lapse this fast, and seats return
+    session_seconds: int = 300  # Cloudflare's default; a slow server must not end sessions
+    hold_ttl_seconds: int = 30  # the 10 % never confirmed lapse this fast, and seats return
     confirm_share: float = 0.9
     workers: int = 2
     threads: int = 2  # wrk's
     connections: int = 256
     bots: bool = True
-    deadline_seconds: float = 600.0
+    deadline_seconds: float = 330.0  # past the 4 minutes, the check has failed anyway
     seed: int = 12
 
 
