@@ -73,6 +73,9 @@ def test_the_same_sale_without_the_room(database_url: str, tmp_path: Path) -> No
         "every customer played to the end",
     ):
         assert passed[name][0], (name, passed[name][1])
-    assert sale.seats_sold == SMALL.seats
+    # Not necessarily every seat: the holds never confirmed lapse after everyone has
+    # given up, and nobody is let in to take them (the room would).
+    assert 0 < sale.seats_sold <= SMALL.seats
+    assert sale.finals.get("no_seats", 0) > 0
     assert "join" not in sale.statuses
     assert "poll" not in sale.statuses
