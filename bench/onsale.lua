@@ -60,7 +60,7 @@ local remaining_customers, bot_joins_out, told = 0, 0, {}
 -- Two heaps by due time: actions waiting for a connection, and actions a parked connection
 -- will wake for (claimed by delay(); see the top).
 local function new_heap() return {due = {}, who = {}, n = 0} end
-local waiting, claimed = new_heap(), new_heap()
+local waiting, claimed, arrivals = new_heap(), new_heap(), new_heap()
 
 local function heap_push(heap, due, who)
   local hd, hw = heap.due, heap.who
@@ -140,7 +140,7 @@ function init(args)
       end
       sections[index], tried[index] = order, 1
       state[index] = mode == "room" and "join" or "hold"
-      heap_push(waiting, t0 + tonumber(arrival), index)
+      heap_push(arrivals, t0 + tonumber(arrival), index)
       remaining_customers = remaining_customers + 1
     end
   end
@@ -164,26 +164,42 @@ local function find_lost()
   end
 end
 
+-- The heap to take from next: a customer already in the sale (a poll, a hold, a confirm)
+-- due now goes before the arrivals, even overdue ones. Each customer is a client of its
+-- own; only wrk's pool of connections is shared, and a backlog of arrivals (a server
+-- slower than they come) must not hold up those already in line. How late arrivals were
+-- sent is measured (arrival to join, in the report).
+local function source(now)
+  if waiting.n > 0 and waiting.due[1] <= now then return waiting end
+  if arrivals.n == 0 then return waiting.n > 0 and waiting or nil end
+  if waiting.n == 0 or arrivals.due[1] <= waiting.due[1] then return arrivals end
+  return waiting
+end
+
 -- Park this connection until the next action is due, and claim that action.
 function delay()
   find_lost()
-  if waiting.n == 0 then return 1000 end
-  local due, who = heap_pop(waiting)
+  local now = wall_ms()
+  local from = source(now)
+  if from == nil then return 1000 end
+  local due, who = heap_pop(from)
   heap_push(claimed, due, who)
-  local wait = due - wall_ms()
+  local wait = due - now
   if wait < 0 then return 0 end
   return math.floor(wait)
 end
 
--- The earliest action, claimed or not: a connection woken for a later one leaves it to
--- the next wakeup, so nothing due waits behind something parked for later.
+-- The earliest action claimed, or else the next one due: a connection woken for a later
+-- one leaves it to the next wakeup, so nothing due waits behind something parked.
 local function next_action()
-  if claimed.n > 0 and (waiting.n == 0 or claimed.due[1] <= waiting.due[1]) then
+  local now = wall_ms()
+  local from = source(now)
+  if claimed.n > 0 and (from == nil or claimed.due[1] <= math.max(now, from.due[1])) then
     local _, who = heap_pop(claimed)
     return who
   end
-  if waiting.n > 0 then
-    local _, who = heap_pop(waiting)
+  if from ~= nil then
+    local _, who = heap_pop(from)
     return who
   end
   return nil
@@ -224,7 +240,7 @@ function request()
     if kind[who] == "joins" and bot_joins_out == 0 then
       -- The bot's burst: BOT_JOINS joins of one customer at once, one per wakeup.
       bot_joins_out = BOT_JOINS
-      for _ = 2, BOT_JOINS do heap_push(waiting, 0, -who) end
+      for _ = 2, BOT_JOINS do heap_push(waiting, 0, -who) end -- due long ago: first
     end
     return wrk.format("POST", "/events/" .. event_id .. "/queue", auth(who, nil, ident), "{}")
   elseif who < 0 then -- one of the bot's burst

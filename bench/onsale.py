@@ -135,6 +135,9 @@ class SaleOutcome:
     wall_seconds: float = 0.0
     timeline: list[dict[str, float]] = field(default_factory=list)
     rps_peak: float = 0.0
+    # From each customer's arrival to its join answered (in the room): how far behind the
+    # arrivals the server was (wrk sends a customer's next step before new arrivals).
+    join_lag_seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def five_xx(self) -> int:
@@ -477,6 +480,13 @@ def _read_logs(
     outcome.finals = dict(Counter(c.final for c in people))
     outcome.unfinished = outcome.finals.get("unfinished", 0)
     outcome.bought_by_customers = sum(c.bought for c in customers.values())
+    lags = sorted((c.joined_ms - c.arrival_ms) / 1000 for c in people if c.joined_ms is not None)
+    if lags:
+        outcome.join_lag_seconds = {
+            "p50": _percentile(lags, 0.5),
+            "p99": _percentile(lags, 0.99),
+            "max": lags[-1],
+        }
     sales = [c.bought_ms for c in customers.values() if c.bought_ms is not None]
     if sales and outcome.sold_out:
         outcome.sale_seconds = (max(sales) - opens_ms) / 1000
@@ -642,6 +652,14 @@ def report(room: SaleOutcome, bare: SaleOutcome | None, path: Path) -> str:
                 else "-"
             ),
         )
+    row(
+        "arrival to join answered, p50 / p99 / max s",
+        lambda o: (
+            " / ".join(f"{o.join_lag_seconds[q]:.1f}" for q in ("p50", "p99", "max"))
+            if o.join_lag_seconds
+            else "-"
+        ),
+    )
     row("answers by status", lambda o: _statuses(o))
     row("failed requests (429, 5xx, socket errors)", lambda o: f"{o.failed():,}")
     row("customers' outcomes", lambda o: ", ".join(f"{k} {v:,}" for k, v in o.finals.items()))
