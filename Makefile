@@ -7,7 +7,7 @@ PORT   ?=
 PORT_FLAG = $(if $(PORT),--port $(PORT))
 URL_FLAG  = $(if $(PORT),--url http://127.0.0.1:$(PORT))
 
-.PHONY: run test lint format simulate migrate bench clean test-tools failover-tools failover-demo test-failover
+.PHONY: run test lint format simulate migrate bench onsale clean test-tools failover-tools failover-demo test-failover
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,11 +36,12 @@ test: $(VENV)/.dev lint test-tools ## lint, then the whole suite on SQLite and a
 
 # From Debian's packages if missing: curl (the README test runs its examples as written),
 # redis-server (the shared rate-limit tests start their own on a free port),
-# pg_auto_failover (tests/e2e/test_failover.py: pg_autoctl and the monitor's extension) and
-# pgbouncer (tests/e2e/test_pgbouncer.py starts its own in front of the throwaway PostgreSQL) and
+# pg_auto_failover (tests/e2e/test_failover.py: pg_autoctl and the monitor's extension),
+# pgbouncer (tests/e2e/test_pgbouncer.py starts its own in front of the throwaway PostgreSQL),
+# wrk (tests/e2e/test_onsale.py, the small on-sale benchmark) and
 # prometheus (its promtool checks and unit-tests deploy/prometheus/alerts.yml).
 FAILOVER_PACKAGES = $(if $(and $(wildcard /usr/bin/pg_autoctl),$(wildcard /usr/lib/postgresql/15/lib/pgautofailover.so)),,postgresql-15-auto-failover)
-TEST_PACKAGES = $(if $(shell command -v curl),,curl) $(if $(wildcard /usr/bin/redis-server),,redis-server) $(FAILOVER_PACKAGES) \
+TEST_PACKAGES = $(if $(shell command -v curl),,curl) $(if $(shell command -v wrk),,wrk) $(if $(wildcard /usr/bin/redis-server),,redis-server) $(FAILOVER_PACKAGES) \
 	$(if $(wildcard /usr/sbin/pgbouncer),,pgbouncer) $(if $(wildcard /usr/bin/promtool),,prometheus)
 test-tools:
 	@if [ -n "$(strip $(TEST_PACKAGES))" ]; then \
@@ -75,6 +76,11 @@ $(VENV)/.bench: pyproject.toml | $(BIN)/python
 BENCH_ARGS ?=
 bench: $(VENV)/.bench ## flash-sale benchmark on PostgreSQL and SQLite; results in bench/results and docs/performance.md
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+# wrk comes from Debian's packages when missing (bench/run.py's ensure_wrk).
+ONSALE_ARGS ?=
+onsale: $(VENV)/.bench ## the million-attempt sale (issue 12) on PostgreSQL, with and without the waiting room; results in bench/results/onsale.*
+	$(BIN)/python -m bench.onsale $(ONSALE_ARGS)
 
 simulate: $(VENV)/.runtime ## the original concurrency script, against a running server (key in BOXOFFICE_API_KEY)
 	$(BIN)/boxoffice simulate $(URL_FLAG)

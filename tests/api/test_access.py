@@ -424,3 +424,29 @@ async def test_the_tables_cover_every_operation(world: World) -> None:
     }
     assert operations == set(ROWS_BY_OPERATION)
     assert set(ROWS_BY_OPERATION.values()) == set(EXPECTED) | set(CHANGES)
+
+
+async def test_keys_made_in_bulk_each_name_their_own_customer(
+    settings: Settings, database: Database
+) -> None:
+    """`create_customer_keys` (the load tests' many customers): one working key per
+    customer, in order, each acting as that customer only."""
+    from datetime import UTC, datetime
+
+    from boxoffice.services.keys import create_customer_keys, find_key
+
+    tokens = await create_customer_keys(database, ["ann", "bob", "cy"], datetime.now(UTC))
+    assert len(set(tokens)) == 3
+    found = [await find_key(database, token) for token in tokens]
+    assert [key.customer_id if key else None for key in found] == ["ann", "bob", "cy"]
+    assert {key.role if key else None for key in found} == {"customer"}
+    app = create_app(settings, database)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            mine = await http.get("/bookings", headers={"Authorization": f"Bearer {tokens[1]}"})
+            assert mine.status_code == 200
+            forged = tokens[1][:-4] + "AAAA"
+            assert (
+                await http.get("/bookings", headers={"Authorization": f"Bearer {forged}"})
+            ).status_code == 401

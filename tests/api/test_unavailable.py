@@ -160,3 +160,31 @@ async def test_an_unexpected_error_is_a_500_problem_without_internals(
     assert body["detail"] == "An unexpected error occurred."
     assert "secret_internal_detail" not in answer.text
     assert "KeyError" not in answer.text
+
+
+async def test_a_key_that_cannot_be_looked_up_is_503_not_500(
+    settings: Settings, database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The key check runs below FastAPI's error handlers: a database that cannot serve the
+    lookup (a pool drained by a storm of new keys, in `make onsale`) is a 503 with
+    Retry-After there too, and the next request, once it can, goes through."""
+    from boxoffice.db.errors import DatabaseUnavailable
+    from boxoffice.services import keys
+
+    made = await bearer(database, "customer", customer_id="gina")
+    original = keys.find_keys
+
+    async def drained(database: Database, tokens: object) -> None:
+        raise DatabaseUnavailable("QueuePool limit reached") from TimeoutError()
+
+    app = create_app(settings, database)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            monkeypatch.setattr(keys, "find_keys", drained)
+            answer = await http.get("/bookings", headers=made)
+            assert_problem(answer, 503, "service_unavailable")
+            assert answer.headers["retry-after"] == "1"
+            assert "QueuePool" not in answer.text
+            monkeypatch.setattr(keys, "find_keys", original)
+            assert (await http.get("/bookings", headers=made)).status_code == 200

@@ -7,6 +7,7 @@ taken by the test (`watch.tick()`), so each step is seen exactly.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -17,6 +18,7 @@ import pytest
 from fastapi import FastAPI
 
 from boxoffice.api.app import create_app
+from boxoffice.api.routes.waiting_room import PollFastPath
 from boxoffice.config import Settings
 from boxoffice.db.database import Database
 from boxoffice.services.clock import FakeClock
@@ -411,3 +413,52 @@ async def test_the_room_is_counted_in_the_metrics(sale: Sale) -> None:
     assert grew("boxoffice_queue_polls_total", status="waiting") == 1
     assert value(after, "boxoffice_queue_waiting_customers", event_id=event["id"]) == 1
     assert value(after, "boxoffice_queue_shopping_customers", event_id=event["id"]) == 2
+
+
+async def test_a_poll_is_answered_before_the_stack_exactly_as_the_route_answers_it(
+    sale: Sale,
+) -> None:
+    """GET /queue/{ticket} without a key is answered by `PollFastPath`, before the key
+    check and FastAPI: the very bytes the route gives (a poll with a key goes to the
+    route), in every state; and with the route gone, still answered."""
+    event = await sale.event()
+    await sale.room(event)
+    alice = await sale.customer("alice")
+    ticket = (await sale.join(event, alice))["ticket"]
+    states = []
+    for step in ("waiting", "admitted"):
+        if step == "admitted":
+            await sale.watch.tick()
+        fast = await sale.poll(ticket)
+        sale.clock.advance(31)  # the route's poll is on time too, the line unchanged
+        routed = await sale.http.get(f"/queue/{ticket}", headers=alice)
+        assert fast.status_code == routed.status_code == 200
+        assert fast.content == routed.content
+        assert fast.headers["content-type"] == routed.headers["content-type"]
+        assert "x-request-id" in fast.headers
+        states.append(fast.json()["status"])
+    assert states == ["waiting", "admitted"]
+    # Refusals go on to the route: too soon and forged are the same problems as ever.
+    assert_problem(await sale.http.get(f"/queue/{ticket}"), 429, "poll_too_soon")
+    assert_problem(await sale.poll("wq1.nonsense"), 404, "queue_ticket_invalid")
+
+    assert any(layer.cls is PollFastPath for layer in sale.app.user_middleware)
+
+    # The middleware alone, in front of an app that must not be reached.
+    async def unreachable(scope: Any, receive: Any, send: Any) -> None:
+        raise AssertionError("the poll went past the fast path")
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    sale.clock.advance(31)
+    scope = {"type": "http", "method": "GET", "path": f"/queue/{ticket}", "headers": []}
+    await PollFastPath(unreachable)({**scope, "app": sale.app}, _no_body, send)
+    assert sent[0]["status"] == 200
+    assert json.loads(sent[1]["body"])["status"] == "admitted"
+
+
+async def _no_body() -> dict[str, Any]:
+    return {"type": "http.request", "body": b"", "more_body": False}

@@ -1,8 +1,10 @@
-"""The key ring: verdicts kept for a while, and one lookup for many waiting requests."""
+"""The key ring: verdicts kept for a while, one lookup for many waiting requests, and the
+keys of many requests looked up in one query."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -15,15 +17,18 @@ KEY = ApiKey("0123456789abcdef", "customer", None, "alice", None, NOW, None, Non
 
 
 class SlowLookup:
-    """Counts lookups; each takes a moment, as a query does."""
+    """Counts lookups (queries) and the tokens each asked for; each takes a moment, as a
+    query does."""
 
     def __init__(self) -> None:
         self.calls = 0
+        self.batches: list[list[str]] = []
 
-    async def __call__(self, token: str) -> ApiKey | None:
+    async def __call__(self, tokens: Sequence[str]) -> list[ApiKey | None]:
         self.calls += 1
+        self.batches.append(list(tokens))
         await asyncio.sleep(0.01)
-        return KEY if token == "good" else None
+        return [KEY if token == "good" else None for token in tokens]
 
 
 def ring(lookup: SlowLookup, cache_seconds: float) -> KeyRing:
@@ -81,8 +86,8 @@ async def test_the_ring_vouches_only_for_ids_it_found_valid() -> None:
         revoked_at=None,
     )
 
-    async def lookup(token: str) -> ApiKey | None:
-        return stored if token == good else None
+    async def lookup(tokens: Sequence[str]) -> list[ApiKey | None]:
+        return [stored if token == good else None for token in tokens]
 
     ring = KeyRing(None, cache_seconds=5, lookup=lookup)  # type: ignore[arg-type]
     assert not ring.vouches_for(good)
@@ -92,3 +97,38 @@ async def test_the_ring_vouches_only_for_ids_it_found_valid() -> None:
     assert await ring.principal("bo_live_fedcba9876543210_guess", datetime.now(UTC)) is None
     assert not ring.vouches_for("bo_live_fedcba9876543210_guess")
     assert not ring.vouches_for("not a key")
+
+
+async def test_the_keys_of_many_requests_at_once_are_looked_up_together() -> None:
+    """An opening's storm of first requests, each with a key of its own: one query for
+    those of one moment, the next for those that came while it ran, each verdict its own."""
+    lookup = SlowLookup()
+    keys = ring(lookup, cache_seconds=60)
+    first = [asyncio.ensure_future(keys.principal(f"bad-{n}", NOW)) for n in range(300)]
+    first.append(asyncio.ensure_future(keys.principal("good", NOW)))
+    while lookup.calls == 0:
+        await asyncio.sleep(0)
+    later = [asyncio.ensure_future(keys.principal(f"late-{n}", NOW)) for n in range(700)]
+    found = await asyncio.gather(*first, *later)
+    assert [len(batch) for batch in lookup.batches] == [301, KeyRing.MAX_BATCH, 200]
+    assert [p is not None for p in found] == [False] * 300 + [True] + [False] * 700
+
+
+async def test_a_failed_lookup_fails_its_requests_and_the_next_ones_are_looked_up() -> None:
+    """The database cannot serve: every request of that query gets the error (a 503 at
+    the edge), and the ring keeps working afterwards."""
+    calls = 0
+
+    async def failing_once(tokens: Sequence[str]) -> list[ApiKey | None]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise ConnectionError("pool drained")
+        return [KEY for _ in tokens]
+
+    keys = KeyRing(cast(Database, None), cache_seconds=60, lookup=failing_once)
+    failed = await asyncio.gather(
+        *(keys.principal(f"t{n}", NOW) for n in range(3)), return_exceptions=True
+    )
+    assert all(isinstance(outcome, ConnectionError) for outcome in failed)
+    assert await keys.principal("t0", NOW) is not None

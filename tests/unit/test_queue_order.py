@@ -260,3 +260,39 @@ def test_poll_after_at_the_front_and_far_back() -> None:
     assert poll_after_seconds(0) == MIN_POLL_SECONDS
     assert poll_after_seconds(45) == 5
     assert poll_after_seconds(3_600) == MAX_POLL_SECONDS
+
+
+def _every_band(key: int, snapshot: LineSnapshot) -> int:
+    """The estimate summed over every band, as it was before the loop stopped early."""
+    ahead = 0.0
+    for band in snapshot.bands:
+        start = max(band.low, snapshot.watermark.key + 1)
+        if band.top <= start or key < start:
+            continue
+        ahead += band.waiting * min(1.0, (key - start) / (band.top - start))
+    return 1 + int(ahead)
+
+
+@given(
+    st.integers(0, RANDOM_TOP),
+    st.integers(-1, RANDOM_TOP),
+    st.lists(st.integers(0, 400), min_size=1, max_size=32),
+)
+def test_stopping_at_the_first_band_past_the_key_changes_no_estimate(
+    key: int, w: int, buckets: list[int]
+) -> None:
+    """The fifo band in buckets, as published: stopping early is only faster."""
+    mark = Watermark().advanced(OPENS, w) if w >= 0 else Watermark()
+    width = 1000
+    bands = (
+        Band(0, PREQUEUE_TOP, 700),
+        *(
+            Band(FIFO_BASE + i * width, FIFO_BASE + (i + 1) * width, n)
+            for i, n in enumerate(buckets)
+        ),
+        Band(RANDOM_BASE, RANDOM_TOP, 90),
+    )
+    line = LineSnapshot(mark, bands, 5.0, SESSION)
+    inside = [FIFO_BASE + i * width + offset for i in range(len(buckets)) for offset in (1, 499)]
+    for probe in (key, PREQUEUE_TOP // 3, *inside, RANDOM_BASE + 7):
+        assert estimate_position(probe, line) == _every_band(probe, line), probe

@@ -21,15 +21,19 @@ import re
 import time
 from typing import Any
 
+import structlog
 from fastapi import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from boxoffice.api.fraud import watch_refusal
-from boxoffice.api.problems import send_problem
+from boxoffice.api.problems import RETRY_AFTER_SECONDS, send_problem
 from boxoffice.api.rate_limits import RateLimiter, route_class, send_too_many
+from boxoffice.db.errors import DatabaseUnavailable
 from boxoffice.domain.access import OPEN_ACCESS, Principal, Role
 from boxoffice.domain.errors import NEEDS_A_KEY, Unauthorized
 from boxoffice.services.keys import KeyRing
+
+log = structlog.get_logger("boxoffice.api")
 
 PRINCIPAL = "boxoffice.principal"  # where the middleware leaves the caller in the scope
 
@@ -80,7 +84,14 @@ class KeyCheckMiddleware:
                     if wait > 0 and not keys.vouches_for(token):
                         await send_too_many(scope, send, "auth", None, wait)
                         return
-                found = await keys.principal(token, state.clock())
+                try:
+                    found = await keys.principal(token, state.clock())
+                except DatabaseUnavailable as exc:
+                    # Below FastAPI, so its 503 handler cannot answer: a key looked up while
+                    # the pool or the database cannot serve was a 500 (seen in `make onsale`,
+                    # a storm of first requests with new keys).
+                    await _unavailable(scope, send, exc)
+                    return
             if found is None:
                 limit = (
                     None
@@ -97,6 +108,19 @@ class KeyCheckMiddleware:
             return
         scope[PRINCIPAL] = found
         await self.app(scope, receive, send)
+
+
+async def _unavailable(scope: Scope, send: Send, exc: DatabaseUnavailable) -> None:
+    log.warning("database_unavailable", path=scope.get("path"), error=type(exc.__cause__).__name__)
+    await send_problem(
+        scope,
+        send,
+        503,
+        "service_unavailable",
+        "The database is unavailable, so your key could not be checked; nothing was done. "
+        "Retry shortly.",
+        headers=[(b"retry-after", RETRY_AFTER_SECONDS.encode())],
+    )
 
 
 async def _refuse(scope: Scope, send: Send) -> None:

@@ -234,6 +234,9 @@ def create_app(
     # Outside the body limit: a request without a valid key is refused before its body
     # is read at all.
     app.add_middleware(KeyCheckMiddleware)
+    # Outside the key check and the limits, which a poll needs neither of; inside CORS, so
+    # a browser's poll gets its headers.
+    app.add_middleware(waiting_room.PollFastPath)
     if settings.cors_origins:
         # Outside the key check: a browser's preflight carries no key, and must be
         # answered as such.

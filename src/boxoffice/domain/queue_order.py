@@ -165,7 +165,8 @@ class Band:
 
 @dataclass(frozen=True, slots=True)
 class LineSnapshot:
-    """What a process knows of an event's line, refreshed a few times a second."""
+    """What a process knows of an event's line, refreshed a few times a second; `bands`
+    in key order, without overlap (as the storage publishes them)."""
 
     watermark: Watermark
     bands: tuple[Band, ...]
@@ -184,10 +185,18 @@ class PollAnswer:
 
 
 def estimate_position(key: int, snapshot: LineSnapshot) -> int:
-    """The estimated place of a waiting key: 1 is the front of the line."""
+    """The estimated place of a waiting key: 1 is the front of the line.
+
+    Every poll comes here, over up to 34 bands (the fifo band is published in buckets),
+    so the loop stops at the first band that starts after `key`: the bands are in key
+    order, and none of the rest has anyone ahead of it.
+    """
+    first = snapshot.watermark.key + 1
     ahead = 0.0
     for band in snapshot.bands:
-        start = max(band.low, snapshot.watermark.key + 1)
+        if key < band.low:
+            break
+        start = band.low if band.low > first else first
         if band.top <= start or key < start:
             continue
         ahead += band.waiting * min(1.0, (key - start) / (band.top - start))

@@ -20,10 +20,10 @@ import hmac
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import cast
+from typing import Any, cast
 
 from sqlalchemy import func, select, update
 
@@ -50,6 +50,10 @@ class NewKey:
 
 def _sha256(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def _matches(stored_sha256: str, secret: str) -> bool:
+    return hmac.compare_digest(stored_sha256, _sha256(secret))
 
 
 def split_token(token: str) -> tuple[str, str] | None:
@@ -113,6 +117,40 @@ async def create_key(
     return NewKey(key, f"{KEY_PREFIX}{key_id}_{secret}")
 
 
+async def create_customer_keys(
+    database: Database, customer_ids: list[str], now: datetime
+) -> list[str]:
+    """Make one customer key for each of `customer_ids` (in that order), in one transaction;
+    the whole keys, each shown this once. For load tests of many customers."""
+    made = [
+        (secrets.token_hex(KEY_ID_LENGTH // 2), secrets.token_urlsafe(_SECRET_BYTES), customer)
+        for customer in customer_ids
+    ]
+    for _, _, customer in made:
+        _check_spec("customer", customer, None)
+    async with UnitOfWork(database, write=True) as uow:
+        # In slices: one statement of 200,000 rows' parameters is more than a driver takes.
+        for start in range(0, len(made), 5000):
+            await uow.conn.execute(
+                api_keys.insert(),
+                [
+                    {
+                        "id": key_id,
+                        "secret_sha256": _sha256(secret),
+                        "role": "customer",
+                        "name": None,
+                        "customer_id": customer,
+                        "organizer_id": None,
+                        "created_at": now,
+                        "expires_at": None,
+                    }
+                    for key_id, secret, customer in made[start : start + 5000]
+                ],
+            )
+        await uow.commit()
+    return [f"{KEY_PREFIX}{key_id}_{secret}" for key_id, secret, _ in made]
+
+
 _LISTED = select(
     api_keys.c.id,
     api_keys.c.role,
@@ -156,21 +194,30 @@ async def revoke_key(database: Database, key_id: str, now: datetime) -> ApiKey:
 
 async def find_key(database: Database, token: str) -> ApiKey | None:
     """The key `token` is, if it is one we made (revoked and expired ones included)."""
-    parts = split_token(token)
-    if parts is None:
-        return None
-    key_id, secret = parts
-    async with UnitOfWork(database, write=False) as uow:
-        row = (
-            await uow.conn.execute(
+    return (await find_keys(database, [token]))[0]
+
+
+async def find_keys(database: Database, tokens: Sequence[str]) -> list[ApiKey | None]:
+    """For each of `tokens`, the key it is (as `find_key`), in one query."""
+    parts = [split_token(token) for token in tokens]
+    ids = {found[0] for found in parts if found is not None}
+    rows: dict[str, Any] = {}
+    if ids:
+        async with UnitOfWork(database, write=False) as uow:
+            for stored in await uow.conn.execute(
                 select(api_keys.c.secret_sha256, *_LISTED.selected_columns).where(
-                    api_keys.c.id == key_id
+                    api_keys.c.id.in_(ids)
                 )
-            )
-        ).first()
-    if row is None or not hmac.compare_digest(row.secret_sha256, _sha256(secret)):
-        return None
-    return api_key_from_row(row)
+            ):
+                rows[stored.id] = stored
+    found: list[ApiKey | None] = []
+    for part in parts:
+        row = None if part is None else rows.get(part[0])
+        if part is None or row is None or not _matches(row.secret_sha256, part[1]):
+            found.append(None)
+        else:
+            found.append(api_key_from_row(row))
+    return found
 
 
 class KeyRing:
@@ -179,8 +226,14 @@ class KeyRing:
     A stale verdict is looked up again once, however many requests carry the key
     at that moment: they all wait for the one lookup (a key used by 64
     connections at once would otherwise cost 64 queries every `cache_seconds`,
-    and their wait showed as a p99 spike).
+    and their wait showed as a p99 spike). And the keys to look up are looked up
+    together, up to `MAX_BATCH` in one query, while the previous query runs: the
+    first requests of many customers at once (an on-sale's opening, where each
+    one's first request is its join) took a pooled connection and a transaction
+    each, drained the pool and answered 503 (`make onsale`).
     """
+
+    MAX_BATCH = 500
 
     def __init__(
         self,
@@ -188,13 +241,15 @@ class KeyRing:
         *,
         cache_seconds: float,
         max_size: int = 10_000,
-        lookup: Callable[[str], Awaitable[ApiKey | None]] | None = None,
+        lookup: Callable[[Sequence[str]], Awaitable[list[ApiKey | None]]] | None = None,
     ) -> None:
-        self._lookup = lookup or (lambda token: find_key(database, token))
+        self._lookup = lookup or (lambda tokens: find_keys(database, tokens))
         self._cache_seconds = cache_seconds
         self._max_size = max_size
         self._verdicts: OrderedDict[str, _Verdict] = OrderedDict()
         self._pending: dict[str, asyncio.Future[_Verdict]] = {}
+        self._queued: dict[str, asyncio.Future[_Verdict]] = {}  # for the next query
+        self._querying: asyncio.Task[None] | None = None
         self._generation = 0  # bumped by forget(): a lookup begun before it is not kept
         self._valid_ids: OrderedDict[str, None] = OrderedDict()  # ids of keys found valid
 
@@ -210,17 +265,44 @@ class KeyRing:
         if verdict is None or time.monotonic() - verdict.checked >= self._cache_seconds:
             pending = self._pending.get(token)
             if pending is None:
-                pending = asyncio.ensure_future(self._look_up(token))
-                self._pending[token] = pending
+                pending = asyncio.get_running_loop().create_future()
+                self._pending[token] = self._queued[token] = pending
                 pending.add_done_callback(lambda _: self._pending.pop(token, None))
+                if self._querying is None:
+                    self._querying = asyncio.ensure_future(self._look_up_queued())
             verdict = await asyncio.shield(pending)
         if verdict.key is None or not verdict.key.valid_at(now):
             return None
         return verdict.principal
 
-    async def _look_up(self, token: str) -> _Verdict:
-        checked, generation = time.monotonic(), self._generation
-        key = await self._lookup(token)
+    async def _look_up_queued(self) -> None:
+        """Query for the queued tokens, a batch at a time, until none is left."""
+        try:
+            await asyncio.sleep(0)  # the requests of this same moment join the first batch
+            while self._queued:
+                tokens = list(self._queued)[: self.MAX_BATCH]
+                batch = {token: self._queued.pop(token) for token in tokens}
+                checked, generation = time.monotonic(), self._generation
+                try:
+                    keys = await self._lookup(tokens)
+                except BaseException as exc:  # each waiter gets it: a 503, for one
+                    for waiter in batch.values():
+                        if not waiter.done():
+                            waiter.set_exception(exc)
+                    if not isinstance(exc, Exception):
+                        raise  # cancelled: the server is stopping
+                    continue
+                for (token, waiter), key in zip(batch.items(), keys, strict=True):
+                    verdict = self._keep(token, key, checked, generation)
+                    if not waiter.done():
+                        waiter.set_result(verdict)
+        finally:
+            self._querying = None
+            for waiter in self._queued.values():  # cancelled: nobody waits in vain
+                waiter.cancel()
+            self._queued.clear()
+
+    def _keep(self, token: str, key: ApiKey | None, checked: float, generation: int) -> _Verdict:
         verdict = _Verdict(checked, key, None if key is None else key.principal())
         if key is not None:
             self._valid_ids[key.id] = None

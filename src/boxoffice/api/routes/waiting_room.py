@@ -17,6 +17,8 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from fastapi import APIRouter, Request, Response
+from starlette.datastructures import State
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from boxoffice.api.access import caller
 from boxoffice.api.deps import ClockDep, DatabaseDep
@@ -24,6 +26,7 @@ from boxoffice.api.problems import problem_responses
 from boxoffice.api.schemas import QueueJoinIn, QueueTicketOut, WaitingRoomIn, WaitingRoomOut
 from boxoffice.domain.errors import (
     InvalidRequest,
+    PollTooSoon,
     QueueNotOpen,
     QueueTicketInvalid,
 )
@@ -151,11 +154,16 @@ def _order_key(watch: RoomWatch, view: RoomView, now: datetime) -> int:
     "sold out; poll again after pollAfterSeconds",
 )
 async def poll_queue(ticket: str, request: Request) -> QueueTicketOut:
-    pacer = _pacer(request)
-    now = request.app.state.clock()
+    return poll_answer(request.app.state, ticket)
+
+
+def poll_answer(state: State, ticket: str) -> QueueTicketOut:
+    """What a poll of `ticket` is told now; raises `PollTooSoon` or `QueueTicketInvalid`."""
+    pacer: PollPacer = state.poll_pacer
+    now = state.clock()
     moment = now.timestamp()
     pacer.check(ticket, moment)
-    watch = _watch(request)
+    watch: RoomWatch = state.room_watch
     place = watch.signer.read_ticket(ticket)
     if place is None:
         raise QueueTicketInvalid()
@@ -168,6 +176,61 @@ async def poll_queue(ticket: str, request: Request) -> QueueTicketOut:
     pacer.told(ticket, moment, answer.poll_after_seconds)
     QUEUE_POLLS.inc((answer.status,))
     return _ticket_out(watch, ticket, place.event_id, place.customer_id, answer)
+
+
+_POLL_PREFIX = "/queue/"
+_JSON = (b"content-type", b"application/json")
+
+
+class PollFastPath:
+    """GET /queue/{ticket} answered before the key check, the rate limits and FastAPI.
+
+    The request a million people repeat needs none of them: no key (the ticket is
+    the credential), no rate limit (polls are paced per ticket), no body, no
+    dependency. Answering it here, straight from `poll_answer`, skips what the
+    stack costs every request (`make onsale`, docs/performance.md). Anything but
+    an on-time poll of a valid ticket without an Authorization header goes on to
+    the route, which answers it (404, 429, a key's 401) as it always did; the
+    request id, the counting and the server's security headers are outside this.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] == "http"
+            and scope["method"] == "GET"
+            and scope["path"].startswith(_POLL_PREFIX)
+        ):
+            body = _fast_poll(scope)
+            if body is not None:
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 200,
+                        "headers": [_JSON, (b"content-length", str(len(body)).encode())],
+                    }
+                )
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
+
+
+def _fast_poll(scope: Scope) -> bytes | None:
+    """The answer to an on-time poll of a valid ticket, or None for the route to give."""
+    ticket = scope["path"][len(_POLL_PREFIX) :]
+    state: State = scope["app"].state
+    if not ticket or "/" in ticket or state.room_watch is None:
+        return None
+    for name, _ in scope["headers"]:
+        if name == b"authorization":
+            return None  # a key is checked, valid or not, as on every route
+    try:
+        answer = poll_answer(state, ticket)
+    except (PollTooSoon, QueueTicketInvalid):
+        return None  # nothing was changed: the route raises the same, as a problem
+    return answer.__pydantic_serializer__.to_json(answer)
 
 
 def _pacer(request: Request) -> PollPacer:
