@@ -429,7 +429,6 @@ class WaitingRoomOut(_Response):
 
     @classmethod
     def of(cls, room: Room) -> WaitingRoomOut:
-        settings = room.settings
         published = room.published
         figures = (
             None
@@ -448,18 +447,7 @@ class WaitingRoomOut(_Response):
                 measured_at=room.published_at,
             )
         )
-        return cls(
-            event_id=room.event_id,
-            enabled=settings.enabled,
-            prequeue_opens_at=settings.prequeue_opens_at,
-            opens_at=settings.opens_at,
-            new_users_per_minute=settings.new_users_per_minute,
-            total_active_users=settings.total_active_users,
-            session_duration_seconds=settings.session_duration_seconds,
-            queueing_method=settings.queueing_method,
-            suspended=settings.suspended,
-            figures=figures,
-        )
+        return cls(event_id=room.event_id, figures=figures, **room.settings.values())
 
 
 class QueueJoinIn(_Request):

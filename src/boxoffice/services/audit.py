@@ -15,11 +15,12 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from boxoffice.db.database import Database
-from boxoffice.db.tables import audit_records, events, sections
+from boxoffice.db.tables import audit_records, sections
 from boxoffice.domain.access import Principal
 from boxoffice.domain.audit import AuditRecord, Counts, rebuild
 from boxoffice.domain.errors import EventNotFound
 from boxoffice.domain.ids import parse_id
+from boxoffice.services.events import managed_event
 from boxoffice.services.pages import Page, SeqCursor
 from boxoffice.services.unit_of_work import UnitOfWork
 
@@ -46,11 +47,7 @@ async def list_audit(
     if cursor is not None:
         query = query.where(audit_records.c.seq > cursor.seq)
     async with UnitOfWork(database, write=False) as uow:
-        known = (
-            await uow.conn.execute(select(events.c.organizer_id).where(events.c.id == ident))
-        ).first()
-        if known is None or not viewer.may_manage_event(known.organizer_id):
-            raise EventNotFound(event_id)
+        await managed_event(uow.conn, event_id, viewer)
         rows = (await uow.conn.execute(query)).all()
     page = rows[:limit]
     next_cursor = SeqCursor(page[-1].seq).encode() if len(rows) > limit else None

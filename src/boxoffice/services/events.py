@@ -15,11 +15,13 @@ from typing import Any
 
 from sqlalchemy import Row, func, insert, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from boxoffice.booking.load import claim_answers
 from boxoffice.booking.write import LAST_AUDIT_SEQ, audit_rows
 from boxoffice.db.database import Database
 from boxoffice.db.tables import audit_records, events, hold_items, idempotency_keys, sections
+from boxoffice.domain.access import Principal
 from boxoffice.domain.audit import AuditRecord
 from boxoffice.domain.commands import Idempotency
 from boxoffice.domain.errors import (
@@ -155,6 +157,18 @@ def sections_as_seen(now: datetime, event_ids: list[uuid.UUID]) -> Any:
     return select(sections, func.coalesce(expired.c.expired, 0).label("expired")).outerjoin(
         expired, expired.c.section_id == sections.c.id
     )
+
+
+async def managed_event(conn: AsyncConnection, event_id: str, actor: Principal) -> uuid.UUID:
+    """The event's id, if `actor` may manage it: someone else's event is not found, as an
+    unknown one is (domain/access.py)."""
+    ident = parse_id(event_id)
+    if ident is None:
+        raise EventNotFound(event_id)
+    owner = (await conn.execute(select(events.c.organizer_id).where(events.c.id == ident))).first()
+    if owner is None or not actor.may_manage_event(owner.organizer_id):
+        raise EventNotFound(event_id)
+    return ident
 
 
 async def get_event(database: Database, event_id: str, now: datetime) -> Event:

@@ -19,12 +19,12 @@ import structlog
 from sqlalchemy import insert, select
 
 from boxoffice.db.database import Database
-from boxoffice.db.tables import events, fraud_flags
+from boxoffice.db.tables import fraud_flags
 from boxoffice.domain.access import Principal
-from boxoffice.domain.errors import EventNotFound
 from boxoffice.domain.fraud import Caller, Flag, FraudRules, Rule, Watch
 from boxoffice.domain.ids import parse_id
 from boxoffice.observability import metrics
+from boxoffice.services.events import managed_event
 from boxoffice.services.pages import Page, SeqCursor
 from boxoffice.services.unit_of_work import UnitOfWork
 
@@ -128,11 +128,7 @@ async def list_flags(
         query = query.where(fraud_flags.c.customer_id == customer_id)
     async with UnitOfWork(database, write=False) as uow:
         if event_id is not None:
-            ident = parse_id(event_id)
-            owner = select(events.c.organizer_id).where(events.c.id == ident)
-            known = None if ident is None else (await uow.conn.execute(owner)).first()
-            if known is None or not viewer.may_manage_event(known.organizer_id):
-                raise EventNotFound(event_id)
+            ident = await managed_event(uow.conn, event_id, viewer)
             query = query.where(fraud_flags.c.event_id == ident)
         else:
             viewer.require("admin")

@@ -31,7 +31,6 @@ from sqlalchemy import and_, case, exists, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from boxoffice.db.database import Database
 from boxoffice.db.tables import (
@@ -46,8 +45,7 @@ from boxoffice.db.tables import (
     waiting_rooms,
 )
 from boxoffice.domain.access import Principal
-from boxoffice.domain.errors import EventNotFound, WaitingRoomNotFound
-from boxoffice.domain.ids import parse_id
+from boxoffice.domain.errors import WaitingRoomNotFound
 from boxoffice.domain.queue_order import (
     FIFO_BASE,
     NOBODY,
@@ -65,7 +63,7 @@ from boxoffice.domain.waiting_room import (
     RoomState,
     admissions,
 )
-from boxoffice.services.events import sections_as_seen
+from boxoffice.services.events import managed_event, sections_as_seen
 from boxoffice.services.unit_of_work import UnitOfWork
 
 __all__ = [
@@ -148,17 +146,6 @@ def _room(row: Any) -> Room:
     )
 
 
-async def _managed_event(conn: AsyncConnection, event_id: str, actor: Principal) -> uuid.UUID:
-    """The event's id, if `actor` may manage it; someone else's event is not found."""
-    ident = parse_id(event_id)
-    if ident is None:
-        raise EventNotFound(event_id)
-    owner = (await conn.execute(select(events.c.organizer_id).where(events.c.id == ident))).first()
-    if owner is None or not actor.may_manage_event(owner.organizer_id):
-        raise EventNotFound(event_id)
-    return ident
-
-
 async def put_room(
     database: Database, event_id: str, settings: RoomSettings, actor: Principal, now: datetime
 ) -> Room:
@@ -166,7 +153,7 @@ async def put_room(
     a room changed or paused mid-sale keeps everyone's place."""
     columns = {**settings.values(), "updated_at": now}
     async with UnitOfWork(database, write=True) as uow:
-        ident = await _managed_event(uow.conn, event_id, actor)
+        ident = await managed_event(uow.conn, event_id, actor)
         changed = await uow.conn.execute(
             update(waiting_rooms).where(waiting_rooms.c.event_id == ident).values(**columns)
         )
@@ -186,7 +173,7 @@ async def put_room(
 async def get_room(database: Database, event_id: str, actor: Principal) -> Room:
     """The event's waiting room, for those who manage the event."""
     async with UnitOfWork(database, write=False) as uow:
-        ident = await _managed_event(uow.conn, event_id, actor)
+        ident = await managed_event(uow.conn, event_id, actor)
         row = (
             await uow.conn.execute(select(waiting_rooms).where(waiting_rooms.c.event_id == ident))
         ).first()
