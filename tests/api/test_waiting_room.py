@@ -17,8 +17,9 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from boxoffice.api.access import PRINCIPAL
 from boxoffice.api.app import create_app
-from boxoffice.api.routes.waiting_room import PollFastPath
+from boxoffice.api.routes.waiting_room import JoinFastPath, PollFastPath
 from boxoffice.config import Settings
 from boxoffice.db.database import Database
 from boxoffice.services.clock import FakeClock
@@ -455,10 +456,102 @@ async def test_a_poll_is_answered_before_the_stack_exactly_as_the_route_answers_
 
     sale.clock.advance(31)
     scope = {"type": "http", "method": "GET", "path": f"/queue/{ticket}", "headers": []}
-    await PollFastPath(unreachable)({**scope, "app": sale.app}, _no_body, send)
+    scope["app"] = sale.app
+    await PollFastPath(unreachable)(scope, _no_body, send)
     assert sent[0]["status"] == 200
+    assert scope["route"].path == "/queue/{ticket}"  # counted under the route's template
     assert json.loads(sent[1]["body"])["status"] == "admitted"
 
 
 async def _no_body() -> dict[str, Any]:
     return {"type": "http.request", "body": b"", "more_body": False}
+
+
+async def test_a_join_is_answered_below_fastapi_exactly_as_the_route_answers_it(
+    sale: Sale, settings: Settings, database: Database
+) -> None:
+    """POST /events/{id}/queue is answered by `JoinFastPath`: the very status, body and
+    Location the route gives, for a join and for every refusal, beside an app without it;
+    and in front of an app that must not be reached, a join never reaches it, while a
+    body the fast path cannot read with certainty goes on to the route, replayed whole."""
+    event = await sale.event()
+    other = await sale.event()
+    await sale.room(event)
+    alice = await sale.customer("alice")
+    organizer = await bearer(database, "organizer", organizer_id="o1")
+    quiet = settings.model_copy(
+        update={
+            "waiting_room_refresh_ms": 5000,
+            "waiting_room_tick_ms": 10_000,
+            "rate_limits_enabled": False,
+        }
+    )
+    routed_app = create_app(quiet, database, clock=sale.clock)
+    routed_app.user_middleware = [
+        layer for layer in routed_app.user_middleware if layer.cls is not JoinFastPath
+    ]
+    json_body = {"Content-Type": "application/json"}
+    cases: list[tuple[str, dict[str, str], bytes, int]] = [
+        (event["id"], alice, b"", 201),
+        (event["id"], {**alice, **json_body}, b"{}", 201),
+        (event["id"], {**alice, **json_body}, b'{"customerId": "alice"}', 201),
+        (event["id"], {**alice, **json_body}, b'{"customerId": "bob"}', 403),
+        (event["id"], {**alice, **json_body}, b'{"customerId": 7}', 400),
+        (event["id"], {**alice, **json_body}, b"{not json", 400),
+        (event["id"], {**alice, "Content-Type": "text/plain"}, b"alice", 400),
+        (event["id"], organizer, b"", 403),
+        (event["id"], sale.admin, b"", 400),  # staff name the customer
+        (other["id"], alice, b"", 409),  # no room
+        ("nope", alice, b"", 404),
+    ]
+    async with routed_app.router.lifespan_context(routed_app):
+        await routed_app.state.room_watch.refresh()
+        transport = httpx.ASGITransport(app=routed_app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as routed:
+            for event_id, headers, body, status in cases:
+                path = f"/events/{event_id}/queue"
+                fast = await sale.http.post(path, content=body, headers=headers)
+                slow = await routed.post(path, content=body, headers=headers)
+                assert fast.status_code == slow.status_code == status, (body, fast.text)
+                assert fast.content == slow.content, body
+                assert fast.headers["content-type"] == slow.headers["content-type"]
+                assert fast.headers.get("location") == slow.headers.get("location")
+                assert "x-request-id" in fast.headers
+
+    assert any(layer.cls is JoinFastPath for layer in sale.app.user_middleware)
+    token = alice["Authorization"].removeprefix("Bearer ")
+    principal = await sale.app.state.keys.principal(token, sale.clock())
+    reached: list[bytes] = []
+
+    async def route(scope: Any, receive: Any, send: Any) -> None:
+        message = await receive()
+        reached.append(message["body"])
+
+    async def through(body: bytes, content_type: bytes) -> list[dict[str, Any]]:
+        scope = {
+            "type": "http",
+            "method": "POST",
+            "path": f"/events/{event['id']}/queue",
+            "headers": [(b"content-type", content_type)],
+            "app": sale.app,
+            PRINCIPAL: principal,
+        }
+        sent: list[dict[str, Any]] = []
+
+        async def send(message: Any) -> None:
+            sent.append(message)
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await JoinFastPath(route)(scope, receive, send)
+        if sent:
+            assert scope["route"].path == "/events/{event_id}/queue"  # counted as the route
+        return sent
+
+    joined = await through(b"{}", b"application/json")
+    assert joined[0]["status"] == 201
+    assert json.loads(joined[1]["body"])["ticket"]
+    assert reached == []
+    assert await through(b"alice", b"text/plain") == []
+    assert reached == [b"alice"]

@@ -222,6 +222,9 @@ def create_app(
     rate_limiter = RateLimiter.from_settings(settings)
     app.state.rate_limiter = rate_limiter
     install_problem_handlers(app)
+    # Innermost: a join of a waiting room's line is answered here, past the key check, the
+    # limits and the body limit, without FastAPI's routing and validation.
+    app.add_middleware(waiting_room.JoinFastPath)
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=settings.max_body_bytes,

@@ -14,21 +14,29 @@ ticket instead (domain/poll_pacing.py).
 
 from __future__ import annotations
 
+import re
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
+from functools import cache
+from typing import cast
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, FastAPI, Request, Response
+from pydantic import ValidationError
 from starlette.datastructures import State
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.routing import BaseRoute
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from boxoffice.api.access import caller
+from boxoffice.api.access import PRINCIPAL, caller
 from boxoffice.api.deps import ClockDep, DatabaseDep
 from boxoffice.api.problems import problem_responses
 from boxoffice.api.schemas import QueueJoinIn, QueueTicketOut, WaitingRoomIn, WaitingRoomOut
+from boxoffice.domain.access import Principal
 from boxoffice.domain.errors import (
     InvalidRequest,
     PollTooSoon,
     QueueNotOpen,
     QueueTicketInvalid,
+    Unauthorized,
 )
 from boxoffice.domain.poll_pacing import PollPacer
 from boxoffice.domain.queue_order import (
@@ -48,6 +56,8 @@ from boxoffice.services.room_watch import RoomView, RoomWatch
 from boxoffice.services.waiting_room import Joining
 
 router = APIRouter(tags=["waiting room"])
+
+ExceptionHandler = Callable[[Request, Exception], Awaitable[Response]]
 
 
 def _watch(request: Request) -> RoomWatch:
@@ -91,30 +101,42 @@ async def get_waiting_room(
     summary="Join the event's line: one place per customer, the same ticket every time",
 )
 async def join_queue(
-    event_id: str,
-    request: Request,
-    response: Response,
-    database: DatabaseDep,
-    clock: ClockDep,
-    body: QueueJoinIn | None = None,
+    event_id: str, request: Request, response: Response, body: QueueJoinIn | None = None
 ) -> QueueTicketOut:
-    actor = caller(request, "customer")
-    customer = actor.customer_for(None if body is None else body.customer_id)
+    answer = await join_line(
+        request.app.state,
+        request.scope.get(PRINCIPAL),
+        event_id,
+        None if body is None else body.customer_id,
+    )
+    response.headers["Location"] = f"/queue/{answer.ticket}"
+    return answer
+
+
+async def join_line(
+    state: State, actor: Principal | None, event_id: str, named: str | None
+) -> QueueTicketOut:
+    """The caller's place in the event's line (the one it has, or a new one), as a ticket
+    and its first answer; raises the refusals. The route and `JoinFastPath` both call it."""
+    if actor is None:  # a path the key check took for public: never, but never silently
+        raise Unauthorized()
+    actor.require("customer")
+    customer = actor.customer_for(named)
     if customer is None:
         raise InvalidRequest("customerId is needed to join a line.", field="customerId")
-    watch = _watch(request)
+    watch: RoomWatch = state.room_watch
     view = watch.view(event_id)
-    now = clock()
+    now = state.clock()
     if view is None:
-        await event_service.get_event(database, event_id, now)  # 404 if there is no event
+        await event_service.get_event(state.database, event_id, now)  # 404 if there is none
         raise QueueNotOpen("This event has no waiting room on: book directly.")
     key = _order_key(watch, view, now)
     room = view.room
     key, joined_at = await watch.joiner.join(Joining(room.event_id, customer, key, now))
     ticket = watch.signer.ticket(QueueTicket(room.event_id, customer, key, joined_at))
     answer = answer_poll(key, view.snapshot, now)
-    _pacer(request).told(ticket, now.timestamp(), answer.poll_after_seconds)
-    response.headers["Location"] = f"/queue/{ticket}"
+    pacer: PollPacer = state.poll_pacer
+    pacer.told(ticket, now.timestamp(), answer.poll_after_seconds)
     QUEUE_JOINS.inc()
     return _ticket_out(watch, ticket, room.event_id, customer, answer)
 
@@ -205,6 +227,7 @@ class PollFastPath:
         ):
             body = _fast_poll(scope)
             if body is not None:
+                scope["route"] = _route_named("poll_queue")
                 await send(
                     {
                         "type": "http.response.start",
@@ -233,9 +256,129 @@ def _fast_poll(scope: Scope) -> bytes | None:
     return answer.__pydantic_serializer__.to_json(answer)
 
 
-def _pacer(request: Request) -> PollPacer:
-    pacer: PollPacer = request.app.state.poll_pacer
-    return pacer
+_JOIN_PATH = re.compile(r"/events/([^/]+)/queue")
+
+
+class JoinFastPath:
+    """POST /events/{id}/queue answered below FastAPI: the opening's storm of joins.
+
+    Innermost of the middleware: the key check, the rate limits and the body
+    limit have run as for any request. What is skipped is FastAPI's routing,
+    dependency solving and response validation, which cost a join more than
+    its own work (`make onsale`, docs/performance.md). The join is the route's
+    own (`join_line`); its refusals are answered by the app's own exception
+    handlers, so every answer is the route's, byte for byte. A body this path
+    does not read with certainty (not JSON, not a valid `QueueJoinIn`) goes on
+    to the route, replayed, which answers it as it always did.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        matched = (
+            _JOIN_PATH.fullmatch(scope["path"])
+            if scope["type"] == "http" and scope["method"] == "POST"
+            else None
+        )
+        if matched is None or scope["app"].state.room_watch is None:
+            await self.app(scope, receive, send)
+            return
+        messages: list[Message] = []
+        replay = _replaying(messages, receive)
+        try:
+            body = await _whole_body(receive, messages)
+            if body is None:  # the client left
+                return
+            read, named = _named_customer(scope, body)
+            if not read:
+                await self.app(scope, replay, send)
+                return
+            answer = await join_line(scope["app"].state, scope.get(PRINCIPAL), matched[1], named)
+        except Exception as error:
+            handler = _handler_for(scope["app"], error)
+            if handler is None:
+                raise
+            await (await handler(Request(scope, replay), error))(scope, replay, send)
+            return
+        scope["route"] = _route_named("join_queue")
+        content = answer.__pydantic_serializer__.to_json(answer)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 201,
+                "headers": [
+                    _JSON,
+                    (b"content-length", str(len(content)).encode()),
+                    (b"location", f"/queue/{answer.ticket}".encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": content})
+
+
+async def _whole_body(receive: Receive, messages: list[Message]) -> bytes | None:
+    """The request's body, every message kept for a replay; None if the client left."""
+    parts = []
+    while True:
+        message = await receive()
+        messages.append(message)
+        if message["type"] != "http.request":
+            return None
+        parts.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(parts)
+
+
+def _replaying(messages: list[Message], receive: Receive) -> Receive:
+    """A `receive` that gives the messages read already, then the client's own."""
+    given = 0
+
+    async def replay() -> Message:
+        nonlocal given
+        if given < len(messages):
+            given += 1
+            return messages[given - 1]
+        return await receive()
+
+    return replay
+
+
+def _named_customer(scope: Scope, body: bytes) -> tuple[bool, str | None]:
+    """Whether the body was read with certainty, and its `customerId` (None without a
+    body); a body not read is the route's to judge (a 400, most likely)."""
+    if not body:
+        return True, None
+    for name, value in scope["headers"]:
+        if name == b"content-type":
+            if value.split(b";")[0].strip().lower() != b"application/json":
+                return False, None
+            break
+    else:
+        return False, None
+    try:
+        return True, QueueJoinIn.model_validate_json(body).customer_id
+    except ValidationError:
+        return False, None
+
+
+def _handler_for(app: FastAPI, error: Exception) -> ExceptionHandler | None:
+    """The app's own handler for `error` (a refusal, 503, 413...); None for the unexpected,
+    which goes on up to the server-error handler as from any route."""
+    for kind in type(error).__mro__:
+        if kind is Exception:
+            return None
+        found = app.exception_handlers.get(kind)
+        if found is not None:
+            return cast(ExceptionHandler, found)
+    return None
+
+
+@cache
+def _route_named(name: str) -> BaseRoute:
+    """This module's route `name`: a request a fast path answers is counted under its
+    template, as the router would have set it (request_metrics.py)."""
+    return next(route for route in router.routes if getattr(route, "name", None) == name)
 
 
 def _ticket_out(
