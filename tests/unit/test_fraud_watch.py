@@ -86,3 +86,21 @@ def test_memory_stays_bounded_under_a_flood_of_subjects() -> None:
     for n in range(10_000):
         watch.refusal(n, AT, Caller(None, None, f"10.0.{n // 256}.{n % 256}"), "unauthorized", None)
     assert len(watch.times) <= 1001
+
+
+def test_a_customer_seen_again_counts_from_its_last_purchase() -> None:
+    watch = Watch(FraudRules(customers_per_address=3, window_seconds=10))
+    shop = "192.0.2.1"
+    for t, customer in [(0, "a"), (1, "b"), (9, "a"), (12, "c")]:
+        assert watch.purchase(t, AT, Caller(None, customer, shop), "e1", 1, 10) == []
+    # b (last seen at 1) has gone quiet; a (seen again at 9) has not.
+    found = watch.purchase(13, AT, Caller(None, "d", shop), "e1", 1, 10)
+    assert [f.evidence["customers"] for f in found] == [["a", "c", "d"]]
+
+
+def test_the_customers_of_one_address_stay_bounded() -> None:
+    """A shop's backend calls for every one of its customers from one address."""
+    watch = Watch(FraudRules(customers_per_address=10, window_seconds=3600), max_subjects=1000)
+    for n in range(10_000):
+        watch.purchase(n / 100, AT, Caller(None, f"c{n}", "192.0.2.1"), "e1", 1, 10)
+    assert len(watch.customers["192.0.2.1"]) == 1000
