@@ -45,10 +45,11 @@ start). In the fifo band that is exact but for those who left.
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Literal
 
@@ -173,6 +174,15 @@ class LineSnapshot:
     admitted_per_second: float  # the recent pace; 0 while nobody is let in
     session: timedelta
     sold_out: bool = False
+    # Made once per snapshot for `estimate_position`: each band's low key, and how many
+    # wait in the bands before it.
+    band_lows: tuple[int, ...] = field(init=False, repr=False, compare=False)
+    waiting_before: tuple[int, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "band_lows", tuple(band.low for band in self.bands))
+        counts = itertools.accumulate((band.waiting for band in self.bands), initial=0)
+        object.__setattr__(self, "waiting_before", tuple(counts))
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,20 +197,31 @@ class PollAnswer:
 def estimate_position(key: int, snapshot: LineSnapshot) -> int:
     """The estimated place of a waiting key: 1 is the front of the line.
 
-    Every poll comes here, over up to 34 bands (the fifo band is published in buckets),
-    so the loop stops at the first band that starts after `key`: the bands are in key
-    order, and none of the rest has anyone ahead of it.
+    Those waiting in a band are taken as spread evenly over its keys above the
+    watermark. Every poll comes here, so it costs two binary searches whatever the
+    number of bands (the fifo band is published in buckets): only the band at the
+    head of the line and the key's own band are counted in part, and every band
+    between them whole, from the snapshot's running totals.
     """
     first = snapshot.watermark.key + 1
-    ahead = 0.0
-    for band in snapshot.bands:
-        if key < band.low:
-            break
-        start = band.low if band.low > first else first
-        if band.top <= start or key < start:
-            continue
-        ahead += band.waiting * min(1.0, (key - start) / (band.top - start))
+    last = bisect.bisect_right(snapshot.band_lows, key) - 1  # the key's band, or the one before
+    if key < first or last < 0:
+        return 1
+    head = bisect.bisect_right(snapshot.band_lows, first) - 1  # where the line's head falls
+    bands = snapshot.bands
+    if head == last:
+        return 1 + math.floor(_share(bands[last], max(first, bands[last].low), key))
+    ahead = 0.0 if head < 0 else _share(bands[head], first, key)
+    ahead += snapshot.waiting_before[last] - snapshot.waiting_before[head + 1]
+    ahead += _share(bands[last], bands[last].low, key)
     return 1 + math.floor(ahead)
+
+
+def _share(band: Band, start: int, key: int) -> float:
+    """How many of `band`'s waiting, spread evenly over [start, top), have keys below `key`."""
+    if band.top <= start or key < start:
+        return 0.0
+    return band.waiting * min(1.0, (key - start) / (band.top - start))
 
 
 def poll_after_seconds(estimated_wait_seconds: int | None) -> int:
