@@ -5,6 +5,7 @@ On both databases and booking paths, with the app's clock moved by the test.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import httpx
@@ -13,6 +14,7 @@ import pytest
 from boxoffice.api.app import create_app
 from boxoffice.config import Settings
 from boxoffice.db.database import Database
+from boxoffice.services import holds as hold_service
 from boxoffice.services.clock import FakeClock
 from tests.api.conftest import assert_problem
 from tests.support.keys import bearer
@@ -153,3 +155,34 @@ async def test_a_retried_hold_is_replayed_even_at_the_cap(serve: Any) -> None:
         other = {**shop.alice, "Idempotency-Key": "checkout-2"}
         assert_problem(await shop.hold(event, other), 409, "active_hold_limit")
         assert await shop.held(event) == 1
+
+
+async def test_the_caps_of_customers_holding_at_once_are_read_together_each_its_own(
+    serve: Any,
+) -> None:
+    """Hold records are read in one query for the customers of a burst
+    (services/coalesced.py): each customer still gets its own record."""
+    async with serve(max_active_holds_per_customer=1, max_hold_churn_per_hour=0) as shop:
+        event = await shop.event()
+        capped = [await bearer(shop.database, "customer", customer_id=f"c{n}") for n in range(6)]
+        fresh = [await bearer(shop.database, "customer", customer_id=f"new{n}") for n in range(6)]
+        for who in capped:
+            assert (await shop.hold(event, who)).status_code == 201
+        answers = await asyncio.gather(*(shop.hold(event, who) for who in capped + fresh))
+        assert [answer.status_code for answer in answers] == [409] * 6 + [201] * 6
+        assert await shop.held(event) == 12
+
+
+async def test_hold_records_read_together_are_each_customers_own(serve: Any) -> None:
+    async with serve(max_active_holds_per_customer=0, max_hold_churn_per_hour=0) as shop:
+        event = await shop.event()
+        bob = await bearer(shop.database, "customer", customer_id="bob")
+        for who, ttl in ((shop.alice, 60), (shop.alice, 600), (bob, 30)):
+            assert (await shop.hold(event, who, ttlSeconds=ttl)).status_code == 201
+        shop.clock.advance(45)  # bob's lapses: given up
+        records = await hold_service.hold_records(
+            shop.database, ["nobody", "alice", "bob", "alice"], shop.clock()
+        )
+        assert [(r.active, r.churned) for r in records] == [(0, 0), (2, 0), (0, 1), (2, 0)]
+        assert records[2].oldest_churn is not None
+        assert records[0].oldest_churn is None

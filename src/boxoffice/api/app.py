@@ -31,8 +31,10 @@ from boxoffice.db.migrate import check_schema
 from boxoffice.domain.poll_pacing import PollPacer
 from boxoffice.observability.exporter import Exporter
 from boxoffice.observability.logging import configure_logging
+from boxoffice.services import holds as hold_service
 from boxoffice.services.availability import AvailabilityCache
 from boxoffice.services.clock import Clock, system_clock
+from boxoffice.services.coalesced import Coalesced
 from boxoffice.services.flags import FlagDesk
 from boxoffice.services.idempotency import InFlight
 from boxoffice.services.keys import KeyRing
@@ -142,6 +144,11 @@ def create_app(
         )
         app.state.sweeper = sweeper
         app.state.keys = KeyRing(db, cache_seconds=settings.key_cache_seconds)
+        # Hold caps read each customer's holds before its hold is queued: the reads of a
+        # burst in one query (an on-sale's holds drained the pool one transaction each).
+        app.state.hold_records = Coalesced(
+            lambda customers: hold_service.hold_records(db, customers, clock())
+        )
         flags = FlagDesk(db, settings.fraud_rules) if settings.fraud_flags_enabled else None
         app.state.flags = flags
         exporter = Exporter(

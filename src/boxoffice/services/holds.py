@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 
 from sqlalchemy import and_, case, func, select, type_coerce
@@ -43,23 +44,34 @@ async def get_hold(database: Database, hold_id: str, viewer: Principal) -> Hold:
         return hold_from_row(row, [hold_item_from_row(item) for item in items])
 
 
-async def hold_record(database: Database, customer_id: str, now: datetime) -> HoldRecord:
-    """How many holds `customer_id` has active, and has given up within the hour.
+async def hold_records(
+    database: Database, customer_ids: Sequence[str], now: datetime
+) -> list[HoldRecord]:
+    """How many holds each of `customer_ids` has active, and has given up within the hour,
+    in that order, in one query for them all.
 
     Every hold that counts expires after the hour began (one released was released
-    before its expiry), so this reads one range of `ix_holds_customer_id_expires_at`.
-    An active hold past its expiry has lapsed: given up, not active.
+    before its expiry), so this reads one range of `ix_holds_customer_id_expires_at`
+    per customer. An active hold past its expiry has lapsed: given up, not active.
     """
     since = now - CHURN_WINDOW
     active = and_(holds.c.status == "active", holds.c.expires_at > now)
     released = and_(holds.c.status == "released", holds.c.settled_at > since)
     lapsed = and_(holds.c.status.in_(("active", "expired")), holds.c.expires_at <= now)
     given_up_at = case((released, holds.c.settled_at), (lapsed, holds.c.expires_at), else_=None)
-    query = select(
-        func.count().filter(active).label("active"),
-        func.count(given_up_at).label("churned"),
-        type_coerce(func.min(given_up_at), UTCDateTime()).label("oldest"),
-    ).where(holds.c.customer_id == customer_id, holds.c.expires_at > since)
+    query = (
+        select(
+            holds.c.customer_id,
+            func.count().filter(active).label("active"),
+            func.count(given_up_at).label("churned"),
+            type_coerce(func.min(given_up_at), UTCDateTime()).label("oldest"),
+        )
+        .where(holds.c.customer_id.in_(set(customer_ids)), holds.c.expires_at > since)
+        .group_by(holds.c.customer_id)
+    )
     async with UnitOfWork(database, write=False) as uow:
-        row = (await uow.conn.execute(query)).one()
-    return HoldRecord(int(row.active or 0), int(row.churned or 0), row.oldest)
+        found = {
+            row.customer_id: HoldRecord(int(row.active or 0), int(row.churned or 0), row.oldest)
+            for row in await uow.conn.execute(query)
+        }
+    return [found.get(customer, HoldRecord(0, 0, None)) for customer in customer_ids]

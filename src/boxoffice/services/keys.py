@@ -14,7 +14,6 @@ process; an expiry is checked on every request.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import secrets
@@ -32,6 +31,7 @@ from boxoffice.db.rows import api_key_from_row
 from boxoffice.db.tables import KEY_ID_LENGTH, api_keys
 from boxoffice.domain.access import ROLES, ApiKey, Principal, Role
 from boxoffice.domain.errors import InvalidRequest, KeyNotFound
+from boxoffice.services.coalesced import Coalesced
 from boxoffice.services.unit_of_work import UnitOfWork
 
 KEY_PREFIX = "bo_live_"
@@ -227,10 +227,11 @@ class KeyRing:
     at that moment: they all wait for the one lookup (a key used by 64
     connections at once would otherwise cost 64 queries every `cache_seconds`,
     and their wait showed as a p99 spike). And the keys to look up are looked up
-    together, up to `MAX_BATCH` in one query, while the previous query runs: the
-    first requests of many customers at once (an on-sale's opening, where each
-    one's first request is its join) took a pooled connection and a transaction
-    each, drained the pool and answered 503 (`make onsale`).
+    together (`services/coalesced.py`), up to `MAX_BATCH` in one query, while the
+    previous query runs: the first requests of many customers at once (an
+    on-sale's opening, where each one's first request is its join) took a pooled
+    connection and a transaction each, drained the pool and answered 503 (`make
+    onsale`).
     """
 
     MAX_BATCH = 500
@@ -247,9 +248,7 @@ class KeyRing:
         self._cache_seconds = cache_seconds
         self._max_size = max_size
         self._verdicts: OrderedDict[str, _Verdict] = OrderedDict()
-        self._pending: dict[str, asyncio.Future[_Verdict]] = {}
-        self._queued: dict[str, asyncio.Future[_Verdict]] = {}  # for the next query
-        self._querying: asyncio.Task[None] | None = None
+        self._reads = Coalesced(self._look_up, max_batch=self.MAX_BATCH)
         self._generation = 0  # bumped by forget(): a lookup begun before it is not kept
         self._valid_ids: OrderedDict[str, None] = OrderedDict()  # ids of keys found valid
 
@@ -263,44 +262,18 @@ class KeyRing:
         """Who `token` is, or None when it is no valid key (unknown, revoked or expired)."""
         verdict = self._verdicts.get(token)
         if verdict is None or time.monotonic() - verdict.checked >= self._cache_seconds:
-            pending = self._pending.get(token)
-            if pending is None:
-                pending = asyncio.get_running_loop().create_future()
-                self._pending[token] = self._queued[token] = pending
-                pending.add_done_callback(lambda _: self._pending.pop(token, None))
-                if self._querying is None:
-                    self._querying = asyncio.ensure_future(self._look_up_queued())
-            verdict = await asyncio.shield(pending)
+            verdict = await self._reads.get(token)
         if verdict.key is None or not verdict.key.valid_at(now):
             return None
         return verdict.principal
 
-    async def _look_up_queued(self) -> None:
-        """Query for the queued tokens, a batch at a time, until none is left."""
-        try:
-            await asyncio.sleep(0)  # the requests of this same moment join the first batch
-            while self._queued:
-                tokens = list(self._queued)[: self.MAX_BATCH]
-                batch = {token: self._queued.pop(token) for token in tokens}
-                checked, generation = time.monotonic(), self._generation
-                try:
-                    keys = await self._lookup(tokens)
-                except BaseException as exc:  # each waiter gets it: a 503, for one
-                    for waiter in batch.values():
-                        if not waiter.done():
-                            waiter.set_exception(exc)
-                    if not isinstance(exc, Exception):
-                        raise  # cancelled: the server is stopping
-                    continue
-                for (token, waiter), key in zip(batch.items(), keys, strict=True):
-                    verdict = self._keep(token, key, checked, generation)
-                    if not waiter.done():
-                        waiter.set_result(verdict)
-        finally:
-            self._querying = None
-            for waiter in self._queued.values():  # cancelled: nobody waits in vain
-                waiter.cancel()
-            self._queued.clear()
+    async def _look_up(self, tokens: Sequence[str]) -> list[_Verdict]:
+        checked, generation = time.monotonic(), self._generation
+        keys = await self._lookup(tokens)
+        return [
+            self._keep(token, key, checked, generation)
+            for token, key in zip(tokens, keys, strict=True)
+        ]
 
     def _keep(self, token: str, key: ApiKey | None, checked: float, generation: int) -> _Verdict:
         verdict = _Verdict(checked, key, None if key is None else key.principal())
@@ -320,7 +293,7 @@ class KeyRing:
         """Drop every verdict (a key revoked through this process takes effect at once)."""
         self._generation += 1
         self._verdicts.clear()
-        self._pending.clear()
+        self._reads.forget()
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,6 @@ from boxoffice.api.request_ids import request_id
 from boxoffice.api.schemas import ConfirmationOut, ConfirmIn, HoldIn, HoldOut
 from boxoffice.booking import Booker
 from boxoffice.config import Settings
-from boxoffice.db.database import Database
 from boxoffice.domain.commands import (
     Confirmation,
     ConfirmHold,
@@ -32,10 +31,11 @@ from boxoffice.domain.commands import (
     ReleaseHold,
 )
 from boxoffice.domain.errors import ActiveHoldLimit, HoldChurnLimit, InvalidRequest
-from boxoffice.domain.hold_caps import HoldCaps, check_hold_caps
+from boxoffice.domain.hold_caps import HoldCaps, HoldRecord, check_hold_caps
 from boxoffice.domain.model import Hold
 from boxoffice.services import holds as hold_service
 from boxoffice.services.clock import Clock
+from boxoffice.services.coalesced import Coalesced
 from boxoffice.services.flags import FlagDesk
 from boxoffice.services.idempotency import idempotency, was_answered
 
@@ -120,15 +120,15 @@ async def check_caps(
     most as many as its purchase rate limit lets through at once. The retry of a hold
     that was placed is let by, for the batch to replay its answer.
     """
-    database: Database = request.app.state.database
-    record = await hold_service.hold_record(database, customer, now)
+    records: Coalesced[str, HoldRecord] = request.app.state.hold_records
+    record = await records.get(customer)  # read with other customers' (services/coalesced.py)
     flags: FlagDesk | None = request.app.state.flags
     if flags is not None:
         flags.hold_churn(now, caller_of(request.scope, customer), event_id, record.churned)
     try:
         check_hold_caps(caps, record, now)
     except (ActiveHoldLimit, HoldChurnLimit):
-        if key is None or not await was_answered(database, key):
+        if key is None or not await was_answered(request.app.state.database, key):
             raise
 
 

@@ -1,0 +1,79 @@
+"""Reads that arrive together, made together: one query at a time for many keys.
+
+At an on-sale's opening thousands of requests each need a small read first
+(a new key's row, a customer's holds for its caps). One pooled connection and
+one transaction each drained the pool and cost more than the requests' own
+work (`make onsale`, docs/performance.md). Instead, the keys asked for queue
+here while the previous query runs, and the next query takes them all (up to
+`max_batch`); the same key asked twice at once is read once. A read waits at
+most one query longer than it would alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Hashable, Sequence
+from typing import Generic, TypeVar
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+__all__ = ["Coalesced"]
+
+
+class Coalesced(Generic[K, V]):
+    """`get(key)` through `lookup(keys) -> values` (in the keys' order), in batches."""
+
+    def __init__(
+        self, lookup: Callable[[Sequence[K]], Awaitable[Sequence[V]]], *, max_batch: int = 500
+    ) -> None:
+        self._lookup = lookup
+        self._max_batch = max_batch
+        self._pending: dict[K, asyncio.Future[V]] = {}  # queued or being read
+        self._queued: dict[K, asyncio.Future[V]] = {}  # for the next query
+        self._querying: asyncio.Task[None] | None = None
+
+    async def get(self, key: K) -> V:
+        """The value of `key`, read by the next query (or the one already reading it)."""
+        pending = self._pending.get(key)
+        if pending is None:
+            pending = asyncio.get_running_loop().create_future()
+            self._pending[key] = self._queued[key] = pending
+            pending.add_done_callback(lambda done: self._drop(key, done))
+            if self._querying is None:
+                self._querying = asyncio.ensure_future(self._query_queued())
+        # Shielded: a caller that gives up does not cancel the read the others wait for.
+        return await asyncio.shield(pending)
+
+    def forget(self) -> None:
+        """Reads asked for from now on are made anew: none joins one begun before."""
+        self._pending.clear()
+
+    def _drop(self, key: K, done: asyncio.Future[V]) -> None:
+        if self._pending.get(key) is done:
+            del self._pending[key]
+
+    async def _query_queued(self) -> None:
+        """Query for the queued keys, a batch at a time, until none is left."""
+        try:
+            await asyncio.sleep(0)  # the requests of this same moment join the first batch
+            while self._queued:
+                keys = list(self._queued)[: self._max_batch]
+                batch = {key: self._queued.pop(key) for key in keys}
+                try:
+                    values = await self._lookup(keys)
+                except BaseException as exc:  # each waiter gets it (a 503, for one)
+                    for waiter in batch.values():
+                        if not waiter.done():
+                            waiter.set_exception(exc)
+                    if not isinstance(exc, Exception):
+                        raise  # cancelled: the server is stopping
+                    continue
+                for waiter, value in zip(batch.values(), values, strict=True):
+                    if not waiter.done():
+                        waiter.set_result(value)
+        finally:
+            self._querying = None
+            for waiter in self._queued.values():  # cancelled: nobody waits in vain
+                waiter.cancel()
+            self._queued.clear()

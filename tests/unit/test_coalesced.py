@@ -1,0 +1,94 @@
+"""Reads made together (`services/coalesced.py`): a burst in one query, one query at a
+time, the same key read once, errors and cancellations kept to whom they concern."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import pytest
+
+from boxoffice.services.coalesced import Coalesced
+
+
+class Lookup:
+    """Doubles each key; each query waits for `release` when one is set."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+        self.release: asyncio.Event | None = None
+        self.fail_next = False
+
+    async def __call__(self, keys: Sequence[int]) -> list[int]:
+        self.batches.append(list(keys))
+        if self.release is not None:
+            await self.release.wait()
+        if self.fail_next:
+            self.fail_next = False
+            raise RuntimeError("the database went away")
+        return [key * 2 for key in keys]
+
+
+async def test_reads_asked_for_at_once_are_one_query_and_each_gets_its_value() -> None:
+    lookup = Lookup()
+    reads = Coalesced(lookup)
+    values = await asyncio.gather(*(reads.get(key) for key in (1, 2, 3, 2, 1)))
+    assert values == [2, 4, 6, 4, 2]
+    assert lookup.batches == [[1, 2, 3]]  # the same key read once
+
+
+async def test_reads_asked_for_during_a_query_wait_for_the_next_one_together() -> None:
+    lookup = Lookup()
+    lookup.release = asyncio.Event()
+    reads = Coalesced(lookup, max_batch=3)
+    first = asyncio.ensure_future(reads.get(1))
+    await asyncio.sleep(0.01)  # the first query is under way, and waits
+    later = [asyncio.ensure_future(reads.get(key)) for key in range(10, 15)]
+    await asyncio.sleep(0.01)
+    assert lookup.batches == [[1]]  # one query at a time
+    lookup.release.set()
+    assert await asyncio.gather(first, *later) == [2, 20, 22, 24, 26, 28]
+    assert lookup.batches == [[1], [10, 11, 12], [13, 14]]
+
+
+async def test_a_failed_query_fails_its_own_readers_only() -> None:
+    lookup = Lookup()
+    lookup.release = asyncio.Event()
+    reads = Coalesced(lookup)
+    lookup.fail_next = True
+    failing = asyncio.ensure_future(reads.get(1))
+    await asyncio.sleep(0.01)
+    after = asyncio.ensure_future(reads.get(2))
+    await asyncio.sleep(0.01)
+    lookup.release.set()
+    with pytest.raises(RuntimeError):
+        await failing
+    assert await after == 4
+    assert await reads.get(1) == 2  # read again, not the failure remembered
+
+
+async def test_a_reader_that_gives_up_does_not_cancel_the_read_of_others() -> None:
+    lookup = Lookup()
+    lookup.release = asyncio.Event()
+    reads = Coalesced(lookup)
+    impatient = asyncio.ensure_future(reads.get(7))
+    patient = asyncio.ensure_future(reads.get(7))
+    await asyncio.sleep(0.01)
+    impatient.cancel()
+    lookup.release.set()
+    assert await patient == 14
+    assert impatient.cancelled()
+
+
+async def test_after_forget_a_read_does_not_join_one_begun_before() -> None:
+    lookup = Lookup()
+    lookup.release = asyncio.Event()
+    reads = Coalesced(lookup)
+    before = asyncio.ensure_future(reads.get(5))
+    await asyncio.sleep(0.01)
+    reads.forget()
+    after = asyncio.ensure_future(reads.get(5))
+    await asyncio.sleep(0.01)
+    lookup.release.set()
+    assert await asyncio.gather(before, after) == [10, 10]
+    assert lookup.batches == [[5], [5]]
