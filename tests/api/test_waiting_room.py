@@ -7,6 +7,7 @@ taken by the test (`watch.tick()`), so each step is seen exactly.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from boxoffice.config import Settings
 from boxoffice.db.database import Database
 from boxoffice.services.clock import FakeClock
 from boxoffice.services.room_watch import RoomWatch
+from boxoffice.services.waiting_room import FIFO_BUCKETS
 from tests.api.conftest import assert_problem
 from tests.support.keys import bearer
 
@@ -555,3 +557,39 @@ async def test_a_join_is_answered_below_fastapi_exactly_as_the_route_answers_it(
     assert reached == []
     assert await through(b"alice", b"text/plain") == []
     assert reached == [b"alice"]
+
+
+async def test_places_are_estimated_from_bands_counting_each_waiting_customer_once(
+    sale: Sale,
+) -> None:
+    """The admission loop publishes who waits where: the pre-queue whole, the fifo joiners
+    in at most FIFO_BUCKETS buckets, without overlap, each waiting customer once; the
+    last of the line is told a place behind everyone."""
+    event = await sale.event(capacity=1)
+    opens = sale.clock.now + timedelta(minutes=10)
+    await sale.room(
+        event,
+        opensAt=opens.isoformat(),
+        prequeueOpensAt=(opens - timedelta(minutes=5)).isoformat(),
+        newUsersPerMinute=1,
+        totalActiveUsers=1,
+    )
+    sale.clock.advance(6 * 60)
+    for n in range(12):
+        await sale.join(event, await sale.customer(f"early{n}"))
+    sale.clock.now = opens
+    last = {}
+    for n in range(40):
+        sale.clock.advance(0.5)
+        last = await sale.join(event, await sale.customer(f"late{n}"))
+    await sale.watch.tick()
+    view = sale.watch.view(event["id"])
+    assert view is not None
+    assert view.room.published is not None
+    bands = view.snapshot.bands
+    assert len(bands) <= 2 + FIFO_BUCKETS
+    assert all(a.top <= b.low for a, b in itertools.pairwise(bands))
+    waiting = view.room.published.waiting
+    assert waiting == 12 + 40 - 1  # one let in
+    assert sum(band.waiting for band in bands) == waiting
+    assert (await sale.poll(last["ticket"])).json()["position"] == waiting

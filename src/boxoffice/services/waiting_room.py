@@ -497,7 +497,7 @@ def _bands(conn: Connection, ident: uuid.UUID, watermark: int) -> tuple[Band, ..
         bucket = (places.order_key - low) // width
         for index, count in conn.execute(
             select(bucket, func.count())
-            .where(waiting, places.order_key < RANDOM_BASE)
+            .where(waiting, places.order_key >= FIFO_BASE, places.order_key < RANDOM_BASE)
             .group_by(bucket)
             .order_by(bucket)
         ):
