@@ -593,3 +593,31 @@ async def test_places_are_estimated_from_bands_counting_each_waiting_customer_on
     assert waiting == 12 + 40 - 1  # one let in
     assert sum(band.waiting for band in bands) == waiting
     assert (await sale.poll(last["ticket"])).json()["position"] == waiting
+
+
+async def test_a_shopper_refused_for_want_of_seats_no_longer_holds_up_the_line(
+    sale: Sale,
+) -> None:
+    """Seats a shopper is likely to take are counted until it has tried to buy: one
+    refused (it asked for more than is left) is done trying, and the next are let in
+    at the next turn, not when its session ends."""
+    event = await sale.event(capacity=3, maxPerCustomer=3)
+    await sale.room(event, newUsersPerMinute=100, totalActiveUsers=100)
+    names = ("a", "b")
+    keys = {name: await sale.customer(name) for name in names}
+    tickets = {name: (await sale.join(event, keys[name]))["ticket"] for name in names}
+    await sale.watch.tick()
+    assert (await sale.poll(tickets["b"])).json()["status"] == "waiting"
+    token = (await sale.poll(tickets["a"])).json()["admissionToken"]
+    assert (await sale.book(event, keys["a"], token, qty=1)).status_code == 201
+    await sale.watch.tick()  # 2 seats left, and nobody else shopping
+    assert (await sale.poll(tickets["b"])).json()["status"] == "admitted"
+    # c comes; b wants 3 of the 2 left and is refused: it has tried, c is let in.
+    keys["c"] = await sale.customer("c")
+    tickets["c"] = (await sale.join(event, keys["c"]))["ticket"]
+    await sale.watch.tick()
+    assert (await sale.poll(tickets["c"])).json()["status"] == "waiting"
+    token = (await sale.poll(tickets["b"])).json()["admissionToken"]
+    assert_problem(await sale.book(event, keys["b"], token, qty=3), 400, "insufficient_seats")
+    await sale.watch.tick()
+    assert (await sale.poll(tickets["c"])).json()["status"] == "admitted"

@@ -221,6 +221,7 @@ audit_records = Table(
     Column("booking_id", Uuid(), nullable=True),
     Column("request_id", String(MAX_REQUEST_ID_LENGTH), nullable=True),
     Index(None, "event_id", "seq"),
+    Index(None, "event_id", "customer_id"),  # who has tried to buy (the waiting room)
 )
 
 # Fraud flags (domain/fraud.py): noticed, for a person to look at; they block nothing.

@@ -35,6 +35,7 @@ from sqlalchemy.engine import Connection
 from boxoffice.db.database import Database
 from boxoffice.db.tables import (
     admission_steps,
+    audit_records,
     bookings,
     events,
     hold_items,
@@ -388,17 +389,19 @@ def _tick(
             steps.event_id == ident, steps.at <= now - settings.session_duration
         )
     ).scalar()
-    bought = exists().where(
-        holds.c.event_id == places.event_id, holds.c.customer_id == places.customer_id
-    ) | exists().where(
-        bookings.c.event_id == places.event_id, bookings.c.customer_id == places.customer_id
+    # A shopper is likely to take seats until it has tried: a hold or a booking, or a
+    # refusal (sold out in its sections, over its limit). Counting those refused until
+    # their sessions ended kept the last seats from anyone else for a whole session.
+    tried = exists().where(
+        audit_records.c.event_id == places.event_id,
+        audit_records.c.customer_id == places.customer_id,
     )
     shopping = scalar(
         select(func.count()).where(
             places.event_id == ident,
             places.order_key > (NOBODY if session_start is None else session_start),
             places.order_key <= watermark,
-            ~bought,
+            ~tried,
         )
     )
     waiting = scalar(
