@@ -4,8 +4,9 @@ Confirm, release and cancel name only a hold or a booking (`POST
 /holds/{id}/confirm`, `DELETE /holds/{id}`, `POST /bookings/{id}/cancel`).
 Every statement of their write transaction names the event as well
 (docs/scaling.md: on a database distributed by event that keeps the
-transaction on one shard), so the booker asks first: one read by id, on the
-read pool, outside any write transaction.
+transaction on one shard), so the booker asks first: a read by id, on the
+read pool, outside any write transaction; the reads of a burst of checkouts
+are one query (`services/coalesced.py`).
 
 A hold's or a booking's event never changes, so each answer is kept, bounded
 (least recently used dropped first), and so is the event of every hold this
@@ -18,19 +19,25 @@ idempotency key like any other answer), as before.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import replace
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import Select, bindparam, select
 
 from boxoffice.booking.load import as_uuid
 from boxoffice.db.database import Database
 from boxoffice.db.tables import bookings, holds
 from boxoffice.domain.commands import CancelBooking, Command, ConfirmHold, ReleaseHold
 from boxoffice.domain.ids import cached_canonical_id
+from boxoffice.services.coalesced import Coalesced
 from boxoffice.services.unit_of_work import UnitOfWork
 
-_EVENT_OF_HOLD = select(holds.c.event_id).where(holds.c.id == bindparam("id"))
-_EVENT_OF_BOOKING = select(bookings.c.event_id).where(bookings.c.id == bindparam("id"))
+_EVENTS_OF_HOLDS = select(holds.c.id, holds.c.event_id).where(
+    holds.c.id.in_(bindparam("ids", expanding=True))
+)
+_EVENTS_OF_BOOKINGS = select(bookings.c.id, bookings.c.event_id).where(
+    bookings.c.id.in_(bindparam("ids", expanding=True))
+)
 
 DEFAULT_SIZE = 100_000
 
@@ -42,7 +49,12 @@ class EventsOf:
         self._database = database
         self._known: OrderedDict[str, str] = OrderedDict()
         self.max_size = max_size
-        self.reads = 0  # lookups that went to the database
+        self._holds: Coalesced[str, str | None] = Coalesced(
+            lambda ids: self._read(_EVENTS_OF_HOLDS, ids)
+        )
+        self._bookings: Coalesced[str, str | None] = Coalesced(
+            lambda ids: self._read(_EVENTS_OF_BOOKINGS, ids)
+        )
 
     def remember(self, ident: str, event_id: str) -> None:
         """Keep `ident`'s event (a canonical id and its event's)."""
@@ -55,9 +67,9 @@ class EventsOf:
     async def resolve(self, command: Command) -> Command:
         """`command`, with the event of the hold or booking it names if it names one by id."""
         if isinstance(command, ConfirmHold | ReleaseHold):
-            ident, query = command.hold_id, _EVENT_OF_HOLD
+            ident, reads = command.hold_id, self._holds
         elif isinstance(command, CancelBooking):
-            ident, query = command.booking_id, _EVENT_OF_BOOKING
+            ident, reads = command.booking_id, self._bookings
         else:
             return command
         canonical = cached_canonical_id(ident)
@@ -67,11 +79,17 @@ class EventsOf:
         if event is not None:
             self._known.move_to_end(canonical)
         else:
-            self.reads += 1
-            async with UnitOfWork(self._database, write=False) as uow:
-                found = (await uow.conn.execute(query, {"id": as_uuid(canonical)})).scalar()
-            if found is None:
+            event = await reads.get(canonical)
+            if event is None:
                 return command
-            event = str(found)
             self.remember(canonical, event)
         return replace(command, event_id=event)
+
+    async def _read(
+        self, query: Select[tuple[object, object]], ids: Sequence[str]
+    ) -> list[str | None]:
+        """The event of each of `ids` (canonical), None for one that names nothing."""
+        async with UnitOfWork(self._database, write=False) as uow:
+            rows = await uow.conn.execute(query, {"ids": [as_uuid(ident) for ident in ids]})
+            found = {str(row.id): str(row.event_id) for row in rows}
+        return [found.get(ident) for ident in ids]
