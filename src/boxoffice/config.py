@@ -24,6 +24,7 @@ from sqlalchemy.engine import URL, make_url
 
 from boxoffice.domain.fraud import FraudRules
 from boxoffice.domain.hold_caps import HoldCaps
+from boxoffice.domain.queue_order import MAX_POLL_SECONDS, MIN_POLL_SECONDS
 from boxoffice.services.rate_limits import Quota
 
 DEFAULT_DATABASE_URL = "sqlite:///./boxoffice.db"
@@ -286,6 +287,14 @@ class Settings(BaseSettings):
         le=60_000,
         description="The most the servers' clocks may disagree: admissions start this long "
         "after opensAt, so no pre-queue joiner on a slow clock lands behind the opening.",
+    )
+    waiting_room_max_poll_seconds: int = Field(
+        MAX_POLL_SECONDS,
+        ge=MIN_POLL_SECONDS,
+        le=300,
+        description="The longest pollAfterSeconds a queue ticket is told (later places "
+        "poll less often, up to this): the most a client polling as told lags its turn or "
+        "the sell-out. Lower: fresher answers, more polls.",
     )
     max_polls_tracked: int = Field(
         200_000,

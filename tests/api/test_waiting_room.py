@@ -394,6 +394,53 @@ async def test_a_restart_loses_nobodys_place(
             assert again.json()["ticket"] == second  # joining again: the same place
 
 
+async def test_the_operator_caps_how_long_anyone_is_told_to_wait(
+    sale: Sale, settings: Settings, database: Database
+) -> None:
+    """WAITING_ROOM_MAX_POLL_SECONDS bounds every pollAfterSeconds (waiting far back,
+    admitted, the room off), and the pacing holds a client to what it was told."""
+    event = await sale.event(capacity=100)
+    await sale.room(event, suspended=True)  # 2 a minute: the fourth place waits 2 minutes
+    joins = [await sale.join(event, await sale.customer(n)) for n in "abcd"]
+    first, last = joins[0]["ticket"], joins[3]["ticket"]
+    await sale.watch.tick()  # publishes the line: nobody let in
+    await sale.watch.refresh()
+    waiting = (await sale.poll(last)).json()
+    assert (waiting["position"], waiting["pollAfterSeconds"]) == (4, 12)
+    capped = settings.model_copy(
+        update={
+            "waiting_room_refresh_ms": 5000,
+            "waiting_room_tick_ms": 10_000,
+            "waiting_room_clock_skew_ms": 0,
+            "waiting_room_max_poll_seconds": 3,
+        }
+    )
+    app = create_app(capped, database, clock=sale.clock)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            sale.clock.advance(31)
+            waiting = (await http.get(f"/queue/{last}")).json()
+            assert (waiting["status"], waiting["pollAfterSeconds"]) == ("waiting", 3)
+            sale.clock.advance(2)
+            assert_problem(await http.get(f"/queue/{last}"), 429, "poll_too_soon")
+            sale.clock.advance(1)
+            assert (await http.get(f"/queue/{last}")).status_code == 200
+            room_url = f"/events/{event['id']}/waiting-room"
+            await http.put(room_url, json={**ROOM, "suspended": False}, headers=sale.admin)
+            await sale.watch.tick()  # the lease holder lets them in
+            await app.state.room_watch.refresh()
+            admitted = (await http.get(f"/queue/{first}")).json()
+            assert (admitted["status"], admitted["pollAfterSeconds"]) == ("admitted", 3)
+            off = await http.put(room_url, json={**ROOM, "enabled": False}, headers=sale.admin)
+            assert off.status_code == 200, off.text
+            sale.clock.advance(3)
+            free = (await http.get(f"/queue/{last}")).json()
+            assert (free["status"], free["pollAfterSeconds"]) == ("admitted", 3)
+    await sale.watch.refresh()  # the uncapped process: the room is off, the default interval
+    assert (await sale.poll(last)).json()["pollAfterSeconds"] == 30
+
+
 async def test_the_room_is_counted_in_the_metrics(sale: Sale) -> None:
     from tests.api.test_metrics import scrape, value
 

@@ -140,6 +140,28 @@ def test_availability_staleness_within_its_bounds_is_taken(
     assert Settings(_env_file=None).availability_max_staleness_ms == int(value)  # type: ignore[call-arg]
 
 
+@pytest.mark.parametrize(
+    ("value", "wanted"),
+    [("0", "greater than or equal to 1"), ("301", "less than or equal to 300"), ("2.5", "integer")],
+)
+def test_a_longest_poll_interval_outside_its_bounds_is_refused_by_name(
+    monkeypatch: pytest.MonkeyPatch, value: str, wanted: str
+) -> None:
+    monkeypatch.setenv("WAITING_ROOM_MAX_POLL_SECONDS", value)
+    with pytest.raises(ValidationError) as refused:
+        Settings(_env_file=None)  # type: ignore[call-arg]
+    assert "waiting_room_max_poll_seconds" in str(refused.value)
+    assert wanted in str(refused.value)
+
+
+def test_the_longest_poll_interval_is_30_seconds_unless_set(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert Settings(_env_file=None).waiting_room_max_poll_seconds == 30  # type: ignore[call-arg]
+    monkeypatch.setenv("WAITING_ROOM_MAX_POLL_SECONDS", "3")
+    assert Settings(_env_file=None).waiting_room_max_poll_seconds == 3  # type: ignore[call-arg]
+
+
 def test_env_example_documents_every_setting() -> None:
     example = Path(__file__).parents[2] / ".env.example"
     documented = {

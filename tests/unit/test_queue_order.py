@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from fractions import Fraction
 
@@ -262,6 +263,31 @@ def test_poll_after_at_the_front_and_far_back() -> None:
     assert poll_after_seconds(0) == MIN_POLL_SECONDS
     assert poll_after_seconds(45) == 5
     assert poll_after_seconds(3_600) == MAX_POLL_SECONDS
+
+
+@given(st.one_of(st.none(), st.integers(0, 10**7)), st.integers(MIN_POLL_SECONDS, 300))
+def test_poll_after_never_exceeds_the_operators_longest(wait: int | None, longest: int) -> None:
+    told = poll_after_seconds(wait, longest=longest)
+    assert MIN_POLL_SECONDS <= told <= longest
+    assert told == min(poll_after_seconds(wait, longest=300), longest)
+
+
+def test_every_answer_keeps_to_the_snapshots_longest_interval() -> None:
+    """WAITING_ROOM_MAX_POLL_SECONDS, carried by the snapshot: far back, a line that does
+    not move, admitted, expired and sold out are all told at most that."""
+    capped = replace(snapshot(mark=MARK, pace=0.1), max_poll_seconds=4)
+    assert snapshot(mark=MARK, pace=0.1).max_poll_seconds == MAX_POLL_SECONDS
+    answers = [
+        answer_poll(FIFO_BASE + 999, capped, OPENS),
+        answer_poll(FIFO_BASE + 999, replace(capped, admitted_per_second=0.0), OPENS),
+        answer_poll(FIFO_BASE + 5, capped, OPENS),
+        answer_poll(FIFO_BASE + 5, capped, OPENS + SESSION),
+        answer_poll(FIFO_BASE + 999, replace(capped, sold_out=True), OPENS),
+    ]
+    statuses = [answer.status for answer in answers]
+    assert statuses == ["waiting", "waiting", "admitted", "expired", "sold_out"]
+    assert [answer.poll_after_seconds for answer in answers] == [4] * 5
+    assert answer_poll(FIFO_BASE + 100, capped, OPENS).poll_after_seconds == 1  # the front
 
 
 def _every_band(key: int, snapshot: LineSnapshot) -> int:

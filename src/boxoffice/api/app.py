@@ -166,6 +166,7 @@ def create_app(
             refresh_seconds=settings.waiting_room_refresh_ms / 1000,
             tick_seconds=settings.waiting_room_tick_ms / 1000,
             clock_skew_seconds=settings.waiting_room_clock_skew_ms / 1000,
+            max_poll_seconds=settings.waiting_room_max_poll_seconds,
             secret=secret,
             retired_secrets=retired,
         )

@@ -77,7 +77,7 @@ RANDOM_TOP = 2**50
 NOBODY = -1  # the watermark before anyone is admitted
 
 MIN_POLL_SECONDS = 1
-MAX_POLL_SECONDS = 30
+MAX_POLL_SECONDS = 30  # the longest a client is told to wait, unless the operator sets another
 POLLS_BEFORE_ONES_TURN = 10  # a waiting client polls about this often before its turn
 
 Joining = Literal["prequeue", "fifo", "random"]
@@ -174,6 +174,9 @@ class LineSnapshot:
     admitted_per_second: float  # the recent pace; 0 while nobody is let in
     session: timedelta
     sold_out: bool = False
+    # WAITING_ROOM_MAX_POLL_SECONDS: the longest `pollAfterSeconds` any answer gives, so
+    # how late, at worst, a client that polls as told learns its turn or the sell-out.
+    max_poll_seconds: int = MAX_POLL_SECONDS
     # Made once per snapshot for `estimate_position`: each band's low key, and how many
     # wait in the bands before it.
     band_lows: tuple[int, ...] = field(init=False, repr=False, compare=False)
@@ -224,31 +227,32 @@ def _share(band: Band, start: int, key: int) -> float:
     return band.waiting * min(1.0, (key - start) / (band.top - start))
 
 
-def poll_after_seconds(estimated_wait_seconds: int | None) -> int:
+def poll_after_seconds(
+    estimated_wait_seconds: int | None, *, longest: int = MAX_POLL_SECONDS
+) -> int:
     """How long a waiting client should wait before polling again: about a tenth of its
-    wait, so later places poll less often, within [MIN, MAX]; the longest while the
-    line does not move."""
+    wait, so later places poll less often, within [MIN_POLL_SECONDS, `longest`]; the
+    longest while the line does not move."""
     if estimated_wait_seconds is None:
-        return MAX_POLL_SECONDS
+        return longest
     polls = math.ceil(estimated_wait_seconds / POLLS_BEFORE_ONES_TURN)
-    return max(MIN_POLL_SECONDS, min(MAX_POLL_SECONDS, polls))
+    return max(MIN_POLL_SECONDS, min(longest, polls))
 
 
 def answer_poll(key: int, snapshot: LineSnapshot, now: datetime) -> PollAnswer:
     """What a poll with a ticket of order `key` is told at `now`."""
+    longest = snapshot.max_poll_seconds
     if key <= snapshot.watermark.key:
         admitted_at = snapshot.watermark.admitted_at(key)
         if admitted_at is None or now >= admitted_at + snapshot.session:
-            return PollAnswer("expired", MAX_POLL_SECONDS)
-        return PollAnswer(
-            "admitted", MAX_POLL_SECONDS, admitted_until=admitted_at + snapshot.session
-        )
+            return PollAnswer("expired", longest)
+        return PollAnswer("admitted", longest, admitted_until=admitted_at + snapshot.session)
     if snapshot.sold_out:
-        return PollAnswer("sold_out", MAX_POLL_SECONDS)
+        return PollAnswer("sold_out", longest)
     position = estimate_position(key, snapshot)
     wait = (
         math.ceil(position / snapshot.admitted_per_second)
         if snapshot.admitted_per_second > 0
         else None
     )
-    return PollAnswer("waiting", poll_after_seconds(wait), position, wait)
+    return PollAnswer("waiting", poll_after_seconds(wait, longest=longest), position, wait)

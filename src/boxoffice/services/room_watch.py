@@ -30,7 +30,7 @@ import structlog
 from boxoffice.db.database import Database
 from boxoffice.db.errors import DatabaseUnavailable
 from boxoffice.domain.ids import canonical_id
-from boxoffice.domain.queue_order import NOBODY, LineSnapshot, Watermark
+from boxoffice.domain.queue_order import MAX_POLL_SECONDS, NOBODY, LineSnapshot, Watermark
 from boxoffice.domain.queue_tickets import TicketSigner
 from boxoffice.observability.metrics import (
     QUEUE_ADMITTED,
@@ -73,6 +73,7 @@ class RoomWatch:
         refresh_seconds: float,
         tick_seconds: float,
         clock_skew_seconds: float,
+        max_poll_seconds: int = MAX_POLL_SECONDS,
         secret: bytes | None = None,
         retired_secrets: tuple[bytes, ...] = (),
     ) -> None:
@@ -81,6 +82,7 @@ class RoomWatch:
         self._refresh_seconds = refresh_seconds
         self._tick_seconds = tick_seconds
         self._clock_skew = timedelta(seconds=clock_skew_seconds)
+        self.max_poll_seconds = max_poll_seconds
         self._secret = secret
         self._retired = retired_secrets
         self._holder = uuid.uuid4().hex
@@ -187,6 +189,7 @@ class RoomWatch:
             admitted_per_second=pace,
             session=room.settings.session_duration,
             sold_out=published is not None and published.sold_out,
+            max_poll_seconds=self.max_poll_seconds,
         )
         return RoomView(room, snapshot)
 

@@ -41,7 +41,6 @@ from boxoffice.domain.errors import (
 from boxoffice.domain.poll_pacing import PollPacer
 from boxoffice.domain.queue_order import (
     FIFO_BASE,
-    MAX_POLL_SECONDS,
     NOBODY,
     RANDOM_BASE,
     PollAnswer,
@@ -192,7 +191,8 @@ def poll_answer(state: State, ticket: str) -> QueueTicketOut:
     view = watch.view(place.event_id)
     if view is None:
         # The room is off: nobody needs a token to buy; a token is given all the same.
-        answer = PollAnswer("admitted", MAX_POLL_SECONDS, admitted_until=now + timedelta(hours=1))
+        until = now + timedelta(hours=1)
+        answer = PollAnswer("admitted", watch.max_poll_seconds, admitted_until=until)
     else:
         answer = answer_poll(place.order_key, view.snapshot, now)
     pacer.told(ticket, moment, answer.poll_after_seconds)
