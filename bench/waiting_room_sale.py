@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import random
 import struct
 import time
@@ -24,6 +25,8 @@ from datetime import datetime, timedelta
 import httpx
 
 from boxoffice.domain.fairness import Inversion, largest_inversion, position_success_correlation
+
+POOL_SIZE = 20  # connections per HTTP client
 
 
 @dataclass
@@ -37,6 +40,7 @@ class Customer:
     waiting_seen_at: list[float] = field(default_factory=list)  # monotonic times of "waiting"
     sold_out_seen_at: float | None = None
     polls: int = 0
+    longest_told: int = 0  # the longest pollAfterSeconds it was told while waiting
 
 
 @dataclass
@@ -98,14 +102,24 @@ async def run_sale(
     # Idle connections are dropped before the server's keep-alive timeout (5 s) closes them,
     # so a request never goes out on a connection the server is closing.
     limits = httpx.Limits(
-        max_connections=connections, max_keepalive_connections=connections, keepalive_expiry=2
+        max_connections=POOL_SIZE, max_keepalive_connections=POOL_SIZE, keepalive_expiry=2
     )
-    async with httpx.AsyncClient(limits=limits, timeout=60) as client:
-        # Never more requests at once than connections: httpx's pool, oversubscribed by
-        # thousands of waiting requests, stalled until they timed out (httpcore 1.0.9).
-        slots = asyncio.Semaphore(connections)
+    async with contextlib.AsyncExitStack() as stack:
+        # Several small pools, not one of `connections`: httpcore's pool scans every
+        # connection for every queued request, so one pool of 200 spent most of this
+        # client's CPU (as much as the server's) finding a free connection.
+        pools = [
+            (
+                await stack.enter_async_context(httpx.AsyncClient(limits=limits, timeout=60)),
+                # Never more requests at once than connections: httpx's pool, oversubscribed by
+                # thousands of waiting requests, stalled until they timed out (httpcore 1.0.9).
+                asyncio.Semaphore(POOL_SIZE),
+            )
+            for _ in range(max(1, connections // POOL_SIZE))
+        ]
 
-        async def request(method: str, url: str, **kwargs: object) -> httpx.Response:
+        async def request(index: int, method: str, url: str, **kwargs: object) -> httpx.Response:
+            client, slots = pools[index % len(pools)]
             async with slots:
                 response = await client.request(method, url, **kwargs)  # type: ignore[arg-type]
             statuses[response.status_code] += 1
@@ -114,7 +128,7 @@ async def run_sale(
         async def shop(index: int, customer: Customer) -> None:
             base = urls[index % len(urls)]
             joined = await request(
-                "POST", f"{base}/events/{event_id}/queue", json={"customerId": customer.name}
+                index, "POST", f"{base}/events/{event_id}/queue", json={"customerId": customer.name}
             )
             assert joined.status_code == 201, joined.text
             answer = joined.json()
@@ -125,7 +139,7 @@ async def run_sale(
                 if status == "admitted":
                     until = datetime.fromisoformat(answer["admittedUntil"])
                     customer.admitted_at = until - timedelta(seconds=session_seconds)
-                    await buy(base, customer, answer["admissionToken"])
+                    await buy(index, base, customer, answer["admissionToken"])
                     return
                 if status in ("sold_out", "expired"):
                     customer.final = status
@@ -133,16 +147,18 @@ async def run_sale(
                         customer.sold_out_seen_at = time.monotonic()
                     return
                 customer.waiting_seen_at.append(time.monotonic())
+                customer.longest_told = max(customer.longest_told, answer["pollAfterSeconds"])
                 await asyncio.sleep(answer["pollAfterSeconds"])
-                polled = await request("GET", f"{base}/queue/{ticket}")
+                polled = await request(index, "GET", f"{base}/queue/{ticket}")
                 customer.polls += 1
                 assert polled.status_code == 200, polled.text
                 answer = polled.json()
 
-        async def buy(base: str, customer: Customer, token: str) -> None:
+        async def buy(index: int, base: str, customer: Customer, token: str) -> None:
             qty = customer.wants
             while qty > 0:
                 booked = await request(
+                    index,
                     "POST",
                     f"{base}/book",
                     json={
