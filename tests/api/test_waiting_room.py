@@ -275,6 +275,24 @@ async def test_the_stock_holds_admissions_and_sold_out_tells_everyone(sale: Sale
     assert (await sale.poll(tickets["c"])).json()["status"] == "sold_out"
 
 
+async def test_a_shopper_who_never_buys_holds_the_stock_until_the_session_lapses(
+    sale: Sale,
+) -> None:
+    event = await sale.event(capacity=3, maxPerCustomer=3)
+    await sale.room(event, newUsersPerMinute=100, totalActiveUsers=100)
+    idle, next_one = await sale.customer("idle"), await sale.customer("next")
+    tickets = [(await sale.join(event, who))["ticket"] for who in (idle, next_one)]
+    await sale.watch.tick()
+    assert [(await sale.poll(t)).json()["status"] for t in tickets] == ["admitted", "waiting"]
+    # The two polls moved the clock 62 s; 10 s before idle's session (600 s) is over:
+    sale.clock.advance(ROOM["sessionDurationSeconds"] - 62 - 10)
+    await sale.watch.tick()
+    assert (await sale.poll(tickets[1])).json()["status"] == "waiting"  # idle's seats kept
+    await sale.watch.tick()  # 21 s after idle's session ended
+
+    assert [(await sale.poll(t)).json()["status"] for t in tickets] == ["expired", "admitted"]
+
+
 async def test_the_pre_queue_waits_for_the_opening(sale: Sale) -> None:
     event = await sale.event()
     opens = sale.clock.now + timedelta(minutes=10)
