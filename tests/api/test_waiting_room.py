@@ -686,3 +686,36 @@ async def test_a_shopper_refused_for_want_of_seats_no_longer_holds_up_the_line(
     assert_problem(await sale.book(event, keys["b"], token, qty=3), 400, "insufficient_seats")
     await sale.watch.tick()
     assert (await sale.poll(tickets["c"])).json()["status"] == "admitted"
+
+
+async def test_a_join_whose_client_left_mid_body_is_the_routes_to_answer(sale: Sale) -> None:
+    """The fast path answers nothing itself for a client gone before its body: the route
+    gets the disconnect, replayed, and answers it as it always did (not a silent 500)."""
+    event = await sale.event()
+    await sale.room(event)
+    token = (await sale.customer("alice"))["Authorization"].removeprefix("Bearer ")
+    principal = await sale.app.state.keys.principal(token, sale.clock())
+    got: list[str] = []
+
+    async def route(scope: Any, receive: Any, send: Any) -> None:
+        got.append((await receive())["type"])
+
+    async def gone() -> dict[str, Any]:
+        return {"type": "http.disconnect"}
+
+    sent: list[Any] = []
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": f"/events/{event['id']}/queue",
+        "headers": [(b"content-type", b"application/json")],
+        "app": sale.app,
+        PRINCIPAL: principal,
+    }
+    await JoinFastPath(route)(scope, gone, send)
+    assert got == ["http.disconnect"]
+    assert sent == []

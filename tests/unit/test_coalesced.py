@@ -92,3 +92,42 @@ async def test_after_forget_a_read_does_not_join_one_begun_before() -> None:
     lookup.release.set()
     assert await asyncio.gather(before, after) == [10, 10]
     assert lookup.batches == [[5], [5]]
+
+
+async def test_a_read_queued_when_forget_comes_is_still_answered() -> None:
+    """forget() while a key waits for the next query, then the key asked for again: both
+    readers get the value (the first one's future was once left unanswered for ever)."""
+    lookup = Lookup()
+    lookup.release = asyncio.Event()
+    reads = Coalesced(lookup)
+    under_way = asyncio.ensure_future(reads.get(1))
+    await asyncio.sleep(0.01)  # [1] is being read; 2 queues for the next query
+    queued = asyncio.ensure_future(reads.get(2))
+    await asyncio.sleep(0)
+    reads.forget()
+    again = asyncio.ensure_future(reads.get(2))
+    await asyncio.sleep(0)
+    lookup.release.set()
+    assert await asyncio.wait_for(asyncio.gather(under_way, queued, again), 1) == [2, 4, 4]
+
+
+async def test_a_lookup_that_answers_the_wrong_number_of_values_fails_its_readers() -> None:
+    async def short(keys: Sequence[int]) -> list[int]:
+        return []
+
+    reads = Coalesced(short)
+    with pytest.raises(RuntimeError):
+        await asyncio.wait_for(reads.get(1), 1)
+
+
+async def test_without_joining_in_flight_a_read_sees_what_came_after_the_one_under_way() -> None:
+    lookup = Lookup()
+    lookup.release = asyncio.Event()
+    reads = Coalesced(lookup, join_in_flight=False)
+    first = asyncio.ensure_future(reads.get(3))
+    await asyncio.sleep(0.01)
+    second = [asyncio.ensure_future(reads.get(3)) for _ in range(2)]
+    await asyncio.sleep(0.01)
+    lookup.release.set()
+    assert await asyncio.gather(first, *second) == [6, 6, 6]
+    assert lookup.batches == [[3], [3]]  # the later two: one new query, together

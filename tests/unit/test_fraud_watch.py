@@ -104,3 +104,10 @@ def test_the_customers_of_one_address_stay_bounded() -> None:
     for n in range(10_000):
         watch.purchase(n / 100, AT, Caller(None, f"c{n}", "192.0.2.1"), "e1", 1, 10)
     assert len(watch.customers["192.0.2.1"]) == 1000
+
+
+def test_a_watch_that_remembers_nobody_still_watches() -> None:
+    watch = Watch(FraudRules(customers_per_address=2), max_subjects=0)
+    for n in range(3):
+        watch.purchase(n, AT, Caller(None, f"c{n}", "192.0.2.1"), "e1", 1, 10)
+    assert watch.customers["192.0.2.1"] == {}

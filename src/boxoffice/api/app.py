@@ -146,8 +146,10 @@ def create_app(
         app.state.keys = KeyRing(db, cache_seconds=settings.key_cache_seconds)
         # Hold caps read each customer's holds before its hold is queued: the reads of a
         # burst in one query (an on-sale's holds drained the pool one transaction each).
+        # A read joins no query already under way: it must see the customer's last hold.
         app.state.hold_records = Coalesced(
-            lambda customers: hold_service.hold_records(db, customers, clock())
+            lambda customers: hold_service.hold_records(db, customers, clock()),
+            join_in_flight=False,
         )
         flags = FlagDesk(db, settings.fraud_rules) if settings.fraud_flags_enabled else None
         app.state.flags = flags

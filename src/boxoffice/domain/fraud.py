@@ -126,8 +126,9 @@ class Watch:
             # Oldest first: only those gone quiet are looked at. (Going through them all, on
             # every purchase, cost a shop's backend, whose customers all share its address,
             # a sixth of a worker's time in `make onsale`.)
-            while len(seen) > self.max_subjects or (
-                now - next(iter(seen.values())) > self.rules.window_seconds
+            while seen and (
+                len(seen) > self.max_subjects
+                or now - next(iter(seen.values())) > self.rules.window_seconds
             ):
                 seen.popitem(last=False)
             if len(seen) >= limit and self._first("shared_address", who.address, None, now):

@@ -7,6 +7,11 @@ work (`make onsale`, docs/performance.md). Instead, the keys asked for queue
 here while the previous query runs, and the next query takes them all (up to
 `max_batch`); the same key asked twice at once is read once. A read waits at
 most one query longer than it would alone.
+
+`join_in_flight` says whether a key asked for while a query is already reading
+it takes that query's answer. For a cache refreshing a verdict (`KeyRing`),
+yes. For a read that must see every write committed before it was asked
+(a customer's holds, for its caps), no: it waits for the next query.
 """
 
 from __future__ import annotations
@@ -25,17 +30,22 @@ class Coalesced(Generic[K, V]):
     """`get(key)` through `lookup(keys) -> values` (in the keys' order), in batches."""
 
     def __init__(
-        self, lookup: Callable[[Sequence[K]], Awaitable[Sequence[V]]], *, max_batch: int = 500
+        self,
+        lookup: Callable[[Sequence[K]], Awaitable[Sequence[V]]],
+        *,
+        max_batch: int = 500,
+        join_in_flight: bool = True,
     ) -> None:
         self._lookup = lookup
         self._max_batch = max_batch
+        self._join_in_flight = join_in_flight
         self._pending: dict[K, asyncio.Future[V]] = {}  # queued or being read
         self._queued: dict[K, asyncio.Future[V]] = {}  # for the next query
         self._querying: asyncio.Task[None] | None = None
 
     async def get(self, key: K) -> V:
         """The value of `key`, read by the next query (or the one already reading it)."""
-        pending = self._pending.get(key)
+        pending = (self._pending if self._join_in_flight else self._queued).get(key)
         if pending is None:
             pending = asyncio.get_running_loop().create_future()
             self._pending[key] = self._queued[key] = pending
@@ -46,8 +56,9 @@ class Coalesced(Generic[K, V]):
         return await asyncio.shield(pending)
 
     def forget(self) -> None:
-        """Reads asked for from now on are made anew: none joins one begun before."""
-        self._pending.clear()
+        """Reads asked for from now on are made anew: none joins one begun before. (Those
+        still queued begin after this anyway, and their waiters must keep them.)"""
+        self._pending = {key: self._queued[key] for key in self._pending if key in self._queued}
 
     def _drop(self, key: K, done: asyncio.Future[V]) -> None:
         if self._pending.get(key) is done:
@@ -62,6 +73,8 @@ class Coalesced(Generic[K, V]):
                 batch = {key: self._queued.pop(key) for key in keys}
                 try:
                     values = await self._lookup(keys)
+                    if len(values) != len(keys):
+                        raise RuntimeError(f"{len(keys)} keys looked up, {len(values)} values")
                 except BaseException as exc:  # each waiter gets it (a 503, for one)
                     for waiter in batch.values():
                         if not waiter.done():
@@ -69,7 +82,7 @@ class Coalesced(Generic[K, V]):
                     if not isinstance(exc, Exception):
                         raise  # cancelled: the server is stopping
                     continue
-                for waiter, value in zip(batch.values(), values, strict=True):
+                for waiter, value in zip(batch.values(), values, strict=True):  # checked
                     if not waiter.done():
                         waiter.set_result(value)
         finally:

@@ -288,10 +288,8 @@ class JoinFastPath:
         replay = _replaying(messages, receive)
         try:
             body = await _whole_body(receive, messages)
-            if body is None:  # the client left
-                return
-            read, named = _named_customer(scope, body)
-            if not read:
+            read, named = (False, None) if body is None else _named_customer(scope, body)
+            if not read:  # the client left mid-body, or a body to judge: the route's answer
                 await self.app(scope, replay, send)
                 return
             answer = await join_line(scope["app"].state, scope.get(PRINCIPAL), matched[1], named)

@@ -14,14 +14,21 @@ down_revision: str | None = "0007_waiting_room"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
+INDEX = "ix_audit_records_event_id_customer_id"
+COLUMNS = ["event_id", "customer_id"]
+
 
 def upgrade() -> None:
     # The admission loop counts the shoppers who have not tried to buy yet
     # (services/waiting_room.py): one lookup per admitted customer, every tick.
-    op.create_index(
-        "ix_audit_records_event_id_customer_id", "audit_records", ["event_id", "customer_id"]
-    )
+    # Every booking and refusal writes to this table: on PostgreSQL the index is built
+    # without blocking those writes (CONCURRENTLY, which runs outside a transaction).
+    if op.get_bind().dialect.name == "postgresql":
+        with op.get_context().autocommit_block():
+            op.create_index(INDEX, "audit_records", COLUMNS, postgresql_concurrently=True)
+    else:
+        op.create_index(INDEX, "audit_records", COLUMNS)
 
 
 def downgrade() -> None:
-    op.drop_index("ix_audit_records_event_id_customer_id", table_name="audit_records")
+    op.drop_index(INDEX, table_name="audit_records")
