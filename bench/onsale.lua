@@ -24,7 +24,8 @@
 -- after T0> <api key>"; thread t plays the lines with index % THREADS == t. Output, per
 -- thread, OUT_PREFIX<t>.log: "R <ms since T0> <class> <status> <latency ms> <customer>" per
 -- answer, "C <customer> <kind> <final> <bought> <joined ms> <admitted ms> <bought ms>
--- <polls> <admittedUntil> <ticket>" per customer once it is done, "B <ticket>" per join of the "joins" bot
+-- <polls> <admittedUntil> <ticket>" per customer once it is done, "J <customer> <ticket>" per
+-- customer when its join is answered, "B <ticket>" per join of the "joins" bot
 -- answered 201, and "DONE" when every one of the
 -- slice is; the Python side stops wrk once every thread has written it.
 local ffi = require("ffi")
@@ -340,6 +341,8 @@ function response(status, headers, body)
     joined_at[who] = now
     ticket[who] = body:match('"ticket":"([^"]+)"')
     if kind[who] == "joins" then out:write("B " .. ticket[who] .. "\n") end
+    -- Its place in line, now: a customer still waiting when the run stops writes no "C".
+    out:write("J " .. who .. " " .. ticket[who] .. "\n")
     return follow(who, now, body)
   elseif s == "forge" then
     -- Refused, as it should be (anything else is counted as a failed check): on with the

@@ -460,6 +460,11 @@ def _read_logs(
                         customer.admitted_until = datetime.fromisoformat(parts[9])
                     if parts[10] != "-":
                         customer.order_key = order_key_of(parts[10])
+                elif line.startswith("J "):
+                    # Every customer's place, those still waiting at the end included:
+                    # without them the fairness figures were of the finished only.
+                    _, who, ticket = line.split()
+                    customers[int(who)].order_key = order_key_of(ticket)
                 elif line.startswith("L "):
                     outcome.lost += 1
                 elif line.startswith("E "):
