@@ -288,6 +288,14 @@ class Settings(BaseSettings):
         description="The most the servers' clocks may disagree: admissions start this long "
         "after opensAt, so no pre-queue joiner on a slow clock lands behind the opening.",
     )
+    waiting_room_shopper_grace_seconds: int = Field(
+        120,
+        ge=0,
+        le=86_400,
+        description="How long an admitted customer who has not tried to buy yet still counts "
+        "as likely to take seats, when admissions follow the stock (0: its whole session). "
+        "One who never tries keeps the last seats from the line this long, not a session.",
+    )
     waiting_room_max_poll_seconds: int = Field(
         MAX_POLL_SECONDS,
         ge=MIN_POLL_SECONDS,

@@ -275,22 +275,44 @@ async def test_the_stock_holds_admissions_and_sold_out_tells_everyone(sale: Sale
     assert (await sale.poll(tickets["c"])).json()["status"] == "sold_out"
 
 
-async def test_a_shopper_who_never_buys_holds_the_stock_until_the_session_lapses(
-    sale: Sale,
+@pytest.mark.parametrize(("grace", "held_for"), [(120, 120), (0, 600)])
+async def test_a_shopper_who_never_tries_holds_the_stock_for_the_grace_only(
+    settings: Settings, database: Database, grace: int, held_for: int
 ) -> None:
-    event = await sale.event(capacity=3, maxPerCustomer=3)
-    await sale.room(event, newUsersPerMinute=100, totalActiveUsers=100)
-    idle, next_one = await sale.customer("idle"), await sale.customer("next")
-    tickets = [(await sale.join(event, who))["ticket"] for who in (idle, next_one)]
-    await sale.watch.tick()
-    assert [(await sale.poll(t)).json()["status"] for t in tickets] == ["admitted", "waiting"]
-    # The two polls moved the clock 62 s; 10 s before idle's session (600 s) is over:
-    sale.clock.advance(ROOM["sessionDurationSeconds"] - 62 - 10)
-    await sale.watch.tick()
-    assert (await sale.poll(tickets[1])).json()["status"] == "waiting"  # idle's seats kept
-    await sale.watch.tick()  # 21 s after idle's session ended
-
-    assert [(await sale.poll(t)).json()["status"] for t in tickets] == ["expired", "admitted"]
+    """Admitted and never trying to buy, a shopper keeps the last seats from the line for
+    WAITING_ROOM_SHOPPER_GRACE_SECONDS (0: for its whole session, 600 s here); then the
+    next one is let in, and the idle one keeps its token until its session ends."""
+    clock = FakeClock()
+    quiet = settings.model_copy(
+        update={
+            "hold_sweep_interval_seconds": 0,
+            "metrics_sample_seconds": 0,
+            "waiting_room_refresh_ms": 5000,
+            "waiting_room_tick_ms": 10_000,
+            "waiting_room_clock_skew_ms": 0,
+            "waiting_room_shopper_grace_seconds": grace,
+            "rate_limits_enabled": False,
+        }
+    )
+    app = create_app(quiet, database, clock=clock)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            sale = Sale(http, app, clock, database, await bearer(database))
+            event = await sale.event(capacity=3, maxPerCustomer=3)
+            await sale.room(event, newUsersPerMinute=100, totalActiveUsers=100)
+            idle, next_one = await sale.customer("idle"), await sale.customer("next")
+            tickets = [(await sale.join(event, who))["ticket"] for who in (idle, next_one)]
+            await sale.watch.tick()
+            states = [(await sale.poll(t)).json()["status"] for t in tickets]
+            assert states == ["admitted", "waiting"]
+            # The two polls moved the clock 62 s; 10 s before the seats are let go:
+            sale.clock.advance(held_for - 62 - 10)
+            await sale.watch.tick()
+            assert (await sale.poll(tickets[1])).json()["status"] == "waiting"  # idle's seats
+            await sale.watch.tick()  # 21 s after
+            states = [(await sale.poll(t)).json()["status"] for t in tickets]
+            assert states == ["admitted" if grace else "expired", "admitted"]
 
 
 async def test_the_pre_queue_waits_for_the_opening(sale: Sale) -> None:

@@ -168,6 +168,18 @@ def test_the_last_shopper_let_in_may_find_fewer_than_the_average() -> None:
     assert decided.count == 1
 
 
+def test_only_shoppers_still_likely_to_buy_hold_the_stock_back() -> None:
+    """Those let in longer ago than the shopper grace without trying count against the
+    active users, not against the stock."""
+    stats = PurchaseStats(purchases=1_000, tickets=2_000, prior=2)
+    idle = figures(shopping=50, likely_buyers=0, seats_left=100, stats=stats)
+    assert admissions(settings(), idle, NOW).count == 50
+    crowded = settings(new_users_per_minute=60, total_active_users=60)
+    assert admissions(crowded, idle, NOW).count == 10  # still inside, as active users
+    some = figures(shopping=50, likely_buyers=45, seats_left=100, stats=stats)
+    assert admissions(settings(), some, NOW).count == 5
+
+
 def test_the_prior_paces_the_stock_before_any_purchase() -> None:
     decided = admissions(settings(), figures(seats_left=20, waiting=1_000), NOW)
     assert (decided.count, decided.limited_by) == (5, "stock")  # 20 seats / 4 each

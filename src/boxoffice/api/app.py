@@ -169,6 +169,7 @@ def create_app(
             tick_seconds=settings.waiting_room_tick_ms / 1000,
             clock_skew_seconds=settings.waiting_room_clock_skew_ms / 1000,
             max_poll_seconds=settings.waiting_room_max_poll_seconds,
+            shopper_grace_seconds=settings.waiting_room_shopper_grace_seconds,
             secret=secret,
             retired_secrets=retired,
         )

@@ -190,12 +190,15 @@ class PurchaseStats:
 class RoomFigures:
     """The room's live figures, as the storage counts them at `now`."""
 
-    shopping: int  # admitted, within their session, not bought yet
+    shopping: int  # admitted, within their session, not tried to buy yet
     admitted_last_minute: int
     seats_left: int  # free to hold or book: neither held nor sold
     waiting: int
     seats_held: int = 0  # in active holds: they come back if the holds lapse
     stats: PurchaseStats = PurchaseStats()
+    # Of those shopping, the ones still likely to take seats (let in within the shopper
+    # grace); None: all of them.
+    likely_buyers: int | None = None
 
 
 RoomState = Literal["off", "closed", "prequeue", "suspended", "rejecting", "open", "sold_out"]
@@ -241,7 +244,8 @@ def stock_room(figures: RoomFigures) -> int:
     """Shoppers the seats left can still serve, beyond those inside: the last one let in
     may find fewer than the average, never nothing."""
     average = figures.stats.average_quantity()
-    free = figures.seats_left - figures.shopping * average
+    buyers = figures.shopping if figures.likely_buyers is None else figures.likely_buyers
+    free = figures.seats_left - buyers * average
     if free <= 0:
         return 0
     return math.ceil(free / average)

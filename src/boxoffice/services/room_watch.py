@@ -74,6 +74,7 @@ class RoomWatch:
         tick_seconds: float,
         clock_skew_seconds: float,
         max_poll_seconds: int = MAX_POLL_SECONDS,
+        shopper_grace_seconds: float = 0,
         secret: bytes | None = None,
         retired_secrets: tuple[bytes, ...] = (),
     ) -> None:
@@ -83,6 +84,10 @@ class RoomWatch:
         self._tick_seconds = tick_seconds
         self._clock_skew = timedelta(seconds=clock_skew_seconds)
         self.max_poll_seconds = max_poll_seconds
+        # 0: a shopper who has not tried counts for its whole session.
+        self._shopper_grace = (
+            timedelta(seconds=shopper_grace_seconds) if shopper_grace_seconds > 0 else None
+        )
         self._secret = secret
         self._retired = retired_secrets
         self._holder = uuid.uuid4().hex
@@ -203,6 +208,7 @@ class RoomWatch:
                 now=self._clock(),
                 lease=timedelta(seconds=max(1.0, self._tick_seconds * LEASE_TICKS)),
                 clock_skew=self._clock_skew,
+                shopper_grace=self._shopper_grace,
             )
             if room is None:
                 continue

@@ -297,6 +297,7 @@ async def admit(
     now: datetime,
     lease: timedelta,
     clock_skew: timedelta,
+    shopper_grace: timedelta | None = None,
 ) -> Room | None:
     """One tick of the admission loop: if this process holds (or takes) the room's lease,
     let in as many as `admissions()` allows and publish the figures. None: another
@@ -330,7 +331,7 @@ async def admit(
         ).one()
         room = _room(row)
         published, watermark, admitted = await uow.conn.run_sync(
-            _tick, ident, room, row.max_per_customer, now, clock_skew
+            _tick, ident, room, row.max_per_customer, now, clock_skew, shopper_grace
         )
     async with UnitOfWork(database, write=True) as uow:
         moved = await uow.conn.execute(
@@ -370,6 +371,7 @@ def _tick(
     max_per_customer: int | None,
     now: datetime,
     clock_skew: timedelta,
+    shopper_grace: timedelta | None = None,
 ) -> tuple[Published, int, int]:
     """Measure and decide: the figures to publish, where the watermark goes, and how many
     that lets in (run on the connection's own side, sync, in one snapshot)."""
@@ -384,11 +386,15 @@ def _tick(
     in_window = and_(steps.event_id == ident, steps.at > now - RATE_WINDOW)
     admitted_last_minute = scalar(select(func.sum(steps.admitted)).where(in_window))
     first_in_window = conn.execute(select(func.min(steps.at)).where(in_window)).scalar()
-    session_start = conn.execute(
-        select(func.max(steps.order_key)).where(
-            steps.event_id == ident, steps.at <= now - settings.session_duration
-        )
-    ).scalar()
+
+    def admitted_before(moment: datetime) -> int:
+        """The highest key let in at or before `moment` (NOBODY: none)."""
+        found = conn.execute(
+            select(func.max(steps.order_key)).where(steps.event_id == ident, steps.at <= moment)
+        ).scalar()
+        return NOBODY if found is None else int(found)
+
+    session_start = admitted_before(now - settings.session_duration)
     # A shopper is likely to take seats until it has tried: a hold or a booking, or a
     # refusal (sold out in its sections, over its limit). Counting those refused until
     # their sessions ended kept the last seats from anyone else for a whole session.
@@ -396,14 +402,14 @@ def _tick(
         audit_records.c.event_id == places.event_id,
         audit_records.c.customer_id == places.customer_id,
     )
-    shopping = scalar(
-        select(func.count()).where(
-            places.event_id == ident,
-            places.order_key > (NOBODY if session_start is None else session_start),
-            places.order_key <= watermark,
-            ~tried,
-        )
-    )
+    untried = and_(places.event_id == ident, places.order_key <= watermark, ~tried)
+    shopping = scalar(select(func.count()).where(untried, places.order_key > session_start))
+    # Likely to take seats: those of them let in within the grace. One who has not tried
+    # by then (a bot, a closed tab) keeps its token, but no longer holds the stock back.
+    likely = shopping
+    if shopper_grace is not None and shopper_grace < settings.session_duration:
+        grace_start = max(session_start, admitted_before(now - shopper_grace))
+        likely = scalar(select(func.count()).where(untried, places.order_key > grace_start))
     waiting = scalar(
         select(func.count()).where(places.event_id == ident, places.order_key > watermark)
     )
@@ -429,6 +435,7 @@ def _tick(
         waiting=waiting,
         seats_held=int(seats_row[1]),
         stats=stats,
+        likely_buyers=likely,
     )
     # The line opens at opensAt as the slowest clock among the servers sees it: a pre-queue
     # joiner on a clock that runs late still draws a key before anyone is let in.
