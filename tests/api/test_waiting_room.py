@@ -7,6 +7,7 @@ taken by the test (`watch.tick()`), so each step is seen exactly.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 from collections.abc import AsyncIterator
@@ -84,8 +85,10 @@ class Sale:
         return await self.http.post("/book", json=body, headers=headers)
 
 
-@pytest.fixture
-async def sale(settings: Settings, database: Database) -> AsyncIterator[Sale]:
+@contextlib.asynccontextmanager
+async def open_sale(settings: Settings, database: Database, **changes: Any) -> AsyncIterator[Sale]:
+    """An app on `database` whose clock and loops the test drives, with `changes` to its
+    settings."""
     clock = FakeClock()
     quiet = settings.model_copy(
         update={
@@ -96,6 +99,7 @@ async def sale(settings: Settings, database: Database) -> AsyncIterator[Sale]:
             "waiting_room_tick_ms": 10_000,
             "waiting_room_clock_skew_ms": 0,
             "rate_limits_enabled": False,
+            **changes,
         }
     )
     app = create_app(quiet, database, clock=clock)
@@ -103,6 +107,12 @@ async def sale(settings: Settings, database: Database) -> AsyncIterator[Sale]:
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
             yield Sale(http, app, clock, database, await bearer(database))
+
+
+@pytest.fixture
+async def sale(settings: Settings, database: Database) -> AsyncIterator[Sale]:
+    async with open_sale(settings, database) as opened:
+        yield opened
 
 
 async def test_an_organizer_sets_up_reads_and_changes_a_room(sale: Sale) -> None:
@@ -282,37 +292,21 @@ async def test_a_shopper_who_never_tries_holds_the_stock_for_the_grace_only(
     """Admitted and never trying to buy, a shopper keeps the last seats from the line for
     WAITING_ROOM_SHOPPER_GRACE_SECONDS (0: for its whole session, 600 s here); then the
     next one is let in, and the idle one keeps its token until its session ends."""
-    clock = FakeClock()
-    quiet = settings.model_copy(
-        update={
-            "hold_sweep_interval_seconds": 0,
-            "metrics_sample_seconds": 0,
-            "waiting_room_refresh_ms": 5000,
-            "waiting_room_tick_ms": 10_000,
-            "waiting_room_clock_skew_ms": 0,
-            "waiting_room_shopper_grace_seconds": grace,
-            "rate_limits_enabled": False,
-        }
-    )
-    app = create_app(quiet, database, clock=clock)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
-            sale = Sale(http, app, clock, database, await bearer(database))
-            event = await sale.event(capacity=3, maxPerCustomer=3)
-            await sale.room(event, newUsersPerMinute=100, totalActiveUsers=100)
-            idle, next_one = await sale.customer("idle"), await sale.customer("next")
-            tickets = [(await sale.join(event, who))["ticket"] for who in (idle, next_one)]
-            await sale.watch.tick()
-            states = [(await sale.poll(t)).json()["status"] for t in tickets]
-            assert states == ["admitted", "waiting"]
-            # The two polls moved the clock 62 s; 10 s before the seats are let go:
-            sale.clock.advance(held_for - 62 - 10)
-            await sale.watch.tick()
-            assert (await sale.poll(tickets[1])).json()["status"] == "waiting"  # idle's seats
-            await sale.watch.tick()  # 21 s after
-            states = [(await sale.poll(t)).json()["status"] for t in tickets]
-            assert states == ["admitted" if grace else "expired", "admitted"]
+    async with open_sale(settings, database, waiting_room_shopper_grace_seconds=grace) as sale:
+        event = await sale.event(capacity=3, maxPerCustomer=3)
+        await sale.room(event, newUsersPerMinute=100, totalActiveUsers=100)
+        idle, next_one = await sale.customer("idle"), await sale.customer("next")
+        tickets = [(await sale.join(event, who))["ticket"] for who in (idle, next_one)]
+        await sale.watch.tick()
+        states = [(await sale.poll(t)).json()["status"] for t in tickets]
+        assert states == ["admitted", "waiting"]
+        # The two polls moved the clock 62 s; 10 s before the seats are let go:
+        sale.clock.advance(held_for - 62 - 10)
+        await sale.watch.tick()
+        assert (await sale.poll(tickets[1])).json()["status"] == "waiting"  # idle's seats
+        await sale.watch.tick()  # 21 s after
+        states = [(await sale.poll(t)).json()["status"] for t in tickets]
+        assert states == ["admitted" if grace else "expired", "admitted"]
 
 
 async def test_the_pre_queue_waits_for_the_opening(sale: Sale) -> None:
