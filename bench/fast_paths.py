@@ -31,7 +31,8 @@ from typing import Any
 from fastapi import FastAPI
 
 from boxoffice.api.app import create_app
-from boxoffice.api.routes.waiting_room import JoinFastPath, PollFastPath
+from boxoffice.api.fast_routes import FastRoutes
+from boxoffice.api.routes.waiting_room import PollFastPath
 from boxoffice.config import Settings
 from boxoffice.db.database import Database
 from boxoffice.db.migrate import upgrade
@@ -95,7 +96,7 @@ async def measure(url: str, customers: int, rounds: int) -> dict[str, dict[str, 
     keys = iter(await create_customer_keys(database, names, datetime.now(UTC)))
     fast = create_app(settings, database, clock=clock)
     slow = create_app(settings, database, clock=clock)
-    taken_out = (JoinFastPath, PollFastPath)
+    taken_out = (FastRoutes, PollFastPath)
     slow.user_middleware = [m for m in slow.user_middleware if m.cls not in taken_out]
     cost: dict[str, dict[str, list[float]]] = {
         what: {"fast path": [], "through the stack": []} for what in ("join", "poll")

@@ -67,9 +67,13 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(params=DATABASES)
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A freshly migrated, empty database of each kind."""
-    if request.param == "sqlite":
+    return fresh_database_url(request, request.param, tmp_path / "boxoffice.db")
+
+
+def fresh_database_url(request: pytest.FixtureRequest, kind: str, path: Path) -> str:
+    """Another freshly migrated, empty database of `kind` (SQLite at `path`)."""
+    if kind == "sqlite":
         template: Path = request.getfixturevalue("sqlite_template")
-        path = tmp_path / "boxoffice.db"
         shutil.copy(template, path)
         return f"sqlite:///{path}"
     postgres: ThrowawayPostgres = request.getfixturevalue("postgres")

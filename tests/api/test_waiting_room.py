@@ -21,7 +21,8 @@ from fastapi import FastAPI
 
 from boxoffice.api.access import PRINCIPAL
 from boxoffice.api.app import create_app
-from boxoffice.api.routes.waiting_room import JoinFastPath, PollFastPath
+from boxoffice.api.fast_routes import FastRoutes
+from boxoffice.api.routes.waiting_room import FAST_JOIN, PollFastPath
 from boxoffice.config import Settings
 from boxoffice.db.database import Database
 from boxoffice.services.clock import FakeClock
@@ -553,7 +554,7 @@ async def _no_body() -> dict[str, Any]:
 async def test_a_join_is_answered_below_fastapi_exactly_as_the_route_answers_it(
     sale: Sale, settings: Settings, database: Database
 ) -> None:
-    """POST /events/{id}/queue is answered by `JoinFastPath`: the very status, body and
+    """POST /events/{id}/queue is answered by `FastRoutes`: the very status, body and
     Location the route gives, for a join and for every refusal, beside an app without it;
     and in front of an app that must not be reached, a join never reaches it, while a
     body the fast path cannot read with certainty goes on to the route, replayed whole."""
@@ -571,7 +572,7 @@ async def test_a_join_is_answered_below_fastapi_exactly_as_the_route_answers_it(
     )
     routed_app = create_app(quiet, database, clock=sale.clock)
     routed_app.user_middleware = [
-        layer for layer in routed_app.user_middleware if layer.cls is not JoinFastPath
+        layer for layer in routed_app.user_middleware if layer.cls is not FastRoutes
     ]
     json_body = {"Content-Type": "application/json"}
     cases: list[tuple[str, dict[str, str], bytes, int]] = [
@@ -601,7 +602,7 @@ async def test_a_join_is_answered_below_fastapi_exactly_as_the_route_answers_it(
                 assert fast.headers.get("location") == slow.headers.get("location")
                 assert "x-request-id" in fast.headers
 
-    assert any(layer.cls is JoinFastPath for layer in sale.app.user_middleware)
+    assert any(layer.cls is FastRoutes for layer in sale.app.user_middleware)
     token = alice["Authorization"].removeprefix("Bearer ")
     principal = await sale.app.state.keys.principal(token, sale.clock())
     reached: list[bytes] = []
@@ -627,7 +628,7 @@ async def test_a_join_is_answered_below_fastapi_exactly_as_the_route_answers_it(
         async def receive() -> dict[str, Any]:
             return {"type": "http.request", "body": body, "more_body": False}
 
-        await JoinFastPath(route)(scope, receive, send)
+        await FastRoutes(route, [FAST_JOIN])(scope, receive, send)
         if sent:
             assert scope["route"].path == "/events/{event_id}/queue"  # counted as the route
         return sent
@@ -732,6 +733,6 @@ async def test_a_join_whose_client_left_mid_body_is_the_routes_to_answer(sale: S
         "app": sale.app,
         PRINCIPAL: principal,
     }
-    await JoinFastPath(route)(scope, gone, send)
+    await FastRoutes(route, [FAST_JOIN])(scope, gone, send)
     assert got == ["http.disconnect"]
     assert sent == []

@@ -17,6 +17,7 @@ from fastapi.routing import APIRoute
 from boxoffice import __version__
 from boxoffice.api.access import KeyCheckMiddleware, document_security
 from boxoffice.api.body_limit import BodyLimitMiddleware
+from boxoffice.api.fast_routes import FastRoutes
 from boxoffice.api.problems import install_problem_handlers, move_errors_to_problem_media_type
 from boxoffice.api.rate_limits import RateLimiter, RateLimitMiddleware
 from boxoffice.api.request_ids import RequestIdMiddleware
@@ -233,9 +234,12 @@ def create_app(
     rate_limiter = RateLimiter.from_settings(settings)
     app.state.rate_limiter = rate_limiter
     install_problem_handlers(app)
-    # Innermost: a join of a waiting room's line is answered here, past the key check, the
-    # limits and the body limit, without FastAPI's routing and validation.
-    app.add_middleware(waiting_room.JoinFastPath)
+    # Innermost: a sale's hot writes are answered here, past the key check, the limits and
+    # the body limit, without FastAPI's routing and validation (api/fast_routes.py).
+    app.add_middleware(
+        FastRoutes,
+        routes=[bookings.FAST_BOOK, holds.FAST_HOLD, holds.FAST_CONFIRM, waiting_room.FAST_JOIN],
+    )
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=settings.max_body_bytes,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 
 from fastapi import APIRouter, Request, Response
@@ -15,6 +16,7 @@ from boxoffice.api.deps import (
     DatabaseDep,
     idempotency_key,
 )
+from boxoffice.api.fast_routes import FastRoute
 from boxoffice.api.fraud import caller_of
 from boxoffice.api.operation_links import CONFIRMED_HOLD, PLACED_HOLD, links
 from boxoffice.api.problems import problem_responses
@@ -51,8 +53,15 @@ router = APIRouter(tags=["holds"])
     openapi_extra=PURCHASE_HEADERS_DOC,
 )
 async def place_hold(body: HoldIn, request: Request, response: Response) -> HoldOut:
-    # A checkout's two requests take what they need straight from app state, as /book
-    # does: FastAPI's dependency resolution cost more than the route's own work.
+    # Answered by FAST_HOLD below FastAPI; this route answers what that does not read.
+    hold = await hold_seats(request, body)
+    response.headers["Location"] = hold_location(hold)
+    return hold
+
+
+async def hold_seats(request: Request, body: HoldIn) -> HoldOut:
+    """Holds every item of `body` for the caller, or none; raises the refusals."""
+    # What it needs comes straight from app state: resolving dependencies cost more.
     state = request.app.state
     booker: Booker = state.booker
     settings: Settings = state.settings
@@ -101,8 +110,21 @@ async def place_hold(body: HoldIn, request: Request, response: Response) -> Hold
             hold.qty,
             settings.max_tickets_per_booking,
         )
-    response.headers["Location"] = f"/holds/{hold.id}"
     return HoldOut.of(hold, clock())
+
+
+def hold_location(hold: HoldOut) -> str:
+    return f"/holds/{hold.id}"
+
+
+async def _fast_hold(request: Request, body: HoldIn | None, _: tuple[str, ...]) -> HoldOut:
+    assert body is not None  # required: an empty body goes on to the route
+    return await hold_seats(request, body)
+
+
+FAST_HOLD = FastRoute(
+    router, "place_hold", re.compile("/holds"), HoldIn, True, _fast_hold, location=hold_location
+)
 
 
 async def check_caps(
@@ -156,6 +178,12 @@ async def get_hold(
 async def confirm_hold(
     hold_id: str, request: Request, body: ConfirmIn | None = None
 ) -> ConfirmationOut:
+    # Answered by FAST_CONFIRM below FastAPI; this route answers what that does not read.
+    return await confirm(request, hold_id, body)
+
+
+async def confirm(request: Request, hold_id: str, body: ConfirmIn | None) -> ConfirmationOut:
+    """Confirms the caller's hold into bookings, at most once; raises the refusals."""
     booker: Booker = request.app.state.booker
     clock: Clock = request.app.state.clock
     actor = caller(request)
@@ -171,6 +199,17 @@ async def confirm_hold(
     )
     assert isinstance(confirmation, Confirmation)
     return ConfirmationOut.of(confirmation, clock())
+
+
+async def _fast_confirm(
+    request: Request, body: ConfirmIn | None, params: tuple[str, ...]
+) -> ConfirmationOut:
+    return await confirm(request, params[0], body)
+
+
+FAST_CONFIRM = FastRoute(
+    router, "confirm_hold", re.compile("/holds/([^/]+)/confirm"), ConfirmIn, False, _fast_confirm
+)
 
 
 @router.delete(

@@ -18,16 +18,15 @@ import re
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from functools import cache
-from typing import cast
 
-from fastapi import APIRouter, FastAPI, Request, Response
-from pydantic import ValidationError
+from fastapi import APIRouter, Request, Response
 from starlette.datastructures import State
 from starlette.routing import BaseRoute
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from boxoffice.api.access import PRINCIPAL, caller
 from boxoffice.api.deps import ClockDep, DatabaseDep
+from boxoffice.api.fast_routes import JSON_CONTENT, FastRoute
 from boxoffice.api.problems import problem_responses
 from boxoffice.api.schemas import QueueJoinIn, QueueTicketOut, WaitingRoomIn, WaitingRoomOut
 from boxoffice.domain.access import Principal
@@ -108,7 +107,7 @@ async def join_queue(
         event_id,
         None if body is None else body.customer_id,
     )
-    response.headers["Location"] = f"/queue/{answer.ticket}"
+    response.headers["Location"] = ticket_location(answer)
     return answer
 
 
@@ -116,7 +115,7 @@ async def join_line(
     state: State, actor: Principal | None, event_id: str, named: str | None
 ) -> QueueTicketOut:
     """The caller's place in the event's line (the one it has, or a new one), as a ticket
-    and its first answer; raises the refusals. The route and `JoinFastPath` both call it."""
+    and its first answer; raises the refusals. The route and `FAST_JOIN` both call it."""
     if actor is None:  # a path the key check took for public: never, but never silently
         raise Unauthorized()
     actor.require("customer")
@@ -201,7 +200,6 @@ def poll_answer(state: State, ticket: str) -> QueueTicketOut:
 
 
 _POLL_PREFIX = "/queue/"
-_JSON = (b"content-type", b"application/json")
 
 
 class PollFastPath:
@@ -232,7 +230,7 @@ class PollFastPath:
                     {
                         "type": "http.response.start",
                         "status": 200,
-                        "headers": [_JSON, (b"content-length", str(len(body)).encode())],
+                        "headers": [JSON_CONTENT, (b"content-length", str(len(body)).encode())],
                     }
                 )
                 await send({"type": "http.response.body", "body": body})
@@ -256,120 +254,30 @@ def _fast_poll(scope: Scope) -> bytes | None:
     return answer.__pydantic_serializer__.to_json(answer)
 
 
-_JOIN_PATH = re.compile(r"/events/([^/]+)/queue")
+async def _fast_join(
+    request: Request, body: QueueJoinIn | None, params: tuple[str, ...]
+) -> QueueTicketOut:
+    return await join_line(
+        request.app.state,
+        request.scope.get(PRINCIPAL),
+        params[0],
+        None if body is None else body.customer_id,
+    )
 
 
-class JoinFastPath:
-    """POST /events/{id}/queue answered below FastAPI: the opening's storm of joins.
-
-    Innermost of the middleware: the key check, the rate limits and the body
-    limit have run as for any request. What is skipped is FastAPI's routing,
-    dependency solving and response validation, which cost a join more than
-    its own work (`make onsale`, docs/performance.md). The join is the route's
-    own (`join_line`); its refusals are answered by the app's own exception
-    handlers, so every answer is the route's, byte for byte. A body this path
-    does not read with certainty (not JSON, not a valid `QueueJoinIn`) goes on
-    to the route, replayed, which answers it as it always did.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        matched = (
-            _JOIN_PATH.fullmatch(scope["path"])
-            if scope["type"] == "http" and scope["method"] == "POST"
-            else None
-        )
-        if matched is None or scope["app"].state.room_watch is None:
-            await self.app(scope, receive, send)
-            return
-        messages: list[Message] = []
-        replay = _replaying(messages, receive)
-        try:
-            body = await _whole_body(receive, messages)
-            read, named = (False, None) if body is None else _named_customer(scope, body)
-            if not read:  # the client left mid-body, or a body to judge: the route's answer
-                await self.app(scope, replay, send)
-                return
-            answer = await join_line(scope["app"].state, scope.get(PRINCIPAL), matched[1], named)
-        except Exception as error:
-            handler = _handler_for(scope["app"], error)
-            if handler is None:
-                raise
-            await (await handler(Request(scope, replay), error))(scope, replay, send)
-            return
-        scope["route"] = _route_named("join_queue")
-        content = answer.__pydantic_serializer__.to_json(answer)
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 201,
-                "headers": [
-                    _JSON,
-                    (b"content-length", str(len(content)).encode()),
-                    (b"location", f"/queue/{answer.ticket}".encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": content})
+def ticket_location(answer: QueueTicketOut) -> str:
+    return f"/queue/{answer.ticket}"
 
 
-async def _whole_body(receive: Receive, messages: list[Message]) -> bytes | None:
-    """The request's body, every message kept for a replay; None if the client left."""
-    parts = []
-    while True:
-        message = await receive()
-        messages.append(message)
-        if message["type"] != "http.request":
-            return None
-        parts.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            return b"".join(parts)
-
-
-def _replaying(messages: list[Message], receive: Receive) -> Receive:
-    """A `receive` that gives the messages read already, then the client's own."""
-    given = 0
-
-    async def replay() -> Message:
-        nonlocal given
-        if given < len(messages):
-            given += 1
-            return messages[given - 1]
-        return await receive()
-
-    return replay
-
-
-def _named_customer(scope: Scope, body: bytes) -> tuple[bool, str | None]:
-    """Whether the body was read with certainty, and its `customerId` (None without a
-    body); a body not read is the route's to judge (a 400, most likely)."""
-    if not body:
-        return True, None
-    for name, value in scope["headers"]:
-        if name == b"content-type":
-            if value.split(b";")[0].strip().lower() != b"application/json":
-                return False, None
-            break
-    else:
-        return False, None
-    try:
-        return True, QueueJoinIn.model_validate_json(body).customer_id
-    except ValidationError:
-        return False, None
-
-
-def _handler_for(app: FastAPI, error: Exception) -> ExceptionHandler | None:
-    """The app's own handler for `error` (a refusal, 503, 413...); None for the unexpected,
-    which goes on up to the server-error handler as from any route."""
-    for kind in type(error).__mro__:
-        if kind is Exception:
-            return None
-        found = app.exception_handlers.get(kind)
-        if found is not None:
-            return cast(ExceptionHandler, found)
-    return None
+FAST_JOIN = FastRoute(
+    router,
+    "join_queue",
+    re.compile(r"/events/([^/]+)/queue"),
+    QueueJoinIn,
+    False,
+    _fast_join,
+    location=ticket_location,
+)
 
 
 @cache
