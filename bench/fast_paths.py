@@ -1,16 +1,19 @@
-"""What a join and a poll of a waiting room's line cost in-process, with and without
-their fast paths.
+"""What a sale's hot requests cost in-process, with and without their fast paths:
+a join of a waiting room's line, a poll of it, a booking, a hold and its confirm.
 
 The same app twice, in one process, side by side: one as served, one with
-`JoinFastPath` and `PollFastPath` taken out (every request through FastAPI's
+`FastRoutes` and `PollFastPath` taken out (every request through FastAPI's
 routing and validation, as before them). Keys are on, as in a sale: each join
-carries its customer's key through the key check and the rate limits (a
-quota no run exhausts); polls carry none. Each round, on each app in turn,
-`--customers` customers join the line (64 at a time, the line joiner batching
-them) and then every ticket is polled once; each is timed with the process's
-CPU clock, and the median round and the ratios are printed. The joins are
-new places in each round (a join of a customer already in line is a cheaper
-read of the same row).
+and purchase carries its customer's key through the key check and the rate
+limits (a quota no run exhausts); polls carry none. Each round, on each app in
+turn, `--customers` customers join the line (64 at a time, the line joiner
+batching them) and then every ticket is polled once; then as many customers
+each book a seat, then hold one and confirm the hold, in an event without a
+room (64 at a time, so the group commit batches them as in a sale). Each kind
+of request is timed with the process's CPU clock (SQLite's writer thread
+included: a purchase's whole cost), and the median round and the ratios are
+printed. The joins are new places in each round (a join of a customer already
+in line is a cheaper read of the same row).
 
     .venv/bin/python -m bench.fast_paths [--customers 2000] [--rounds 5]
 """
@@ -84,6 +87,7 @@ async def measure(url: str, customers: int, rounds: int) -> dict[str, dict[str, 
         boxoffice_open_access=False,
         rate_limits_enabled=True,
         rate_limit_write="100000000/1s",
+        rate_limit_purchase="100000000/1s",
         metrics_sample_seconds=0,
         hold_sweep_interval_seconds=0,
         waiting_room_refresh_ms=0,  # the loops' work is not a request's: refreshed by hand
@@ -99,7 +103,8 @@ async def measure(url: str, customers: int, rounds: int) -> dict[str, dict[str, 
     taken_out = (FastRoutes, PollFastPath)
     slow.user_middleware = [m for m in slow.user_middleware if m.cls not in taken_out]
     cost: dict[str, dict[str, list[float]]] = {
-        what: {"fast path": [], "through the stack": []} for what in ("join", "poll")
+        what: {"fast path": [], "through the stack": []}
+        for what in ("join", "poll", "book", "hold", "confirm")
     }
     async with fast.router.lifespan_context(fast), slow.router.lifespan_context(slow):
         status, made = await _call(
@@ -113,6 +118,22 @@ async def measure(url: str, customers: int, rounds: int) -> dict[str, dict[str, 
         )
         assert status == 201, made
         event = json.loads(made)["id"]
+        status, made = await _call(
+            fast,
+            "POST",
+            "/events",
+            json.dumps(
+                {"name": "Shop", "sections": [{"name": "GA", "price": 5, "capacity": 10**6}]}
+            ).encode(),
+            admin,
+        )
+        assert status == 201, made
+        shop = json.loads(made)
+        seat = {"eventId": shop["id"], "sectionId": shop["sections"][0]["id"], "qty": 1}
+        book_body = json.dumps(seat).encode()
+        hold_body = json.dumps(
+            {"eventId": shop["id"], "items": [{"sectionId": seat["sectionId"], "qty": 1}]}
+        ).encode()
         room = json.dumps(
             {"newUsersPerMinute": 1, "totalActiveUsers": 1, "sessionDurationSeconds": 600}
         ).encode()
@@ -140,6 +161,7 @@ async def measure(url: str, customers: int, rounds: int) -> dict[str, dict[str, 
                     status, answer = await _call(app, "GET", f"/queue/{ticket}")
                     assert status == 200, answer
                 cost["poll"][name].append((time.process_time() - started) / customers * 1e6)
+                await _purchases(app, batch, book_body, hold_body, cost, name)
     await database.dispose()
     return {
         what: {name: statistics.median(values) for name, values in paths.items()}
@@ -147,9 +169,48 @@ async def measure(url: str, customers: int, rounds: int) -> dict[str, dict[str, 
     }
 
 
+async def _purchases(
+    app: FastAPI,
+    keys: list[str],
+    book_body: bytes,
+    hold_body: bytes,
+    cost: dict[str, dict[str, list[float]]],
+    name: str,
+) -> None:
+    """Each customer of `keys` books a seat; then each holds one, then confirms it."""
+
+    async def each(what: str, call: Any) -> None:
+        async def some(mine: list[str]) -> None:
+            for key in mine:
+                await call(key)
+
+        started = time.process_time()
+        await asyncio.gather(*(some(keys[n::CONCURRENCY]) for n in range(CONCURRENCY)))
+        cost[what][name].append((time.process_time() - started) / len(keys) * 1e6)
+
+    async def book(key: str) -> None:
+        status, answer = await _call(app, "POST", "/book", book_body, key)
+        assert status == 201, answer
+
+    holds: dict[str, str] = {}
+
+    async def hold(key: str) -> None:
+        status, answer = await _call(app, "POST", "/holds", hold_body, key)
+        assert status == 201, answer
+        holds[key] = json.loads(answer)["id"]
+
+    async def confirm(key: str) -> None:
+        status, answer = await _call(app, "POST", f"/holds/{holds[key]}/confirm", b"{}", key)
+        assert status == 201, answer
+
+    await each("book", book)
+    await each("hold", hold)
+    await each("confirm", confirm)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--customers", type=int, default=2000)
+    parser.add_argument("--customers", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     url = f"sqlite:///{Path(tempfile.mkdtemp(prefix='fast-paths-')) / 'line.db'}"
