@@ -11,6 +11,13 @@ a fair ceiling, not a flattering one:
   (a system call each) cost the ceiling ~8 µs a request that `/book`, whose
   committer makes ids in bulk, does not pay.
 
+It is a FastAPI route, as every route of ours but a sale's hot writes is:
+since `FastRoutes` (api/fast_routes.py) answers `POST /book`, `/holds` and a
+hold's confirm below FastAPI, a booking no longer pays the routing, parsing
+and validation this ceiling pays, so the gap to it is the booking's cost less
+what skipping FastAPI saves. The bare ceiling (`bench/bare_app.py`) is the
+yardstick that moves with neither (docs/performance.md).
+
 Benchmark-only: it is never mounted in the product.
 """
 
