@@ -499,6 +499,16 @@ async def test_the_room_is_counted_in_the_metrics(sale: Sale) -> None:
     assert value(after, "boxoffice_queue_waiting_customers", event_id=event["id"]) == 1
     assert value(after, "boxoffice_queue_shopping_customers", event_id=event["id"]) == 2
 
+    # Turned off, the room has nobody in it, whatever it last measured.
+    off = await sale.http.put(
+        f"/events/{event['id']}/waiting-room", json={**ROOM, "enabled": False}, headers=sale.admin
+    )
+    assert off.status_code == 200, off.text
+    await sale.watch.refresh()
+    closed = await scrape(sale.http, sale.admin)
+    assert value(closed, "boxoffice_queue_waiting_customers", event_id=event["id"]) == 0
+    assert value(closed, "boxoffice_queue_shopping_customers", event_id=event["id"]) == 0
+
 
 async def test_a_poll_is_answered_before_the_stack_exactly_as_the_route_answers_it(
     sale: Sale,

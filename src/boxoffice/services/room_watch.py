@@ -157,6 +157,11 @@ class RoomWatch:
         for room in await rooms.read_rooms(self._database):
             watermark = await self._watermark(room, now)
             views[room.event_id] = self._view(room, watermark)
+        for event_id in self._views.keys() - views.keys():
+            # A room turned off has nobody in it: its last figures would read as a line
+            # still waiting, for ever.
+            QUEUE_WAITING.set(0, (event_id,))
+            QUEUE_SHOPPING.set(0, (event_id,))
         self._views = views
         self._watermarks = {event: self._watermarks[event] for event in views}
         for event_id, view in views.items():
