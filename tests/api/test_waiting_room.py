@@ -26,6 +26,7 @@ from boxoffice.api.routes.waiting_room import FAST_JOIN, PollFastPath
 from boxoffice.config import Settings
 from boxoffice.db.database import Database
 from boxoffice.services.clock import FakeClock
+from boxoffice.services.rate_limits import Quota
 from boxoffice.services.room_watch import RoomWatch
 from boxoffice.services.waiting_room import FIFO_BUCKETS
 from tests.api.conftest import assert_problem
@@ -746,3 +747,25 @@ async def test_a_join_whose_client_left_mid_body_is_the_routes_to_answer(sale: S
     await FastRoutes(route, [FAST_JOIN])(scope, gone, send)
     assert got == ["http.disconnect"]
     assert sent == []
+
+
+async def test_forged_tickets_are_counted_as_guesses_and_limited_by_address(
+    settings: Settings, database: Database
+) -> None:
+    """A ticket this service did not sign is a guessed credential: 404 until the address
+    has used up its failed-authentication quota, then 429, while a real ticket polled
+    from that same address is still answered."""
+    async with open_sale(
+        settings, database, rate_limits_enabled=True, rate_limit_auth_failures=Quota(3, 600)
+    ) as sale:
+        event = await sale.event()
+        await sale.room(event)
+        ticket = (await sale.join(event, await sale.customer("alice")))["ticket"]
+        forged = ticket[:-4] + ("AAAA" if not ticket.endswith("AAAA") else "BBBB")
+        answers = [await sale.http.get(f"/queue/{forged}{n}") for n in range(6)]
+        for answer in answers[:3]:
+            assert_problem(answer, 404, "queue_ticket_invalid")
+        for answer in answers[3:]:
+            assert_problem(answer, 429, "rate_limited")
+            assert int(answer.headers["retry-after"]) >= 1
+        assert (await sale.poll(ticket)).status_code == 200

@@ -15,6 +15,7 @@ ticket instead (domain/poll_pacing.py).
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from functools import cache
@@ -28,6 +29,7 @@ from boxoffice.api.access import PRINCIPAL, caller
 from boxoffice.api.deps import ClockDep, DatabaseDep
 from boxoffice.api.fast_routes import JSON_CONTENT, FastRoute
 from boxoffice.api.problems import problem_responses
+from boxoffice.api.rate_limits import RateLimiter, send_too_many
 from boxoffice.api.schemas import QueueJoinIn, QueueTicketOut, WaitingRoomIn, WaitingRoomOut
 from boxoffice.domain.access import Principal
 from boxoffice.domain.errors import (
@@ -212,6 +214,12 @@ class PollFastPath:
     an on-time poll of a valid ticket without an Authorization header goes on to
     the route, which answers it (404, 429, a key's 401) as it always did; the
     request id, the counting and the server's security headers are outside this.
+
+    A ticket not signed by this service is a guessed credential, as a refused
+    key is: it is counted against its address's failed-authentication quota
+    (RATE_LIMIT_AUTH_FAILURES), past which the address gets 429 for forged
+    tickets, while its valid tickets are still answered (one guesser behind a
+    shop's shared address must not stop its customers' polls).
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -223,7 +231,19 @@ class PollFastPath:
             and scope["method"] == "GET"
             and scope["path"].startswith(_POLL_PREFIX)
         ):
-            body = _fast_poll(scope)
+            try:
+                body = _fast_poll(scope)
+            except QueueTicketInvalid:
+                limiter: RateLimiter | None = scope["app"].state.rate_limiter
+                limit = (
+                    None
+                    if limiter is None
+                    else await limiter.failed_authentication(scope, time.monotonic())
+                )
+                if limit is not None and not limit.verdict.allowed:
+                    await send_too_many(scope, send, "auth", limit)
+                    return
+                body = None  # the route's 404
             if body is not None:
                 scope["route"] = _route_named("poll_queue")
                 await send(
@@ -239,7 +259,8 @@ class PollFastPath:
 
 
 def _fast_poll(scope: Scope) -> bytes | None:
-    """The answer to an on-time poll of a valid ticket, or None for the route to give."""
+    """The answer to an on-time poll of a valid ticket, or None for the route to give;
+    raises `QueueTicketInvalid` for a ticket this service did not sign."""
     ticket = scope["path"][len(_POLL_PREFIX) :]
     state: State = scope["app"].state
     if not ticket or "/" in ticket or state.room_watch is None:
@@ -249,7 +270,7 @@ def _fast_poll(scope: Scope) -> bytes | None:
             return None  # a key is checked, valid or not, as on every route
     try:
         answer = poll_answer(state, ticket)
-    except (PollTooSoon, QueueTicketInvalid):
+    except PollTooSoon:
         return None  # nothing was changed: the route raises the same, as a problem
     return answer.__pydantic_serializer__.to_json(answer)
 
