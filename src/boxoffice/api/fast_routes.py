@@ -69,7 +69,8 @@ class FastRoute(Generic[B, M]):
             return False, None
 
     def headers(self, model: M, content: bytes) -> list[tuple[bytes, bytes]]:
-        headers = [JSON_CONTENT, (b"content-length", str(len(content)).encode())]
+        # In the order FastAPI's JSONResponse sends them.
+        headers = [(b"content-length", str(len(content)).encode()), JSON_CONTENT]
         if self.location is not None:
             headers.append((b"location", self.location(model).encode()))
         return headers
@@ -115,7 +116,12 @@ class FastRoutes:
             handler = handler_for(scope["app"], error)
             if handler is None:
                 raise  # on up to the server-error handler, as from any route
-            await (await handler(Request(scope, replay), error))(scope, replay, send)
+            try:
+                await (await handler(Request(scope, replay), error))(scope, replay, send)
+            finally:
+                # As Starlette does: a refusal handed to several waiters (a batch's, a
+                # coalesced read's) must not keep this request's frames alive.
+                error.__traceback__ = None
             return
         scope["route"] = fast.route
         content = model.__pydantic_serializer__.to_json(model)
