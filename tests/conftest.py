@@ -46,7 +46,7 @@ def postgres() -> Iterator[ThrowawayPostgres]:
     try:
         yield cluster
     finally:
-        cluster.stop()
+        cluster.stop(wait_for_removal=False)
 
 
 @pytest.fixture(scope="session")

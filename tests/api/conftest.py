@@ -21,6 +21,15 @@ async def create(client: httpx.AsyncClient, body: dict[str, Any] | None = None) 
     return event
 
 
+@pytest.fixture
+def sqlite_writer() -> str:
+    """SQLite's writer on a thread: these tests are about HTTP, and a writer process costs
+    each of them over a second to start (its interpreter and imports). Its pickling, kills
+    and restarts are tested in tests/integration (test_sqlite_writer.py, test_group_commit.py,
+    test_checkout_states.py) and by every server tests/e2e starts."""
+    return "thread"
+
+
 def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
     assert response.status_code == status, response.text
     assert response.headers["content-type"] == "application/problem+json"

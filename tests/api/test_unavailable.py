@@ -68,7 +68,7 @@ async def test_a_dead_committer_answers_503_and_readyz_is_not_ready_until_it_run
         await original(batch)
 
     monkeypatch.setattr(booker, "_commit", dies_once)
-    monkeypatch.setattr(booker, "_restart_delay", 5.0)  # room to look before it is back
+    monkeypatch.setattr(booker, "_restart_delay", 2.0)  # room to look before it is back
 
     failed = await client.post("/book", json=book(event))
     assert_problem(failed, 503, "service_unavailable")

@@ -54,6 +54,14 @@ TTL = 600
 
 
 @pytest.fixture
+def sqlite_writer() -> str:
+    """SQLite's writer on a thread: a writer process cost each of these tests a second to
+    start. The same commands and refusals cross the writer process's pipe in
+    test_checkout_states.py, and every e2e server (test_checkout_processes.py) runs one."""
+    return "thread"
+
+
+@pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
 
