@@ -114,6 +114,8 @@ async def _bot(url: str, event_id: str) -> tuple[int, int]:
                 for _ in range(20)
             )
         )
+        for join in joins:  # a failure says what the server answered
+            assert join.status_code == 201, (join.status_code, join.text)
         tickets = {join.json()["ticket"] for join in joins}
         again = await client.get(f"/queue/{tickets.pop()}")
         return len(tickets) + 1, again.status_code
