@@ -27,7 +27,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from boxoffice.api.fraud import watch_refusal
 from boxoffice.api.problems import RETRY_AFTER_SECONDS, send_problem
-from boxoffice.api.rate_limits import RateLimiter, route_class, send_too_many
+from boxoffice.api.rate_limits import RateLimiter, refused_credential, route_class, send_too_many
 from boxoffice.db.errors import DatabaseUnavailable
 from boxoffice.domain.access import OPEN_ACCESS, Principal, Role
 from boxoffice.domain.errors import NEEDS_A_KEY, Unauthorized
@@ -93,14 +93,7 @@ class KeyCheckMiddleware:
                     await _unavailable(scope, send, exc)
                     return
             if found is None:
-                limit = (
-                    None
-                    if limiter is None
-                    else await limiter.failed_authentication(scope, time.monotonic())
-                )
-                if limit is not None and not limit.verdict.allowed:
-                    await send_too_many(scope, send, "auth", limit)
-                else:
+                if not await refused_credential(scope, send):
                     await _refuse(scope, send)
                 return
         elif not is_public(scope["method"], scope["path"]):

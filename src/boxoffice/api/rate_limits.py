@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import math
+import time
 from typing import Literal, NamedTuple
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -194,6 +195,19 @@ async def send_too_many(
         f"Too many requests: try again in {retry_after_header(wait)} s.",
         headers=headers,
     )
+
+
+async def refused_credential(scope: Scope, send: Send) -> bool:
+    """Count a credential that was refused (a key, a queue ticket) against its address:
+    True when the address is past RATE_LIMIT_AUTH_FAILURES and was answered 429 here."""
+    limiter: RateLimiter | None = scope["app"].state.rate_limiter
+    if limiter is None:
+        return False
+    limit = await limiter.failed_authentication(scope, time.monotonic())
+    if limit is None or limit.verdict.allowed:
+        return False
+    await send_too_many(scope, send, "auth", limit)
+    return True
 
 
 class RateLimitMiddleware:

@@ -15,7 +15,6 @@ ticket instead (domain/poll_pacing.py).
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from functools import cache
@@ -29,7 +28,7 @@ from boxoffice.api.access import PRINCIPAL, caller
 from boxoffice.api.deps import ClockDep, DatabaseDep
 from boxoffice.api.fast_routes import JSON_CONTENT, FastRoute
 from boxoffice.api.problems import problem_responses
-from boxoffice.api.rate_limits import RateLimiter, send_too_many
+from boxoffice.api.rate_limits import refused_credential
 from boxoffice.api.schemas import QueueJoinIn, QueueTicketOut, WaitingRoomIn, WaitingRoomOut
 from boxoffice.domain.access import Principal
 from boxoffice.domain.errors import (
@@ -234,14 +233,7 @@ class PollFastPath:
             try:
                 body = _fast_poll(scope)
             except QueueTicketInvalid:
-                limiter: RateLimiter | None = scope["app"].state.rate_limiter
-                limit = (
-                    None
-                    if limiter is None
-                    else await limiter.failed_authentication(scope, time.monotonic())
-                )
-                if limit is not None and not limit.verdict.allowed:
-                    await send_too_many(scope, send, "auth", limit)
+                if await refused_credential(scope, send):
                     return
                 body = None  # the route's 404
             if body is not None:
