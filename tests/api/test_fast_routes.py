@@ -21,7 +21,6 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from boxoffice.api.access import PRINCIPAL
 from boxoffice.api.app import create_app
 from boxoffice.api.fast_routes import FastRoute, FastRoutes
 from boxoffice.api.routes.bookings import FAST_BOOK
@@ -32,6 +31,7 @@ from boxoffice.db.database import Database
 from boxoffice.domain.errors import NotFound
 from boxoffice.services.clock import FakeClock
 from tests.conftest import fresh_database_url
+from tests.support.fast_paths import through_fast_path
 from tests.support.keys import bearer
 
 UUID = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -130,6 +130,9 @@ def hold(*items: tuple[str, Any], **more: Any) -> bytes:
     return json.dumps(body).encode()
 
 
+SHORT_HOLD = hold(("b", 1), ttlSeconds=30)
+HOLD_KEY = {**JSON, "Idempotency-Key": "h"}
+
 # (method, path, body, who, headers, status, name to remember the answer's id by)
 Step = tuple[str, str, bytes | None, str, dict[str, str], int, str | None]
 STEPS: list[Step] = [
@@ -165,24 +168,8 @@ STEPS: list[Step] = [
     ("POST", "/holds", hold(("b", 1), ttlSeconds=5), "bob", JSON, 400, None),
     ("POST", "/holds", hold(("b", 1), ("b", 1)), "bob", JSON, 400, None),  # once each
     ("POST", "/holds", hold(("b", 2)), "bob", JSON, 201, "h1"),
-    (
-        "POST",
-        "/holds",
-        hold(("b", 1), ttlSeconds=30),
-        "bob",
-        {**JSON, "Idempotency-Key": "h"},
-        201,
-        "h2",
-    ),
-    (
-        "POST",
-        "/holds",
-        hold(("b", 1), ttlSeconds=30),
-        "bob",
-        {**JSON, "Idempotency-Key": "h"},
-        201,
-        None,
-    ),
+    ("POST", "/holds", SHORT_HOLD, "bob", HOLD_KEY, 201, "h2"),
+    ("POST", "/holds", SHORT_HOLD, "bob", HOLD_KEY, 201, None),
     ("POST", "/holds", hold(("b", 1)), "bob", JSON, 409, None),  # two active holds at most
     ("POST", "/holds", hold(("b", 5)), "alice", JSON, 409, None),  # over maxPerCustomer
     ("POST", "/holds", hold(("b", 1)), "organizer", JSON, 201, None),
@@ -195,15 +182,7 @@ STEPS: list[Step] = [
     ("POST", "/holds/{h2}/confirm", b"pi_2", "bob", {"Content-Type": "text/plain"}, 400, None),
     ("ADVANCE", "31", None, "", {}, 0, None),
     ("POST", "/holds/{h2}/confirm", None, "bob", {}, 409, None),  # hold_expired
-    (
-        "POST",
-        "/holds",
-        hold(("b", 1), ttlSeconds=30),
-        "bob",
-        {**JSON, "Idempotency-Key": "h"},
-        201,
-        None,
-    ),
+    ("POST", "/holds", SHORT_HOLD, "bob", HOLD_KEY, 201, None),
     ("POST", "/holds", hold(("b", 1)), "bob", JSON, 201, "h3"),
     ("POST", "/holds/{h3}/confirm", None, "organizer", {}, 201, None),  # the event's organizer
 ]
@@ -280,44 +259,22 @@ async def test_a_purchase_never_reaches_fastapi_and_is_counted_under_its_route(
         served.ids["h"] = placed.json()["id"]
         token = served.keys["bob"]["Authorization"].removeprefix("Bearer ")
         principal = await served.app.state.keys.principal(token, served.clock())
-        reached: list[bytes] = []
-
-        async def route(scope: Any, receive: Any, send: Any) -> None:
-            reached.append((await receive())["body"])
-
-        async def through(content: bytes, content_type: bytes) -> list[dict[str, Any]]:
-            scope = {
-                "type": "http",
-                "method": "POST",
-                "path": path.format(**served.ids),
-                "headers": [(b"content-type", content_type)],
-                "app": served.app,
-                "client": ("127.0.0.1", 5000),
-                "boxoffice.request_id": "r1",
-                PRINCIPAL: principal,
-            }
-            sent: list[dict[str, Any]] = []
-
-            async def send(message: Any) -> None:
-                sent.append(message)
-
-            async def receive() -> dict[str, Any]:
-                return {"type": "http.request", "body": content, "more_body": False}
-
-            await FastRoutes(route, [fast])(scope, receive, send)
-            if sent:
-                assert scope["route"] is fast.route
-                assert scope["route"].path == re.sub(r"\{\w+\}", "{hold_id}", path)
-            return sent
-
         for name, ident in served.ids.items():
             body = body.replace(f"${name}".encode(), ident.encode())
-        answered = await through(body, b"application/json")
-        assert answered[0]["status"] == 201, answered
-        assert json.loads(answered[1]["body"])["id" if fast is not FAST_CONFIRM else "hold"]
-        assert reached == []
-        assert await through(b"qty=1", b"application/x-www-form-urlencoded") == []
-        assert reached == [b"qty=1"]
+        target = path.format(**served.ids)
+        answered = await through_fast_path(
+            served.app, fast, target, body, b"application/json", principal
+        )
+        assert answered.sent[0]["status"] == 201, answered.sent
+        assert json.loads(answered.sent[1]["body"])["id" if fast is not FAST_CONFIRM else "hold"]
+        assert answered.scope["route"] is fast.route
+        assert answered.scope["route"].path == re.sub(r"\{\w+\}", "{hold_id}", path)
+        assert answered.reached == []
+        form = await through_fast_path(
+            served.app, fast, target, b"qty=1", b"application/x-www-form-urlencoded", principal
+        )
+        assert form.sent == []
+        assert form.reached == [b"qty=1"]
 
 
 async def test_a_refusal_answered_by_the_fast_path_lets_go_of_the_request(

@@ -30,6 +30,7 @@ from boxoffice.services.rate_limits import Quota
 from boxoffice.services.room_watch import RoomWatch
 from boxoffice.services.waiting_room import FIFO_BUCKETS
 from tests.api.conftest import assert_problem
+from tests.support.fast_paths import through_fast_path
 from tests.support.keys import bearer
 
 ROOM = {"newUsersPerMinute": 2, "totalActiveUsers": 2, "sessionDurationSeconds": 600}
@@ -616,40 +617,17 @@ async def test_a_join_is_answered_below_fastapi_exactly_as_the_route_answers_it(
     assert any(layer.cls is FastRoutes for layer in sale.app.user_middleware)
     token = alice["Authorization"].removeprefix("Bearer ")
     principal = await sale.app.state.keys.principal(token, sale.clock())
-    reached: list[bytes] = []
-
-    async def route(scope: Any, receive: Any, send: Any) -> None:
-        message = await receive()
-        reached.append(message["body"])
-
-    async def through(body: bytes, content_type: bytes) -> list[dict[str, Any]]:
-        scope = {
-            "type": "http",
-            "method": "POST",
-            "path": f"/events/{event['id']}/queue",
-            "headers": [(b"content-type", content_type)],
-            "app": sale.app,
-            PRINCIPAL: principal,
-        }
-        sent: list[dict[str, Any]] = []
-
-        async def send(message: Any) -> None:
-            sent.append(message)
-
-        async def receive() -> dict[str, Any]:
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        await FastRoutes(route, [FAST_JOIN])(scope, receive, send)
-        if sent:
-            assert scope["route"].path == "/events/{event_id}/queue"  # counted as the route
-        return sent
-
-    joined = await through(b"{}", b"application/json")
-    assert joined[0]["status"] == 201
-    assert json.loads(joined[1]["body"])["ticket"]
-    assert reached == []
-    assert await through(b"alice", b"text/plain") == []
-    assert reached == [b"alice"]
+    path = f"/events/{event['id']}/queue"
+    joined = await through_fast_path(
+        sale.app, FAST_JOIN, path, b"{}", b"application/json", principal
+    )
+    assert joined.sent[0]["status"] == 201
+    assert json.loads(joined.sent[1]["body"])["ticket"]
+    assert joined.scope["route"].path == "/events/{event_id}/queue"  # counted as the route
+    assert joined.reached == []
+    text = await through_fast_path(sale.app, FAST_JOIN, path, b"alice", b"text/plain", principal)
+    assert text.sent == []
+    assert text.reached == [b"alice"]
 
 
 async def test_places_are_estimated_from_bands_counting_each_waiting_customer_once(

@@ -55,7 +55,7 @@ class FastRoute(Generic[B, M]):
     @cached_property
     def route(self) -> BaseRoute:
         """The route it answers for, as the router would have put it in the scope."""
-        return next(r for r in self.router.routes if getattr(r, "name", None) == self.name)
+        return route_named(self.router, self.name)
 
     def read(self, scope: Scope, body: bytes) -> tuple[bool, B | None]:
         """Whether the body was read with certainty, and what it says (None when empty)."""
@@ -74,6 +74,25 @@ class FastRoute(Generic[B, M]):
         if self.location is not None:
             headers.append((b"location", self.location(model).encode()))
         return headers
+
+
+def with_body(
+    work: Callable[[Request, B], Awaitable[M]],
+) -> Callable[[Request, B | None, tuple[str, ...]], Awaitable[M]]:
+    """The `answer` of a route whose body is required and whose path has no parameters."""
+
+    async def answer(request: Request, body: B | None, _: tuple[str, ...]) -> M:
+        assert body is not None  # required: an empty body goes on to the route
+        return await work(request, body)
+
+    return answer
+
+
+def route_named(router: APIRouter, name: str) -> BaseRoute:
+    """`router`'s route `name`: a request a fast path answers is counted under its
+    template, as the router would have set it (api/request_metrics.py). A walk of the
+    router's routes: callers keep what it finds."""
+    return next(route for route in router.routes if getattr(route, "name", None) == name)
 
 
 class FastRoutes:

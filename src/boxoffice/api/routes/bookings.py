@@ -16,7 +16,7 @@ from boxoffice.api.deps import (
     PageDep,
     idempotency_key,
 )
-from boxoffice.api.fast_routes import FastRoute
+from boxoffice.api.fast_routes import FastRoute, with_body
 from boxoffice.api.fraud import caller_of
 from boxoffice.api.operation_links import CREATED_BOOKING, links
 from boxoffice.api.problems import problem_responses
@@ -95,13 +95,14 @@ def booking_location(booking: BookingOut) -> str:
     return f"/bookings/{booking.id}"
 
 
-async def _fast_book(request: Request, body: BookIn | None, _: tuple[str, ...]) -> BookingOut:
-    assert body is not None  # required: an empty body goes on to the route
-    return await book_seats(request, body)
-
-
 FAST_BOOK = FastRoute(
-    router, "book", re.compile("/book"), BookIn, True, _fast_book, location=booking_location
+    router,
+    "book",
+    re.compile("/book"),
+    BookIn,
+    True,
+    with_body(book_seats),
+    location=booking_location,
 )
 
 

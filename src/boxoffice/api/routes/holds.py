@@ -16,7 +16,7 @@ from boxoffice.api.deps import (
     DatabaseDep,
     idempotency_key,
 )
-from boxoffice.api.fast_routes import FastRoute
+from boxoffice.api.fast_routes import FastRoute, with_body
 from boxoffice.api.fraud import caller_of
 from boxoffice.api.operation_links import CONFIRMED_HOLD, PLACED_HOLD, links
 from boxoffice.api.problems import problem_responses
@@ -117,13 +117,14 @@ def hold_location(hold: HoldOut) -> str:
     return f"/holds/{hold.id}"
 
 
-async def _fast_hold(request: Request, body: HoldIn | None, _: tuple[str, ...]) -> HoldOut:
-    assert body is not None  # required: an empty body goes on to the route
-    return await hold_seats(request, body)
-
-
 FAST_HOLD = FastRoute(
-    router, "place_hold", re.compile("/holds"), HoldIn, True, _fast_hold, location=hold_location
+    router,
+    "place_hold",
+    re.compile("/holds"),
+    HoldIn,
+    True,
+    with_body(hold_seats),
+    location=hold_location,
 )
 
 

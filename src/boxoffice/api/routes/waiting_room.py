@@ -17,16 +17,14 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
-from functools import cache
 
 from fastapi import APIRouter, Request, Response
 from starlette.datastructures import State
-from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from boxoffice.api.access import PRINCIPAL, caller
 from boxoffice.api.deps import ClockDep, DatabaseDep
-from boxoffice.api.fast_routes import JSON_CONTENT, FastRoute
+from boxoffice.api.fast_routes import JSON_CONTENT, FastRoute, route_named
 from boxoffice.api.problems import problem_responses
 from boxoffice.api.rate_limits import refused_credential
 from boxoffice.api.schemas import QueueJoinIn, QueueTicketOut, WaitingRoomIn, WaitingRoomOut
@@ -223,6 +221,7 @@ class PollFastPath:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        self.route = route_named(router, "poll_queue")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
@@ -237,7 +236,7 @@ class PollFastPath:
                     return
                 body = None  # the route's 404
             if body is not None:
-                scope["route"] = _route_named("poll_queue")
+                scope["route"] = self.route
                 await send(
                     {
                         "type": "http.response.start",
@@ -291,13 +290,6 @@ FAST_JOIN = FastRoute(
     _fast_join,
     location=ticket_location,
 )
-
-
-@cache
-def _route_named(name: str) -> BaseRoute:
-    """This module's route `name`: a request a fast path answers is counted under its
-    template, as the router would have set it (request_metrics.py)."""
-    return next(route for route in router.routes if getattr(route, "name", None) == name)
 
 
 def _ticket_out(
