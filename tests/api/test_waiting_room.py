@@ -386,6 +386,27 @@ async def test_joining_without_a_room_or_a_customer_is_refused(sale: Sale) -> No
     )
 
 
+async def test_a_room_turned_on_elsewhere_takes_joins_before_this_process_refreshes(
+    sale: Sale, settings: Settings, database: Database
+) -> None:
+    """A room turned on through one process: another, whose view is a refresh old, reads
+    it on the first join rather than telling the customer there is no line."""
+    async with open_sale(settings, database) as other:  # started before the room existed
+        event = await sale.event()
+        assert other.watch.view(event["id"]) is None
+        await sale.room(event)
+        alice = await other.customer("alice")
+        joined = await other.join(event, alice)
+        assert joined["status"] == "waiting"
+        assert other.watch.view(event["id"]) is not None  # kept: the next join reads nothing
+        again = await sale.join(event, alice)
+        assert again["ticket"] == joined["ticket"]  # one place, whichever process is asked
+        plain = await sale.event()  # no room: still refused, still nothing kept
+        refused = await other.http.post(f"/events/{plain['id']}/queue", headers=alice)
+        assert_problem(refused, 409, "queue_not_open")
+        assert other.watch.view(plain["id"]) is None
+
+
 async def test_staff_sell_without_a_token_and_passthrough_or_off_needs_none(sale: Sale) -> None:
     event = await sale.event()
     await sale.room(event)

@@ -121,6 +121,17 @@ class RoomWatch:
             found = None if canonical is None else self._views.get(canonical)
         return found
 
+    async def load(self, event_id: str) -> RoomView | None:
+        """The event's room read from the database now, and kept: a room turned on by
+        another process since this one's last refresh, known at once to a join."""
+        canonical = canonical_id(event_id)
+        room = None if canonical is None else await rooms.read_room(self._database, canonical)
+        if room is None:
+            return None
+        view = self._view(room, await self._watermark(room, self._clock()))
+        self._views[room.event_id] = view
+        return view
+
     async def start(self) -> None:
         """Load the signing secret and every room before serving, then keep them fresh."""
         secret = self._secret or await rooms.signing_secret(self._database, self._clock())

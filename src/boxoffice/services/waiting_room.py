@@ -190,6 +190,21 @@ async def read_rooms(database: Database) -> list[Room]:
     return [_room(row) for row in rows]
 
 
+async def read_room(database: Database, event_id: str) -> Room | None:
+    """The event's room if it is on: for a process that has not seen it since it was
+    turned on (elsewhere, within the last refresh)."""
+    ident = uuid.UUID(event_id)
+    async with UnitOfWork(database, write=False) as uow:
+        row = (
+            await uow.conn.execute(
+                select(waiting_rooms).where(
+                    waiting_rooms.c.event_id == ident, waiting_rooms.c.enabled
+                )
+            )
+        ).first()
+    return None if row is None else _room(row)
+
+
 async def read_steps(
     database: Database, event_id: str, *, after_key: int, since: datetime | None
 ) -> tuple[int, list[tuple[datetime, int]]]:

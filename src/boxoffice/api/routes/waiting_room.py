@@ -122,7 +122,7 @@ async def join_line(
     if customer is None:
         raise InvalidRequest("customerId is needed to join a line.", field="customerId")
     watch: RoomWatch = state.room_watch
-    view = watch.view(event_id)
+    view = watch.view(event_id) or await watch.load(event_id)
     now = state.clock()
     if view is None:
         await event_service.get_event(state.database, event_id, now)  # 404 if there is none
