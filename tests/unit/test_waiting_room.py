@@ -22,6 +22,7 @@ from boxoffice.domain.waiting_room import (
     RoomFigures,
     RoomSettings,
     admissions,
+    paced_after,
 )
 
 OPENS = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
@@ -40,6 +41,11 @@ def settings(**changes: Any) -> RoomSettings:
     }
     values.update(changes)
     return RoomSettings(**values)
+
+
+def fast(**changes: Any) -> RoomSettings:
+    """A room whose pace lets 1,000 in at once: another limit is the one under test."""
+    return settings(new_users_per_minute=60_000, total_active_users=60_000, **changes)
 
 
 def figures(**changes: Any) -> RoomFigures:
@@ -131,40 +137,101 @@ def test_the_average_is_never_below_one_seat() -> None:
 # Pacing ---------------------------------------------------------------------------------
 
 
-def test_the_per_minute_rate_limits_admissions() -> None:
-    decided = admissions(settings(), figures(admitted_last_minute=70), NOW)
-    assert (decided.count, decided.state, decided.limited_by) == (30, "open", "rate")
-    assert admissions(settings(), figures(admitted_last_minute=100), NOW).count == 0
+def _ticks(
+    room: RoomSettings, seconds: float, tick: float = 0.5, waiting: int = 1_000_000
+) -> list[int]:
+    """Those let in at each tick of a loop that turns every `tick` seconds, the stock,
+    the line and the active cap never the limit (the per-minute window is counted)."""
+    paced_until, let_in = None, []
+    for n in range(int(seconds / tick)):
+        now = NOW + timedelta(seconds=n * tick)
+        last_minute = sum(let_in[-int(60 / tick) + 1 :]) if n else 0
+        live = figures(
+            waiting=waiting,
+            seats_left=100_000_000,
+            admitted_last_minute=last_minute,
+            paced_until=paced_until,
+        )
+        decided = admissions(room, live, now)
+        assert decided.paced
+        paced_until = paced_after(room, paced_until, now, decided.count)
+        let_in.append(decided.count)
+    return let_in
+
+
+@pytest.mark.parametrize("per_minute", [1, 2, 7, 100, 1_000, 12_000, 1_000_000])
+def test_the_pace_spreads_a_minutes_admissions_over_the_minute(per_minute: int) -> None:
+    room = settings(new_users_per_minute=per_minute, total_active_users=MAX_TOTAL_ACTIVE_USERS)
+    let_in = _ticks(room, 300)
+    burst = max(1, per_minute // 60)
+    assert let_in[0] == burst  # a second's worth at once, at least one: never the minute
+    assert max(let_in) <= burst
+    for start in range(0, len(let_in) - 120, 7):  # any minute: the pace, not more
+        minute = sum(let_in[start : start + 120])
+        assert minute <= per_minute
+        assert minute >= per_minute * 0.97 - 1  # and not (much) less: ticks lose little
+
+
+def test_a_small_room_lets_one_in_and_the_next_when_its_turn_comes() -> None:
+    let_in = _ticks(settings(new_users_per_minute=2, total_active_users=2), 61)
+    assert [n for n, count in enumerate(let_in) if count] == [0, 60, 120]  # 0, 30, 60 s
+
+
+def test_the_per_minute_window_caps_admissions_whatever_the_bucket() -> None:
+    decided = admissions(settings(), figures(admitted_last_minute=100), NOW)
+    assert (decided.count, decided.limited_by) == (0, "rate")
+    room = settings(new_users_per_minute=6_000, total_active_users=6_000)
+    decided = admissions(room, figures(admitted_last_minute=5_950), NOW)
+    assert (decided.count, decided.limited_by) == (50, "rate")  # the pace would give 100
+
+
+def test_a_pace_raised_mid_sale_takes_effect_at_once() -> None:
+    slow = settings(new_users_per_minute=1)
+    paced_until = paced_after(slow, None, NOW, 1)  # the next in a minute, at the old pace
+    assert admissions(slow, figures(paced_until=paced_until), NOW).count == 0
+    fast = settings(new_users_per_minute=6_000, total_active_users=6_000)
+    decided = admissions(fast, figures(paced_until=paced_until), NOW)
+    assert decided.count == 0  # the bucket is full, at the new pace: a second of it
+    paced_until = paced_after(fast, paced_until, NOW, decided.count)
+    assert paced_until == NOW + timedelta(seconds=1)
+    soon = admissions(fast, figures(paced_until=paced_until), NOW + timedelta(milliseconds=500))
+    assert soon.count == 50  # half a second later, half a second's worth
+
+
+def test_those_let_in_unpaced_do_not_hold_the_pace_back() -> None:
+    for room in (settings(queueing_method="passthrough"), settings(enabled=False)):
+        assert not admissions(room, figures(), NOW).paced
+    assert not admissions(settings(suspended=True), figures(), NOW).paced
 
 
 def test_total_active_users_limits_admissions() -> None:
-    decided = admissions(settings(), figures(shopping=480), NOW)
+    decided = admissions(fast(), figures(shopping=59_980, likely_buyers=0), NOW)
     assert (decided.count, decided.limited_by) == (20, "active")
-    assert admissions(settings(), figures(shopping=500), NOW).count == 0
+    assert admissions(fast(), figures(shopping=60_000, likely_buyers=0), NOW).count == 0
 
 
 def test_never_more_than_are_waiting() -> None:
-    decided = admissions(settings(), figures(waiting=7), NOW)
+    decided = admissions(fast(), figures(waiting=7), NOW)
     assert (decided.count, decided.limited_by) == (7, "waiting")
 
 
 def test_admission_stops_when_the_seats_left_cannot_serve_those_inside() -> None:
     stats = PurchaseStats(purchases=1_000, tickets=2_000, prior=2)  # an average of 2
     inside = figures(shopping=50, seats_left=100, stats=stats)
-    decided = admissions(settings(), inside, NOW)
+    decided = admissions(fast(), inside, NOW)
     assert (decided.count, decided.state, decided.limited_by) == (0, "open", "stock")
 
 
 def test_admission_resumes_when_seats_return() -> None:
     stats = PurchaseStats(purchases=1_000, tickets=2_000, prior=2)
-    decided = admissions(settings(), figures(shopping=50, seats_left=106, stats=stats), NOW)
+    decided = admissions(fast(), figures(shopping=50, seats_left=106, stats=stats), NOW)
     assert (decided.count, decided.limited_by) == (3, "stock")
 
 
 def test_the_last_shopper_let_in_may_find_fewer_than_the_average() -> None:
     stats = PurchaseStats(purchases=1_000, tickets=2_000, prior=2)
     # 101 seats, 50 inside at 2 each: one seat left, enough for one more shopper.
-    decided = admissions(settings(), figures(shopping=50, seats_left=101, stats=stats), NOW)
+    decided = admissions(fast(), figures(shopping=50, seats_left=101, stats=stats), NOW)
     assert decided.count == 1
 
 
@@ -173,18 +240,18 @@ def test_only_shoppers_still_likely_to_buy_hold_the_stock_back() -> None:
     active users, not against the stock."""
     stats = PurchaseStats(purchases=1_000, tickets=2_000, prior=2)
     idle = figures(shopping=50, likely_buyers=0, seats_left=100, stats=stats)
-    assert admissions(settings(), idle, NOW).count == 50
-    crowded = settings(new_users_per_minute=60, total_active_users=60)
-    assert admissions(crowded, idle, NOW).count == 10  # still inside, as active users
+    assert admissions(fast(), idle, NOW).count == 50
+    crowded = figures(shopping=59_990, likely_buyers=0, seats_left=100, stats=stats)
+    assert admissions(fast(), crowded, NOW).count == 10  # still inside, as active users
     some = figures(shopping=50, likely_buyers=45, seats_left=100, stats=stats)
-    assert admissions(settings(), some, NOW).count == 5
+    assert admissions(fast(), some, NOW).count == 5
 
 
 def test_the_prior_paces_the_stock_before_any_purchase() -> None:
-    decided = admissions(settings(), figures(seats_left=20, waiting=1_000), NOW)
+    decided = admissions(fast(), figures(seats_left=20, waiting=1_000), NOW)
     assert (decided.count, decided.limited_by) == (5, "stock")  # 20 seats / 4 each
     pairs = figures(seats_left=20, stats=PurchaseStats(prior=2))  # at most 2 per customer
-    assert admissions(settings(), pairs, NOW).count == 10
+    assert admissions(fast(), pairs, NOW).count == 10
 
 
 def test_sold_out_is_its_own_state_whatever_the_settings() -> None:

@@ -29,18 +29,24 @@ measured as if it were `PRIOR_WEIGHT` purchases already made, so the first
 one or two purchases cannot swing it. The prior is the most one shopper may
 take: the event's per-customer limit, or `DEFAULT_PRIOR_QUANTITY` (4) when it
 has none. It errs on the side of letting in too few, on purpose. A prior too
-low lets in, with the first burst at opening, shoppers who will find nothing
-(the whole point of the room is not to), and a burst is decided before any
-purchase is measured: with 500 seats, a prior of 2 (a pair) and an average
-of 2.5, the first tick let in 250 and 41 of them found nothing
+low lets in, while a fast pace runs ahead of the first purchases, shoppers
+who will find nothing (the whole point of the room is not to): with 500
+seats, a prior of 2 (a pair), an average of 2.5 and 6,000 let in a minute,
+53 of 261 let in found nothing, 3 with the prior of 4
 (tests/unit/test_waiting_room_run.py). Too high only keeps seats idle for
 the seconds the first purchases take to be measured, while the loop keeps
 asking twice a second.
 
-Pacing by rate counts the admissions of the last 60 s (a sliding window the
-storage can count), so a minute's quota may be let in at once when the sale
-opens; the admission loop that calls this a few times a second spreads it by
-calling often. Plain Python: no clock but the `now` it is given.
+Pacing by rate spreads `newUsersPerMinute` evenly over the minute: a leaky
+bucket kept as one moment, `paced_until` (GCRA's theoretical arrival time),
+the moment by which the pace has caught up with everyone it let in. At most
+`PACE_BURST` (a second) of the pace, and at least one customer, goes in at
+once, so a sale opening on a line of 50,000 at 12,000 a minute lets in 200,
+then 100 every half-second tick, not 12,000 in its first tick (whose holds
+then queued for seconds behind each other: the on-sale's p99, bench/onsale).
+A room of 2 a minute lets one in at once and the next 30 s later. On top of
+it, no more than `newUsersPerMinute` in any 60 s (a sliding window the
+storage counts). Plain Python: no clock but the `now` it is given.
 """
 
 from __future__ import annotations
@@ -59,6 +65,7 @@ __all__ = [
     "MAX_SESSION_DURATION_SECONDS",
     "MAX_TOTAL_ACTIVE_USERS",
     "MIN_SESSION_DURATION_SECONDS",
+    "PACE_BURST",
     "PRIOR_WEIGHT",
     "RATE_WINDOW",
     "Admission",
@@ -68,6 +75,8 @@ __all__ = [
     "RoomSettings",
     "RoomState",
     "admissions",
+    "pace_room",
+    "paced_after",
 ]
 
 QueueingMethod = Literal["fifo", "random", "passthrough", "reject"]
@@ -81,6 +90,7 @@ MIN_SESSION_DURATION_SECONDS = 60  # time to choose seats and pay, at the least
 MAX_SESSION_DURATION_SECONDS = 2 * 60 * 60
 MAX_PREQUEUE_AHEAD = timedelta(days=7)  # a pre-queue opens at most a week before the sale
 RATE_WINDOW = timedelta(minutes=1)
+PACE_BURST = timedelta(seconds=1)  # the most of the pace let in at once (at least one)
 
 DEFAULT_PRIOR_QUANTITY = 4  # the most one shopper takes, when the event sets no limit
 PRIOR_WEIGHT = 10
@@ -199,6 +209,8 @@ class RoomFigures:
     # Of those shopping, the ones still likely to take seats (let in within the shopper
     # grace); None: all of them.
     likely_buyers: int | None = None
+    # The pace's bucket: when it has caught up with everyone it let in (None: nobody yet).
+    paced_until: datetime | None = None
 
 
 RoomState = Literal["off", "closed", "prequeue", "suspended", "rejecting", "open", "sold_out"]
@@ -212,6 +224,7 @@ class Admission:
     count: int
     state: RoomState
     limited_by: Limit | None = None  # the tightest limit, while the room is open
+    paced: bool = False  # whether those let in count against the pace (`paced_after`)
 
 
 def admissions(settings: RoomSettings, figures: RoomFigures, now: datetime) -> Admission:
@@ -231,13 +244,50 @@ def admissions(settings: RoomSettings, figures: RoomFigures, now: datetime) -> A
     if settings.queueing_method == "passthrough":
         return Admission(figures.waiting, "open", "waiting")
     room: dict[Limit, int] = {
-        "rate": settings.new_users_per_minute - figures.admitted_last_minute,
+        "rate": min(
+            settings.new_users_per_minute - figures.admitted_last_minute,
+            pace_room(settings, figures.paced_until, now),
+        ),
         "active": settings.total_active_users - figures.shopping,
         "stock": stock_room(figures),
         "waiting": figures.waiting,
     }
     limited_by = min(room, key=lambda limit: room[limit])
-    return Admission(max(0, room[limited_by]), "open", limited_by)
+    return Admission(max(0, room[limited_by]), "open", limited_by, paced=True)
+
+
+def _bucket(
+    settings: RoomSettings, paced_until: datetime | None, now: datetime
+) -> tuple[Fraction, Fraction, Fraction]:
+    """The pace per second, its burst, and how many seconds the bucket is behind `now`:
+    never more than a burst's worth at the current pace, so a pace raised mid-sale takes
+    effect at once rather than after the old, slower pace's backlog."""
+    per_second = Fraction(settings.new_users_per_minute, 60)
+    # Fractional, so a pace that is no multiple of the ticks keeps its rate.
+    burst = max(Fraction(1), per_second * int(PACE_BURST.total_seconds()))
+    if paced_until is None or paced_until <= now:
+        return per_second, burst, Fraction(0)
+    behind = Fraction((paced_until - now) // timedelta(microseconds=1), 1_000_000)
+    return per_second, burst, min(behind, burst / per_second)
+
+
+def pace_room(settings: RoomSettings, paced_until: datetime | None, now: datetime) -> int:
+    """How many the pace lets in at `now`: a burst (a second of it, at least one), less
+    what the bucket is still behind on."""
+    per_second, burst, behind = _bucket(settings, paced_until, now)
+    return max(0, math.floor(burst - per_second * behind))
+
+
+def paced_after(
+    settings: RoomSettings, paced_until: datetime | None, now: datetime, admitted: int
+) -> datetime | None:
+    """The bucket after letting `admitted` in at `now`: each takes 60 / newUsersPerMinute
+    seconds of the pace, from where the bucket stood (now, if it had caught up; a burst
+    ahead at most, at the current pace)."""
+    if paced_until is None and admitted <= 0:
+        return None
+    per_second, _, behind = _bucket(settings, paced_until, now)
+    return now + timedelta(seconds=float(behind + admitted / per_second))
 
 
 def stock_room(figures: RoomFigures) -> int:

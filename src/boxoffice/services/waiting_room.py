@@ -63,6 +63,7 @@ from boxoffice.domain.waiting_room import (
     RoomSettings,
     RoomState,
     admissions,
+    paced_after,
 )
 from boxoffice.services.events import managed_event, sections_as_seen
 from boxoffice.services.unit_of_work import UnitOfWork
@@ -102,6 +103,7 @@ class Published:
     average_quantity: float
     bands: tuple[Band, ...]
     admitted_now: int = 0  # by the tick that published these
+    paced_until: str | None = None  # the pace's bucket (ISO 8601), the next tick's input
 
     @property
     def sold_out(self) -> bool:
@@ -443,6 +445,7 @@ def _tick(
         select(func.sum(hold_items.c.qty)).where(hold_items.c.event_id == ident)
     ) + scalar(select(func.sum(bookings.c.qty)).where(direct))
     stats = PurchaseStats(purchases, tickets, max_per_customer or DEFAULT_PRIOR_QUANTITY)
+    bucket = None if room.published is None else room.published.paced_until
     figures = RoomFigures(
         shopping=shopping,
         admitted_last_minute=admitted_last_minute,
@@ -451,10 +454,12 @@ def _tick(
         seats_held=int(seats_row[1]),
         stats=stats,
         likely_buyers=likely,
+        paced_until=None if bucket is None else datetime.fromisoformat(bucket),
     )
     # The line opens at opensAt as the slowest clock among the servers sees it: a pre-queue
     # joiner on a clock that runs late still draws a key before anyone is let in.
-    decision = admissions(settings, figures, now - clock_skew)
+    decided_at = now - clock_skew
+    decision = admissions(settings, figures, decided_at)
     admitted_now = 0
     if decision.count > 0 and decision.state in ("open", "off"):
         last = conn.execute(
@@ -481,6 +486,9 @@ def _tick(
         select(func.sum(steps.admitted)).where(steps.event_id == ident)
     )
     recent = admitted_last_minute + admitted_now
+    paced_until = figures.paced_until
+    if decision.paced:
+        paced_until = paced_after(settings, paced_until, decided_at, admitted_now)
     span = PACE_FLOOR if first_in_window is None else max(PACE_FLOOR, now - first_in_window)
     published = Published(
         state=decision.state,
@@ -495,6 +503,7 @@ def _tick(
         average_quantity=float(stats.average_quantity()),
         bands=_bands(conn, ident, watermark),
         admitted_now=admitted_now,
+        paced_until=None if paced_until is None else paced_until.isoformat(),
     )
     return published, watermark, admitted_now
 
