@@ -224,6 +224,27 @@ def test_a_line_that_does_not_move_polls_at_the_longest_interval() -> None:
     assert answer.poll_after_seconds == MAX_POLL_SECONDS
 
 
+def test_a_line_held_back_by_the_stock_keeps_its_front_polling_soon() -> None:
+    """Barely moving (one a minute), the line's front is still told to poll as soon as its
+    turn could come at the room's own pace: when seats return it hears at once. Its back,
+    whose turn cannot come soon at any pace, polls at the longest interval."""
+    crawl = replace(snapshot(mark=MARK, pace=1 / 60, fifo_issued=100_000), fastest_per_second=100.0)
+    front = answer_poll(FIFO_BASE + 149, crawl, OPENS)  # 50th: 0.5 s at the room's pace
+    assert (front.position, front.estimated_wait_seconds) == (50, 3_000)  # told honestly
+    assert front.poll_after_seconds == MIN_POLL_SECONDS
+    middle = answer_poll(FIFO_BASE + 10_099, crawl, OPENS)  # 10,000th: 100 s at best
+    assert middle.poll_after_seconds == 10
+    back = answer_poll(FIFO_BASE + 90_099, crawl, OPENS)
+    assert back.poll_after_seconds == MAX_POLL_SECONDS
+    # A suspended room (no pace of its own) and a line not moving: the longest.
+    stopped = replace(snapshot(mark=MARK, pace=0.0), fastest_per_second=0.0)
+    assert answer_poll(FIFO_BASE + 149, stopped, OPENS).poll_after_seconds == MAX_POLL_SECONDS
+    # A line moving faster than the room's pace (a burst measured over a short span):
+    # the measured wait, the sooner, is the one polls follow.
+    quick = replace(snapshot(mark=MARK, pace=100.0), fastest_per_second=1.0)
+    assert answer_poll(FIFO_BASE + 599, quick, OPENS).poll_after_seconds == 1
+
+
 def test_a_pre_queue_place_is_estimated_from_its_key() -> None:
     mark = Watermark()
     line = LineSnapshot(

@@ -177,6 +177,9 @@ class LineSnapshot:
     # WAITING_ROOM_MAX_POLL_SECONDS: the longest `pollAfterSeconds` any answer gives, so
     # how late, at worst, a client that polls as told learns its turn or the sell-out.
     max_poll_seconds: int = MAX_POLL_SECONDS
+    # The room's own pace (newUsersPerMinute / 60; 0 while suspended): the fastest the line
+    # can move, so when a waiting place's turn can come soonest.
+    fastest_per_second: float = 0.0
     # Made once per snapshot for `estimate_position`: each band's low key, and how many
     # wait in the bands before it.
     band_lows: tuple[int, ...] = field(init=False, repr=False, compare=False)
@@ -250,9 +253,14 @@ def answer_poll(key: int, snapshot: LineSnapshot, now: datetime) -> PollAnswer:
     if snapshot.sold_out:
         return PollAnswer("sold_out", longest)
     position = estimate_position(key, snapshot)
-    wait = (
-        math.ceil(position / snapshot.admitted_per_second)
-        if snapshot.admitted_per_second > 0
-        else None
-    )
-    return PollAnswer("waiting", poll_after_seconds(wait, longest=longest), position, wait)
+    wait = _wait(position, snapshot.admitted_per_second)
+    # Polls are paced by the soonest the turn can come, not the likely wait: a line held
+    # back by the stock barely moves, then lets its front in the moment seats return, and
+    # its front would hear of it a whole `longest` late (the last minute of a sale).
+    soonest = _wait(position, snapshot.fastest_per_second)
+    told = wait if soonest is None or (wait is not None and wait < soonest) else soonest
+    return PollAnswer("waiting", poll_after_seconds(told, longest=longest), position, wait)
+
+
+def _wait(position: int, per_second: float) -> int | None:
+    return math.ceil(position / per_second) if per_second > 0 else None

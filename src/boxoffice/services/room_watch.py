@@ -211,6 +211,9 @@ class RoomWatch:
             session=room.settings.session_duration,
             sold_out=published is not None and published.sold_out,
             max_poll_seconds=self.max_poll_seconds,
+            fastest_per_second=(
+                0.0 if room.settings.suspended else room.settings.new_users_per_minute / 60
+            ),
         )
         return RoomView(room, snapshot)
 
