@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 from tests.support.keys import first_admin_key
 from tests.support.postgres import ThrowawayPostgres
 from tests.support.server import ServerProcess, audit_verify, inventory_check, process_group
@@ -133,6 +134,9 @@ class SaleOutcome:
     wrk: dict[str, Any] = field(default_factory=dict)
     cpu_seconds: dict[str, float] = field(default_factory=dict)
     wall_seconds: float = 0.0
+    # The server's own histogram, by route: requests, the share answered within 100 ms,
+    # and the bucket bounds p50 and p99 fall under (what wrk's latency adds is its own).
+    server_latency: dict[str, dict[str, float]] = field(default_factory=dict)
     timeline: list[dict[str, float]] = field(default_factory=list)
     rps_peak: float = 0.0
     # From each customer's arrival to its join answered (in the room): how far behind the
@@ -314,6 +318,7 @@ def run_sale(
         outcome.cpu_seconds = {
             name: cpu_spent(cpu_before[name], cpu_after[name]) for name in cpu_before
         }
+        outcome.server_latency = server_latency(client.get("/metrics").text)
         seats = client.get(f"/events/{event['id']}").json()["sections"]
         outcome.seats_sold = sum(section["sold"] for section in seats)
         outcome.sold_out = all(
@@ -327,6 +332,37 @@ def run_sale(
     outcome.audit_ok = audit_verify(database_url).returncode == 0
     outcome.stored, outcome.oversold, outcome.leaked, _ = asyncio.run(verify(database_url))
     return outcome
+
+
+def server_latency(exposition: str) -> dict[str, dict[str, float]]:
+    """Per route, from the server's request histogram (every worker's, summed): how many,
+    the share answered within 100 ms, and the upper bounds of the buckets p50 and p99
+    fall in. Measured from a request's head to its last byte inside the server."""
+    cumulative: dict[str, dict[float, float]] = defaultdict(lambda: defaultdict(float))
+    for family in text_string_to_metric_families(exposition):
+        if family.name != "boxoffice_http_request_duration_seconds":
+            continue
+        for sample in family.samples:
+            if sample.name.endswith("_bucket"):
+                route = f"{sample.labels['method']} {sample.labels['route']}"
+                cumulative[route][float(sample.labels["le"])] += sample.value
+    found = {}
+    for route, buckets in cumulative.items():
+        bounds = sorted(buckets)
+        total = buckets[bounds[-1]]
+        if total < 1:
+            continue
+
+        def under(share: float, bounds: list[float] = bounds, buckets: Any = buckets) -> float:
+            return next(b for b in bounds if buckets[b] >= share * total)  # noqa: B023
+
+        found[route] = {
+            "requests": total,
+            "within_100ms": buckets.get(0.1, 0.0) / total,
+            "p50_under_ms": under(0.5) * 1000,
+            "p99_under_ms": under(0.99) * 1000,
+        }
+    return found
 
 
 async def _bulk_keys(database_url: str, names: list[str]) -> list[str]:
@@ -686,6 +722,18 @@ def report(room: SaleOutcome, bare: SaleOutcome | None, path: Path) -> str:
         "load average at start → end",
         lambda o: f"{o.load_before[0]:.2f} → {o.load_after[0]:.2f}",
     )
+    lines += [
+        "",
+        "## Inside the server (its own histogram, with the room)",
+        "",
+        "| route | requests | answered within 100 ms | p50 under, ms | p99 under, ms |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for route, figures in sorted(room.server_latency.items(), key=lambda kv: -kv[1]["requests"]):
+        lines.append(
+            f"| {route} | {figures['requests']:,.0f} | {figures['within_100ms']:.1%} | "
+            f"{figures['p50_under_ms']:g} | {figures['p99_under_ms']:g} |"
+        )
     lines += [
         "",
         "Latency is measured by wrk's Lua, from building a request to its answer, so it",

@@ -61,3 +61,9 @@ def test_a_small_on_sale_through_the_room(database_url: str, tmp_path: Path) -> 
         sale.correlation,
         sale.ideal_correlation,
     )
+    # The server's own histogram counted what wrk sent (every worker's, summed).
+    inside = sale.server_latency
+    holds = sum(sale.statuses["hold"].values())
+    assert inside["POST /holds"]["requests"] >= holds
+    assert 0 < inside["POST /holds"]["p50_under_ms"] <= inside["POST /holds"]["p99_under_ms"]
+    assert 0 <= inside["GET /queue/{ticket}"]["within_100ms"] <= 1

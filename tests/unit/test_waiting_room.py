@@ -18,6 +18,7 @@ from boxoffice.domain.waiting_room import (
     MAX_SESSION_DURATION_SECONDS,
     MAX_TOTAL_ACTIVE_USERS,
     MIN_SESSION_DURATION_SECONDS,
+    PACE_BURST,
     PurchaseStats,
     RoomFigures,
     RoomSettings,
@@ -154,7 +155,7 @@ def _ticks(
         )
         decided = admissions(room, live, now)
         assert decided.paced
-        paced_until = paced_after(room, paced_until, now, decided.count)
+        paced_until = paced_after(room, decided, paced_until, now, decided.count)
         let_in.append(decided.count)
     return let_in
 
@@ -163,8 +164,8 @@ def _ticks(
 def test_the_pace_spreads_a_minutes_admissions_over_the_minute(per_minute: int) -> None:
     room = settings(new_users_per_minute=per_minute, total_active_users=MAX_TOTAL_ACTIVE_USERS)
     let_in = _ticks(room, 300)
-    burst = max(1, per_minute // 60)
-    assert let_in[0] == burst  # a second's worth at once, at least one: never the minute
+    burst = max(1, per_minute * 5 // 60)
+    assert let_in[0] == burst  # five seconds' worth at once, at least one: never the minute
     assert max(let_in) <= burst
     for start in range(0, len(let_in) - 120, 7):  # any minute: the pace, not more
         minute = sum(let_in[start : start + 120])
@@ -187,15 +188,37 @@ def test_the_per_minute_window_caps_admissions_whatever_the_bucket() -> None:
 
 def test_a_pace_raised_mid_sale_takes_effect_at_once() -> None:
     slow = settings(new_users_per_minute=1)
-    paced_until = paced_after(slow, None, NOW, 1)  # the next in a minute, at the old pace
+    first = admissions(slow, figures(), NOW)
+    paced_until = paced_after(slow, first, None, NOW, first.count)  # the next in a minute
     assert admissions(slow, figures(paced_until=paced_until), NOW).count == 0
     fast = settings(new_users_per_minute=6_000, total_active_users=6_000)
     decided = admissions(fast, figures(paced_until=paced_until), NOW)
-    assert decided.count == 0  # the bucket is full, at the new pace: a second of it
-    paced_until = paced_after(fast, paced_until, NOW, decided.count)
-    assert paced_until == NOW + timedelta(seconds=1)
+    assert decided.count == 0  # the bucket is full, at the new pace: its burst
+    paced_until = paced_after(fast, decided, paced_until, NOW, decided.count)
+    assert paced_until == NOW + PACE_BURST
     soon = admissions(fast, figures(paced_until=paced_until), NOW + timedelta(milliseconds=500))
     assert soon.count == 50  # half a second later, half a second's worth
+
+
+def test_the_line_opens_and_resumes_at_its_pace_not_with_a_burst() -> None:
+    room = settings(new_users_per_minute=12_000, total_active_users=12_000)
+    paced_until = None
+    # The pre-queue's ticks keep the bucket empty; so does a suspension.
+    before = OPENS - timedelta(milliseconds=500)
+    for phase_room, at in ((room, before), (fast(suspended=True), NOW)):
+        waiting = admissions(phase_room, figures(), at)
+        assert waiting.count == 0
+        paced_until = paced_after(phase_room, waiting, paced_until, at, 0)
+        tick = at + timedelta(milliseconds=500)
+        resumed = admissions(room, figures(paced_until=paced_until, seats_left=10**6), tick)
+        assert resumed.count == 100  # half a second of 200 a second, not five
+    # A line held by the stock keeps filling its bucket: seats back, a burst at most.
+    held = admissions(room, figures(seats_left=0, seats_held=10), NOW)
+    assert held.limited_by == "stock"
+    paced_until = paced_after(room, held, paced_until, NOW, 0)
+    later = NOW + timedelta(minutes=1)
+    back = figures(paced_until=paced_until, seats_left=10**6)
+    assert admissions(room, back, later).count == 1_000
 
 
 def test_those_let_in_unpaced_do_not_hold_the_pace_back() -> None:

@@ -119,7 +119,7 @@ def sale(
             paced_until=run.paced_until,
         )
         decided = admissions(room, live, now)
-        run.paced_until = paced_after(room, run.paced_until, now, decided.count)
+        run.paced_until = paced_after(room, decided, run.paced_until, now, decided.count)
         if decided.count:
             for c in waiting[: decided.count]:
                 c.admitted_at = now

@@ -39,14 +39,17 @@ asking twice a second.
 
 Pacing by rate spreads `newUsersPerMinute` evenly over the minute: a leaky
 bucket kept as one moment, `paced_until` (GCRA's theoretical arrival time),
-the moment by which the pace has caught up with everyone it let in. At most
-`PACE_BURST` (a second) of the pace, and at least one customer, goes in at
-once, so a sale opening on a line of 50,000 at 12,000 a minute lets in 200,
-then 100 every half-second tick, not 12,000 in its first tick (whose holds
-then queued for seconds behind each other: the on-sale's p99, bench/onsale).
-A room of 2 a minute lets one in at once and the next 30 s later. On top of
-it, no more than `newUsersPerMinute` in any 60 s (a sliding window the
-storage counts). Plain Python: no clock but the `now` it is given.
+the moment by which the pace has caught up with everyone it let in. The
+bucket is kept empty until the line opens, so a sale opening on a line of
+50,000 at 12,000 a minute lets in 100 every half-second tick, not 12,000 in
+its first tick (whose holds then queued for seconds behind each other: the
+on-sale's p99, bench/onsale). At most `PACE_BURST` (5 s) of the pace, and at
+least one customer, goes in at once: after the stock held the line, or when
+ticks run late on a loaded machine (a 1 s burst lost most of the pace to
+ticks 2.5 s apart). A room of 2 a minute lets one in at once and the next
+30 s later. On top of it, no more than `newUsersPerMinute` in any 60 s (a
+sliding window the storage counts). Plain Python: no clock but the `now` it
+is given.
 """
 
 from __future__ import annotations
@@ -90,7 +93,9 @@ MIN_SESSION_DURATION_SECONDS = 60  # time to choose seats and pay, at the least
 MAX_SESSION_DURATION_SECONDS = 2 * 60 * 60
 MAX_PREQUEUE_AHEAD = timedelta(days=7)  # a pre-queue opens at most a week before the sale
 RATE_WINDOW = timedelta(minutes=1)
-PACE_BURST = timedelta(seconds=1)  # the most of the pace let in at once (at least one)
+# The most of the pace let in at once (at least one): also the longest a late tick may
+# come without losing the pace (ticks run late on a loaded machine).
+PACE_BURST = timedelta(seconds=5)
 
 DEFAULT_PRIOR_QUANTITY = 4  # the most one shopper takes, when the event sets no limit
 PRIOR_WEIGHT = 10
@@ -272,21 +277,31 @@ def _bucket(
 
 
 def pace_room(settings: RoomSettings, paced_until: datetime | None, now: datetime) -> int:
-    """How many the pace lets in at `now`: a burst (a second of it, at least one), less
-    what the bucket is still behind on."""
+    """How many the pace lets in at `now`: a burst (`PACE_BURST` of it, at least one),
+    less what the bucket is still behind on."""
     per_second, burst, behind = _bucket(settings, paced_until, now)
     return max(0, math.floor(burst - per_second * behind))
 
 
 def paced_after(
-    settings: RoomSettings, paced_until: datetime | None, now: datetime, admitted: int
+    settings: RoomSettings,
+    decision: Admission,
+    paced_until: datetime | None,
+    now: datetime,
+    admitted: int,
 ) -> datetime | None:
-    """The bucket after letting `admitted` in at `now`: each takes 60 / newUsersPerMinute
-    seconds of the pace, from where the bucket stood (now, if it had caught up; a burst
-    ahead at most, at the current pace)."""
-    if paced_until is None and admitted <= 0:
-        return None
-    per_second, _, behind = _bucket(settings, paced_until, now)
+    """The bucket after a tick that let `admitted` in at `now`.
+
+    Each one let in takes 60 / newUsersPerMinute seconds of the pace, from where the
+    bucket stood (now, if it had caught up; a burst ahead at most, at the current pace).
+    While the line may not move (before the opening, suspended, rejecting) the bucket is
+    kept empty, so the line starts, and starts again, at its pace, not with a burst.
+    """
+    per_second, burst, behind = _bucket(settings, paced_until, now)
+    if decision.state in ("closed", "prequeue", "suspended", "rejecting"):
+        return now + timedelta(seconds=float(burst / per_second))
+    if not decision.paced or (paced_until is None and admitted <= 0):
+        return paced_until
     return now + timedelta(seconds=float(behind + admitted / per_second))
 
 

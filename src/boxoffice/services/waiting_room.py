@@ -486,9 +486,7 @@ def _tick(
         select(func.sum(steps.admitted)).where(steps.event_id == ident)
     )
     recent = admitted_last_minute + admitted_now
-    paced_until = figures.paced_until
-    if decision.paced:
-        paced_until = paced_after(settings, paced_until, decided_at, admitted_now)
+    paced_until = paced_after(settings, decision, figures.paced_until, decided_at, admitted_now)
     span = PACE_FLOOR if first_in_window is None else max(PACE_FLOOR, now - first_in_window)
     published = Published(
         state=decision.state,
