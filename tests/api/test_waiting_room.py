@@ -274,6 +274,30 @@ async def test_admissions_follow_the_pace_and_the_line_order(sale: Sale) -> None
     assert (await sale.poll(tickets[2])).json()["status"] == "waiting"
 
 
+async def test_a_room_turned_off_and_on_again_restarts_at_its_pace(sale: Sale) -> None:
+    """Its bucket filled while the room was off: turned on again, the line starts at its
+    pace (one now, the next as the pace allows), not with a burst."""
+    event = await sale.event(capacity=100)
+    pace = {"newUsersPerMinute": 120, "totalActiveUsers": 120}  # 2 a second, 11 at once
+    await sale.room(event, **pace)
+    for n in range(30):
+        await sale.join(event, await sale.customer(f"c{n}"))
+
+    async def admitted() -> int:
+        await sale.watch.tick()
+        got = await sale.http.get(f"/events/{event['id']}/waiting-room", headers=sale.admin)
+        return int(got.json()["figures"]["admitted"])
+
+    assert await admitted() == 11  # a new room's first tick: the burst
+    await sale.room(event, enabled=False, **pace)
+    sale.clock.advance(120)
+    await sale.room(event, **pace)
+    await sale.watch.refresh()
+    assert await admitted() == 12
+    sale.clock.advance(0.5)
+    assert await admitted() == 13  # then the pace: 2 a second
+
+
 async def test_the_stock_holds_admissions_and_sold_out_tells_everyone(sale: Sale) -> None:
     event = await sale.event(capacity=3, maxPerCustomer=3)
     await sale.room(event, newUsersPerMinute=6000, totalActiveUsers=6000)  # 100 at once

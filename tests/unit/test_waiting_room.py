@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from fractions import Fraction
@@ -164,18 +165,37 @@ def _ticks(
 def test_the_pace_spreads_a_minutes_admissions_over_the_minute(per_minute: int) -> None:
     room = settings(new_users_per_minute=per_minute, total_active_users=MAX_TOTAL_ACTIVE_USERS)
     let_in = _ticks(room, 300)
-    burst = max(1, per_minute * 5 // 60)
-    assert let_in[0] == burst  # five seconds' worth at once, at least one: never the minute
+    burst = 1 + per_minute * 5 // 60
+    assert let_in[0] == burst  # five seconds' worth and one at once: never the minute
     assert max(let_in) <= burst
     for start in range(0, len(let_in) - 120, 7):  # any minute: the pace, not more
         minute = sum(let_in[start : start + 120])
         assert minute <= per_minute
-        assert minute >= per_minute * 0.97 - 1  # and not (much) less: ticks lose little
+        assert minute >= per_minute * 0.99 - 1  # and not (much) less: ticks lose little
+
+
+@pytest.mark.parametrize("per_minute", [7, 11, 13, 100, 12_000])
+def test_ticks_that_come_late_keep_the_pace(per_minute: int) -> None:
+    """A loaded machine's loop ticks late and unevenly (0.3 to 3 s apart): the bucket keeps
+    the pace all the same, and never more than it in any minute."""
+    room = settings(new_users_per_minute=per_minute, total_active_users=MAX_TOTAL_ACTIVE_USERS)
+    draw = random.Random(per_minute)
+    now, paced_until, let_in = NOW, None, []
+    while now < NOW + timedelta(minutes=10):
+        last_minute = sum(count for at, count in let_in if now - at < timedelta(minutes=1))
+        live = figures(seats_left=10**8, admitted_last_minute=last_minute, paced_until=paced_until)
+        decided = admissions(room, live, now)
+        paced_until = paced_after(room, decided, paced_until, now, decided.count)
+        let_in.append((now, decided.count))
+        now += timedelta(seconds=draw.uniform(0.3, 3))
+    total = sum(count for _, count in let_in)
+    assert per_minute * 10 * 0.97 - 2 <= total <= per_minute * 10 + 1
 
 
 def test_a_small_room_lets_one_in_and_the_next_when_its_turn_comes() -> None:
     let_in = _ticks(settings(new_users_per_minute=2, total_active_users=2), 61)
-    assert [n for n, count in enumerate(let_in) if count] == [0, 60, 120]  # 0, 30, 60 s
+    # 0 s; 25 s (the bucket's tolerance of one customer); 60 s (never 3 in any 60 s).
+    assert [n for n, count in enumerate(let_in) if count] == [0, 50, 120]
 
 
 def test_the_per_minute_window_caps_admissions_whatever_the_bucket() -> None:
@@ -195,7 +215,7 @@ def test_a_pace_raised_mid_sale_takes_effect_at_once() -> None:
     decided = admissions(fast, figures(paced_until=paced_until), NOW)
     assert decided.count == 0  # the bucket is full, at the new pace: its burst
     paced_until = paced_after(fast, decided, paced_until, NOW, decided.count)
-    assert paced_until == NOW + PACE_BURST
+    assert paced_until == NOW + PACE_BURST + timedelta(milliseconds=10)  # 501 at 100 a second
     soon = admissions(fast, figures(paced_until=paced_until), NOW + timedelta(milliseconds=500))
     assert soon.count == 50  # half a second later, half a second's worth
 
@@ -211,14 +231,14 @@ def test_the_line_opens_and_resumes_at_its_pace_not_with_a_burst() -> None:
         paced_until = paced_after(phase_room, waiting, paced_until, at, 0)
         tick = at + timedelta(milliseconds=500)
         resumed = admissions(room, figures(paced_until=paced_until, seats_left=10**6), tick)
-        assert resumed.count == 100  # half a second of 200 a second, not five
+        assert resumed.count == 101  # one, and half a second of 200 a second: not five
     # A line held by the stock keeps filling its bucket: seats back, a burst at most.
     held = admissions(room, figures(seats_left=0, seats_held=10), NOW)
     assert held.limited_by == "stock"
     paced_until = paced_after(room, held, paced_until, NOW, 0)
     later = NOW + timedelta(minutes=1)
-    back = figures(paced_until=paced_until, seats_left=10**6)
-    assert admissions(room, back, later).count == 1_000
+    back = figures(paced_until=paced_until, seats_left=10**6, waiting=5_000)
+    assert admissions(room, back, later).count == 1_001
 
 
 def test_those_let_in_unpaced_do_not_hold_the_pace_back() -> None:
@@ -352,3 +372,17 @@ def test_changing_a_setting_is_a_new_valid_value() -> None:
     room = settings()
     with pytest.raises(InvalidRequest):
         replace(room, new_users_per_minute=0)
+
+
+def test_figures_written_by_another_version_are_read() -> None:
+    """A rolling deploy or a rollback: one version reads the figures another wrote."""
+    import json
+
+    from boxoffice.services.waiting_room import Published
+
+    published = Published("open", "rate", 5, 2, 10, 10, 0.5, 100, 3, 2.5, (), 1, None)
+    newer = json.loads(published.to_json()) | {"from_a_later_version": [1, 2]}
+    assert Published.from_json(json.dumps(newer)) == published
+    older = json.loads(published.to_json())
+    del older["paced_until"]
+    assert Published.from_json(json.dumps(older)).paced_until is None

@@ -40,11 +40,11 @@ asking twice a second.
 Pacing by rate spreads `newUsersPerMinute` evenly over the minute: a leaky
 bucket kept as one moment, `paced_until` (GCRA's theoretical arrival time),
 the moment by which the pace has caught up with everyone it let in. The
-bucket is kept empty until the line opens, so a sale opening on a line of
-50,000 at 12,000 a minute lets in 100 every half-second tick, not 12,000 in
-its first tick (whose holds then queued for seconds behind each other: the
-on-sale's p99, bench/onsale). At most `PACE_BURST` (5 s) of the pace, and at
-least one customer, goes in at once: after the stock held the line, or when
+bucket holds one customer until the line opens, so a sale opening on a line
+of 50,000 at 12,000 a minute lets in 100 every half-second tick, not 12,000
+in its first tick (whose holds then queued for seconds behind each other: the
+on-sale's p99, bench/onsale). At most `PACE_BURST` (5 s) of the pace, and one
+customer more, goes in at once: after the stock held the line, or when
 ticks run late on a loaded machine (a 1 s burst lost most of the pace to
 ticks 2.5 s apart). A room of 2 a minute lets one in at once and the next
 30 s later. On top of it, no more than `newUsersPerMinute` in any 60 s (a
@@ -78,6 +78,7 @@ __all__ = [
     "RoomSettings",
     "RoomState",
     "admissions",
+    "idle_bucket",
     "pace_room",
     "paced_after",
 ]
@@ -268,8 +269,9 @@ def _bucket(
     never more than a burst's worth at the current pace, so a pace raised mid-sale takes
     effect at once rather than after the old, slower pace's backlog."""
     per_second = Fraction(settings.new_users_per_minute, 60)
-    # Fractional, so a pace that is no multiple of the ticks keeps its rate.
-    burst = max(Fraction(1), per_second * int(PACE_BURST.total_seconds()))
+    # One customer more than the burst: the tolerance that keeps a slow pace's rate when
+    # its ticks come late (a bucket of exactly one lost each tick's lateness for good).
+    burst = 1 + per_second * int(PACE_BURST.total_seconds())
     if paced_until is None or paced_until <= now:
         return per_second, burst, Fraction(0)
     behind = Fraction((paced_until - now) // timedelta(microseconds=1), 1_000_000)
@@ -295,14 +297,23 @@ def paced_after(
     Each one let in takes 60 / newUsersPerMinute seconds of the pace, from where the
     bucket stood (now, if it had caught up; a burst ahead at most, at the current pace).
     While the line may not move (before the opening, suspended, rejecting) the bucket is
-    kept empty, so the line starts, and starts again, at its pace, not with a burst.
+    kept empty but for one customer, so the line starts, and starts again, at its pace,
+    not with a burst.
     """
-    per_second, burst, behind = _bucket(settings, paced_until, now)
+    per_second, _, behind = _bucket(settings, paced_until, now)
     if decision.state in ("closed", "prequeue", "suspended", "rejecting"):
-        return now + timedelta(seconds=float(burst / per_second))
+        return idle_bucket(settings, now)
     if not decision.paced or (paced_until is None and admitted <= 0):
         return paced_until
     return now + timedelta(seconds=float(behind + admitted / per_second))
+
+
+def idle_bucket(settings: RoomSettings, now: datetime) -> datetime:
+    """The bucket of a line that starts moving at `now`: one customer in it, the rest of
+    the burst to come at the pace (also for a loop that has not ticked for a while: a
+    room turned off and on again, every process down)."""
+    per_second, burst, _ = _bucket(settings, None, now)
+    return now + timedelta(seconds=float((burst - 1) / per_second))
 
 
 def stock_room(figures: RoomFigures) -> int:

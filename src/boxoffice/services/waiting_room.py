@@ -24,6 +24,7 @@ import secrets
 import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from dataclasses import fields as dataclass_fields
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -57,12 +58,14 @@ from boxoffice.domain.queue_order import (
 )
 from boxoffice.domain.waiting_room import (
     DEFAULT_PRIOR_QUANTITY,
+    PACE_BURST,
     RATE_WINDOW,
     PurchaseStats,
     RoomFigures,
     RoomSettings,
     RoomState,
     admissions,
+    idle_bucket,
     paced_after,
 )
 from boxoffice.services.events import managed_event, sections_as_seen
@@ -116,9 +119,15 @@ class Published:
 
     @classmethod
     def from_json(cls, text: str) -> Published:
-        fields: dict[str, Any] = json.loads(text)
-        fields["bands"] = tuple(Band(*band) for band in fields["bands"])
-        return cls(**fields)
+        """Figures as any version wrote them: a key this version does not know (written by
+        a newer one, in a rolling deploy or after a rollback) is left out, not an error."""
+        found: dict[str, Any] = json.loads(text)
+        known = {name: found[name] for name in PUBLISHED_FIELDS if name in found}
+        known["bands"] = tuple(Band(*band) for band in known["bands"])
+        return cls(**known)
+
+
+PUBLISHED_FIELDS = tuple(field.name for field in dataclass_fields(Published))
 
 
 @dataclass(frozen=True, slots=True)
@@ -446,6 +455,13 @@ def _tick(
     ) + scalar(select(func.sum(bookings.c.qty)).where(direct))
     stats = PurchaseStats(purchases, tickets, max_per_customer or DEFAULT_PRIOR_QUANTITY)
     bucket = None if room.published is None else room.published.paced_until
+    paced_until = None if bucket is None else datetime.fromisoformat(bucket)
+    decided_at = now - clock_skew
+    last_tick = room.published_at
+    if paced_until is not None and (last_tick is None or now - last_tick > PACE_BURST):
+        # No tick for a while (the room was off, or every process down): the line starts
+        # again at its pace, not with the burst its bucket filled to meanwhile.
+        paced_until = idle_bucket(settings, decided_at)
     figures = RoomFigures(
         shopping=shopping,
         admitted_last_minute=admitted_last_minute,
@@ -454,11 +470,10 @@ def _tick(
         seats_held=int(seats_row[1]),
         stats=stats,
         likely_buyers=likely,
-        paced_until=None if bucket is None else datetime.fromisoformat(bucket),
+        paced_until=paced_until,
     )
     # The line opens at opensAt as the slowest clock among the servers sees it: a pre-queue
     # joiner on a clock that runs late still draws a key before anyone is let in.
-    decided_at = now - clock_skew
     decision = admissions(settings, figures, decided_at)
     admitted_now = 0
     if decision.count > 0 and decision.state in ("open", "off"):
@@ -486,7 +501,7 @@ def _tick(
         select(func.sum(steps.admitted)).where(steps.event_id == ident)
     )
     recent = admitted_last_minute + admitted_now
-    paced_until = paced_after(settings, decision, figures.paced_until, decided_at, admitted_now)
+    paced_until = paced_after(settings, decision, paced_until, decided_at, admitted_now)
     span = PACE_FLOOR if first_in_window is None else max(PACE_FLOOR, now - first_in_window)
     published = Published(
         state=decision.state,
