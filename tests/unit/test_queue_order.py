@@ -236,6 +236,11 @@ def test_a_line_held_back_by_the_stock_keeps_its_front_polling_soon() -> None:
     assert middle.poll_after_seconds == 10
     back = answer_poll(FIFO_BASE + 90_099, crawl, OPENS)
     assert back.poll_after_seconds == MAX_POLL_SECONDS
+    # Only the places the stock could still serve: the rest cannot be let in soon at any
+    # pace, and a line of a million would otherwise poll as if it could.
+    scarce = replace(crawl, servable_places=1_000)
+    assert answer_poll(FIFO_BASE + 149, scarce, OPENS).poll_after_seconds == MIN_POLL_SECONDS
+    assert answer_poll(FIFO_BASE + 10_099, scarce, OPENS).poll_after_seconds == MAX_POLL_SECONDS
     # A suspended room (no pace of its own) and a line not moving: the longest.
     stopped = replace(snapshot(mark=MARK, pace=0.0), fastest_per_second=0.0)
     assert answer_poll(FIFO_BASE + 149, stopped, OPENS).poll_after_seconds == MAX_POLL_SECONDS

@@ -386,3 +386,5 @@ def test_figures_written_by_another_version_are_read() -> None:
     older = json.loads(published.to_json())
     del older["paced_until"]
     assert Published.from_json(json.dumps(older)).paced_until is None
+    # 100 seats left and 3 held, 2.5 a purchase: 42 more shoppers could be served at most.
+    assert published.servable_places == 42

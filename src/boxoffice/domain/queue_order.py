@@ -180,6 +180,9 @@ class LineSnapshot:
     # The room's own pace (newUsersPerMinute / 60; 0 while suspended): the fastest the line
     # can move, so when a waiting place's turn can come soonest.
     fastest_per_second: float = 0.0
+    # How many of those waiting the stock could still serve (None: not known yet): beyond
+    # them no pace brings a turn soon, and polls follow the likely wait.
+    servable_places: int | None = None
     # Made once per snapshot for `estimate_position`: each band's low key, and how many
     # wait in the bands before it.
     band_lows: tuple[int, ...] = field(init=False, repr=False, compare=False)
@@ -257,7 +260,9 @@ def answer_poll(key: int, snapshot: LineSnapshot, now: datetime) -> PollAnswer:
     # Polls are paced by the soonest the turn can come, not the likely wait: a line held
     # back by the stock barely moves, then lets its front in the moment seats return, and
     # its front would hear of it a whole `longest` late (the last minute of a sale).
-    soonest = _wait(position, snapshot.fastest_per_second)
+    servable = snapshot.servable_places
+    reachable = servable is None or position <= servable
+    soonest = _wait(position, snapshot.fastest_per_second) if reachable else None
     told = wait if soonest is None or (wait is not None and wait < soonest) else soonest
     return PollAnswer("waiting", poll_after_seconds(told, longest=longest), position, wait)
 

@@ -129,8 +129,8 @@ class RoomWatch:
         if room is None:
             return None
         view = self._view(room, await self._watermark(room, self._clock()))
-        self._views[room.event_id] = view
-        return view
+        # A refresh or a tick that ran meanwhile has the newer view: keep it.
+        return self._views.setdefault(room.event_id, view)
 
     async def start(self) -> None:
         """Load the signing secret and every room before serving, then keep them fresh."""
@@ -212,8 +212,11 @@ class RoomWatch:
             sold_out=published is not None and published.sold_out,
             max_poll_seconds=self.max_poll_seconds,
             fastest_per_second=(
-                0.0 if room.settings.suspended else room.settings.new_users_per_minute / 60
+                0.0
+                if room.settings.suspended or room.settings.queueing_method == "reject"
+                else room.settings.new_users_per_minute / 60
             ),
+            servable_places=None if published is None else published.servable_places,
         )
         return RoomView(room, snapshot)
 

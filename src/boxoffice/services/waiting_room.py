@@ -20,6 +20,7 @@ names the holder, so a process whose lease lapsed mid-tick writes nothing.
 from __future__ import annotations
 
 import json
+import math
 import secrets
 import uuid
 from collections.abc import Sequence
@@ -111,6 +112,12 @@ class Published:
     @property
     def sold_out(self) -> bool:
         return self.state == "sold_out"
+
+    @property
+    def servable_places(self) -> int:
+        """How many more shoppers the seats left and held could serve, at the average
+        quantity: the places of the line whose turn the stock allows at all."""
+        return math.ceil((self.seats_left + self.seats_held) / max(1.0, self.average_quantity))
 
     def to_json(self) -> str:
         fields = asdict(self)
