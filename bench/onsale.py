@@ -340,11 +340,18 @@ def server_latency(exposition: str) -> dict[str, dict[str, float]]:
     fall in. Measured from a request's head to its last byte inside the server."""
     cumulative: dict[str, dict[float, float]] = defaultdict(lambda: defaultdict(float))
     for family in text_string_to_metric_families(exposition):
-        if family.name != "boxoffice_http_request_duration_seconds":
+        if family.name not in (
+            "boxoffice_http_request_duration_seconds",
+            "boxoffice_batch_commit_duration_seconds",
+        ):
             continue
         for sample in family.samples:
             if sample.name.endswith("_bucket"):
-                route = f"{sample.labels['method']} {sample.labels['route']}"
+                route = (
+                    f"{sample.labels['method']} {sample.labels['route']}"
+                    if "route" in sample.labels
+                    else "(a group-commit batch)"
+                )
                 cumulative[route][float(sample.labels["le"])] += sample.value
     found = {}
     for route, buckets in cumulative.items():
