@@ -12,6 +12,10 @@ subclass, given to uvicorn as its `http` protocol, adds both:
   connection, for one that sends nothing) is answered `408 request_timeout`
   and the connection closed.
 
+Both close lingering: the answer, then the end of writing, then whatever the
+client still sends read and dropped for up to LINGER_SECONDS, so the answer is
+not lost to a reset.
+
 A stalled body is `BodyLimitMiddleware`'s (also 408), which needs no timer when
 this protocol has seen the whole body arrive with the head (`BODY_COMPLETE` in
 the scope); an idle keep-alive connection is closed after KEEP_ALIVE_SECONDS by
@@ -35,6 +39,7 @@ from boxoffice.api.security_headers import NO_STORE
 from boxoffice.config import get_settings
 
 BODY_COMPLETE = "boxoffice.body_complete"  # in the scope: the body has all arrived
+LINGER_SECONDS = 1.0  # a refused connection's reading after its answer, at most
 
 
 class _HeadWithBody:
@@ -87,6 +92,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.in_head = True
         self.head_timer: asyncio.TimerHandle | None = None
         self.refusal: tuple[int, str, str] | None = None
+        self.refused = False  # answered 408 or 431: reading what still comes, then closing
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(cast(asyncio.Transport, _HeadWithBody(transport)))
@@ -97,6 +103,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self.refused:
+            return  # the rest of a refused head, read and dropped (`_refuse`)
         # httptools keeps an unfinished header to itself until its end arrives, so the
         # callbacks alone would let one endless header grow without bound: count raw bytes.
         if self.in_head and self.refusal is None:
@@ -171,6 +179,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def _head_too_slow(self) -> None:
         self.head_timer = None
+        if self.refused:
+            return
         if self.cycle is not None and not self.cycle.response_complete:
             # A request is being answered; a pipelined head behind it gets its time again.
             if self.in_head:
@@ -196,4 +206,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             b"connection: close\r\n\r\n%s"
             % (status, phrase, defaults, PROBLEM_MEDIA_TYPE.encode(), len(body), body)
         )
-        self.transport.close()
+        self.refused = True
+        self._stop_head_timer()
+        if not self.transport.can_write_eof():
+            self.transport.close()
+            return
+        # A lingering close: closed while the client is still sending (the rest of a 100 KB
+        # header), the connection is reset, and the client may lose the answer it had not
+        # read yet. Said "no more" (FIN) instead, it reads the answer; what it still sends is
+        # read and dropped, until it closes or LINGER_SECONDS pass.
+        self.transport.write_eof()
+        self.loop.call_later(LINGER_SECONDS, self.transport.close)
