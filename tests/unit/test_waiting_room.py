@@ -25,6 +25,7 @@ from boxoffice.domain.waiting_room import (
     RoomSettings,
     admissions,
     paced_after,
+    resumed_bucket,
 )
 
 OPENS = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
@@ -372,6 +373,18 @@ def test_changing_a_setting_is_a_new_valid_value() -> None:
     room = settings()
     with pytest.raises(InvalidRequest):
         replace(room, new_users_per_minute=0)
+
+
+def test_a_loop_that_did_not_tick_for_a_while_restarts_at_its_pace() -> None:
+    room = settings(new_users_per_minute=12_000, total_active_users=12_000)
+    behind = NOW - timedelta(minutes=10)  # a bucket the room left long ago, caught up
+    assert resumed_bucket(room, behind, timedelta(milliseconds=500), NOW) == behind
+    assert resumed_bucket(room, None, timedelta(minutes=10), NOW) is None
+    restarted = resumed_bucket(room, behind, timedelta(minutes=10), NOW)
+    assert admissions(room, figures(paced_until=restarted, seats_left=10**6), NOW).count == 1
+    assert not settings(queueing_method="reject").moving_per_second
+    assert not settings(suspended=True).moving_per_second
+    assert settings().moving_per_second == 100 / 60
 
 
 def test_figures_written_by_another_version_are_read() -> None:

@@ -78,9 +78,9 @@ __all__ = [
     "RoomSettings",
     "RoomState",
     "admissions",
-    "idle_bucket",
     "pace_room",
     "paced_after",
+    "resumed_bucket",
 ]
 
 QueueingMethod = Literal["fifo", "random", "passthrough", "reject"]
@@ -168,6 +168,14 @@ class RoomSettings:
     def values(self) -> dict[str, object]:
         """Every setting by name, as stored."""
         return {field.name: getattr(self, field.name) for field in fields(self)}
+
+    @property
+    def moving_per_second(self) -> float:
+        """The fastest the line moves: its pace, or 0 while it may not (suspended,
+        rejecting)."""
+        if self.suspended or self.queueing_method == "reject":
+            return 0.0
+        return self.new_users_per_minute / 60
 
     @property
     def session_duration(self) -> timedelta:
@@ -302,16 +310,29 @@ def paced_after(
     """
     per_second, _, behind = _bucket(settings, paced_until, now)
     if decision.state in ("closed", "prequeue", "suspended", "rejecting"):
-        return idle_bucket(settings, now)
+        return _idle_bucket(settings, now)
     if not decision.paced or (paced_until is None and admitted <= 0):
         return paced_until
     return now + timedelta(seconds=float(behind + admitted / per_second))
 
 
-def idle_bucket(settings: RoomSettings, now: datetime) -> datetime:
+def resumed_bucket(
+    settings: RoomSettings,
+    paced_until: datetime | None,
+    since_tick: timedelta | None,
+    now: datetime,
+) -> datetime | None:
+    """The bucket a tick starts from: as the last tick left it, unless no tick has run
+    for longer than `PACE_BURST` (the room was off, every process down): then the line
+    starts again at its pace, not with the burst its bucket filled to meanwhile."""
+    if paced_until is None or (since_tick is not None and since_tick <= PACE_BURST):
+        return paced_until
+    return _idle_bucket(settings, now)
+
+
+def _idle_bucket(settings: RoomSettings, now: datetime) -> datetime:
     """The bucket of a line that starts moving at `now`: one customer in it, the rest of
-    the burst to come at the pace (also for a loop that has not ticked for a while: a
-    room turned off and on again, every process down)."""
+    the burst to come at the pace."""
     per_second, burst, _ = _bucket(settings, None, now)
     return now + timedelta(seconds=float((burst - 1) / per_second))
 

@@ -211,11 +211,7 @@ class RoomWatch:
             session=room.settings.session_duration,
             sold_out=published is not None and published.sold_out,
             max_poll_seconds=self.max_poll_seconds,
-            fastest_per_second=(
-                0.0
-                if room.settings.suspended or room.settings.queueing_method == "reject"
-                else room.settings.new_users_per_minute / 60
-            ),
+            fastest_per_second=room.settings.moving_per_second,
             servable_places=None if published is None else published.servable_places,
         )
         return RoomView(room, snapshot)

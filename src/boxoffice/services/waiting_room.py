@@ -59,15 +59,14 @@ from boxoffice.domain.queue_order import (
 )
 from boxoffice.domain.waiting_room import (
     DEFAULT_PRIOR_QUANTITY,
-    PACE_BURST,
     RATE_WINDOW,
     PurchaseStats,
     RoomFigures,
     RoomSettings,
     RoomState,
     admissions,
-    idle_bucket,
     paced_after,
+    resumed_bucket,
 )
 from boxoffice.services.events import managed_event, sections_as_seen
 from boxoffice.services.unit_of_work import UnitOfWork
@@ -464,11 +463,8 @@ def _tick(
     bucket = None if room.published is None else room.published.paced_until
     paced_until = None if bucket is None else datetime.fromisoformat(bucket)
     decided_at = now - clock_skew
-    last_tick = room.published_at
-    if paced_until is not None and (last_tick is None or now - last_tick > PACE_BURST):
-        # No tick for a while (the room was off, or every process down): the line starts
-        # again at its pace, not with the burst its bucket filled to meanwhile.
-        paced_until = idle_bucket(settings, decided_at)
+    since_tick = None if room.published_at is None else now - room.published_at
+    paced_until = resumed_bucket(settings, paced_until, since_tick, decided_at)
     figures = RoomFigures(
         shopping=shopping,
         admitted_last_minute=admitted_last_minute,
