@@ -115,13 +115,6 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(
         64, ge=1, le=10_000, description="Most requests one group commit takes (measured best)."
     )
-    booking_batches_in_flight: int = Field(
-        2,
-        ge=1,
-        le=8,
-        description="PostgreSQL: how many group commits one process may have in flight at "
-        "once, on rows none of the others name (SQLite: always one).",
-    )
     booking_queue_timeout_ms: int = Field(
         1000,
         ge=0,

@@ -60,12 +60,12 @@ async def test_a_dead_committer_answers_503_and_readyz_is_not_ready_until_it_run
     original = booker._commit
     calls = 0
 
-    async def dies_once(lane: Any, batch: Any) -> None:
+    async def dies_once(batch: Any) -> None:
         nonlocal calls
         calls += 1
         if calls == 1:
             raise RuntimeError("a bug in the committer")
-        await original(lane, batch)
+        await original(batch)
 
     monkeypatch.setattr(booker, "_commit", dies_once)
     monkeypatch.setattr(booker, "_restart_delay", 2.0)  # room to look before it is back
@@ -103,11 +103,11 @@ async def test_a_request_the_queue_cannot_reach_in_time_is_overloaded_and_writes
     entered = asyncio.Event()
     original = booker._apply
 
-    async def held_first(lane: Any, commands: Sequence[Command]) -> Any:
+    async def held_first(commands: Sequence[Command]) -> Any:
         if not entered.is_set():
             entered.set()
             await release.wait()
-        return await original(lane, commands)
+        return await original(commands)
 
     monkeypatch.setattr(booker, "_apply", held_first)
     first = asyncio.create_task(client.post("/book", json=book(event, 3)))

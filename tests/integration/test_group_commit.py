@@ -636,7 +636,7 @@ async def test_a_dead_committer_answers_instead_of_hanging(
 ) -> None:
     event = await new_event(database, 10)
 
-    async def bug(self, lane, batch):  # type: ignore[no-untyped-def]
+    async def bug(self, batch):  # type: ignore[no-untyped-def]
         raise RuntimeError("a bug in the committer")
 
     monkeypatch.setattr(BatchedBooker, "_commit", bug)

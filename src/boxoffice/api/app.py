@@ -130,7 +130,6 @@ def create_app(
             db,
             max_tickets_per_booking=settings.max_tickets_per_booking,
             max_batch_size=settings.max_batch_size,
-            batches_in_flight=settings.booking_batches_in_flight,
             clock=clock,
             in_flight=in_flight,
             queue_timeout_seconds=settings.booking_queue_timeout_ms / 1000,

@@ -13,11 +13,9 @@
   write lock on SQLite).
 - A batch is written in one round trip when PostgreSQL's remembered sections
   allow it (`remembered.py`), otherwise in a transaction holding its rows'
-  locks (`locked.py`). On PostgreSQL up to `max_in_flight` batches are in
-  flight at once, each on its own lane (connections); a command joins a batch
-  beside those in flight only if it names none of their rows (`overlap.py`).
-  Either way every command gets its own all-or-nothing answer; a failing
-  batch is narrowed down to the command that fails it (`narrowing.py`).
+  locks (`locked.py`). Either way every command gets its own all-or-nothing
+  answer; a failing batch is narrowed down to the command that fails it
+  (`narrowing.py`).
 - A command whose caller went away (client disconnect cancels the handler)
   before its batch started is skipped. Once its batch has started it is
   committed like the rest, exactly as on the direct path.
@@ -42,7 +40,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import math
 import time
 from collections import deque
@@ -56,7 +53,6 @@ from boxoffice.booking.connections import KeptConnections
 from boxoffice.booking.events_of import EventsOf
 from boxoffice.booking.locked import LockedWriter
 from boxoffice.booking.narrowing import Answer, answer_each
-from boxoffice.booking.overlap import Names, Overlap, names_of
 from boxoffice.booking.remembered import Remembered, apply_if_unchanged
 from boxoffice.db.database import Database
 from boxoffice.db.errors import DatabaseUnavailable, Overloaded
@@ -97,21 +93,6 @@ def _give_up(waiting: _Waiting) -> None:
         )
 
 
-@dataclass(slots=True, eq=False)
-class _Lane:
-    """What a batch in flight has to itself: the connections it writes on."""
-
-    connections: KeptConnections | None
-    locked: LockedWriter
-
-
-@dataclass(slots=True)
-class _Flight:
-    lane: _Lane
-    batch: list[_Waiting]
-    token: int
-
-
 @dataclass(slots=True)
 class BatchStats:
     """How much combining happened; for tests and metrics."""
@@ -136,7 +117,6 @@ class BatchedBooker:
         in_flight: InFlight | None = None,
         queue_timeout_seconds: float = 1.0,
         restart_delay_seconds: float = 1.0,
-        max_in_flight: int = 2,
         on_written: Callable[[Iterable[str]], None] | None = None,
     ) -> None:
         self._database = database
@@ -150,23 +130,15 @@ class BatchedBooker:
         self._reaper: asyncio.TimerHandle | None = None  # armed for the oldest deadline
         self._clock = clock
         self._queue: deque[_Waiting] = deque()
-        self._wake = asyncio.Event()  # a command queued, or a batch landed
+        self._arrived = asyncio.Event()
         self._committer: asyncio.Task[None] | None = None
         self._stopping = False  # stop() was called: answer 503, and do not restart
+        self._in_flight: list[_Waiting] = []
         self._keys = InFlight() if in_flight is None else in_flight
         postgresql = database.dialect == "postgresql"
-        self._lanes = [
-            _Lane(connections, LockedWriter(database, connections))
-            for connections in (
-                [KeptConnections(database) for _ in range(max(1, max_in_flight))]
-                if postgresql
-                else [None]  # SQLite: one writer, one batch at a time
-            )
-        ]
-        self._free = list(self._lanes)
-        self._flights: list[_Flight] = []
+        self._connections = KeptConnections(database) if postgresql else None
+        self._locked = LockedWriter(database, self._connections)
         self._remembered = Remembered() if postgresql else None
-        self._overlap = Overlap(self._names)
         self.events_of = EventsOf(database)
         self.stats = BatchStats()
 
@@ -210,7 +182,7 @@ class BatchedBooker:
                 timer.cancel()
         self._restart = self._reaper = None
         if committer is not None:
-            self._wake.set()
+            self._arrived.set()
             try:
                 await asyncio.wait_for(asyncio.shield(committer), STOP_TIMEOUT_SECONDS)
             except TimeoutError:
@@ -220,9 +192,8 @@ class BatchedBooker:
             except Exception:  # it died earlier; _on_committer_exit logged why
                 pass
         self._fail_waiting(DatabaseUnavailable("the server is shutting down"))
-        for lane in self._lanes:
-            if lane.connections is not None:
-                await lane.connections.drop()
+        if self._connections is not None:
+            await self._connections.drop()
 
     async def submit(self, command: Command) -> Result:
         """Apply `command` atomically and return its result, or raise and change nothing."""
@@ -253,7 +224,7 @@ class BatchedBooker:
         timeout = self._queue_timeout
         waiting = _Waiting(command, answer, loop.time() + timeout if timeout else math.inf)
         self._queue.append(waiting)
-        self._wake.set()
+        self._arrived.set()
         if timeout and self._reaper is None:
             self._reaper = loop.call_at(waiting.deadline, self._reap)
         # If our caller is cancelled, so is `answer`, and the committer skips it.
@@ -270,40 +241,17 @@ class BatchedBooker:
             self._reaper = asyncio.get_running_loop().call_at(queue[0].deadline, self._reap)
 
     async def _run(self) -> None:
-        self._free = list(self._lanes)
-        self._overlap.clear()
-        async with asyncio.TaskGroup() as flights:
-            while self._queue or not self._stopping:
-                if self._queue and self._free:
-                    flight = self._next_flight()
-                    if flight is not None:
-                        flights.create_task(self._fly(flight))
-                        continue
-                self._wake.clear()
-                await self._wake.wait()
-
-    def _next_flight(self) -> _Flight | None:
-        batch, token = self._overlap.take(self._queue, self._max_batch)
-        if not batch:
-            return None
-        flight = _Flight(self._free.pop(), batch, token)
-        self._flights.append(flight)  # answered by _fail_waiting if we die meanwhile
-        return flight
-
-    async def _fly(self, flight: _Flight) -> None:
-        # Raising here (a bug) ends the committer; the flight stays listed for _fail_waiting.
-        await self._commit(flight.lane, flight.batch)
-        self._flights.remove(flight)
-        self._overlap.landed(flight.token)
-        self._free.append(flight.lane)
-        self._restart_delay = self._first_restart_delay
-        self._wake.set()
-
-    def _names(self, command: Command) -> Names:
-        remembered = self._remembered
-        if remembered is None:
-            return None  # one lane: nothing runs beside a batch anyway
-        return names_of(command, lambda hold_id: remembered.active_hold(hold_id, self._clock()))
+        while self._queue or not self._stopping:
+            if not self._queue:
+                self._arrived.clear()
+                await self._arrived.wait()
+                continue
+            batch = self._next_batch()
+            if batch:
+                self._in_flight = batch  # answered by _fail_waiting if we die meanwhile
+                await self._commit(batch)
+                self._in_flight = []
+                self._restart_delay = self._first_restart_delay
 
     def _on_committer_exit(self, task: asyncio.Task[None]) -> None:
         if task.cancelled() or task.exception() is None:
@@ -321,20 +269,25 @@ class BatchedBooker:
         self._restart = asyncio.get_running_loop().call_later(delay, self._start_committer)
 
     def _fail_waiting(self, error: Exception) -> None:
-        for waiting in [*(w for f in self._flights for w in f.batch), *self._queue]:
+        for waiting in [*self._in_flight, *self._queue]:
             _settle(waiting, error)
-        self._flights = []
-        self._overlap.clear()
+        self._in_flight = []
         self._queue.clear()
 
-    async def _commit(self, lane: _Lane, batch: list[_Waiting]) -> None:
+    def _next_batch(self) -> list[_Waiting]:
+        batch: list[_Waiting] = []
+        while self._queue and len(batch) < self._max_batch:
+            waiting = self._queue.popleft()
+            if not waiting.answer.done():  # skip callers that went away or gave up
+                batch.append(waiting)
+        return batch
+
+    async def _commit(self, batch: list[_Waiting]) -> None:
         self.stats.batches += 1
         self.stats.requests += len(batch)
         self.stats.largest = max(self.stats.largest, len(batch))
         started = time.perf_counter()
-        answers = await answer_each(
-            functools.partial(self._apply, lane), [w.command for w in batch]
-        )
+        answers = await answer_each(self._apply, [w.command for w in batch])
         if self._on_written is not None:
             self._on_written(events_named(w.command for w in batch))
         for waiting, answer in zip(batch, answers, strict=True):
@@ -342,19 +295,19 @@ class BatchedBooker:
         metrics.COMMIT_SECONDS.observe(time.perf_counter() - started)
         metrics.BATCH_COMMANDS.observe(len(batch))
 
-    async def _apply(self, lane: _Lane, commands: Sequence[Command]) -> list[Outcome]:
+    async def _apply(self, commands: Sequence[Command]) -> list[Outcome]:
         """Commit `commands`; raise only when nothing of them was committed."""
         now = self._clock()
         try:
             if self._remembered is not None:
-                decided = await self._apply_if_unchanged(lane, commands, now)
+                decided = await self._apply_if_unchanged(commands, now)
                 if decided is not None:
                     metrics.count_changes(Changes.of(decided.effects))
                     return decided.outcomes
-            applied = await lane.locked.apply(commands, now)
+            applied = await self._locked.apply(commands, now)
         except BaseException:
-            if lane.connections is not None:  # it may be broken: the next batch opens anew
-                await lane.connections.drop()
+            if self._connections is not None:  # it may be broken: the next batch opens anew
+                await self._connections.drop()
             if self._remembered is not None:
                 # Committed or not is unknown (a connection lost during COMMIT): a hold
                 # remembered active may be settled, while its sections are read afresh.
@@ -373,14 +326,14 @@ class BatchedBooker:
         return applied.outcomes
 
     async def _apply_if_unchanged(
-        self, lane: _Lane, commands: Sequence[Command], now: datetime
+        self, commands: Sequence[Command], now: datetime
     ) -> Decisions | None:
         assert self._remembered is not None
-        assert lane.connections is not None
+        assert self._connections is not None
         inventory = self._remembered.inventory_for(commands, now)
         if inventory is None:
             return None
-        conn = await lane.connections.get(autocommit=True)
+        conn = await self._connections.get(autocommit=True)
         async with UnitOfWork(
             self._database, write=True, single_statement=True, connection=conn
         ) as uow:

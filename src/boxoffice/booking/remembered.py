@@ -75,7 +75,7 @@ class Remembered:
             if isinstance(command, Book | PlaceHold):
                 names, customer = command.section_names, command.customer_id
             elif isinstance(command, ConfirmHold | ReleaseHold):
-                hold = self.active_hold(command.hold_id, now)
+                hold = self._active_hold(command.hold_id, now)
                 if hold is None:
                     return None
                 holds[hold.id] = hold
@@ -97,8 +97,7 @@ class Remembered:
                     return None
         return Inventory(sections=found, holds=holds)
 
-    def active_hold(self, hold_id: str, now: datetime) -> Hold | None:
-        """The hold as this process placed it, while it is active; None if not remembered."""
+    def _active_hold(self, hold_id: str, now: datetime) -> Hold | None:
         ident = cached_canonical_id(hold_id)
         hold = None if ident is None else self._holds.get(ident)
         if hold is None or hold.status != "active" or now >= hold.expires_at:
