@@ -8,6 +8,9 @@ import pytest
 
 from boxoffice.booking import BatchedBooker
 from boxoffice.db.database import Database
+from tests.support.statement_log import traced
+
+__all__ = ["traced"]  # a fixture of every integration test: what the database ran
 
 
 @pytest.fixture

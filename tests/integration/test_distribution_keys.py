@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import re
-import sqlite3
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
 
 import pytest
-from sqlalchemy import Engine, event, inspect, text
+from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection
 
 from boxoffice.booking import BatchedBooker
@@ -46,7 +44,7 @@ from boxoffice.services import waiting_room as rooms
 from boxoffice.services.clock import FakeClock
 from boxoffice.services.events import create_event
 from boxoffice.services.waiting_room import Joining
-from tests.support.postgres import ThrowawayPostgres
+from tests.support.statement_log import Transactions
 
 DISTRIBUTED = DISTRIBUTION_COLUMNS
 
@@ -183,7 +181,6 @@ _TABLE = "|".join(DISTRIBUTED)
 _READS = re.compile(rf"\b(?:FROM|JOIN|UPDATE)\s+({_TABLE})\b(?:\s+AS\s+(\w+)\b)?", re.I)
 _INSERTS = re.compile(rf"\bINSERT\s+INTO\s+({_TABLE})\s*\(([^)]*)\)", re.I)
 _CTE = re.compile(r"(?:^\s*WITH|\)\s*,)\s*\w+\s+AS\s+\(", re.I)
-_WRITES = re.compile(r"^\s*(?:WITH|INSERT|UPDATE|DELETE)\b|\bFOR\s+(?:NO\s+KEY\s+)?UPDATE\b", re.I)
 
 
 def unnamed(sql: str) -> list[str]:
@@ -224,87 +221,10 @@ def test_a_statement_without_the_event_is_caught() -> None:
     assert unnamed(cte) != []
 
 
-@dataclass
-class Transactions:
-    """Statements as a database ran them, grouped into transactions per connection."""
-
-    done: list[list[str]] = field(default_factory=list)
-    _open: dict[object, list[str]] = field(default_factory=dict)
-
-    def ran(self, connection: object, sql: str) -> None:
-        word = sql.lstrip().split(None, 1)[0].upper().rstrip(";") if sql.strip() else ""
-        if word in ("BEGIN", "START"):
-            self._open[connection] = []
-        elif word in ("COMMIT", "ROLLBACK", "END"):
-            self.done.append(self._open.pop(connection, []))
-        elif connection in self._open:
-            self._open[connection].append(sql)
-        else:
-            self.done.append([sql])  # a statement that is its own transaction
-
-    def writes(self) -> list[str]:
-        """Every statement of every transaction that wrote or locked anything."""
-        return [sql for tx in self.done if any(_WRITES.search(s) for s in tx) for sql in tx]
-
-
-_PG_ENTRY = re.compile(r"^\S+ \S+ \S+ \[(\d+)\] (\w+):  (.*)$")
-_PG_STATEMENT = re.compile(r"^(?:statement|execute [^:]+): (.*)$", re.S)
-
-
-def pg_statements(log: str) -> Transactions:
-    """Parse PostgreSQL's log (`log_statement = all`, the default prefix '%m [%p] ')."""
-    entries: list[tuple[str, str, str]] = []
-    for line in log.splitlines():
-        found = _PG_ENTRY.match(line)
-        if found:
-            entries.append(found.groups())  # type: ignore[arg-type]
-        elif entries:  # a statement's next line
-            pid, level, message = entries[-1]
-            entries[-1] = (pid, level, f"{message}\n{line}")
-    seen = Transactions()
-    for pid, level, message in entries:
-        statement = _PG_STATEMENT.match(message) if level == "LOG" else None
-        if statement:
-            seen.ran(pid, statement.group(1))
-    return seen
-
-
 @pytest.fixture
 def sqlite_writer() -> str:
     """SQLite's writer in this process, so its connection can be traced."""
     return "thread"
-
-
-@pytest.fixture
-def traced(
-    database_url: str, request: pytest.FixtureRequest
-) -> Iterator[Callable[[], Transactions]]:
-    """What the database has run since the test began, grouped into transactions."""
-    if database_url.startswith("sqlite"):
-        seen = Transactions()
-
-        def trace(dbapi_connection: Any, _record: Any) -> None:
-            if isinstance(dbapi_connection, sqlite3.Connection):  # the writer's
-                dbapi_connection.set_trace_callback(lambda sql: seen.ran(dbapi_connection, sql))
-
-        event.listen(Engine, "connect", trace)
-        try:
-            yield lambda: seen
-        finally:
-            event.remove(Engine, "connect", trace)
-        return
-    postgres: ThrowawayPostgres = request.getfixturevalue("postgres")
-    name = database_url.rsplit("/", 1)[1]
-    postgres.psql(f"ALTER DATABASE \"{name}\" SET log_statement = 'all'")  # new sessions
-    log = postgres.root / "log"
-    start = log.stat().st_size
-
-    def since_start() -> Transactions:
-        with log.open() as handle:
-            handle.seek(start)
-            return pg_statements(handle.read())
-
-    yield since_start
 
 
 TTL = 60

@@ -89,7 +89,8 @@ class EventsOf:
         self, query: Select[tuple[object, object]], ids: Sequence[str]
     ) -> list[str | None]:
         """The event of each of `ids` (canonical), None for one that names nothing."""
-        async with UnitOfWork(self._database, write=False) as uow:
+        # One statement, on its own: no BEGIN and ROLLBACK round trips (a confirm's path).
+        async with UnitOfWork(self._database, write=False, single_statement=True) as uow:
             rows = await uow.conn.execute(query, {"ids": [as_uuid(ident) for ident in ids]})
             found = {str(row.id): str(row.event_id) for row in rows}
         return [found.get(ident) for ident in ids]

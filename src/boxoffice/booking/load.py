@@ -117,12 +117,28 @@ _HOLD_SECTIONS = select(hold_items.c.event_id, hold_items.c.section_id).where(
 _BOOKING_SECTIONS = select(bookings.c.event_id, bookings.c.section_id).where(
     _in_events(bookings.c.event_id, bookings.c.id)
 )
+# Holds with their items, a row per item: one round trip (every hold has an item).
 _HOLDS = (
-    select(holds, events.c.max_per_customer)
+    select(
+        holds,
+        events.c.max_per_customer,
+        # the item's own columns, none of them a hold's (hold_item_from_row reads them)
+        hold_items.c.position,
+        hold_items.c.section_id,
+        hold_items.c.qty,
+        hold_items.c.unit_price_cents,
+        hold_items.c.active,
+    )
     .join_from(holds, events, events.c.id == holds.c.event_id)
-    .where(_in_events(holds.c.event_id, holds.c.id))
+    .join(
+        hold_items,
+        and_(hold_items.c.hold_id == holds.c.id, hold_items.c.event_id == holds.c.event_id),
+    )
+    .where(
+        _in_events(holds.c.event_id, holds.c.id),
+        _in_events(hold_items.c.event_id, hold_items.c.hold_id),  # each table names its event
+    )
 )
-_ITEMS = select(hold_items).where(_in_events(hold_items.c.event_id, hold_items.c.hold_id))
 _BOOKINGS = (
     select(bookings, events.c.max_per_customer)
     .join_from(bookings, events, events.c.id == bookings.c.event_id)
@@ -299,13 +315,15 @@ def _load_expired_in(
 
 def _load_holds(conn: Connection, inventory: Inventory, hold_ids: Named) -> dict[str, int]:
     """Read holds with their items into `inventory`; the caps of their events."""
-    params = _named(hold_ids)
+    rows: dict[str, Any] = {}
     items: dict[str, list[tuple[int, HoldItem]]] = {}
-    for row in conn.execute(_ITEMS, params):
-        items.setdefault(str(row.hold_id), []).append((row.position, hold_item_from_row(row)))
+    for row in conn.execute(_HOLDS, _named(hold_ids)):
+        ident = str(row.id)
+        rows[ident] = row
+        items.setdefault(ident, []).append((row.position, hold_item_from_row(row)))
     limits: dict[str, int] = {}
-    for row in conn.execute(_HOLDS, params):
-        hold = hold_from_row(row, [item for _, item in sorted(items.get(str(row.id), []))])
+    for ident, row in rows.items():
+        hold = hold_from_row(row, [item for _, item in sorted(items[ident])])
         inventory.holds[hold.id] = hold
         if row.max_per_customer is not None:
             limits[hold.event_id] = row.max_per_customer
@@ -319,7 +337,7 @@ def _load_tallies(
 
     A customer's first tickets in an event have no row to lock yet: two processes
     would both read 0 and the second would trip the CHECK. So every wanted row is
-    made (0 tickets, nothing if it exists), then locked, in key order.
+    made (0 tickets) or, if it exists, locked as it is, in key order, by one upsert.
     """
     wanted: dict[Tally, int] = {}  # -> the event's cap
     for command in commands:
@@ -338,24 +356,21 @@ def _load_tallies(
     if not wanted:
         return
     insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-    conn.execute(
-        insert(customer_tickets).on_conflict_do_nothing(),
+    made = insert(customer_tickets).values(
         [
             {"event_id": as_uuid(event), "customer_id": customer, "tickets": 0, "max_tickets": cap}
             for (event, customer), cap in sorted(wanted.items())
-        ],
+        ]
     )
-    query = (
-        select(
-            customer_tickets.c.event_id, customer_tickets.c.customer_id, customer_tickets.c.tickets
-        )
-        .where(
-            pairs_in(customer_tickets.c.event_id, customer_tickets.c.customer_id, wanted, as_uuid)
-        )
-        .order_by(customer_tickets.c.event_id, customer_tickets.c.customer_id)
-        .with_for_update()
+    # One round trip: the update that changes nothing locks the row and returns it, made
+    # or found (one another transaction has just committed included), in key order.
+    upsert = made.on_conflict_do_update(
+        index_elements=[customer_tickets.c.event_id, customer_tickets.c.customer_id],
+        set_={"tickets": customer_tickets.c.tickets},
+    ).returning(
+        customer_tickets.c.event_id, customer_tickets.c.customer_id, customer_tickets.c.tickets
     )
-    for row in conn.execute(query):
+    for row in conn.execute(upsert):
         inventory.tallies[(str(row.event_id), row.customer_id)] = row.tickets
 
 

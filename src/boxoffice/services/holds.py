@@ -69,7 +69,8 @@ async def hold_records(
         .where(holds.c.customer_id.in_(set(customer_ids)), holds.c.expires_at > since)
         .group_by(holds.c.customer_id)
     )
-    async with UnitOfWork(database, write=False) as uow:
+    # One statement, on its own: no BEGIN and ROLLBACK round trips (it is on a hold's path).
+    async with UnitOfWork(database, write=False, single_statement=True) as uow:
         found = {
             row.customer_id: HoldRecord(int(row.active or 0), int(row.churned or 0), row.oldest)
             for row in await uow.conn.execute(query)

@@ -7,9 +7,12 @@
 Leaving the block without `commit()` rolls back, whatever happened inside.
 
 `single_statement=True` opens no explicit transaction: the one statement sent
-is its own atomic transaction (PostgreSQL autocommit), which saves the BEGIN
-and COMMIT round trips. Only the one-statement booking path uses it
-(`booking/remembered.py`); `commit()` then only marks the work as done.
+is its own atomic transaction (autocommit), which saves the BEGIN and COMMIT
+(or ROLLBACK) round trips. The one-statement booking path
+(`booking/remembered.py`), a burst of joins (`services/waiting_room.join`) and
+the one-query reads on a purchase's path (hold caps, the event of a hold) use
+it: under a sale's load each round trip waits its turn in a busy event loop.
+`commit()` then only marks the work as done.
 
 `snapshot=True` reads every statement from one snapshot: REPEATABLE READ on
 PostgreSQL (a read transaction on SQLite always is one).

@@ -29,10 +29,11 @@ from dataclasses import fields as dataclass_fields
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, case, exists, func, insert, select, update
+from sqlalchemy import and_, case, exists, func, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from boxoffice.db.database import Database
 from boxoffice.db.tables import (
@@ -259,39 +260,89 @@ class Joining:
     at: datetime
 
 
-async def join(database: Database, joins: Sequence[Joining]) -> list[tuple[int, datetime]]:
+# PostgreSQL: the whole burst in one statement, run on its own (autocommit): one round
+# trip. A customer's place is made, or the one it has is returned: the no-op update on a
+# conflict locks and returns the stored row, even one another transaction has just
+# committed (DO NOTHING would return nothing for it, and a read after it could miss it).
+# Rows go in key order, so two processes upserting the same customers cannot deadlock.
+_PG_JOIN = text(
+    """
+    INSERT INTO queue_places (event_id, customer_id, order_key, joined_at)
+    SELECT j.event_id, j.customer_id, j.order_key, j.joined_at
+      FROM json_to_recordset(CAST(:joins AS json))
+           AS j(event_id uuid, customer_id text, order_key bigint, joined_at timestamptz)
+     ORDER BY j.event_id, j.customer_id
+    ON CONFLICT (event_id, customer_id) DO UPDATE SET customer_id = EXCLUDED.customer_id
+    RETURNING event_id, customer_id, order_key, joined_at
+    """
+).columns(
+    queue_places.c.event_id,
+    queue_places.c.customer_id,
+    queue_places.c.order_key,
+    queue_places.c.joined_at,
+)
+
+
+async def join(
+    database: Database, joins: Sequence[Joining], connection: AsyncConnection | None = None
+) -> list[tuple[int, datetime]]:
     """Each customer's place in its event's line, in the order asked: the one it has, or a
     new one at its `order_key`. One place per customer, however many joins race for it,
-    in one transaction for them all (the joins of a burst are written together)."""
-    insert_ = pg_insert if database.dialect == "postgresql" else sqlite_insert
-    rows = {
-        (joining.event_id, joining.customer_id): {
-            "event_id": uuid.UUID(joining.event_id),
-            "customer_id": joining.customer_id,
-            "order_key": joining.order_key,
-            "joined_at": joining.at,
-        }
-        for joining in joins
-    }
+    in one transaction for them all (the joins of a burst are written together).
+
+    `connection`: PostgreSQL only, one in autocommit mode that the caller keeps.
+    """
+    rows = {(str(uuid.UUID(joining.event_id)), joining.customer_id): joining for joining in joins}
     places: dict[tuple[str, str], tuple[int, datetime]] = {}
-    async with UnitOfWork(database, write=True) as uow:
-        await uow.conn.execute(insert_(queue_places).on_conflict_do_nothing(), list(rows.values()))
-        by_event: dict[str, list[str]] = {}
-        for event_id, customer_id in rows:
-            by_event.setdefault(event_id, []).append(customer_id)
-        for event_id, customers in by_event.items():
-            found = await uow.conn.execute(
-                select(
-                    queue_places.c.customer_id, queue_places.c.order_key, queue_places.c.joined_at
-                ).where(
-                    queue_places.c.event_id == uuid.UUID(event_id),
-                    queue_places.c.customer_id.in_(customers),
-                )
-            )
+    if database.dialect == "postgresql":
+        document = json.dumps(
+            [
+                {
+                    "event_id": event_id,
+                    "customer_id": customer_id,
+                    "order_key": joining.order_key,
+                    "joined_at": joining.at.isoformat(),
+                }
+                for (event_id, customer_id), joining in rows.items()
+            ]
+        )
+        async with UnitOfWork(
+            database, write=True, single_statement=True, connection=connection
+        ) as uow:
+            found = await uow.conn.execute(_PG_JOIN, {"joins": document})
             for row in found:
-                places[(event_id, row.customer_id)] = (int(row.order_key), row.joined_at)
-        await uow.commit()
-    return [places[(joining.event_id, joining.customer_id)] for joining in joins]
+                places[(str(row.event_id), row.customer_id)] = (int(row.order_key), row.joined_at)
+            await uow.commit()
+    else:  # SQLite: the writer's lock serializes joins; nothing can commit in between
+        values = [
+            {
+                "event_id": uuid.UUID(event_id),
+                "customer_id": customer_id,
+                "order_key": joining.order_key,
+                "joined_at": joining.at,
+            }
+            for (event_id, customer_id), joining in rows.items()
+        ]
+        async with UnitOfWork(database, write=True) as uow:
+            await uow.conn.execute(sqlite_insert(queue_places).on_conflict_do_nothing(), values)
+            by_event: dict[str, list[str]] = {}
+            for event_id, customer_id in rows:
+                by_event.setdefault(event_id, []).append(customer_id)
+            for event_id, customers in by_event.items():
+                found = await uow.conn.execute(
+                    select(
+                        queue_places.c.customer_id,
+                        queue_places.c.order_key,
+                        queue_places.c.joined_at,
+                    ).where(
+                        queue_places.c.event_id == uuid.UUID(event_id),
+                        queue_places.c.customer_id.in_(customers),
+                    )
+                )
+                for row in found:
+                    places[(event_id, row.customer_id)] = (int(row.order_key), row.joined_at)
+            await uow.commit()
+    return [places[(str(uuid.UUID(j.event_id)), j.customer_id)] for j in joins]
 
 
 async def signing_secret(database: Database, now: datetime) -> bytes:
