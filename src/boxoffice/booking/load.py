@@ -6,27 +6,32 @@ bookings and holds name their event; confirm, release and cancel carry the
 event of their hold or booking, learnt before the transaction
 (`booking/events_of.py`). Statements, each only when some command needs it:
 
-1. The sections of held or booked seats the commands name (confirm, release
-   and cancel name a hold or a booking; their sections are read first, without
-   a lock: they never change).
-2. `SELECT … FROM sections JOIN events … ORDER BY id FOR UPDATE`: one row lock
+1. `SELECT … FROM sections JOIN events … ORDER BY id FOR UPDATE`: one row lock
    per section, in id order, so two processes locking overlapping sections
-   cannot deadlock (SQLite holds its write lock already). The sweeper skips
-   rows another transaction holds (`SKIP LOCKED`): that transaction gives the
-   expired seats back itself.
-3. The holds and bookings named, as they are now. Every change to a hold or a
-   booking moves seats, so it happens under the lock of its sections: once
-   those are locked, what is read here stays true until the commit.
-4. Each capped customer's tally (`customer_tickets`), locked.
-5. Idempotency keys: on PostgreSQL a transaction-scoped advisory lock per key
+   cannot deadlock (SQLite holds its write lock already). The sections are
+   those the commands name, and those of the holds and bookings that confirm,
+   release and cancel name, found in the same statement (an item's or a
+   booking's section never changes). The sweeper skips rows another
+   transaction holds (`SKIP LOCKED`): that transaction gives the expired seats
+   back itself.
+2. The holds (with their items, one query) and bookings named, as they are
+   now. Every change to a hold or a booking moves seats, so it happens under
+   the lock of its sections: once those are locked, what is read here stays
+   true until the commit.
+3. Each capped customer's tally (`customer_tickets`), made or locked in one
+   upsert.
+4. Idempotency keys: on PostgreSQL a transaction-scoped advisory lock per key
    first (a key another transaction holds is "in progress"), then the answers
    stored for them.
-6. The events named by commands whose section was not found, to tell an
+5. The events named by commands whose section was not found, to tell an
    unknown event from a section of another event.
 
 `load_expired` adds the expired holds that still keep seats in the locked
 sections, or tickets of a capped customer in the batch: only needed when a
 command was refused for want of them.
+
+Under a sale's load each statement is a round trip that waits its turn in a busy
+event loop, so they are as few as the rules allow (tests/integration/test_round_trips.py).
 
 Synchronous, like the rest of the transaction (see `booking/transaction.py`).
 """
@@ -39,7 +44,7 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, and_, bindparam, or_, select, text
+from sqlalchemy import ColumnElement, Connection, and_, bindparam, or_, select, text, union
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -109,13 +114,40 @@ _SECTIONS = (
     .where(_in_events(sections.c.event_id, sections.c.id))
     .order_by(sections.c.id)
 )
-_LOCK_SECTIONS = _SECTIONS.with_for_update(of=sections)
 _LOCK_FREE_SECTIONS = _SECTIONS.with_for_update(of=sections, skip_locked=True)
-_HOLD_SECTIONS = select(hold_items.c.event_id, hold_items.c.section_id).where(
-    _in_events(hold_items.c.event_id, hold_items.c.hold_id)
-)
-_BOOKING_SECTIONS = select(bookings.c.event_id, bookings.c.section_id).where(
-    _in_events(bookings.c.event_id, bookings.c.id)
+
+
+def _by_event(
+    event_id: ColumnElement[Any], ident: ColumnElement[Any], prefix: str
+) -> ColumnElement[bool]:
+    """`_in_events` with parameters of their own (`<prefix>_events`, `<prefix>_ids`)."""
+    return and_(
+        event_id.in_(bindparam(f"{prefix}_events", expanding=True)),
+        ident.in_(bindparam(f"{prefix}_ids", expanding=True)),
+    )
+
+
+# The sections a batch names, and those of the holds and bookings it names, locked in one
+# round trip: their items' sections never change, so they may be read in the same
+# statement that locks them (a hold's state is read after, under those locks).
+_NAMED = union(
+    select(sections.c.event_id, sections.c.id).where(
+        _in_events(sections.c.event_id, sections.c.id)
+    ),
+    select(hold_items.c.event_id, hold_items.c.section_id).where(
+        _by_event(hold_items.c.event_id, hold_items.c.hold_id, "hold")
+    ),
+    select(bookings.c.event_id, bookings.c.section_id).where(
+        _by_event(bookings.c.event_id, bookings.c.id, "booking")
+    ),
+).subquery("named")
+_LOCK_SECTIONS = (
+    select(*_SECTION_COLUMNS)
+    .join_from(sections, events, events.c.id == sections.c.event_id)
+    .join(_NAMED, and_(_NAMED.c.event_id == sections.c.event_id, _NAMED.c.id == sections.c.id))
+    .where(sections.c.event_id.in_(bindparam("all_events", expanding=True)))
+    .order_by(sections.c.id)
+    .with_for_update(of=sections)
 )
 # Holds with their items, a row per item: one round trip (every hold has an item).
 _HOLDS = (
@@ -209,16 +241,27 @@ def load_inventory(conn: Connection, commands: Sequence[Command], now: datetime)
     wanted = _named_sections(commands)
     hold_ids = _named_by_id(c for c in commands if isinstance(c, ConfirmHold | ReleaseHold))
     booking_ids = _named_by_id(c for c in commands if isinstance(c, CancelBooking))
-    if hold_ids:
-        wanted.update(_pairs(conn.execute(_HOLD_SECTIONS, _named(hold_ids))))
-    if booking_ids:
-        wanted.update(_pairs(conn.execute(_BOOKING_SECTIONS, _named(booking_ids))))
     sweeping = bool(commands) and all(isinstance(c, SweepExpired) for c in commands)
-    if wanted:
-        query = _LOCK_FREE_SECTIONS if sweeping else _LOCK_SECTIONS
-        for row in conn.execute(query, _named(wanted)):
-            section = section_from_row(row)
-            inventory.sections[section.id] = section
+    rows: Iterable[Any] = ()
+    if sweeping:
+        if wanted:
+            rows = conn.execute(_LOCK_FREE_SECTIONS, _named(wanted))
+    elif wanted or hold_ids or booking_ids:
+        named_holds, named_bookings = _named(hold_ids), _named(booking_ids)
+        rows = conn.execute(
+            _LOCK_SECTIONS,
+            {
+                **_named(wanted),
+                "hold_events": named_holds["events"],
+                "hold_ids": named_holds["ids"],
+                "booking_events": named_bookings["events"],
+                "booking_ids": named_bookings["ids"],
+                "all_events": _uuids({event for event, _ in wanted | hold_ids | booking_ids}),
+            },
+        )
+    for row in rows:
+        section = section_from_row(row)
+        inventory.sections[section.id] = section
     limits: dict[str, int] = {}
     if hold_ids:
         limits.update(_load_holds(conn, inventory, hold_ids))
