@@ -114,6 +114,7 @@ _SECTIONS = (
     .where(_in_events(sections.c.event_id, sections.c.id))
     .order_by(sections.c.id)
 )
+_LOCK_SECTIONS = _SECTIONS.with_for_update(of=sections)
 _LOCK_FREE_SECTIONS = _SECTIONS.with_for_update(of=sections, skip_locked=True)
 
 
@@ -129,7 +130,8 @@ def _by_event(
 
 # The sections a batch names, and those of the holds and bookings it names, locked in one
 # round trip: their items' sections never change, so they may be read in the same
-# statement that locks them (a hold's state is read after, under those locks).
+# statement that locks them (a hold's state is read after, under those locks). A batch
+# that names no hold or booking locks with the plain statement above (cheaper on SQLite).
 _NAMED = union(
     select(sections.c.event_id, sections.c.id).where(
         _in_events(sections.c.event_id, sections.c.id)
@@ -141,7 +143,7 @@ _NAMED = union(
         _by_event(bookings.c.event_id, bookings.c.id, "booking")
     ),
 ).subquery("named")
-_LOCK_SECTIONS = (
+_LOCK_SECTIONS_WITH_THEIRS = (
     select(*_SECTION_COLUMNS)
     .join_from(sections, events, events.c.id == sections.c.event_id)
     .join(_NAMED, and_(_NAMED.c.event_id == sections.c.event_id, _NAMED.c.id == sections.c.id))
@@ -246,10 +248,10 @@ def load_inventory(conn: Connection, commands: Sequence[Command], now: datetime)
     if sweeping:
         if wanted:
             rows = conn.execute(_LOCK_FREE_SECTIONS, _named(wanted))
-    elif wanted or hold_ids or booking_ids:
+    elif hold_ids or booking_ids:
         named_holds, named_bookings = _named(hold_ids), _named(booking_ids)
         rows = conn.execute(
-            _LOCK_SECTIONS,
+            _LOCK_SECTIONS_WITH_THEIRS,
             {
                 **_named(wanted),
                 "hold_events": named_holds["events"],
@@ -259,6 +261,8 @@ def load_inventory(conn: Connection, commands: Sequence[Command], now: datetime)
                 "all_events": _uuids({event for event, _ in wanted | hold_ids | booking_ids}),
             },
         )
+    elif wanted:
+        rows = conn.execute(_LOCK_SECTIONS, _named(wanted))
     for row in rows:
         section = section_from_row(row)
         inventory.sections[section.id] = section
