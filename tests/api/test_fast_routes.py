@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from fastapi.responses import PlainTextResponse
 
 from boxoffice.api.app import create_app
 from boxoffice.api.fast_routes import FastRoute, FastRoutes
@@ -302,3 +303,34 @@ async def test_a_refusal_answered_by_the_fast_path_lets_go_of_the_request(
     await FastRoutes(app, [fast])(scope, receive, send)
     assert sent[0]["status"] == 404
     assert refusal.__traceback__ is None
+
+
+async def test_a_sync_exception_handler_answers_a_fast_refusal_as_starlette_would(
+    settings: Settings,
+) -> None:
+    """Starlette takes plain functions as exception handlers; so must the fast path, or a
+    handler registered that way would turn every refusal it handles into a 500."""
+    app = create_app(settings)
+
+    def teapot(request: Any, error: Exception) -> Any:
+        return PlainTextResponse("short and stout", status_code=418)
+
+    app.add_exception_handler(NotFound, teapot)
+
+    async def refuse(request: Any, body: Any, params: tuple[str, ...]) -> Any:
+        raise NotFound("No such thing.")
+
+    fast = FastRoute(FAST_BOOK.router, "book", re.compile("/refused"), BookIn, False, refuse)
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    scope = {"type": "http", "method": "POST", "path": "/refused", "headers": [], "app": app}
+    scope["boxoffice.request_id"] = "r1"
+    await FastRoutes(app, [fast])(scope, receive, send)
+    assert sent[0]["status"] == 418
+    assert sent[1]["body"] == b"short and stout"

@@ -19,6 +19,7 @@ answers them instead:
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 B = TypeVar("B", bound=BaseModel)
 M = TypeVar("M", bound=BaseModel)
 
-ExceptionHandler = Callable[[Request, Exception], Awaitable[Response]]
+ExceptionHandler = Callable[[Request, Exception], Awaitable[Response] | Response]
 JSON_CONTENT = (b"content-type", b"application/json")
 
 
@@ -136,7 +137,10 @@ class FastRoutes:
             if handler is None:
                 raise  # on up to the server-error handler, as from any route
             try:
-                await (await handler(Request(scope, replay), error))(scope, replay, send)
+                response = handler(Request(scope, replay), error)
+                if inspect.isawaitable(response):  # Starlette takes sync handlers too
+                    response = await response
+                await response(scope, replay, send)
             finally:
                 # As Starlette does: a refusal handed to several waiters (a batch's, a
                 # coalesced read's) must not keep this request's frames alive.

@@ -15,7 +15,6 @@ ticket instead (domain/poll_pacing.py).
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 
 from fastapi import APIRouter, Request, Response
@@ -53,8 +52,6 @@ from boxoffice.services.room_watch import RoomView, RoomWatch
 from boxoffice.services.waiting_room import Joining
 
 router = APIRouter(tags=["waiting room"])
-
-ExceptionHandler = Callable[[Request, Exception], Awaitable[Response]]
 
 
 def _watch(request: Request) -> RoomWatch:
