@@ -36,12 +36,6 @@ def _ours(seen: Transactions, word: str) -> list[list[str]]:
     return [tx for tx in seen.done if any(word in sql for sql in tx)]
 
 
-def _no_begin_before(seen: Transactions, word: str) -> bool:
-    """The statement with `word` ran, each time on its own: not inside BEGIN ... COMMIT."""
-    found = _ours(seen, word)
-    return bool(found) and all(len(tx) == 1 for tx in found)
-
-
 @POSTGRESQL_ONLY
 async def test_a_burst_of_joins_is_one_statement_on_its_own(
     database: Database, traced: Callable[[], Transactions]
@@ -60,9 +54,11 @@ async def test_a_burst_of_joins_is_one_statement_on_its_own(
         await joiner.stop()
     assert [key for key, _ in first] == [100 + n for n in range(20)]
     assert again == first, "a customer joining again keeps the place it has"
-    joins = _ours(traced(), "INSERT INTO queue_places")
+    seen = traced()
+    joins = _ours(seen, "INSERT INTO queue_places")
     assert 2 <= len(joins) <= 40
-    assert all(tx == [tx[0]] for tx in joins), "a join batch is one statement, no BEGIN"
+    assert all(tx == [tx[0]] for tx in joins), "a join batch is one statement"
+    assert seen.alone("INSERT INTO queue_places"), "... on its own: no BEGIN, no COMMIT"
 
 
 @POSTGRESQL_ONLY
@@ -151,7 +147,26 @@ async def test_reads_on_a_purchase_path_run_on_their_own(
     assert isinstance(resolved, ConfirmHold)
     assert resolved.event_id == event.id
     seen = traced()
-    assert _no_begin_before(seen, "count(*) FILTER (WHERE holds.status")  # the hold caps' read
-    events_of = _ours(seen, "SELECT holds.id, holds.event_id \n\tFROM holds \n\tWHERE holds.id IN")
-    assert len(events_of) == 1
-    assert events_of[0] == [events_of[0][0]], "the event of a hold: one statement, no BEGIN"
+    assert seen.alone("count(*) FILTER (WHERE holds.status")  # the hold caps' read
+    assert seen.alone("SELECT holds.id, holds.event_id \n\tFROM holds \n\tWHERE holds.id IN")
+
+
+@POSTGRESQL_ONLY
+async def test_behind_a_transaction_pooler_a_lone_statement_keeps_its_transaction(
+    database_url: str, database: Database, traced: Callable[[], Transactions]
+) -> None:
+    """Behind pgbouncer in transaction mode the session settings (statement and lock
+    timeouts) ride on each BEGIN: a statement run on its own would go without them."""
+    pooled = Database.from_url(async_database_url(database_url), pooler="transaction")
+    try:
+        records = await hold_service.hold_records(pooled, ["c9"], FakeClock()())
+    finally:
+        await pooled.dispose()
+    assert [record.active for record in records] == [0]
+    seen = traced()
+    found = [
+        explicit
+        for statements, explicit in zip(seen.done, seen.explicit, strict=True)
+        if any("count(*) FILTER (WHERE holds.status" in sql for sql in statements)
+    ]
+    assert found == [True]

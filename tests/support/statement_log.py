@@ -19,9 +19,14 @@ _WRITES = re.compile(r"^\s*(?:WITH|INSERT|UPDATE|DELETE)\b|\bFOR\s+(?:NO\s+KEY\s
 
 @dataclass
 class Transactions:
-    """Statements as a database ran them, grouped into transactions per connection."""
+    """Statements as a database ran them, grouped into transactions per connection.
+
+    `explicit[i]` says whether `done[i]` ran between BEGIN and COMMIT (or ROLLBACK), so
+    two round trips more than a statement that was its own transaction.
+    """
 
     done: list[list[str]] = field(default_factory=list)
+    explicit: list[bool] = field(default_factory=list)
     _open: dict[object, list[str]] = field(default_factory=dict)
 
     def ran(self, connection: object, sql: str) -> None:
@@ -29,11 +34,23 @@ class Transactions:
         if word in ("BEGIN", "START"):
             self._open[connection] = []
         elif word in ("COMMIT", "ROLLBACK", "END"):
+            opened = connection in self._open
             self.done.append(self._open.pop(connection, []))
+            self.explicit.append(opened)
         elif connection in self._open:
             self._open[connection].append(sql)
         else:
             self.done.append([sql])  # a statement that is its own transaction
+            self.explicit.append(False)
+
+    def alone(self, sql: str) -> bool:
+        """Every statement containing `sql` ran, and each as its own transaction."""
+        found = [
+            explicit
+            for statements, explicit in zip(self.done, self.explicit, strict=True)
+            if any(sql in statement for statement in statements)
+        ]
+        return bool(found) and not any(found)
 
     def writes(self) -> list[str]:
         """Every statement of every transaction that wrote or locked anything."""

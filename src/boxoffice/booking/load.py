@@ -39,13 +39,13 @@ Synchronous, like the rest of the transaction (see `booking/transaction.py`).
 from __future__ import annotations
 
 import functools
+import json
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, and_, bindparam, or_, select, text, union
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from boxoffice.db.rows import (
@@ -151,7 +151,8 @@ _LOCK_SECTIONS_WITH_THEIRS = (
     .order_by(sections.c.id)
     .with_for_update(of=sections)
 )
-# Holds with their items, a row per item: one round trip (every hold has an item).
+# Holds with their items, a row per item: one round trip. Every hold has an item (a
+# PlaceHold without one is refused before it is queued), so an inner join finds it.
 _HOLDS = (
     select(
         holds,
@@ -188,6 +189,18 @@ _EXPIRED_IN_SECTIONS = (
     .distinct()
 )
 _EVENTS = select(events.c.id).where(events.c.id.in_(bindparam("ids", expanding=True)))
+# A capped customer's tally, made (0 tickets) or locked as it is, in the index's order.
+_PG_TALLIES = text(
+    """
+    INSERT INTO customer_tickets (event_id, customer_id, tickets, max_tickets)
+    SELECT t.event_id, t.customer_id, 0, t.cap
+      FROM json_to_recordset(CAST(:tallies AS json))
+           AS t(event_id uuid, customer_id text, cap integer)
+     ORDER BY t.event_id, t.customer_id
+    ON CONFLICT (event_id, customer_id) DO UPDATE SET tickets = customer_tickets.tickets
+    RETURNING event_id, customer_id, tickets
+    """
+)
 _PG_CLAIM_KEYS = text(
     "SELECT k, pg_try_advisory_xact_lock(hashtextextended(k, 0)) "
     "FROM unnest(CAST(:keys AS text[])) AS k"
@@ -402,22 +415,36 @@ def _load_tallies(
         wanted.pop(key, None)
     if not wanted:
         return
-    insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-    made = insert(customer_tickets).values(
-        [
-            {"event_id": as_uuid(event), "customer_id": customer, "tickets": 0, "max_tickets": cap}
-            for (event, customer), cap in sorted(wanted.items())
-        ]
-    )
     # One round trip: the update that changes nothing locks the row and returns it, made
     # or found (one another transaction has just committed included), in key order.
-    upsert = made.on_conflict_do_update(
-        index_elements=[customer_tickets.c.event_id, customer_tickets.c.customer_id],
-        set_={"tickets": customer_tickets.c.tickets},
-    ).returning(
-        customer_tickets.c.event_id, customer_tickets.c.customer_id, customer_tickets.c.tickets
-    )
-    for row in conn.execute(upsert):
+    ordered = sorted(wanted.items())
+    if conn.dialect.name == "postgresql":  # one statement text, whatever the count
+        rows = conn.execute(
+            _PG_TALLIES,
+            {
+                "tallies": json.dumps(
+                    [{"event_id": e, "customer_id": c, "cap": cap} for (e, c), cap in ordered]
+                )
+            },
+        )
+    else:
+        made = sqlite_insert(customer_tickets).values(
+            [
+                {"event_id": as_uuid(e), "customer_id": c, "tickets": 0, "max_tickets": cap}
+                for (e, c), cap in ordered
+            ]
+        )
+        rows = conn.execute(
+            made.on_conflict_do_update(
+                index_elements=[customer_tickets.c.event_id, customer_tickets.c.customer_id],
+                set_={"tickets": customer_tickets.c.tickets},
+            ).returning(
+                customer_tickets.c.event_id,
+                customer_tickets.c.customer_id,
+                customer_tickets.c.tickets,
+            )
+        )
+    for row in rows:
         inventory.tallies[(str(row.event_id), row.customer_id)] = row.tickets
 
 

@@ -123,8 +123,10 @@ class Database:
         *,
         writer: Writer | None = None,
         write_engine: AsyncEngine | None = None,
+        pooler: Pooler = "none",
     ) -> None:
         self.engine = engine
+        self.pooler: Pooler = pooler  # DB_POOLER: session settings ride on each BEGIN
         # PostgreSQL: write transactions' own pool (KEYED_PLANNING); SQLite: the same engine.
         self.write_engine = engine if write_engine is None else write_engine
         self.dialect: Dialect = dialect
@@ -167,6 +169,7 @@ class Database:
             write_engine=_postgresql_engine(
                 url, writers, limits, settings=KEYED_PLANNING, pooler=pooler
             ),
+            pooler=pooler,
         )
 
     async def connect(self, *, write: bool) -> AsyncConnection:

@@ -6,12 +6,6 @@ commit each time); instead, joins queue here while the previous batch is
 being written, and the next transaction takes them all (up to `max_batch`),
 as the booking path's group commit does for purchases. A join waits at most
 one batch longer than it would alone.
-
-On PostgreSQL a batch is one statement (`waiting_room.join`) on a connection
-kept from one batch to the next, as the committer keeps its own
-(`booking/connections.py`): one round trip per batch. Under a sale's load
-every round trip waits its turn in a busy event loop, so their number is what
-a join's latency is made of.
 """
 
 from __future__ import annotations
@@ -19,7 +13,6 @@ from __future__ import annotations
 import asyncio
 from datetime import datetime
 
-from boxoffice.booking.connections import KeptConnections
 from boxoffice.db.database import Database
 from boxoffice.services import waiting_room as rooms
 from boxoffice.services.waiting_room import Joining
@@ -37,7 +30,6 @@ class LineJoiner:
         self._max_batch = max_batch
         self._queue: list[tuple[Joining, asyncio.Future[tuple[int, datetime]]]] = []
         self._writer: asyncio.Task[None] | None = None
-        self._kept = KeptConnections(database) if database.dialect == "postgresql" else None
 
     async def join(self, joining: Joining) -> tuple[int, datetime]:
         """The customer's place (order key, joined at), once its batch is committed."""
@@ -53,7 +45,7 @@ class LineJoiner:
                 batch = self._queue[: self._max_batch]
                 del self._queue[: self._max_batch]
                 try:
-                    places = await self._join([joining for joining, _ in batch])
+                    places = await rooms.join(self._database, [joining for joining, _ in batch])
                 except Exception as error:
                     for _, future in batch:
                         if not future.done():
@@ -70,18 +62,7 @@ class LineJoiner:
                         future.cancel()
                 self._queue.clear()
 
-    async def _join(self, joins: list[Joining]) -> list[tuple[int, datetime]]:
-        if self._kept is None:
-            return await rooms.join(self._database, joins)
-        try:
-            return await rooms.join(self._database, joins, await self._kept.get(autocommit=True))
-        except BaseException:
-            await self._kept.drop()  # it may be broken: the next batch opens anew
-            raise
-
     async def stop(self) -> None:
         if self._writer is not None:
             self._writer.cancel()
             await asyncio.gather(self._writer, return_exceptions=True)
-        if self._kept is not None:
-            await self._kept.drop(invalidate=False)

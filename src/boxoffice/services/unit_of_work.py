@@ -8,7 +8,9 @@ Leaving the block without `commit()` rolls back, whatever happened inside.
 
 `single_statement=True` opens no explicit transaction: the one statement sent
 is its own atomic transaction (autocommit), which saves the BEGIN and COMMIT
-(or ROLLBACK) round trips. The one-statement booking path
+(or ROLLBACK) round trips. On PostgreSQL only, and not behind a transaction
+pooler (`DB_POOLER=transaction`): there it is an ordinary transaction, whose
+BEGIN brings the session's settings. The one-statement booking path
 (`booking/remembered.py`), a burst of joins (`services/waiting_room.join`) and
 the one-query reads on a purchase's path (hold caps, the event of a hold) use
 it: under a sale's load each round trip waits its turn in a busy event loop.
@@ -62,7 +64,12 @@ class UnitOfWork:
         self._database = database
         self._write = write
         self._snapshot = snapshot
-        self._single_statement = single_statement
+        # Autocommit saves round trips on PostgreSQL only (SQLite is in-process, and its
+        # pool's connections begin their own way), and not behind a transaction pooler,
+        # where a statement's session settings ride on its BEGIN (db/database.py).
+        self._single_statement = (
+            single_statement and database.dialect == "postgresql" and database.pooler == "none"
+        )
         self._borrowed = connection
         self._conn: AsyncConnection | None = None
         self._committed = False

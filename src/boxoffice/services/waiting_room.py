@@ -26,14 +26,13 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from dataclasses import fields as dataclass_fields
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, case, exists, func, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from boxoffice.db.database import Database
 from boxoffice.db.tables import (
@@ -265,6 +264,7 @@ class Joining:
 # conflict locks and returns the stored row, even one another transaction has just
 # committed (DO NOTHING would return nothing for it, and a read after it could miss it).
 # Rows go in key order, so two processes upserting the same customers cannot deadlock.
+# The price: a customer joining again writes a new version of its row (vacuumed later).
 _PG_JOIN = text(
     """
     INSERT INTO queue_places (event_id, customer_id, order_key, joined_at)
@@ -283,15 +283,17 @@ _PG_JOIN = text(
 )
 
 
-async def join(
-    database: Database, joins: Sequence[Joining], connection: AsyncConnection | None = None
-) -> list[tuple[int, datetime]]:
+def _aware(at: datetime) -> datetime:
+    """`at` in UTC; a naive time would be read in the server's zone, so it is refused."""
+    if at.tzinfo is None:
+        raise ValueError("timestamps must be timezone-aware")
+    return at.astimezone(UTC)
+
+
+async def join(database: Database, joins: Sequence[Joining]) -> list[tuple[int, datetime]]:
     """Each customer's place in its event's line, in the order asked: the one it has, or a
     new one at its `order_key`. One place per customer, however many joins race for it,
-    in one transaction for them all (the joins of a burst are written together).
-
-    `connection`: PostgreSQL only, one in autocommit mode that the caller keeps.
-    """
+    in one transaction for them all (the joins of a burst are written together)."""
     rows = {(str(uuid.UUID(joining.event_id)), joining.customer_id): joining for joining in joins}
     places: dict[tuple[str, str], tuple[int, datetime]] = {}
     if database.dialect == "postgresql":
@@ -301,14 +303,12 @@ async def join(
                     "event_id": event_id,
                     "customer_id": customer_id,
                     "order_key": joining.order_key,
-                    "joined_at": joining.at.isoformat(),
+                    "joined_at": _aware(joining.at).isoformat(),
                 }
                 for (event_id, customer_id), joining in rows.items()
             ]
         )
-        async with UnitOfWork(
-            database, write=True, single_statement=True, connection=connection
-        ) as uow:
+        async with UnitOfWork(database, write=True, single_statement=True) as uow:
             found = await uow.conn.execute(_PG_JOIN, {"joins": document})
             for row in found:
                 places[(str(row.event_id), row.customer_id)] = (int(row.order_key), row.joined_at)
