@@ -29,6 +29,7 @@ from boxoffice.booking.sweeper import Sweeper
 from boxoffice.config import Settings, get_settings
 from boxoffice.db.database import Database
 from boxoffice.db.migrate import check_schema
+from boxoffice.db.young_tables import YoungTables
 from boxoffice.domain.poll_pacing import PollPacer
 from boxoffice.observability.exporter import Exporter
 from boxoffice.observability.logging import configure_logging
@@ -144,6 +145,7 @@ def create_app(
             idempotency_ttl_hours=settings.idempotency_ttl_hours,
         )
         app.state.sweeper = sweeper
+        young_tables = YoungTables(db)  # PostgreSQL: a new database's first sale planned well
         app.state.keys = KeyRing(db, cache_seconds=settings.key_cache_seconds)
         # Hold caps read each customer's holds before its hold is queued: the reads of a
         # burst in one query (an on-sale's holds drained the pool one transaction each).
@@ -186,6 +188,7 @@ def create_app(
             await room_watch.start()
             app.state.room_watch = room_watch
             await sweeper.start()
+            await young_tables.start()
             if flags is not None:
                 await flags.start()
             await exporter.start()
@@ -205,6 +208,7 @@ def create_app(
             if flags is not None:
                 await flags.stop()
             await sweeper.stop()
+            await young_tables.stop()
             await room_watch.stop()
             await booker.stop()
             await exporter.stop()  # after the last batches: their counts are flushed
