@@ -2,8 +2,10 @@
 
 Under load a batch every millisecond or so would otherwise pay a pool
 checkout, a liveness ping and a reset each. The kept connections skip all
-three. After a quiet second they go back to the pool, and the next batch
-takes a pinged one, so a database restart during a lull costs no request.
+three. The first batch after a quiet second gives them back to the pool and
+takes pinged ones, so a database restart during a lull costs no request. (They
+are given back then, not when the second passes: between sales the committer
+holds them, two of the writers' pool, `db/database.py`.)
 After any failure they are dropped (invalidated): the next batch opens fresh
 ones.
 """
