@@ -278,13 +278,8 @@ async def test_a_purchase_never_reaches_fastapi_and_is_counted_under_its_route(
         assert form.reached == [b"qty=1"]
 
 
-async def test_a_refusal_answered_by_the_fast_path_lets_go_of_the_request(
-    settings: Settings,
-) -> None:
-    """As Starlette does for a route: a refusal (one error object may be handed to a
-    whole batch's waiters) keeps no traceback, so no request's frames, once answered."""
-    app = create_app(settings)
-    refusal = NotFound("No such thing.")
+async def refused_below_fastapi(app: FastAPI, refusal: Exception) -> list[dict[str, Any]]:
+    """What a fast route whose work raises `refusal` sends, in front of `app`."""
 
     async def refuse(request: Any, body: Any, params: tuple[str, ...]) -> Any:
         raise refusal
@@ -301,6 +296,16 @@ async def test_a_refusal_answered_by_the_fast_path_lets_go_of_the_request(
     scope = {"type": "http", "method": "POST", "path": "/refused", "headers": [], "app": app}
     scope["boxoffice.request_id"] = "r1"
     await FastRoutes(app, [fast])(scope, receive, send)
+    return sent
+
+
+async def test_a_refusal_answered_by_the_fast_path_lets_go_of_the_request(
+    settings: Settings,
+) -> None:
+    """As Starlette does for a route: a refusal (one error object may be handed to a
+    whole batch's waiters) keeps no traceback, so no request's frames, once answered."""
+    refusal = NotFound("No such thing.")
+    sent = await refused_below_fastapi(create_app(settings), refusal)
     assert sent[0]["status"] == 404
     assert refusal.__traceback__ is None
 
@@ -316,21 +321,6 @@ async def test_a_sync_exception_handler_answers_a_fast_refusal_as_starlette_woul
         return PlainTextResponse("short and stout", status_code=418)
 
     app.add_exception_handler(NotFound, teapot)
-
-    async def refuse(request: Any, body: Any, params: tuple[str, ...]) -> Any:
-        raise NotFound("No such thing.")
-
-    fast = FastRoute(FAST_BOOK.router, "book", re.compile("/refused"), BookIn, False, refuse)
-    sent: list[dict[str, Any]] = []
-
-    async def send(message: Any) -> None:
-        sent.append(message)
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    scope = {"type": "http", "method": "POST", "path": "/refused", "headers": [], "app": app}
-    scope["boxoffice.request_id"] = "r1"
-    await FastRoutes(app, [fast])(scope, receive, send)
+    sent = await refused_below_fastapi(app, NotFound("No such thing."))
     assert sent[0]["status"] == 418
     assert sent[1]["body"] == b"short and stout"
