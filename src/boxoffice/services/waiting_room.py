@@ -259,12 +259,13 @@ class Joining:
     at: datetime
 
 
-# PostgreSQL: the whole burst in one statement, run on its own (autocommit): one round
-# trip. A customer's place is made, or the one it has is returned: the no-op update on a
-# conflict locks and returns the stored row, even one another transaction has just
-# committed (DO NOTHING would return nothing for it, and a read after it could miss it).
-# Rows go in key order, so two processes upserting the same customers cannot deadlock.
-# The price: a customer joining again writes a new version of its row (vacuumed later).
+# PostgreSQL: the whole burst in one statement, run on its own (autocommit; behind a
+# transaction pooler, in a transaction that brings the session's settings). A customer's
+# place is made, or the one it has is returned: the no-op update on a conflict locks and
+# returns the stored row, even one another transaction has just committed (DO NOTHING
+# would return nothing for it, and a read after it could miss it). Rows go in key order,
+# so two processes upserting the same customers cannot deadlock. The price: a customer
+# joining again writes a new version of its row (vacuumed later).
 _PG_JOIN = text(
     """
     INSERT INTO queue_places (event_id, customer_id, order_key, joined_at)
