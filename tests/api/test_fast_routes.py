@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -316,11 +317,16 @@ async def test_a_sync_exception_handler_answers_a_fast_refusal_as_starlette_woul
     """Starlette takes plain functions as exception handlers; so must the fast path, or a
     handler registered that way would turn every refusal it handles into a 500."""
     app = create_app(settings)
+    ran_on: list[int] = []
 
     def teapot(request: Any, error: Exception) -> Any:
+        ran_on.append(threading.get_ident())
         return PlainTextResponse("short and stout", status_code=418)
 
     app.add_exception_handler(NotFound, teapot)
-    sent = await refused_below_fastapi(app, NotFound("No such thing."))
+    refusal = NotFound("No such thing.")
+    sent = await refused_below_fastapi(app, refusal)
     assert sent[0]["status"] == 418
     assert sent[1]["body"] == b"short and stout"
+    assert ran_on != [threading.get_ident()], "a plain function runs off the event loop"
+    assert refusal.__traceback__ is None

@@ -146,6 +146,7 @@ def create_app(
         )
         app.state.sweeper = sweeper
         young_tables = YoungTables(db)  # PostgreSQL: a new database's first sale planned well
+        app.state.young_tables = young_tables
         app.state.keys = KeyRing(db, cache_seconds=settings.key_cache_seconds)
         # Hold caps read each customer's holds before its hold is queued: the reads of a
         # burst in one query (an on-sale's holds drained the pool one transaction each).

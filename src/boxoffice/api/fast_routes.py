@@ -28,6 +28,7 @@ from typing import Any, Generic, TypeVar, cast
 
 from fastapi import APIRouter, FastAPI, Request, Response
 from pydantic import BaseModel, ValidationError
+from starlette.concurrency import run_in_threadpool
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -137,10 +138,9 @@ class FastRoutes:
             if handler is None:
                 raise  # on up to the server-error handler, as from any route
             try:
-                response = handler(Request(scope, replay), error)
-                if inspect.isawaitable(response):  # Starlette takes sync handlers too
-                    response = await response
-                await response(scope, replay, send)
+                response = await answered_by(handler, Request(scope, replay), error)
+                if response is not None:  # as Starlette: a handler may send nothing
+                    await response(scope, replay, send)
             finally:
                 # As Starlette does: a refusal handed to several waiters (a batch's, a
                 # coalesced read's) must not keep this request's frames alive.
@@ -191,6 +191,20 @@ def replaying(messages: list[Message], receive: Receive) -> Receive:
         return await receive()
 
     return replay
+
+
+async def answered_by(
+    handler: ExceptionHandler, request: Request, error: Exception
+) -> Response | None:
+    """`handler`'s answer, called as Starlette calls it: awaited if it is a coroutine
+    function, otherwise run in the thread pool (a plain function may block)."""
+    if inspect.iscoroutinefunction(handler):
+        answer: Any = await handler(request, error)
+    else:
+        answer = await run_in_threadpool(handler, request, error)
+        if inspect.isawaitable(answer):  # an object whose __call__ is a coroutine
+            answer = await answer
+    return cast(Response | None, answer)
 
 
 def handler_for(app: FastAPI, error: Exception) -> ExceptionHandler | None:

@@ -4,15 +4,27 @@ PostgreSQL plans a never-analyzed table by default selectivities. The batch's wr
 looked a confirmed hold up by the `(event_id, customer_id, expires_at)` index instead of
 its primary key, reading every hold of the event per confirm: 9.0 ms a batch instead of
 3.7 (docs/performance.md). Migration 0009 has autovacuum analyze these tables after 500
-rows, but autovacuum looks once a minute (`autovacuum_naptime`), so the first minute of
-a new deployment's first sale was planned blind.
+changed rows, but autovacuum looks once a minute (`autovacuum_naptime`), so the first
+minute of a new deployment's first sale was planned blind.
 
-So each process looks every few seconds (a read of `pg_stat_user_tables`) while any of
-them has never been analyzed, and analyzes those that have rows enough to plan by; once
-every one has been, it stops looking. Several processes may analyze one table at once:
-PostgreSQL lets one do it at a time, and the other's is a few milliseconds more. A role
-that does not own the tables gets a warning from ANALYZE, not an error. PostgreSQL only:
-SQLite's planner has no such statistics to wait for.
+So each process looks every few seconds while any of them has no statistics yet, and
+analyzes those with 500 rows or more; once every one has statistics, it stops looking.
+"No statistics" is read from `pg_stats` (the planner's own, kept across restarts and
+replicated to a standby), not from the activity counters, which a crash, a failover or
+`pg_stat_reset()` empties. The tables are found as ANALYZE finds them (`search_path`).
+
+- Several processes: `ANALYZE (SKIP_LOCKED)`, so a table another process is analyzing
+  is skipped, not waited for; the next look finds it done.
+- Behind a transaction pooler: each look is a transaction, whose BEGIN brings the
+  session's timeouts (`db/database.py`).
+- A role that does not own a table cannot analyze it: that table is left to autovacuum,
+  with one warning in the log.
+- A table that never gets 500 rows (`queue_places` in a shop without waiting rooms)
+  keeps the process looking, one catalog read every 5 s: an empty table has no
+  statistics even once analyzed.
+- During an outage a look fails: one warning, then quiet until a look succeeds.
+
+PostgreSQL only: SQLite's planner has no such statistics to wait for.
 """
 
 from __future__ import annotations
@@ -21,7 +33,7 @@ import asyncio
 import contextlib
 
 import structlog
-from sqlalchemy import bindparam, text
+from sqlalchemy import text
 
 from boxoffice.db.database import Database
 
@@ -39,36 +51,67 @@ SALE_TABLES = (
 MIN_ROWS = 500  # 0009's autovacuum_analyze_threshold
 CHECK_SECONDS = 5.0
 
-_NEVER_ANALYZED = text(
-    "SELECT relname, n_live_tup + n_mod_since_analyze >= :rows AS ready "
-    "FROM pg_stat_user_tables "
-    "WHERE schemaname = current_schema() AND relname IN :tables "
-    "AND last_analyze IS NULL AND last_autoanalyze IS NULL"
-).bindparams(bindparam("tables", expanding=True))
-
-
-async def analyze_young_tables(database: Database) -> tuple[list[str], int]:
-    """One look: the tables analyzed now, and how many are still never analyzed."""
-    async with database.engine.connect() as conn:
-        await conn.execution_options(isolation_level="AUTOCOMMIT")  # ANALYZE takes no BEGIN
-        found = (
-            await conn.execute(_NEVER_ANALYZED, {"rows": MIN_ROWS, "tables": list(SALE_TABLES)})
-        ).all()
-        analyzed = [str(name) for name, ready in found if ready]
-        for table in analyzed:  # names from our own list, never from a request
-            await conn.execute(text(f"ANALYZE {table}"))
-    if analyzed:
-        log.info("young_tables_analyzed", tables=analyzed)
-    return analyzed, len(found) - len(analyzed)
+# Each sale table without statistics: its qualified name, whether this role may analyze
+# it, and whether it has rows enough. A table not found at all is left out (and warned of).
+_YOUNG = text(
+    """
+    SELECT t.name, quote_ident(n.nspname) || '.' || quote_ident(c.relname) AS qualified,
+           pg_has_role(c.relowner, 'USAGE') AS ours,
+           GREATEST(COALESCE(s.n_live_tup, 0), COALESCE(s.n_mod_since_analyze, 0)) >= :rows
+               AS ready
+      FROM unnest(CAST(:tables AS text[])) AS t(name)
+      JOIN pg_class AS c ON c.oid = to_regclass(t.name)
+      JOIN pg_namespace AS n ON n.oid = c.relnamespace
+      LEFT JOIN pg_stat_user_tables AS s ON s.relid = c.oid
+     WHERE NOT EXISTS (
+           SELECT 1 FROM pg_stats AS p WHERE p.schemaname = n.nspname AND p.tablename = c.relname)
+    """
+)
+_FOUND = text("SELECT count(to_regclass(t)) FROM unnest(CAST(:tables AS text[])) AS t")
 
 
 class YoungTables:
-    """Looks every CHECK_SECONDS until every sale table has been analyzed once."""
+    """Looks every `check_seconds` until every sale table has statistics."""
 
-    def __init__(self, database: Database, *, check_seconds: float = CHECK_SECONDS) -> None:
+    def __init__(
+        self,
+        database: Database,
+        *,
+        check_seconds: float = CHECK_SECONDS,
+        tables: tuple[str, ...] = SALE_TABLES,
+    ) -> None:
         self._database = database
+        self._tables = list(tables)
         self._check_seconds = check_seconds
         self._task: asyncio.Task[None] | None = None
+        self._warned: set[str] = set()  # tables already warned of: once is enough
+        self._failing = False
+
+    async def look(self) -> tuple[list[str], int]:
+        """One look: the tables analyzed now, and how many are still without statistics."""
+        analyzed: list[str] = []
+        async with self._database.engine.connect() as conn, conn.begin():
+            found = await conn.scalar(_FOUND, {"tables": self._tables})
+            if found != len(self._tables) and "missing" not in self._warned:
+                self._warned.add("missing")
+                log.warning("young_tables_not_found", found=found, wanted=len(self._tables))
+            young = (await conn.execute(_YOUNG, {"rows": MIN_ROWS, "tables": self._tables})).all()
+            left = 0
+            for name, qualified, ours, ready in young:
+                if not ours:
+                    if name not in self._warned:
+                        self._warned.add(name)
+                        log.warning("young_table_not_ours", table=name)
+                    continue
+                if not ready:
+                    left += 1
+                    continue
+                # A name from the catalog, quoted by it; never from a request.
+                await conn.execute(text(f"ANALYZE (SKIP_LOCKED) {qualified}"))
+                analyzed.append(str(name))
+        if analyzed:
+            log.info("young_tables_analyzed", tables=analyzed)
+        return analyzed, left
 
     async def start(self) -> None:
         if self._database.dialect == "postgresql" and self._task is None:
@@ -84,10 +127,13 @@ class YoungTables:
     async def _run(self) -> None:
         while True:
             try:
-                _, left = await analyze_young_tables(self._database)
+                analyzed, left = await self.look()
             except Exception as error:  # an outage: the next look tries again
-                log.warning("young_tables_look_failed", error=repr(error))
+                if not self._failing:
+                    log.warning("young_tables_look_failed", error=repr(error))
+                self._failing = True
             else:
-                if not left:
+                self._failing = False
+                if not analyzed and not left:
                     return
             await asyncio.sleep(self._check_seconds)
