@@ -47,6 +47,7 @@ log = structlog.get_logger("boxoffice.waiting_room")
 __all__ = ["RoomView", "RoomWatch"]
 
 LEASE_TICKS = 10  # a lease lasts this many ticks: a dead holder is replaced that soon
+STOP_SECONDS = 5.0  # how long stop() lets a pass under way finish
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +95,7 @@ class RoomWatch:
         self._views: dict[str, RoomView] = {}
         self._watermarks: dict[str, Watermark] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = asyncio.Event()
         self._arrivals: dict[str, int] = {}
         self.joiner = LineJoiner(database)
         self._signer: TicketSigner | None = None
@@ -143,17 +145,32 @@ class RoomWatch:
                 self._tasks.append(asyncio.create_task(self._every(seconds, work)))
 
     async def stop(self) -> None:
+        """Let a pass under way finish, then stop the loops.
+
+        A pass cancelled inside its database read could be cancelled while its
+        connection goes back to the pool, which leaves a traceback in the log at
+        every shutdown that lands on one (every 250 ms, a refresh). Past
+        STOP_SECONDS a pass is cancelled all the same.
+        """
         await self.joiner.stop()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        self._stopping.set()
+        if self._tasks:
+            _, late = await asyncio.wait(self._tasks, timeout=STOP_SECONDS)
+            for task in late:
+                task.cancel()
+            for task in late:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         self._tasks.clear()
+        self._stopping = asyncio.Event()  # started again, it runs again
 
     async def _every(self, seconds: float, work: Callable[[], Awaitable[None]]) -> None:
+        stopping = self._stopping
         while True:
-            await asyncio.sleep(seconds)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), seconds)
+            if stopping.is_set():
+                return
             try:
                 await work()
             except DatabaseUnavailable:
