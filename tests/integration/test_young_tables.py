@@ -106,9 +106,12 @@ async def test_the_process_stops_looking_once_its_tables_have_statistics(
         await conn.execute(text("ANALYZE holds"))  # as autovacuum or an operator would
         await conn.commit()
     await young.start()
-    task = young._task
-    assert task is not None
-    await asyncio.wait_for(task, 10)  # nothing left to look for: it ends by itself
+    assert young.looking
+    for _ in range(200):  # nothing left to look for: it ends by itself
+        if not young.looking:
+            break
+        await asyncio.sleep(0.05)
+    assert not young.looking
     await young.stop()
 
 
@@ -116,12 +119,12 @@ async def test_the_process_stops_looking_once_its_tables_have_statistics(
 async def test_the_server_looks_from_its_start(settings: Settings, database: Database) -> None:
     app = create_app(settings, database)
     async with app.router.lifespan_context(app):
-        assert app.state.young_tables._task is not None
+        assert app.state.young_tables.looking
 
 
 @SQLITE_ONLY
 async def test_sqlite_has_nothing_to_wait_for(database: Database) -> None:
     young = YoungTables(database)
     await young.start()
-    assert young._task is None
+    assert not young.looking
     await young.stop()

@@ -15,8 +15,6 @@ the expired seats back itself); on SQLite it takes its turn at the write lock.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from datetime import timedelta
 
 import structlog
@@ -27,6 +25,7 @@ from boxoffice.db.database import Database
 from boxoffice.db.tables import hold_items, idempotency_keys
 from boxoffice.domain.commands import SweepExpired, Swept
 from boxoffice.observability import metrics
+from boxoffice.periodic import Periodic
 from boxoffice.services.clock import Clock
 from boxoffice.services.unit_of_work import UnitOfWork
 
@@ -51,26 +50,21 @@ class Sweeper:
         self._interval = interval_seconds
         self._key_ttl = timedelta(hours=idempotency_ttl_hours)
         self._writer = LockedWriter(database)
-        self._task: asyncio.Task[None] | None = None
+        self._loop = Periodic("boxoffice-sweeper", interval_seconds, self._pass)
 
     async def start(self) -> None:
-        if self._task is None and self._interval > 0:
-            self._task = asyncio.create_task(self._run(), name="boxoffice-sweeper")
+        if self._interval > 0:
+            self._loop.start()
 
     async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        """Let a sweep under way finish, then stop."""
+        await self._loop.stop()
 
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval)
-            try:
-                await self.sweep()
-            except Exception as error:  # an outage or a bug: the next pass tries again
-                log.warning("sweep_failed", error=repr(error))
+    async def _pass(self) -> None:
+        try:
+            await self.sweep()
+        except Exception as error:  # an outage or a bug: the next pass tries again
+            log.warning("sweep_failed", error=repr(error))
 
     async def sweep(self) -> int:
         """One pass: the seats given back (in up to SECTIONS_PER_SWEEP sections)."""

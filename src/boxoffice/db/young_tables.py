@@ -29,13 +29,11 @@ PostgreSQL only: SQLite's planner has no such statistics to wait for.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-
 import structlog
 from sqlalchemy import text
 
 from boxoffice.db.database import Database
+from boxoffice.periodic import Periodic
 
 log = structlog.get_logger("boxoffice.db")
 
@@ -82,8 +80,7 @@ class YoungTables:
     ) -> None:
         self._database = database
         self._tables = list(tables)
-        self._check_seconds = check_seconds
-        self._task: asyncio.Task[None] | None = None
+        self._loop = Periodic("boxoffice-young-tables", check_seconds, self._pass, at_once=True)
         self._warned: set[str] = set()  # tables already warned of: once is enough
         self._failing = False
 
@@ -114,26 +111,26 @@ class YoungTables:
         return analyzed, left
 
     async def start(self) -> None:
-        if self._database.dialect == "postgresql" and self._task is None:
-            self._task = asyncio.create_task(self._run(), name="boxoffice-young-tables")
+        if self._database.dialect == "postgresql":
+            self._loop.start()
+
+    @property
+    def looking(self) -> bool:
+        """Started, with tables still to look at."""
+        return self._loop.running
 
     async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        """Let a look under way finish, then stop."""
+        await self._loop.stop()
 
-    async def _run(self) -> None:
-        while True:
-            try:
-                analyzed, left = await self.look()
-            except Exception as error:  # an outage: the next look tries again
-                if not self._failing:
-                    log.warning("young_tables_look_failed", error=repr(error))
-                self._failing = True
-            else:
-                self._failing = False
-                if not analyzed and not left:
-                    return
-            await asyncio.sleep(self._check_seconds)
+    async def _pass(self) -> bool:
+        """One look, quiet during an outage after its first warning: whether to look again."""
+        try:
+            analyzed, left = await self.look()
+        except Exception as error:  # an outage: the next look tries again
+            if not self._failing:
+                log.warning("young_tables_look_failed", error=repr(error))
+            self._failing = True
+            return True
+        self._failing = False
+        return bool(analyzed or left)

@@ -14,8 +14,6 @@ timeout to answer never delays a flush.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
 import time
 from datetime import datetime, timedelta
@@ -25,6 +23,7 @@ import structlog
 from boxoffice.db.database import Database
 from boxoffice.observability import metrics
 from boxoffice.observability.multiprocess import forget_process, take_turn
+from boxoffice.periodic import Periodic
 from boxoffice.services.clock import Clock, system_clock
 from boxoffice.services.inventory_check import Watch, watch_newest_sections
 
@@ -54,24 +53,20 @@ class Exporter:
         self._server: str | None = None  # which database server answered the last probe
         self._up: bool | None = None
         self._violations = 0
-        self._tasks: list[asyncio.Task[None]] = []
+        self._flushing = Periodic("boxoffice-metrics", FLUSH_SECONDS, self._flush_pass)
+        self._sampling = Periodic(
+            "boxoffice-metrics-sampler", sample_seconds, self._sample_pass, at_once=True
+        )
 
     async def start(self) -> None:
-        if self._tasks:
-            return
-        self._tasks.append(asyncio.create_task(self._flushing(), name="boxoffice-metrics"))
+        self._flushing.start()
         if self._sample_seconds > 0:
-            self._tasks.append(
-                asyncio.create_task(self._sampling(), name="boxoffice-metrics-sampler")
-            )
+            self._sampling.start()
 
     async def stop(self) -> None:
-        tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        """Let a flush or a sample under way finish, then flush one last time."""
+        await self._sampling.stop()
+        await self._flushing.stop()
         self.flush()
         forget_process(os.getpid())
 
@@ -82,21 +77,17 @@ class Exporter:
             metrics.POOL_SIZE.set(size, (pool,))
         metrics.flush()
 
-    async def _flushing(self) -> None:
-        while True:
-            await asyncio.sleep(FLUSH_SECONDS)
-            try:
-                self.flush()
-            except Exception as error:  # a full disk, say: keep serving, try again
-                log.warning("metrics_flush_failed", error=repr(error))
+    async def _flush_pass(self) -> None:
+        try:
+            self.flush()
+        except Exception as error:  # a full disk, say: keep serving, try again
+            log.warning("metrics_flush_failed", error=repr(error))
 
-    async def _sampling(self) -> None:
-        while True:
-            try:
-                await self.sample()
-            except Exception as error:  # the shared folder gone, say: try again later
-                log.warning("metrics_sample_failed", error=repr(error))
-            await asyncio.sleep(self._sample_seconds)
+    async def _sample_pass(self) -> None:
+        try:
+            await self.sample()
+        except Exception as error:  # the shared folder gone, say: try again later
+            log.warning("metrics_sample_failed", error=repr(error))
 
     async def sample(self) -> None:
         """Probe the database; look at the watched sections, or check them, if it is our turn."""

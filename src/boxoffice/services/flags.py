@@ -9,8 +9,6 @@ an operator sees it even if it could not be stored.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import time
 from datetime import datetime
@@ -24,6 +22,7 @@ from boxoffice.domain.access import Principal
 from boxoffice.domain.fraud import Caller, Flag, FraudRules, Rule, Watch
 from boxoffice.domain.ids import parse_id
 from boxoffice.observability import metrics
+from boxoffice.periodic import Periodic
 from boxoffice.services.events import managed_event
 from boxoffice.services.pages import Page, SeqCursor
 from boxoffice.services.unit_of_work import UnitOfWork
@@ -41,7 +40,7 @@ class FlagDesk:
         self.database = database
         self.watch = Watch(rules)
         self.pending: list[Flag] = []
-        self.task: asyncio.Task[None] | None = None
+        self._writing = Periodic("boxoffice-fraud-flags", WRITE_INTERVAL_SECONDS, self.flush)
 
     def raise_flags(self, flags: list[Flag]) -> None:
         for flag in flags:
@@ -68,20 +67,13 @@ class FlagDesk:
         self.raise_flags(self.watch.hold_churn(time.monotonic(), at, who, event_id, churned))
 
     async def start(self) -> None:
-        self.task = asyncio.create_task(self._run(), name="fraud-flags")
+        self._writing.start()
 
     async def stop(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
-            self.task = None
-        await self.flush()  # what was raised before the stop is kept
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(WRITE_INTERVAL_SECONDS)
-            await self.flush()
+        """Let a write under way finish (cancelled, it would lose the flags it took), then
+        write what was raised since."""
+        await self._writing.stop()
+        await self.flush()
 
     async def flush(self) -> None:
         flags, self.pending = self.pending, []

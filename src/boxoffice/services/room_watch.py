@@ -19,7 +19,6 @@ lease lapses, from the state in the database: a restart loses nobody's place.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from boxoffice.observability.metrics import (
     QUEUE_SHOPPING,
     QUEUE_WAITING,
 )
+from boxoffice.periodic import Periodic
 from boxoffice.services import waiting_room as rooms
 from boxoffice.services.clock import Clock
 from boxoffice.services.line_joiner import LineJoiner
@@ -47,7 +47,6 @@ log = structlog.get_logger("boxoffice.waiting_room")
 __all__ = ["RoomView", "RoomWatch"]
 
 LEASE_TICKS = 10  # a lease lasts this many ticks: a dead holder is replaced that soon
-STOP_SECONDS = 5.0  # how long stop() lets a pass under way finish
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,8 +93,7 @@ class RoomWatch:
         self._holder = uuid.uuid4().hex
         self._views: dict[str, RoomView] = {}
         self._watermarks: dict[str, Watermark] = {}
-        self._tasks: list[asyncio.Task[None]] = []
-        self._stopping = asyncio.Event()
+        self._loops: list[Periodic] = []
         self._arrivals: dict[str, int] = {}
         self.joiner = LineJoiner(database)
         self._signer: TicketSigner | None = None
@@ -139,44 +137,37 @@ class RoomWatch:
         secret = self._secret or await rooms.signing_secret(self._database, self._clock())
         self._signer = TicketSigner(secret, retired=self._retired)
         await self.refresh()
-        loops = ((self._refresh_seconds, self.refresh), (self._tick_seconds, self.tick))
-        for seconds, work in loops:
-            if seconds > 0:
-                self._tasks.append(asyncio.create_task(self._every(seconds, work)))
+        loops = (
+            ("refresh", self._refresh_seconds, self.refresh),
+            ("tick", self._tick_seconds, self.tick),
+        )
+        self._loops = [
+            Periodic(f"boxoffice-room-{name}", seconds, self._guarded(work))
+            for name, seconds, work in loops
+            if seconds > 0
+        ]
+        for loop in self._loops:
+            loop.start()
 
     async def stop(self) -> None:
-        """Let a pass under way finish, then stop the loops.
-
-        A pass cancelled inside its database read could be cancelled while its
-        connection goes back to the pool, which leaves a traceback in the log at
-        every shutdown that lands on one (every 250 ms, a refresh). Past
-        STOP_SECONDS a pass is cancelled all the same.
-        """
+        """Let a pass under way finish (`boxoffice/periodic.py`), then stop the loops."""
         await self.joiner.stop()
-        self._stopping.set()
-        if self._tasks:
-            _, late = await asyncio.wait(self._tasks, timeout=STOP_SECONDS)
-            for task in late:
-                task.cancel()
-            for task in late:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        self._tasks.clear()
-        self._stopping = asyncio.Event()  # started again, it runs again
+        loops, self._loops = self._loops, []
+        await asyncio.gather(*(loop.stop() for loop in loops))
 
-    async def _every(self, seconds: float, work: Callable[[], Awaitable[None]]) -> None:
-        stopping = self._stopping
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), seconds)
-            if stopping.is_set():
-                return
+    @staticmethod
+    def _guarded(work: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+        """`work`, with an outage told apart from a bug: the last view is kept either way."""
+
+        async def guarded() -> None:
             try:
                 await work()
             except DatabaseUnavailable:
-                log.warning("waiting_room_database_unavailable")  # keep the last view
+                log.warning("waiting_room_database_unavailable")
             except Exception:
                 log.exception("waiting_room_loop_failed")
+
+        return guarded
 
     async def refresh(self) -> None:
         """Read every room that is on, and the watermark steps taken since the last read."""
