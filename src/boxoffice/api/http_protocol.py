@@ -21,10 +21,9 @@ this protocol has seen the whole body arrive with the head (`BODY_COMPLETE` in
 the scope); an idle keep-alive connection is closed after KEEP_ALIVE_SECONDS by
 uvicorn itself.
 
-It also writes each answer's head with its body (`_HeadWithBody`): uvicorn
-writes them apart, two `send()` system calls where one does, and during a sale
-those two writes were a quarter of a server process's time (py-spy, `make
-onsale`; docs/performance.md).
+An answer's head and body leave in two `send()` calls, as uvicorn writes them.
+Holding the head back to send both in one was tried (7cbd6ac) and taken out:
+side by side it saved no CPU on any hot route (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -40,38 +39,6 @@ from boxoffice.config import get_settings
 
 BODY_COMPLETE = "boxoffice.body_complete"  # in the scope: the body has all arrived
 LINGER_SECONDS = 1.0  # a refused connection's reading after its answer, at most
-
-
-class _HeadWithBody:
-    """The connection's transport, holding an answer's head back until its body's first
-    write, so both go in one system call. Informational heads (100 Continue) go at once:
-    the client waits for them before it sends the body. Anything held is written before
-    the transport closes."""
-
-    __slots__ = ("_head", "_transport")
-
-    def __init__(self, transport: asyncio.Transport) -> None:
-        self._transport = transport
-        self._head: bytes | None = None
-
-    def write(self, data: bytes) -> None:
-        head = self._head
-        if head is not None:
-            self._head = None
-            self._transport.write(head + data)
-        elif data.startswith(b"HTTP/1.1 ") and data[9:10] != b"1" and data.endswith(b"\r\n\r\n"):
-            self._head = data
-        else:
-            self._transport.write(data)
-
-    def close(self) -> None:
-        if self._head is not None:
-            head, self._head = self._head, None
-            self._transport.write(head)
-        self._transport.close()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._transport, name)
 
 
 class _HeadTooLarge(Exception):
@@ -95,7 +62,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.refused = False  # answered 408 or 431: reading what still comes, then closing
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(cast(asyncio.Transport, _HeadWithBody(transport)))
+        super().connection_made(transport)
         self._start_head_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
