@@ -2,7 +2,9 @@
 
 The expected statuses are written out by hand in `EXPECTED`, one row per endpoint, not
 derived from the code's rules: the table is the specification (the issue's roles), and
-the test checks the service against it on both databases.
+the test checks the service against it on both databases. The code's own table,
+`PERMISSIONS`, must name every operation and agree with it: what it lets each role do
+is what the hand-written rows expect (`test_the_permission_table_agrees`).
 
 Callers: the public (no key), customers A and B, organizers X and Y, an admin. Objects:
 an event of organizer X with a hold and a booking of customer A in it. "Own" is from
@@ -14,6 +16,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,6 +25,7 @@ import pytest
 from boxoffice.api.app import create_app
 from boxoffice.config import Settings
 from boxoffice.db.database import Database
+from boxoffice.domain.access import PERMISSIONS, Role
 from boxoffice.services.keys import KEY_PREFIX
 from tests.support.keys import bearer
 
@@ -422,8 +426,37 @@ async def test_the_tables_cover_every_operation(world: World) -> None:
         for path in document["paths"].values()
         for operation in path.values()
     }
-    assert operations == set(ROWS_BY_OPERATION)
+    assert operations == set(ROWS_BY_OPERATION) == set(PERMISSIONS)
     assert set(ROWS_BY_OPERATION.values()) == set(EXPECTED) | set(CHANGES)
+
+
+ROLE_OF: dict[str, Role | None] = {
+    "public": None,
+    "customer_a": "customer",
+    "customer_b": "customer",
+    "organizer_x": "organizer",
+    "organizer_y": "organizer",
+    "admin": "admin",
+}
+
+
+@pytest.mark.parametrize("operation", sorted(PERMISSIONS))
+def test_the_permission_table_agrees(operation: str) -> None:
+    """Generated from `PERMISSIONS`: who gets 401 (no key where one is needed), who 403
+    (a role it does not allow) and who neither; checked against the hand-written row."""
+    rule = PERMISSIONS[operation]
+    row = ROWS_BY_OPERATION[operation]
+    _, statuses = EXPECTED.get(row) or CHANGES[row]
+    for who, status in zip(CALLERS, statuses, strict=True):
+        role = ROLE_OF[who]
+        if rule.public:
+            assert status not in (401, 403), (operation, who)
+        elif role is None:
+            assert status == 401, (operation, who)
+        elif rule.allows(role):
+            assert status not in (401, 403), (operation, who)
+        else:
+            assert status == 403, (operation, who)
 
 
 async def test_keys_made_in_bulk_each_name_their_own_customer(
@@ -450,3 +483,31 @@ async def test_keys_made_in_bulk_each_name_their_own_customer(
             assert (
                 await http.get("/bookings", headers={"Authorization": f"Bearer {forged}"})
             ).status_code == 401
+
+
+def _who(operation: str) -> str:
+    rule = PERMISSIONS[operation]
+    if rule.public:
+        return "anyone, no key needed"
+    if set(rule.roles) | {"admin"} == set(ROLE_OF.values()) - {None}:
+        return "any key"
+    return ", ".join([*(role for role in rule.roles if role != "admin"), "admin"])
+
+
+async def test_the_docs_table_is_the_permission_table(world: World) -> None:
+    """docs/security.md's table of who may call what is `PERMISSIONS`, row for row, in the
+    OpenAPI document's order. On a failure, paste the table this prints into the doc."""
+    document = (await world.http.get("/openapi.json")).json()
+    rows = [
+        "| operation | who may call it | which objects |",
+        "|---|---|---|",
+        *(
+            f"| `{method.upper()} {path}` | {_who(operation['operationId'])} | "
+            f"{PERMISSIONS[operation['operationId']].objects} |"
+            for path, item in document["paths"].items()
+            for method, operation in item.items()
+        ),
+    ]
+    table = "\n".join(rows)
+    doc = (Path(__file__).parents[2] / "docs" / "security.md").read_text()
+    assert table in doc, f"docs/security.md should carry this table:\n\n{table}\n"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from boxoffice.domain.access import OPEN_ACCESS, Principal
+from boxoffice.domain.access import OPEN_ACCESS, PERMISSIONS, PUBLIC_OPERATIONS, ROLES, Principal
 from boxoffice.domain.errors import Forbidden
 
 ALICE = Principal("k1", "customer", customer_id="alice")
@@ -31,7 +31,8 @@ def test_admins_and_open_access_see_everything() -> None:
     for who in (ADMIN, OPEN_ACCESS):
         assert who.may_see(customer_id="x", organizer_id=None)
         assert who.may_manage_event(None)
-        who.require("organizer")
+        for operation in PERMISSIONS:
+            who.require(operation)
         assert who.customer_for("anyone") == "anyone"
 
 
@@ -42,12 +43,27 @@ def test_a_customer_key_decides_the_customer() -> None:
         ALICE.customer_for("bob")
 
 
-def test_roles_gate_functions() -> None:
+def test_roles_gate_functions_as_the_table_says() -> None:
     with pytest.raises(Forbidden):
-        ALICE.require("organizer")
+        ALICE.require("create_event")
     with pytest.raises(Forbidden):
-        ACME.require("admin")
-    ACME.require("customer", "organizer")
+        ACME.require("create_key")
+    with pytest.raises(Forbidden):
+        ACME.require("join_queue")  # staff queue for nobody
+    ACME.require("book")
+    ALICE.require("book")
+    ALICE.require("get_hold")  # any key; whose hold it may see is the object-level rule
+
+
+def test_the_public_operations_need_no_role_and_the_rest_name_theirs() -> None:
+    assert {"list_events", "get_event", "poll_queue", "healthz", "readyz"} == PUBLIC_OPERATIONS
+    for operation, rule in PERMISSIONS.items():
+        assert rule.objects, operation
+        assert rule.public == (operation in PUBLIC_OPERATIONS)
+        assert all(rule.allows(role) for role in ROLES) == (
+            rule.public or set(rule.roles) | {"admin"} == set(ROLES)
+        )
+        assert rule.allows("admin")
 
 
 def test_idempotency_keys_belong_to_the_key_or_its_customer() -> None:

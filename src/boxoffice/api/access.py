@@ -9,9 +9,11 @@ that is sent must be valid even there, so a client with a broken key finds
 out at once. A refusal never says why (unknown, revoked or expired) and never
 echoes the key.
 
-Routes then ask for the caller and its role with `caller()`: a plain function,
-not a FastAPI dependency, whose resolution costs more than a booking's own
-work (docs/performance.md). The OpenAPI document declares the scheme and
+Routes then ask for the caller with `caller(request, operation)`, which checks
+its role against `PERMISSIONS` (`domain/access.py`): a plain function, not a
+FastAPI dependency, whose resolution costs more than a booking's own work
+(docs/performance.md). Which paths are public is taken from the same table and
+the app's routes (`public_paths`). The OpenAPI document declares the scheme and
 which operations need it (`document_security`).
 """
 
@@ -22,14 +24,14 @@ import time
 from typing import Any
 
 import structlog
-from fastapi import Request
+from fastapi import FastAPI, Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from boxoffice.api.fraud import watch_refusal
 from boxoffice.api.problems import RETRY_AFTER_SECONDS, send_problem
 from boxoffice.api.rate_limits import RateLimiter, refused_credential, route_class, send_too_many
 from boxoffice.db.errors import DatabaseUnavailable
-from boxoffice.domain.access import OPEN_ACCESS, Principal, Role
+from boxoffice.domain.access import OPEN_ACCESS, PUBLIC_OPERATIONS, Principal
 from boxoffice.domain.errors import NEEDS_A_KEY, Unauthorized
 from boxoffice.services.keys import KeyRing
 
@@ -37,16 +39,37 @@ log = structlog.get_logger("boxoffice.api")
 
 PRINCIPAL = "boxoffice.principal"  # where the middleware leaves the caller in the scope
 
-# Operations anyone may call without a key (their OpenAPI operation ids), and their paths.
-PUBLIC_OPERATIONS = frozenset({"list_events", "get_event", "poll_queue", "healthz", "readyz"})
-_PUBLIC_PATHS = re.compile(
-    r"/events/?|/events/[^/]+|/queue/[^/]+|/healthz|/readyz|/docs|/docs/oauth2-redirect|/redoc"
-    r"|/openapi\.json"
-)
+PUBLIC_STATE = "public_paths"  # the app's state: the paths of its public operations
 
 
-def is_public(method: str, path: str) -> bool:
-    return method in ("GET", "HEAD") and _PUBLIC_PATHS.fullmatch(path) is not None
+def public_paths(app: FastAPI) -> re.Pattern[str]:
+    """The paths anyone may read without a key: those of the public operations in
+    `PERMISSIONS`, as the app's OpenAPI document places them, and the documents'."""
+    paths = [
+        path
+        for path, item in app.openapi().get("paths", {}).items()
+        if item.get("get", {}).get("operationId") in PUBLIC_OPERATIONS
+    ]
+    documents = (app.openapi_url, app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url)
+    paths += [path for path in documents if path]
+    patterns = sorted(
+        "[^/]+".join(re.escape(part) for part in re.split(r"\{[^}]+\}", path.rstrip("/"))) + "/?"
+        for path in paths
+    )
+    return re.compile("|".join(patterns))
+
+
+def _public(app: FastAPI) -> re.Pattern[str]:
+    """`public_paths`, made on the first request that needs it and kept."""
+    found: re.Pattern[str] | None = getattr(app.state, PUBLIC_STATE, None)
+    if found is None:
+        found = public_paths(app)
+        setattr(app.state, PUBLIC_STATE, found)
+    return found
+
+
+def is_public(public: re.Pattern[str], method: str, path: str) -> bool:
+    return method in ("GET", "HEAD") and public.fullmatch(path) is not None
 
 
 class KeyCheckMiddleware:
@@ -96,7 +119,7 @@ class KeyCheckMiddleware:
                 if not await refused_credential(scope, send):
                     await _refuse(scope, send)
                 return
-        elif not is_public(scope["method"], scope["path"]):
+        elif not is_public(_public(scope["app"]), scope["method"], scope["path"]):
             await _refuse(scope, send)
             return
         scope[PRINCIPAL] = found
@@ -128,13 +151,12 @@ async def _refuse(scope: Scope, send: Send) -> None:
     )
 
 
-def caller(request: Request, *roles: Role) -> Principal:
-    """The caller, who must have a valid key, with one of `roles` (admins may do anything)."""
+def caller(request: Request, operation: str) -> Principal:
+    """The caller, who must have a valid key whose role `PERMISSIONS` lets call `operation`."""
     found: Principal | None = request.scope.get(PRINCIPAL)
     if found is None:  # a route the middleware took for public: never, but never silently
         raise Unauthorized()
-    if roles:
-        found.require(*roles)
+    found.require(operation)
     return found
 
 

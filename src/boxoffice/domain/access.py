@@ -11,6 +11,10 @@ Someone else's object is answered as if it did not exist: the rules here say
 "not yours", and the caller raises the matching `NotFound`, so a 404 tells a
 prober nothing an unknown id would not.
 
+`PERMISSIONS` is the one table of who may call which operation: the routes ask it
+(`api/access.caller`), the key check takes its public operations from it, and the
+docs' table (docs/security.md) is checked against it by a test.
+
 With `BOXOFFICE_OPEN_ACCESS=true` (local demos only) every request acts as
 `OPEN_ACCESS`: the original open API, with the customer id taken from the body.
 """
@@ -71,10 +75,12 @@ class Principal:
             raise Forbidden("A customer key books for its own customer only: leave customerId out.")
         return self.customer_id
 
-    def require(self, *roles: Role) -> None:
-        """Function-level authorization: raise `Forbidden` unless the role is one of `roles`."""
-        if self.role not in roles and self.role != "admin":
-            raise Forbidden(f"This needs a key with the role {' or '.join(roles)}.")
+    def require(self, operation: str) -> None:
+        """Function-level authorization: raise `Forbidden` unless `PERMISSIONS` lets this
+        role call `operation`."""
+        permission = PERMISSIONS[operation]
+        if not permission.allows(self.role):
+            raise Forbidden(f"This needs a key with the role {' or '.join(permission.roles)}.")
 
     def idempotency_scope(self, customer: str | None = None) -> str | None:
         """Whose idempotency keys these are: the key's customer, else the key itself; with
@@ -87,6 +93,60 @@ class Principal:
 
 
 OPEN_ACCESS = Principal(key_id=None, role="admin")
+
+
+@dataclass(frozen=True, slots=True)
+class Permission:
+    """Who may call one operation: the public (no roles: no key needed), or keys of
+    `roles` (admins may call every operation). `objects` says, for the docs, which of
+    its objects a caller reaches; `Principal`'s `may_*` rules enforce that."""
+
+    roles: tuple[Role, ...]
+    objects: str
+
+    @property
+    def public(self) -> bool:
+        return not self.roles
+
+    def allows(self, role: Role) -> bool:
+        return self.public or role == "admin" or role in self.roles
+
+
+_PUBLIC: tuple[Role, ...] = ()
+_ANY_KEY = ROLES
+_SELLING = "a customer for itself; an organizer in its own events, for a named customer"
+_THEIRS = "a customer its own; an organizer its own events'; an admin all"
+_OWN_EVENTS = "its own events' (an admin: every event's)"
+
+# Every operation of the API, by its OpenAPI operation id.
+PERMISSIONS: dict[str, Permission] = {
+    "list_events": Permission(_PUBLIC, "every event"),
+    "get_event": Permission(_PUBLIC, "every event, with its availability"),
+    "create_event": Permission(("organizer",), "its own (an admin names the organizer)"),
+    "create_event_legacy": Permission(("organizer",), "its own (an admin names the organizer)"),
+    "event_audit": Permission(("organizer",), _OWN_EVENTS),
+    "event_flags": Permission(("organizer",), _OWN_EVENTS),
+    "all_flags": Permission(("admin",), "every flag"),
+    "book": Permission(("customer", "organizer"), _SELLING),
+    "place_hold": Permission(("customer", "organizer"), _SELLING),
+    "list_bookings": Permission(_ANY_KEY, _THEIRS),
+    "get_booking": Permission(_ANY_KEY, _THEIRS),
+    "cancel_booking": Permission(_ANY_KEY, _THEIRS),
+    "get_hold": Permission(_ANY_KEY, _THEIRS),
+    "confirm_hold": Permission(_ANY_KEY, _THEIRS),
+    "release_hold": Permission(_ANY_KEY, _THEIRS),
+    "put_waiting_room": Permission(("organizer",), _OWN_EVENTS),
+    "get_waiting_room": Permission(("organizer",), _OWN_EVENTS),
+    "join_queue": Permission(("customer",), "a place for itself"),
+    "poll_queue": Permission(_PUBLIC, "the place its ticket names (the ticket is signed)"),
+    "create_key": Permission(("admin",), "every key"),
+    "list_keys": Permission(("admin",), "every key, never a secret"),
+    "revoke_key": Permission(("admin",), "every key"),
+    "metrics": Permission(("admin",), "the whole service"),
+    "healthz": Permission(_PUBLIC, "the process"),
+    "readyz": Permission(_PUBLIC, "the process and its database"),
+}
+PUBLIC_OPERATIONS = frozenset(name for name, rule in PERMISSIONS.items() if rule.public)
 
 
 @dataclass(frozen=True, slots=True)

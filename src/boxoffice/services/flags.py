@@ -123,7 +123,7 @@ async def list_flags(
             ident = await managed_event(uow.conn, event_id, viewer)
             query = query.where(fraud_flags.c.event_id == ident)
         else:
-            viewer.require("admin")
+            viewer.require("all_flags")
         rows = (await uow.conn.execute(query)).all()
     page = rows[:limit]
     next_cursor = SeqCursor(page[-1].seq).encode() if len(rows) > limit else None

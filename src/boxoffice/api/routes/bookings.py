@@ -52,7 +52,7 @@ async def book_seats(request: Request, body: BookIn) -> BookingOut:
     """Books `body`'s seats for the caller, in one group-commit batch; raises the refusals."""
     state = request.app.state
     booker: Booker = state.booker
-    actor = caller(request, "customer", "organizer")
+    actor = caller(request, "book")
     customer = actor.customer_for(body.customer_id)
     check_admission(request, body.event_id, customer, actor)
     given = idempotency_key(request)
@@ -124,7 +124,7 @@ async def list_bookings(
         CustomerId | None, Query(alias="customerId", description="Only this customer's bookings.")
     ] = None,
 ) -> list[BookingOut]:
-    viewer = caller(request)
+    viewer = caller(request, "list_bookings")
     found = await booking_service.list_bookings(
         database,
         viewer=viewer,
@@ -144,7 +144,7 @@ async def list_bookings(
     summary="One booking",
 )
 async def get_booking(booking_id: str, request: Request, database: DatabaseDep) -> BookingOut:
-    viewer = caller(request)
+    viewer = caller(request, "get_booking")
     return BookingOut.of(await booking_service.get_booking(database, booking_id, viewer))
 
 
@@ -160,7 +160,7 @@ async def cancel_booking(
     request: Request,
     booker: BookerDep,
 ) -> BookingOut:
-    actor = caller(request)
+    actor = caller(request, "cancel_booking")
     key = idempotency(
         idempotency_key(request),
         scope=actor.idempotency_scope(),

@@ -85,7 +85,7 @@ async def create_event(
     database: DatabaseDep,
     clock: ClockDep,
 ) -> EventOut:
-    actor = caller(request, "organizer")
+    actor = caller(request, "create_event")
     organizer = _owner(actor, body.organizer_id)
     spec = _spec(body)
     key = idempotency(
@@ -235,7 +235,7 @@ async def list_events(
 async def event_audit(
     event_id: str, request: Request, response: Response, database: DatabaseDep, page: SeqPageDep
 ) -> list[AuditRecordOut]:
-    viewer = caller(request, "organizer")
+    viewer = caller(request, "event_audit")
     found = await audit_service.list_audit(
         database, event_id, viewer=viewer, limit=page.limit, cursor=page.cursor
     )

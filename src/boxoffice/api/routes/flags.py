@@ -26,7 +26,7 @@ router = APIRouter(tags=["flags"])
 async def event_flags(
     event_id: str, request: Request, response: Response, database: DatabaseDep, page: SeqPageDep
 ) -> list[FlagOut]:
-    viewer = caller(request, "organizer")
+    viewer = caller(request, "event_flags")
     found = await flag_service.list_flags(
         database,
         viewer=viewer,
@@ -56,7 +56,7 @@ async def all_flags(
         CustomerId | None, Query(alias="customerId", description="Only this customer's flags.")
     ] = None,
 ) -> list[FlagOut]:
-    viewer = caller(request, "admin")
+    viewer = caller(request, "all_flags")
     found = await flag_service.list_flags(
         database,
         viewer=viewer,

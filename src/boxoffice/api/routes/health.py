@@ -43,7 +43,7 @@ async def readyz(request: Request, database: DatabaseDep) -> Readiness:
     summary="Prometheus metrics of every worker process (admin)",
 )
 async def metrics(request: Request) -> Response:
-    caller(request, "admin")
+    caller(request, "metrics")
     # This process's counts are up to the moment; the other workers' at most a second old.
     request.app.state.exporter.flush()
     return Response(render(), media_type=CONTENT_TYPE_LATEST)

@@ -66,7 +66,7 @@ async def hold_seats(request: Request, body: HoldIn) -> HoldOut:
     booker: Booker = state.booker
     settings: Settings = state.settings
     clock: Clock = state.clock
-    actor = caller(request, "customer", "organizer")
+    actor = caller(request, "place_hold")
     customer = actor.customer_for(body.customer_id)
     check_admission(request, body.event_id, customer, actor)
     ttl = settings.hold_ttl_seconds if body.ttl_seconds is None else body.ttl_seconds
@@ -164,7 +164,7 @@ async def check_caps(
 async def get_hold(
     hold_id: str, request: Request, database: DatabaseDep, clock: ClockDep
 ) -> HoldOut:
-    viewer = caller(request)
+    viewer = caller(request, "get_hold")
     return HoldOut.of(await hold_service.get_hold(database, hold_id, viewer), clock())
 
 
@@ -187,7 +187,7 @@ async def confirm(request: Request, hold_id: str, body: ConfirmIn | None) -> Con
     """Confirms the caller's hold into bookings, at most once; raises the refusals."""
     booker: Booker = request.app.state.booker
     clock: Clock = request.app.state.clock
-    actor = caller(request)
+    actor = caller(request, "confirm_hold")
     reference = None if body is None else body.payment_reference
     key = idempotency(
         idempotency_key(request),
@@ -220,6 +220,6 @@ FAST_CONFIRM = FastRoute(
     summary="Release a hold: its seats are free again at once (releasing twice is harmless)",
 )
 async def release_hold(hold_id: str, request: Request, booker: BookerDep) -> Response:
-    actor = caller(request)
+    actor = caller(request, "release_hold")
     await booker.submit(ReleaseHold(hold_id, request_id=request_id(request), actor=actor))
     return Response(status_code=204)

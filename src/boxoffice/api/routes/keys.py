@@ -23,7 +23,7 @@ router = APIRouter(tags=["keys"])
 async def create_key(
     body: KeyIn, request: Request, response: Response, database: DatabaseDep, clock: ClockDep
 ) -> NewKeyOut:
-    caller(request, "admin")
+    caller(request, "create_key")
     made = await key_service.create_key(
         database,
         role=body.role,
@@ -45,7 +45,7 @@ async def create_key(
     summary="Every API key, oldest first, revoked ones included; never a secret",
 )
 async def list_keys(request: Request, database: DatabaseDep) -> list[KeyOut]:
-    caller(request, "admin")
+    caller(request, "list_keys")
     return [KeyOut.of(key) for key in await key_service.list_keys(database)]
 
 
@@ -59,7 +59,7 @@ async def list_keys(request: Request, database: DatabaseDep) -> list[KeyOut]:
 async def revoke_key(
     key_id: str, request: Request, database: DatabaseDep, clock: ClockDep
 ) -> Response:
-    caller(request, "admin")
+    caller(request, "revoke_key")
     await key_service.revoke_key(database, key_id, clock())
     request.app.state.keys.forget()
     return Response(status_code=204)

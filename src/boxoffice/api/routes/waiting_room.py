@@ -68,7 +68,7 @@ def _watch(request: Request) -> RoomWatch:
 async def put_waiting_room(
     event_id: str, body: WaitingRoomIn, request: Request, database: DatabaseDep, clock: ClockDep
 ) -> WaitingRoomOut:
-    actor = caller(request, "organizer")
+    actor = caller(request, "put_waiting_room")
     room = await room_service.put_room(database, event_id, body.settings(), actor, clock())
     await _watch(request).refresh()  # this process at once; the others within a refresh
     return WaitingRoomOut.of(room)
@@ -83,7 +83,7 @@ async def put_waiting_room(
 async def get_waiting_room(
     event_id: str, request: Request, database: DatabaseDep
 ) -> WaitingRoomOut:
-    actor = caller(request, "organizer")
+    actor = caller(request, "get_waiting_room")
     return WaitingRoomOut.of(await room_service.get_room(database, event_id, actor))
 
 
@@ -114,7 +114,7 @@ async def join_line(
     and its first answer; raises the refusals. The route and `FAST_JOIN` both call it."""
     if actor is None:  # a path the key check took for public: never, but never silently
         raise Unauthorized()
-    actor.require("customer")
+    actor.require("join_queue")
     customer = actor.customer_for(named)
     if customer is None:
         raise InvalidRequest("customerId is needed to join a line.", field="customerId")
