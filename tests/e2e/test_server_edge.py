@@ -301,3 +301,23 @@ def test_behind_a_trusted_proxy_each_client_has_its_own_bucket(tmp_path: Path) -
 
         assert [read("198.51.100.1") for _ in range(3)] == [200, 200, 429]
         assert read("198.51.100.2") == 200  # another client behind the same proxy
+
+
+def test_open_access_is_announced_at_every_start_whatever_the_log_level(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Each worker says so as it starts, even with only errors logged."""
+    folder = tmp_path_factory.mktemp("open")
+    url = f"sqlite:///{folder / 'boxoffice.db'}"
+    subprocess.run(
+        [sys.executable, "-m", "boxoffice", "db", "upgrade"],
+        env={"DATABASE_URL": url, "PATH": "/usr/bin:/bin"},
+        check=True,
+        capture_output=True,
+    )
+    env = {"LOG_LEVEL": "ERROR", "BOXOFFICE_OPEN_ACCESS": "true"}
+    with ServerProcess(url, env=env, log_dir=folder, workers=2) as running:
+        deadline = time.monotonic() + 30
+        while running.log().count("OPEN ACCESS") < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert running.log().count("OPEN ACCESS") == 2, running.log()

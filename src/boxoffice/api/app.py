@@ -178,7 +178,8 @@ def create_app(
             retired_secrets=retired,
         )
         if settings.boxoffice_open_access:
-            log.warning(
+            # At ERROR, the highest LOG_LEVEL: no setting of it hides this from an operator.
+            log.error(
                 "OPEN ACCESS: BOXOFFICE_OPEN_ACCESS=true, so no API key is checked and anyone "
                 "may create events, read every booking and book for anyone. For local demos "
                 "only: never expose this server."
