@@ -83,7 +83,18 @@ async def run_simulation(
         except httpx.HTTPError as error:
             console.print(f"[red]Cannot reach the server at {url}: {error}[/red]")
             return False
-        capacities = await _create_events(client, plan)
+        try:
+            capacities = await _create_events(client, plan)
+        except httpx.HTTPStatusError as error:
+            status = error.response.status_code
+            if status not in (401, 403):
+                raise
+            needs = "a key" if status == 401 else "an organizer's or an admin's key"
+            console.print(
+                f"[red]The server refused to create events ({status}): it needs {needs}. "
+                "Pass one with --key or BOXOFFICE_API_KEY.[/red]"
+            )
+            return False
         targets = list(capacities)
         jobs = [
             (rng.choice(targets), rng.randint(plan.qty_min, plan.qty_max))

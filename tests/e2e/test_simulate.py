@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -105,3 +106,34 @@ async def test_simulation_catches_a_broken_server(leak: bool) -> None:
     text = console.export_text()
     assert "TEST FAILED" in text
     assert ("OVERSOLD" in text) != leak
+
+
+def test_with_keys_on_it_takes_a_key_as_an_option_or_from_the_environment(
+    database_url: str, tmp_path: Path
+) -> None:
+    made = subprocess.run(
+        [sys.executable, "-m", "boxoffice", "keys", "create", "--role", "organizer"],
+        env={**os.environ, "DATABASE_URL": database_url},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    organizer = made.stdout.strip().splitlines()[-1]
+    env = {"BOXOFFICE_OPEN_ACCESS": "false"}
+    with ServerProcess(database_url, env=env, log_dir=tmp_path) as server:
+        refused = simulate(server.url)
+        by_option = simulate(server.url, "--key", organizer)
+        by_environment = subprocess.run(
+            [sys.executable, "-m", "boxoffice", "simulate", "--url", server.url],
+            env={**os.environ, "BOXOFFICE_API_KEY": organizer},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    assert refused.returncode == 1
+    assert "refused to create events (401)" in refused.stdout
+    assert "BOXOFFICE_API_KEY" in refused.stdout  # (rich wraps the line)
+    assert "Traceback" not in refused.stdout + refused.stderr
+    for run in (by_option, by_environment):
+        assert run.returncode == 0, run.stdout + run.stderr
+        assert "TEST PASSED" in run.stdout
