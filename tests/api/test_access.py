@@ -222,6 +222,30 @@ async def test_changes_only_by_those_allowed(world: World, endpoint: str, who: s
         assert response.headers["content-type"] == "application/problem+json"
 
 
+async def test_no_key_where_one_is_needed_gets_the_bearer_challenge(world: World) -> None:
+    for method, path in (("GET", "/bookings"), ("POST", "/book"), ("GET", "/keys")):
+        response = await world.http.request(method, path)
+        assert response.status_code == 401
+        assert response.headers["www-authenticate"].startswith("Bearer")
+        assert response.headers["content-type"] == "application/problem+json"
+
+
+async def test_two_customers_reusing_one_idempotency_key_book_apart(world: World) -> None:
+    """A key is its caller's: Bob's "order-1" neither replays Alice's answer nor clashes."""
+    body = {"eventId": world.event["id"], "sectionId": world.event["sections"][0]["id"]}
+    answers = {}
+    for who in ("customer_a", "customer_b"):
+        headers = {**world.as_(who), "Idempotency-Key": "order-1"}
+        first = await world.http.post("/book", json={**body, "qty": 1}, headers=headers)
+        again = await world.http.post("/book", json={**body, "qty": 1}, headers=headers)
+        assert first.status_code == again.status_code == 201, first.text
+        assert again.json()["id"] == first.json()["id"]  # replayed for the same caller
+        answers[who] = first.json()
+    assert answers["customer_a"]["id"] != answers["customer_b"]["id"]
+    assert answers["customer_a"]["customerId"] == "alice"
+    assert answers["customer_b"]["customerId"] == "bob"
+
+
 async def test_a_refusal_says_nothing_about_the_key(world: World) -> None:
     wrong = f"{KEY_PREFIX}{'0' * 16}_{'x' * 43}"
     for token in (wrong, "not-a-key", ""):

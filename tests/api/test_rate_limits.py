@@ -136,6 +136,9 @@ async def test_guessing_keys_gets_401_then_429_and_no_guess_gets_in(
             if answer.status_code == 429:
                 assert_problem(answer, 429, "rate_limited")
                 assert int(answer.headers["retry-after"]) >= 1
+                # Refused without a lookup, the address blocked: the headers all the same.
+                assert answer.headers["ratelimit-policy"] == '"auth";q=20;w=60'
+                assert answer.headers["ratelimit"].startswith('"auth";r=0;t=')
         elapsed = time.monotonic() - started
         assert set(statuses) == {401, 429}
         # 20 at once, then one more every 3 s at most.

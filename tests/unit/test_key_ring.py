@@ -66,9 +66,10 @@ async def test_forget_keeps_no_verdict_from_a_lookup_begun_before_it() -> None:
     assert lookup.calls == 2  # the verdict from before the revocation was not kept
 
 
-async def test_the_ring_vouches_only_for_ids_it_found_valid() -> None:
-    """An address refused too often still gets keys looked up whose id this process has
-    found valid before (api/access.py): one guesser behind a proxy locks out no one."""
+async def test_the_ring_vouches_only_for_keys_it_found_valid() -> None:
+    """An address refused too often still gets keys looked up that this process has
+    found valid before (api/access.py): one guesser behind a proxy locks out no one, and
+    knowing a key's id is not enough to be looked up."""
     from datetime import UTC, datetime
 
     from boxoffice.domain.access import ApiKey
@@ -97,6 +98,8 @@ async def test_the_ring_vouches_only_for_ids_it_found_valid() -> None:
     assert await ring.principal("bo_live_fedcba9876543210_guess", datetime.now(UTC)) is None
     assert not ring.vouches_for("bo_live_fedcba9876543210_guess")
     assert not ring.vouches_for("not a key")
+    # The key's id is public (lists, logs): with any other secret it vouches for nothing.
+    assert not ring.vouches_for(good.rsplit("_", 1)[0] + "_" + "x" * 43)
 
 
 async def test_the_keys_of_many_requests_at_once_are_looked_up_together() -> None:

@@ -103,9 +103,9 @@ class KeyCheckMiddleware:
                     # Too many refused keys from this address: a key is not even looked up
                     # unless this process has found its id valid before (so one guesser
                     # behind a shared address cannot lock out keys in use).
-                    wait = limiter.auth_blocked_for(scope, time.monotonic())
-                    if wait > 0 and not keys.vouches_for(token):
-                        await send_too_many(scope, send, "auth", None, wait)
+                    blocked = limiter.auth_blocked_for(scope, time.monotonic())
+                    if blocked is not None and not keys.vouches_for(token):
+                        await send_too_many(scope, send, "auth", blocked)
                         return
                 try:
                     found = await keys.principal(token, state.clock())

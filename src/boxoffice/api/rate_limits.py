@@ -100,9 +100,9 @@ class RateLimiter:
                     if chosen is None
                     else (chosen, f'"{name}";q={chosen.requests};w={int(chosen.window)}'.encode())
                 )
-        # Addresses whose failed-authentication bucket is empty, and until when (this
-        # process's clock): their keys are not even looked up.
-        self.auth_blocked: dict[str, float] = {}
+        # Addresses whose failed-authentication bucket is empty: until when, when it is
+        # full again (this process's clock), and its refusal; their keys are not looked up.
+        self.auth_blocked: dict[str, tuple[float, float, Limit]] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RateLimiter | None:
@@ -136,15 +136,19 @@ class RateLimiter:
         )
         return Limit(name, header, verdict)
 
-    def auth_blocked_for(self, scope: Scope, now: float) -> float:
-        """Seconds this address must still wait after too many failed authentications."""
-        until = self.auth_blocked.get(client_address(scope))
-        if until is None:
-            return 0.0
+    def auth_blocked_for(self, scope: Scope, now: float) -> Limit | None:
+        """The refusal of an address still blocked after too many failed authentications
+        (None: not blocked), with what its bucket said when it ran out, brought up to now."""
+        address = client_address(scope)
+        blocked = self.auth_blocked.get(address)
+        if blocked is None:
+            return None
+        until, full_at, limit = blocked
         if until <= now:
-            del self.auth_blocked[client_address(scope)]
-            return 0.0
-        return until - now
+            del self.auth_blocked[address]
+            return None
+        verdict = Verdict(False, 0, max(full_at - now, until - now), until - now)
+        return limit._replace(verdict=verdict)
 
     async def failed_authentication(self, scope: Scope, now: float) -> Limit | None:
         """Count a refused key against its address; a refused verdict blocks the address."""
@@ -152,7 +156,12 @@ class RateLimiter:
         if limit is not None and not limit.verdict.allowed:
             if len(self.auth_blocked) > 100_000:
                 self.auth_blocked.clear()
-            self.auth_blocked[client_address(scope)] = now + limit.verdict.retry_after
+            verdict = limit.verdict
+            self.auth_blocked[client_address(scope)] = (
+                now + verdict.retry_after,
+                now + verdict.reset_after,
+                limit,
+            )
         return limit
 
     async def close(self) -> None:

@@ -250,13 +250,14 @@ class KeyRing:
         self._verdicts: OrderedDict[str, _Verdict] = OrderedDict()
         self._reads = Coalesced(self._look_up, max_batch=self.MAX_BATCH)
         self._generation = 0  # bumped by forget(): a lookup begun before it is not kept
-        self._valid_ids: OrderedDict[str, None] = OrderedDict()  # ids of keys found valid
+        # Digests of whole keys found valid: not their ids, which are public (in lists and
+        # logs) and would let a blocked guesser's `bo_live_<known id>_<guess>` through.
+        self._vouched: OrderedDict[bytes, None] = OrderedDict()
 
     def vouches_for(self, token: str) -> bool:
-        """Whether `token` names a key this process has found valid before (its id, the
-        public part): an address refused too often still gets such keys looked up."""
-        parts = split_token(token)
-        return parts is not None and parts[0] in self._valid_ids
+        """Whether `token` is a key this process has found valid before, secret and all:
+        an address refused too often still gets such keys looked up."""
+        return _digest(token) in self._vouched
 
     async def principal(self, token: str, now: datetime) -> Principal | None:
         """Who `token` is, or None when it is no valid key (unknown, revoked or expired)."""
@@ -278,9 +279,9 @@ class KeyRing:
     def _keep(self, token: str, key: ApiKey | None, checked: float, generation: int) -> _Verdict:
         verdict = _Verdict(checked, key, None if key is None else key.principal())
         if key is not None:
-            self._valid_ids[key.id] = None
-            while len(self._valid_ids) > self._max_size:
-                self._valid_ids.popitem(last=False)
+            self._vouched[_digest(token)] = None
+            while len(self._vouched) > self._max_size:
+                self._vouched.popitem(last=False)
         if generation != self._generation:
             return verdict  # answers its waiters, but a revocation came since: not kept
         self._verdicts[token] = verdict
@@ -294,6 +295,10 @@ class KeyRing:
         self._generation += 1
         self._verdicts.clear()
         self._reads.forget()
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
 
 
 @dataclass(frozen=True, slots=True)
