@@ -3,7 +3,10 @@ fall-back to per-process limits when that Redis is killed mid-run (and back agai
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -43,6 +46,12 @@ def test_two_servers_share_one_limit_and_fall_back_when_redis_dies(
             ServerProcess(database_url, env=env, log_dir=tmp_path) as first,
             ServerProcess(database_url, env=env, log_dir=tmp_path) as second,
         ):
+            event = httpx.post(
+                f"{first.url}/events",
+                json={"name": "Gig", "sections": [{"name": "GA", "price": 5, "capacity": 50}]},
+                timeout=10,
+            ).json()
+            booking = {"eventId": event["id"], "sectionId": event["sections"][0]["id"], "qty": 1}
             answers = reads(first, 6) + reads(second, 6) + reads(first, 3)
             # One bucket for this address, whichever server answers: 10 in all, not 10 each.
             assert answers.count(200) == QUOTA
@@ -56,6 +65,9 @@ def test_two_servers_share_one_limit_and_fall_back_when_redis_dies(
             assert fallbacks(first) == 1
             assert fallbacks(second) == 1
             assert "Redis does not answer" in first.log()
+            for server in (first, second):  # and booking goes on, limited per process
+                booked = httpx.post(f"{server.url}/book", json=booking, timeout=10)
+                assert booked.status_code == 201, booked.text
 
             redis.start()  # empty again: its buckets start full
             time.sleep(5.5)  # the servers try Redis again every 5 s
@@ -64,3 +76,58 @@ def test_two_servers_share_one_limit_and_fall_back_when_redis_dies(
             assert "Redis answers again" in first.log()
             shared = reads(first, QUOTA) + reads(second, QUOTA)
             assert shared.count(200) == QUOTA - 2
+
+
+def test_a_keys_limit_is_shared_by_every_server(database_url: str, tmp_path: Path) -> None:
+    """With keys on, a customer key's purchase bucket is one bucket across servers."""
+    made = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "boxoffice",
+            "keys",
+            "create",
+            "--role",
+            "customer",
+            "--customer-id",
+            "c1",
+        ],
+        env={**os.environ, "DATABASE_URL": database_url},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    customer = {"Authorization": f"Bearer {made.stdout.strip().splitlines()[-1]}"}
+    organizer = subprocess.run(
+        [sys.executable, "-m", "boxoffice", "keys", "create", "--role", "organizer"],
+        env={**os.environ, "DATABASE_URL": database_url},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    staff = {"Authorization": f"Bearer {organizer.stdout.strip().splitlines()[-1]}"}
+    with ThrowawayRedis(tmp_path) as redis:
+        env = {
+            "BOXOFFICE_OPEN_ACCESS": "false",
+            "RATE_LIMITS_ENABLED": "true",
+            "REDIS_URL": redis.url,
+            "RATE_LIMIT_PURCHASE": "5/1h",
+        }
+        with (
+            ServerProcess(database_url, env=env, log_dir=tmp_path) as first,
+            ServerProcess(database_url, env=env, log_dir=tmp_path) as second,
+        ):
+            event = httpx.post(
+                f"{first.url}/events",
+                json={"name": "Gig", "sections": [{"name": "GA", "price": 5, "capacity": 50}]},
+                headers=staff,
+                timeout=10,
+            ).json()
+            body = {"eventId": event["id"], "sectionId": event["sections"][0]["id"], "qty": 1}
+            statuses = [
+                httpx.post(f"{server.url}/book", json=body, headers=customer, timeout=10)
+                for server in (first, second, first, second, first, second, first)
+            ]
+    codes = [answer.status_code for answer in statuses]
+    assert codes == [201] * 5 + [429, 429], codes
+    assert statuses[-1].headers["ratelimit-policy"] == '"purchase";q=5;w=3600'
