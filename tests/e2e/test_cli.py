@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -73,27 +74,44 @@ def test_serve_refuses_a_bad_availability_staleness_naming_it(tmp_path: Path) ->
     assert "Traceback" not in run.stderr
 
 
+KEY_FORMAT = re.compile(r"bo_live_[0-9a-f]{16}_[A-Za-z0-9_-]{43}")
+
+
 def test_keys_are_made_listed_and_revoked_and_shown_only_once(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'k.db'}"
     assert boxoffice("db", "upgrade", DATABASE_URL=url).returncode == 0
     first = boxoffice("keys", "bootstrap", DATABASE_URL=url)
     assert first.returncode == 0
     admin = first.stdout.strip().splitlines()[-1]
-    assert admin.startswith("bo_live_")
+    assert KEY_FORMAT.fullmatch(admin), admin
     again = boxoffice("keys", "bootstrap", DATABASE_URL=url)
     assert again.returncode == 0
     assert again.stdout == ""  # the first admin key is printed once, never again
     made = boxoffice(
-        "keys", "create", "--role", "customer", "--customer-id", "c1", DATABASE_URL=url
+        "keys",
+        "create",
+        "--role",
+        "customer",
+        "--customer-id",
+        "c1",
+        "--name",
+        "Till 3",
+        "--expires",
+        "2099-01-31T00:00:00+00:00",
+        DATABASE_URL=url,
     )
-    assert made.returncode == 0
-    key = made.stdout.strip().splitlines()[-1]  # alone on the last line: KEY=$(… | tail -1)
-    assert key.startswith("bo_live_")
-    key_id = key.removeprefix("bo_live_")[:16]
+    assert made.returncode == 0, made.stderr
+    # The key alone on standard output, its only line: KEY=$(… | tail -1) captures it.
+    [key] = made.stdout.splitlines()
+    assert KEY_FORMAT.fullmatch(key), key
+    key_id, secret = key.removeprefix("bo_live_")[:16], key.removeprefix("bo_live_")[17:]
     listed = boxoffice("keys", "list", DATABASE_URL=url)
-    assert key_id in listed.stdout
-    assert key.split("_")[-1] not in listed.stdout + listed.stderr  # never a secret
-    assert admin.split("_")[-1] not in listed.stdout + listed.stderr
+    row = next(line for line in listed.stdout.splitlines() if key_id in line)
+    assert "Till 3" in row
+    assert "2099-01-31T00:00:00+00:00" in row
+    assert "c1" in row
+    for shown in (secret, admin.removeprefix("bo_live_")[17:]):  # never a secret
+        assert shown not in listed.stdout + listed.stderr
     revoked = boxoffice("keys", "revoke", key_id, DATABASE_URL=url)
     assert revoked.returncode == 0
     assert "Revoked" in revoked.stderr
