@@ -78,9 +78,9 @@ class Principal:
     def require(self, operation: str) -> None:
         """Function-level authorization: raise `Forbidden` unless `PERMISSIONS` lets this
         role call `operation`."""
-        permission = PERMISSIONS[operation]
-        if not permission.allows(self.role):
-            raise Forbidden(f"This needs a key with the role {' or '.join(permission.roles)}.")
+        if self.role not in _ALLOWED[operation]:  # one lookup: this is on every request
+            roles = PERMISSIONS[operation].roles
+            raise Forbidden(f"This needs a key with the role {' or '.join(roles)}.")
 
     def idempotency_scope(self, customer: str | None = None) -> str | None:
         """Whose idempotency keys these are: the key's customer, else the key itself; with
@@ -147,6 +147,10 @@ PERMISSIONS: dict[str, Permission] = {
     "readyz": Permission(_PUBLIC, "the process and its database"),
 }
 PUBLIC_OPERATIONS = frozenset(name for name, rule in PERMISSIONS.items() if rule.public)
+_ALLOWED = {
+    name: frozenset(role for role in ROLES if rule.allows(role))
+    for name, rule in PERMISSIONS.items()
+}
 
 
 @dataclass(frozen=True, slots=True)
