@@ -128,3 +128,40 @@ async def test_sqlite_has_nothing_to_wait_for(database: Database) -> None:
     await young.start()
     assert not young.looking
     await young.stop()
+
+
+def test_the_tables_and_threshold_are_migration_0009s() -> None:
+    """Migrations are frozen history, so the list is written twice on purpose: once in
+    0009 (what autovacuum is told), once here (what a process looks at). They agree."""
+    import importlib.util
+    from pathlib import Path
+
+    import boxoffice.db.migrations as migrations
+
+    path = Path(migrations.__file__).parent / "versions" / "0009_sale_tables_analyzed_early.py"
+    spec = importlib.util.spec_from_file_location("migration_0009", path)
+    assert spec is not None
+    assert spec.loader is not None
+    migration = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(migration)
+    assert set(migration.TABLES) == set(SALE_TABLES)
+    assert f"autovacuum_analyze_threshold = {MIN_ROWS}," in migration.SETTINGS
+
+
+@POSTGRESQL_ONLY
+async def test_a_missing_table_is_warned_of_once_and_the_others_still_looked_at(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import structlog
+
+    from boxoffice.db import young_tables
+
+    with structlog.testing.capture_logs() as logs:
+        # A logger of the test's own: loggers are cached on first use.
+        monkeypatch.setattr(young_tables, "log", structlog.get_logger("boxoffice.db"))
+        young = YoungTables(database, tables=("holds", "no_such_table"))
+        assert await young.look() == ([], 1)  # holds: found, young, too few rows
+        assert await young.look() == ([], 1)
+    missing = [entry for entry in logs if entry["event"] == "young_tables_not_found"]
+    assert len(missing) == 1
+    assert (missing[0]["found"], missing[0]["wanted"]) == (1, 2)

@@ -49,23 +49,24 @@ SALE_TABLES = (
 MIN_ROWS = 500  # 0009's autovacuum_analyze_threshold
 CHECK_SECONDS = 5.0
 
-# Each sale table without statistics: its qualified name, whether this role may analyze
-# it, and whether it has rows enough. A table not found at all is left out (and warned of).
-_YOUNG = text(
+# Each sale table: whether it is found (as ANALYZE would find it: `search_path`), its
+# qualified name, whether this role may analyze it, whether it has rows enough, and
+# whether it has statistics already. One catalog query a look.
+_TABLES = text(
     """
-    SELECT t.name, quote_ident(n.nspname) || '.' || quote_ident(c.relname) AS qualified,
+    SELECT t.name, c.oid IS NOT NULL AS found,
+           quote_ident(n.nspname) || '.' || quote_ident(c.relname) AS qualified,
            pg_has_role(c.relowner, 'USAGE') AS ours,
            GREATEST(COALESCE(s.n_live_tup, 0), COALESCE(s.n_mod_since_analyze, 0)) >= :rows
-               AS ready
+               AS ready,
+           EXISTS (SELECT 1 FROM pg_stats AS p
+                    WHERE p.schemaname = n.nspname AND p.tablename = c.relname) AS analyzed
       FROM unnest(CAST(:tables AS text[])) AS t(name)
-      JOIN pg_class AS c ON c.oid = to_regclass(t.name)
-      JOIN pg_namespace AS n ON n.oid = c.relnamespace
+      LEFT JOIN pg_class AS c ON c.oid = to_regclass(t.name)
+      LEFT JOIN pg_namespace AS n ON n.oid = c.relnamespace
       LEFT JOIN pg_stat_user_tables AS s ON s.relid = c.oid
-     WHERE NOT EXISTS (
-           SELECT 1 FROM pg_stats AS p WHERE p.schemaname = n.nspname AND p.tablename = c.relname)
     """
 )
-_FOUND = text("SELECT count(to_regclass(t)) FROM unnest(CAST(:tables AS text[])) AS t")
 
 
 class YoungTables:
@@ -88,13 +89,14 @@ class YoungTables:
         """One look: the tables analyzed now, and how many are still without statistics."""
         analyzed: list[str] = []
         async with self._database.engine.connect() as conn, conn.begin():
-            found = await conn.scalar(_FOUND, {"tables": self._tables})
+            tables = (await conn.execute(_TABLES, {"rows": MIN_ROWS, "tables": self._tables})).all()
+            found = sum(1 for table in tables if table.found)
             if found != len(self._tables) and "missing" not in self._warned:
                 self._warned.add("missing")
                 log.warning("young_tables_not_found", found=found, wanted=len(self._tables))
-            young = (await conn.execute(_YOUNG, {"rows": MIN_ROWS, "tables": self._tables})).all()
+            young = [table for table in tables if table.found and not table.analyzed]
             left = 0
-            for name, qualified, ours, ready in young:
+            for name, _, qualified, ours, ready, _ in young:
                 if not ours:
                     if name not in self._warned:
                         self._warned.add(name)
