@@ -55,10 +55,13 @@ class Periodic:
         return self._task is not None and not self._task.done()
 
     def start(self) -> None:
-        """Start the loop; a second start while it runs does nothing."""
-        if self._task is None:
-            self._stopping = asyncio.Event()  # a loop stopped before may start again
-            self._task = asyncio.create_task(self._run(), name=self.name)
+        """Start the loop; a second start while it runs does nothing. A loop stopped, or
+        ended of itself, starts again."""
+        if self._task is None or self._task.done():
+            # Each run has its own signal: a start during a stop must not take the signal
+            # the stopping run waits on.
+            self._stopping = asyncio.Event()
+            self._task = asyncio.create_task(self._run(self._stopping), name=self.name)
 
     async def stop(self) -> None:
         """Let a pass under way finish (up to `stop_seconds`), then end the loop."""
@@ -73,8 +76,8 @@ class Periodic:
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
-    async def _run(self) -> None:
-        if not self._at_once and await self._stopped_within(self._seconds):
+    async def _run(self, stopping: asyncio.Event) -> None:
+        if not self._at_once and await _stopped_within(stopping, self._seconds):
             return
         while True:
             try:
@@ -82,12 +85,13 @@ class Periodic:
                     return
             except Exception:  # logged; the next pass tries again
                 log.exception("periodic_pass_failed", task=self.name)
-            if await self._stopped_within(self._seconds):
+            if await _stopped_within(stopping, self._seconds):
                 return
 
-    async def _stopped_within(self, seconds: float) -> bool:
-        """Wait `seconds`, or less if asked to stop: whether the loop is to end."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(seconds):
-                await self._stopping.wait()
-        return self._stopping.is_set()
+
+async def _stopped_within(stopping: asyncio.Event, seconds: float) -> bool:
+    """Wait `seconds`, or less if asked to stop: whether the loop is to end."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await stopping.wait()
+    return stopping.is_set()

@@ -89,9 +89,14 @@ async def run_simulation(
             status = error.response.status_code
             if status not in (401, 403):
                 raise
-            needs = "a key" if status == 401 else "an organizer's or an admin's key"
+            if status == 403:
+                said = "it needs an organizer's or an admin's key"
+            elif api_key:
+                said = "the key given is not valid (revoked, expired or mistyped)"
+            else:
+                said = "it needs a key"
             console.print(
-                f"[red]The server refused to create events ({status}): it needs {needs}. "
+                f"[red]The server refused to create events ({status}): {said}. "
                 "Pass one with --key or BOXOFFICE_API_KEY.[/red]"
             )
             return False

@@ -46,11 +46,13 @@ def test_two_servers_share_one_limit_and_fall_back_when_redis_dies(
             ServerProcess(database_url, env=env, log_dir=tmp_path) as first,
             ServerProcess(database_url, env=env, log_dir=tmp_path) as second,
         ):
-            event = httpx.post(
+            made = httpx.post(
                 f"{first.url}/events",
                 json={"name": "Gig", "sections": [{"name": "GA", "price": 5, "capacity": 50}]},
                 timeout=10,
-            ).json()
+            )
+            assert made.status_code == 201, made.text
+            event = made.json()
             booking = {"eventId": event["id"], "sectionId": event["sections"][0]["id"], "qty": 1}
             answers = reads(first, 6) + reads(second, 6) + reads(first, 3)
             # One bucket for this address, whichever server answers: 10 in all, not 10 each.
@@ -117,12 +119,14 @@ def test_a_keys_limit_is_shared_by_every_server(database_url: str, tmp_path: Pat
             ServerProcess(database_url, env=env, log_dir=tmp_path) as first,
             ServerProcess(database_url, env=env, log_dir=tmp_path) as second,
         ):
-            event = httpx.post(
+            made = httpx.post(
                 f"{first.url}/events",
                 json={"name": "Gig", "sections": [{"name": "GA", "price": 5, "capacity": 50}]},
                 headers=staff,
                 timeout=10,
-            ).json()
+            )
+            assert made.status_code == 201, made.text
+            event = made.json()
             body = {"eventId": event["id"], "sectionId": event["sections"][0]["id"], "qty": 1}
             statuses = [
                 httpx.post(f"{server.url}/book", json=body, headers=customer, timeout=10)

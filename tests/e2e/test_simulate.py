@@ -19,11 +19,14 @@ pytestmark = pytest.mark.e2e
 
 
 def simulate(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """The script, with no key but those in `args` (none from the caller's environment)."""
+    env = {name: value for name, value in os.environ.items() if name != "BOXOFFICE_API_KEY"}
     return subprocess.run(
         [sys.executable, "-m", "boxoffice", "simulate", "--url", url, *args],
         capture_output=True,
         text=True,
         timeout=300,
+        env=env,
     )
 
 
@@ -122,6 +125,7 @@ def test_with_keys_on_it_takes_a_key_as_an_option_or_from_the_environment(
     env = {"BOXOFFICE_OPEN_ACCESS": "false"}
     with ServerProcess(database_url, env=env, log_dir=tmp_path) as server:
         refused = simulate(server.url)
+        wrong = simulate(server.url, "--key", organizer[:-4] + "xxxx")
         by_option = simulate(server.url, "--key", organizer)
         by_environment = subprocess.run(
             [sys.executable, "-m", "boxoffice", "simulate", "--url", server.url],
@@ -134,6 +138,8 @@ def test_with_keys_on_it_takes_a_key_as_an_option_or_from_the_environment(
     assert "refused to create events (401)" in refused.stdout
     assert "BOXOFFICE_API_KEY" in refused.stdout  # (rich wraps the line)
     assert "Traceback" not in refused.stdout + refused.stderr
+    assert wrong.returncode == 1
+    assert "the key given is not valid" in wrong.stdout
     for run in (by_option, by_environment):
         assert run.returncode == 0, run.stdout + run.stderr
         assert "TEST PASSED" in run.stdout

@@ -42,10 +42,11 @@ class Counting:
 
 async def test_the_first_pass_waits_its_interval_unless_at_once() -> None:
     later, now = Counting(), Counting()
-    loops = [Periodic("later", 0.5, later), Periodic("now", 0.5, now, at_once=True)]
+    loops = [Periodic("later", 30, later), Periodic("now", 30, now, at_once=True)]
     for loop in loops:
         loop.start()
-    await asyncio.sleep(0.1)
+    await asyncio.wait_for(now.entered.wait(), 5)
+    await asyncio.sleep(0.05)
     assert (later.passes, now.passes) == (0, 1)
     for loop in loops:
         await loop.stop()
@@ -56,6 +57,7 @@ async def test_it_repeats_until_stopped_and_not_after() -> None:
     loop = Periodic("repeat", 0.01, work)
     loop.start()
     loop.start()  # a second start does not make a second loop
+    assert [task.get_name() for task in asyncio.all_tasks()].count("repeat") == 1
     await asyncio.sleep(0.2)
     await loop.stop()
     seen = work.passes
@@ -136,3 +138,36 @@ async def test_a_stopped_loop_starts_again_and_a_never_started_one_stops() -> No
     assert loop.running
     await loop.stop()
     assert work.passes > first
+
+
+async def test_a_start_during_a_stop_does_not_hold_the_stop_up() -> None:
+    work = Counting(seconds=0.2)
+    loop = Periodic("overlap", 0.01, work, stop_seconds=10)
+    loop.start()
+    await asyncio.wait_for(work.entered.wait(), 5)
+    stopping = asyncio.create_task(loop.stop())
+    await asyncio.sleep(0)
+    loop.start()  # a new run, with its own stop signal
+    started = asyncio.get_running_loop().time()
+    await asyncio.wait_for(stopping, 5)
+    assert asyncio.get_running_loop().time() - started < 1, "the old run missed its signal"
+    await loop.stop()
+
+
+async def test_a_loop_that_ended_of_itself_starts_again() -> None:
+    passes = 0
+
+    async def once() -> bool:
+        nonlocal passes
+        passes += 1
+        return False
+
+    loop = Periodic("once", 0.01, once, at_once=True)
+    for expected in (1, 2):
+        loop.start()
+        for _ in range(100):
+            if not loop.running:
+                break
+            await asyncio.sleep(0.01)
+        assert passes == expected
+    await loop.stop()

@@ -13,7 +13,7 @@ Routes then ask for the caller with `caller(request, operation)`, which checks
 its role against `PERMISSIONS` (`domain/access.py`): a plain function, not a
 FastAPI dependency, whose resolution costs more than a booking's own work
 (docs/performance.md). Which paths are public is taken from the same table and
-the app's routes (`public_paths`). The OpenAPI document declares the scheme and
+the app's routes when the app is made (`public_paths`). The OpenAPI document declares the scheme and
 which operations need it (`document_security`).
 """
 
@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import structlog
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.routing import APIRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from boxoffice.api.fraud import watch_refusal
@@ -42,13 +44,17 @@ PRINCIPAL = "boxoffice.principal"  # where the middleware leaves the caller in t
 PUBLIC_STATE = "public_paths"  # the app's state: the paths of its public operations
 
 
-def public_paths(app: FastAPI) -> re.Pattern[str]:
+def public_paths(app: FastAPI, routers: Sequence[APIRouter]) -> re.Pattern[str]:
     """The paths anyone may read without a key: those of the public operations in
-    `PERMISSIONS`, as the app's OpenAPI document places them, and the documents'."""
+    `PERMISSIONS` among the routes of `routers` (included as they are, no prefix), and
+    the API's own documents. Made once, when the app is made."""
     paths = [
-        path
-        for path, item in app.openapi().get("paths", {}).items()
-        if item.get("get", {}).get("operationId") in PUBLIC_OPERATIONS
+        route.path_format
+        for router in routers
+        for route in router.routes
+        if isinstance(route, APIRoute)
+        and "GET" in (route.methods or ())
+        and (route.operation_id or route.name) in PUBLIC_OPERATIONS
     ]
     documents = (app.openapi_url, app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url)
     paths += [path for path in documents if path]
@@ -57,15 +63,6 @@ def public_paths(app: FastAPI) -> re.Pattern[str]:
         for path in paths
     )
     return re.compile("|".join(patterns))
-
-
-def _public(app: FastAPI) -> re.Pattern[str]:
-    """`public_paths`, made on the first request that needs it and kept."""
-    found: re.Pattern[str] | None = getattr(app.state, PUBLIC_STATE, None)
-    if found is None:
-        found = public_paths(app)
-        setattr(app.state, PUBLIC_STATE, found)
-    return found
 
 
 def is_public(public: re.Pattern[str], method: str, path: str) -> bool:
@@ -119,7 +116,7 @@ class KeyCheckMiddleware:
                 if not await refused_credential(scope, send):
                     await _refuse(scope, send)
                 return
-        elif not is_public(_public(scope["app"]), scope["method"], scope["path"]):
+        elif not is_public(getattr(state, PUBLIC_STATE), scope["method"], scope["path"]):
             await _refuse(scope, send)
             return
         scope[PRINCIPAL] = found

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from functools import partial
@@ -15,7 +16,12 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.routing import APIRoute
 
 from boxoffice import __version__
-from boxoffice.api.access import KeyCheckMiddleware, document_security
+from boxoffice.api.access import (
+    PUBLIC_STATE,
+    KeyCheckMiddleware,
+    document_security,
+    public_paths,
+)
 from boxoffice.api.body_limit import BodyLimitMiddleware
 from boxoffice.api.fast_routes import FastRoutes
 from boxoffice.api.problems import install_problem_handlers, move_errors_to_problem_media_type
@@ -70,6 +76,14 @@ Lists are JSON arrays, newest first; the next page is in the `Link` header.
 
 # Young-generation size and the two older generations' periods; see the lifespan.
 GC_THRESHOLDS = (20_000, 50, 100)
+
+
+async def _all(*stops: Awaitable[None]) -> None:
+    """Run `stops` together; each runs to its end whatever the others do, then the first
+    failure, if any, is raised."""
+    for outcome in await asyncio.gather(*stops, return_exceptions=True):
+        if isinstance(outcome, BaseException):
+            raise outcome
 
 
 def _operation_id(route: APIRoute) -> str:
@@ -207,13 +221,12 @@ def create_app(
             gc.set_threshold(*GC_THRESHOLDS)
             yield
         finally:
-            if flags is not None:
-                await flags.stop()
-            await sweeper.stop()
-            await young_tables.stop()
-            await room_watch.stop()
+            # Background loops let their pass under way finish (boxoffice/periodic.py):
+            # stopped together, they take the longest pass's time, not the sum.
+            await _all(sweeper.stop(), young_tables.stop(), room_watch.stop())
             await booker.stop()
-            await exporter.stop()  # after the last batches: their counts are flushed
+            # After the last batches: their counts and flags are written.
+            await _all(exporter.stop(), *([] if flags is None else [flags.stop()]))
             if rate_limiter is not None:
                 await rate_limiter.close()
             if database is None:
@@ -286,13 +299,18 @@ def create_app(
     # Routes are matched in order, each tried in turn: the booking and checkout routes,
     # which take nearly all the traffic of a sale, come first. The documentation keeps
     # its own order (TAGS).
-    app.include_router(bookings.router)
-    app.include_router(holds.router)
-    app.include_router(waiting_room.router)
-    app.include_router(events.router)
-    app.include_router(flags.router)
-    app.include_router(keys.router)
-    app.include_router(health.router)
+    routers = (
+        bookings.router,
+        holds.router,
+        waiting_room.router,
+        events.router,
+        flags.router,
+        keys.router,
+        health.router,
+    )
+    for router in routers:
+        app.include_router(router)
+    setattr(app.state, PUBLIC_STATE, public_paths(app, routers))
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

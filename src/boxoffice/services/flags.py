@@ -9,6 +9,7 @@ an operator sees it even if it could not be stored.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from datetime import datetime
@@ -83,6 +84,11 @@ class FlagDesk:
             async with UnitOfWork(self.database, write=True) as uow:
                 await uow.conn.execute(insert(fraud_flags), [_row(flag) for flag in flags])
                 await uow.commit()
+        except asyncio.CancelledError:
+            # Cancelled mid-write (a stop that ran out of time): the last flush writes them,
+            # at worst twice if the cancel came after the COMMIT. Flags are advice.
+            self.pending[:0] = flags
+            raise
         except Exception as error:  # the database is down: the flags were logged
             log.warning("fraud_flags_not_stored", count=len(flags), error=type(error).__name__)
 

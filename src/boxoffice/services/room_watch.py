@@ -137,6 +137,8 @@ class RoomWatch:
         secret = self._secret or await rooms.signing_secret(self._database, self._clock())
         self._signer = TicketSigner(secret, retired=self._retired)
         await self.refresh()
+        if self._loops:
+            return  # started already: its loops run
         loops = (
             ("refresh", self._refresh_seconds, self.refresh),
             ("tick", self._tick_seconds, self.tick),

@@ -85,7 +85,30 @@ async def create_event(
     database: DatabaseDep,
     clock: ClockDep,
 ) -> EventOut:
-    actor = caller(request, "create_event")
+    return await _create(request, "create_event", body, response, database, clock)
+
+
+async def create_event_legacy(
+    body: EventIn,
+    request: Request,
+    response: Response,
+    database: DatabaseDep,
+    clock: ClockDep,
+) -> EventOut:
+    return await _create(request, "create_event_legacy", body, response, database, clock)
+
+
+async def _create(
+    request: Request,
+    operation: str,
+    body: EventIn,
+    response: Response,
+    database: Database,
+    clock: Clock,
+) -> EventOut:
+    """Either path's event, under its own operation's permission; one idempotency
+    operation for both, so a retry on the other path replays."""
+    actor = caller(request, operation)
     organizer = _owner(actor, body.organizer_id)
     spec = _spec(body)
     key = idempotency(
@@ -110,7 +133,7 @@ async def create_event(
 
 router.add_api_route(
     "/events/create",
-    create_event,
+    create_event_legacy,
     methods=["POST"],
     status_code=201,
     response_model=EventOut,
