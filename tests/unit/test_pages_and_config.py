@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,15 +21,23 @@ from boxoffice.domain.ids import new_ids, parse_id
 from boxoffice.services.pages import Cursor
 
 
-def test_ids_made_in_bulk_are_canonical_random_version_4_uuids() -> None:
+def test_ids_made_in_bulk_are_canonical_version_7_uuids_of_now() -> None:
+    before = time.time_ns() // 1_000_000
     ids = new_ids(1000)
+    after = time.time_ns() // 1_000_000
     assert len(ids) == 1000
     assert len(set(ids)) == 1000
     parsed = [uuid.UUID(i) for i in ids]
-    assert all(u.version == 4 and u.variant == uuid.RFC_4122 for u in parsed)
+    assert all(u.version == 7 and u.variant == uuid.RFC_4122 for u in parsed)
     assert [str(u) for u in parsed] == ids  # canonical: lower case, hyphenated
     assert all(parse_id(i) == u for i, u in zip(ids, parsed, strict=True))
     assert new_ids(0) == []
+    # The first 48 bits are the millisecond they were made, so ids sort by time...
+    assert all(before <= int(i.replace("-", "")[:12], 16) <= after for i in ids)
+    time.sleep(0.002)
+    assert max(ids) < min(new_ids(10))
+    # ... and 74 bits are random: no two alike within one millisecond.
+    assert len({i.replace("-", "")[13:] for i in ids}) == 1000
 
 
 @pytest.mark.parametrize("fill", [0x00, 0xFF, 0x5A])
@@ -38,7 +47,7 @@ def test_bulk_ids_set_version_and_variant_whatever_the_random_bytes(
     monkeypatch.setattr("os.urandom", lambda n: bytes([fill]) * n)
     for i in new_ids(3):
         parsed = uuid.UUID(i)
-        assert (parsed.version, parsed.variant) == (4, uuid.RFC_4122)
+        assert (parsed.version, parsed.variant) == (7, uuid.RFC_4122)
         assert str(parsed) == i
 
 
