@@ -79,9 +79,15 @@ async def run_simulation(
         base_url=url, limits=limits, timeout=60.0, transport=transport, headers=headers
     ) as client:
         try:
-            (await client.get("/healthz")).raise_for_status()
+            health = await client.get("/healthz")
         except httpx.HTTPError as error:
             console.print(f"[red]Cannot reach the server at {url}: {error}[/red]")
+            return False
+        if health.status_code == 401:  # a key that is sent must be valid, even there
+            _refused(console, 401, api_key)
+            return False
+        if health.status_code != 200:
+            console.print(f"[red]The server at {url} is not healthy: {health.status_code}[/red]")
             return False
         try:
             capacities = await _create_events(client, plan)
@@ -89,16 +95,7 @@ async def run_simulation(
             status = error.response.status_code
             if status not in (401, 403):
                 raise
-            if status == 403:
-                said = "it needs an organizer's or an admin's key"
-            elif api_key:
-                said = "the key given is not valid (revoked, expired or mistyped)"
-            else:
-                said = "it needs a key"
-            console.print(
-                f"[red]The server refused to create events ({status}): {said}. "
-                "Pass one with --key or BOXOFFICE_API_KEY.[/red]"
-            )
+            _refused(console, status, api_key)
             return False
         targets = list(capacities)
         jobs = [
@@ -112,6 +109,19 @@ async def run_simulation(
     problems = _check(capacities, remaining, listed, outcomes)
     _report(console, plan, capacities, remaining, outcomes, problems)
     return not problems
+
+
+def _refused(console: Console, status: int, api_key: str | None) -> None:
+    if status == 403:
+        said = "it needs an organizer's or an admin's key"
+    elif api_key:
+        said = "the key given is not valid (revoked, expired or mistyped)"
+    else:
+        said = "it needs a key"
+    console.print(
+        f"[red]The server refused the simulation ({status}): {said}. "
+        "Pass one with --key or BOXOFFICE_API_KEY.[/red]"
+    )
 
 
 async def _create_events(client: httpx.AsyncClient, plan: SimulationPlan) -> dict[SectionKey, int]:

@@ -3,16 +3,15 @@ fall-back to per-process limits when that Redis is killed mid-run (and back agai
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
+from tests.support.keys import key_by_cli
 from tests.support.redis import ThrowawayRedis
 from tests.support.server import ServerProcess
 
@@ -24,6 +23,18 @@ QUOTA = 10
 def reads(server: ServerProcess, count: int) -> list[int]:
     """`count` public reads, each on a connection of its own."""
     return [httpx.get(f"{server.url}/events", timeout=10).status_code for _ in range(count)]
+
+
+def new_event(server: ServerProcess, headers: dict[str, str] | None = None) -> dict[str, Any]:
+    made = httpx.post(
+        f"{server.url}/events",
+        json={"name": "Gig", "sections": [{"name": "GA", "price": 5, "capacity": 50}]},
+        headers=headers,
+        timeout=10,
+    )
+    assert made.status_code == 201, made.text
+    event: dict[str, Any] = made.json()
+    return event
 
 
 def fallbacks(server: ServerProcess) -> float:
@@ -46,13 +57,7 @@ def test_two_servers_share_one_limit_and_fall_back_when_redis_dies(
             ServerProcess(database_url, env=env, log_dir=tmp_path) as first,
             ServerProcess(database_url, env=env, log_dir=tmp_path) as second,
         ):
-            made = httpx.post(
-                f"{first.url}/events",
-                json={"name": "Gig", "sections": [{"name": "GA", "price": 5, "capacity": 50}]},
-                timeout=10,
-            )
-            assert made.status_code == 201, made.text
-            event = made.json()
+            event = new_event(first)
             booking = {"eventId": event["id"], "sectionId": event["sections"][0]["id"], "qty": 1}
             answers = reads(first, 6) + reads(second, 6) + reads(first, 3)
             # One bucket for this address, whichever server answers: 10 in all, not 10 each.
@@ -82,32 +87,10 @@ def test_two_servers_share_one_limit_and_fall_back_when_redis_dies(
 
 def test_a_keys_limit_is_shared_by_every_server(database_url: str, tmp_path: Path) -> None:
     """With keys on, a customer key's purchase bucket is one bucket across servers."""
-    made = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "boxoffice",
-            "keys",
-            "create",
-            "--role",
-            "customer",
-            "--customer-id",
-            "c1",
-        ],
-        env={**os.environ, "DATABASE_URL": database_url},
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    customer = {"Authorization": f"Bearer {made.stdout.strip().splitlines()[-1]}"}
-    organizer = subprocess.run(
-        [sys.executable, "-m", "boxoffice", "keys", "create", "--role", "organizer"],
-        env={**os.environ, "DATABASE_URL": database_url},
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    staff = {"Authorization": f"Bearer {organizer.stdout.strip().splitlines()[-1]}"}
+    customer = {
+        "Authorization": f"Bearer {key_by_cli(database_url, 'customer', '--customer-id', 'c1')}"
+    }
+    staff = {"Authorization": f"Bearer {key_by_cli(database_url, 'organizer')}"}
     with ThrowawayRedis(tmp_path) as redis:
         env = {
             "BOXOFFICE_OPEN_ACCESS": "false",
@@ -119,14 +102,7 @@ def test_a_keys_limit_is_shared_by_every_server(database_url: str, tmp_path: Pat
             ServerProcess(database_url, env=env, log_dir=tmp_path) as first,
             ServerProcess(database_url, env=env, log_dir=tmp_path) as second,
         ):
-            made = httpx.post(
-                f"{first.url}/events",
-                json={"name": "Gig", "sections": [{"name": "GA", "price": 5, "capacity": 50}]},
-                headers=staff,
-                timeout=10,
-            )
-            assert made.status_code == 201, made.text
-            event = made.json()
+            event = new_event(first, staff)
             body = {"eventId": event["id"], "sectionId": event["sections"][0]["id"], "qty": 1}
             statuses = [
                 httpx.post(f"{server.url}/book", json=body, headers=customer, timeout=10)

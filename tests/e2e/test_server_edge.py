@@ -23,9 +23,8 @@ pytestmark = pytest.mark.e2e
 TIMEOUT = 1.0
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    folder = tmp_path_factory.mktemp("slow")
+def migrated_sqlite(folder: Path) -> str:
+    """A new SQLite database in `folder`, migrated by the installed command, as a user would."""
     url = f"sqlite:///{folder / 'boxoffice.db'}"
     subprocess.run(
         [sys.executable, "-m", "boxoffice", "db", "upgrade"],
@@ -33,6 +32,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
         check=True,
         capture_output=True,
     )
+    return url
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    folder = tmp_path_factory.mktemp("slow")
+    url = migrated_sqlite(folder)
     env = {"BODY_TIMEOUT_SECONDS": str(TIMEOUT), "MAX_HEADER_BYTES": "8192"}
     with ServerProcess(url, env=env, log_dir=folder) as running:
         yield running
@@ -308,13 +314,7 @@ def test_open_access_is_announced_at_every_start_whatever_the_log_level(
 ) -> None:
     """Each worker says so as it starts, even with only errors logged."""
     folder = tmp_path_factory.mktemp("open")
-    url = f"sqlite:///{folder / 'boxoffice.db'}"
-    subprocess.run(
-        [sys.executable, "-m", "boxoffice", "db", "upgrade"],
-        env={"DATABASE_URL": url, "PATH": "/usr/bin:/bin"},
-        check=True,
-        capture_output=True,
-    )
+    url = migrated_sqlite(folder)
     env = {"LOG_LEVEL": "ERROR", "BOXOFFICE_OPEN_ACCESS": "true"}
     with ServerProcess(url, env=env, log_dir=folder, workers=2) as running:
         deadline = time.monotonic() + 30

@@ -13,6 +13,7 @@ import pytest
 from rich.console import Console
 
 from boxoffice.simulation import SimulationPlan, run_simulation
+from tests.support.keys import key_by_cli
 from tests.support.server import ServerProcess
 
 pytestmark = pytest.mark.e2e
@@ -114,14 +115,7 @@ async def test_simulation_catches_a_broken_server(leak: bool) -> None:
 def test_with_keys_on_it_takes_a_key_as_an_option_or_from_the_environment(
     database_url: str, tmp_path: Path
 ) -> None:
-    made = subprocess.run(
-        [sys.executable, "-m", "boxoffice", "keys", "create", "--role", "organizer"],
-        env={**os.environ, "DATABASE_URL": database_url},
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    organizer = made.stdout.strip().splitlines()[-1]
+    organizer = key_by_cli(database_url, "organizer")
     env = {"BOXOFFICE_OPEN_ACCESS": "false"}
     with ServerProcess(database_url, env=env, log_dir=tmp_path) as server:
         refused = simulate(server.url)
@@ -135,7 +129,7 @@ def test_with_keys_on_it_takes_a_key_as_an_option_or_from_the_environment(
             timeout=300,
         )
     assert refused.returncode == 1
-    assert "refused to create events (401)" in refused.stdout
+    assert "refused the simulation (401)" in refused.stdout
     assert "BOXOFFICE_API_KEY" in refused.stdout  # (rich wraps the line)
     assert "Traceback" not in refused.stdout + refused.stderr
     assert wrong.returncode == 1

@@ -51,3 +51,18 @@ def first_admin_key(database_url: str) -> str:
     key = made.stdout.strip().splitlines()[-1]
     assert key.startswith("bo_live_"), made.stdout
     return key
+
+
+def key_by_cli(database_url: str, role: str, *options: str) -> str:
+    """A new key made as an operator would, `boxoffice keys create --role ROLE …`: the
+    key alone on standard output's last line."""
+    made = subprocess.run(
+        [sys.executable, "-m", "boxoffice", "keys", "create", "--role", role, *options],
+        env={**os.environ, "DATABASE_URL": database_url},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    key = made.stdout.strip().splitlines()[-1]
+    assert key.startswith("bo_live_"), made.stdout
+    return key
