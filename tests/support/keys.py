@@ -41,24 +41,20 @@ async def bearer(
 
 def first_admin_key(database_url: str) -> str:
     """The key a first `make run` prints (`boxoffice keys bootstrap`), alone on its last line."""
-    made = subprocess.run(
-        [sys.executable, "-m", "boxoffice", "keys", "bootstrap"],
-        env={**os.environ, "DATABASE_URL": database_url, "BOXOFFICE_OPEN_ACCESS": "false"},
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    key = made.stdout.strip().splitlines()[-1]
-    assert key.startswith("bo_live_"), made.stdout
-    return key
+    return _printed_key(database_url, "bootstrap", BOXOFFICE_OPEN_ACCESS="false")
 
 
 def key_by_cli(database_url: str, role: str, *options: str) -> str:
     """A new key made as an operator would, `boxoffice keys create --role ROLE …`: the
     key alone on standard output's last line."""
+    return _printed_key(database_url, "create", "--role", role, *options)
+
+
+def _printed_key(database_url: str, *arguments: str, **env: str) -> str:
+    """The key `boxoffice keys ARGUMENTS` prints alone on standard output's last line."""
     made = subprocess.run(
-        [sys.executable, "-m", "boxoffice", "keys", "create", "--role", role, *options],
-        env={**os.environ, "DATABASE_URL": database_url},
+        [sys.executable, "-m", "boxoffice", "keys", *arguments],
+        env={**os.environ, "DATABASE_URL": database_url, **env},
         capture_output=True,
         text=True,
         check=True,
