@@ -9,13 +9,14 @@ trail rebuilds the stored counts.
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from boxoffice.booking import Booker, make_booker
 from boxoffice.booking.sweeper import Sweeper
@@ -199,6 +200,41 @@ async def test_release_gives_seats_back_and_is_harmless_twice(
         await booker.submit(ReleaseHold(str(uuid.uuid4())))
     with pytest.raises(HoldNotFound):
         await booker.submit(ConfirmHold("not-an-id"))
+    await assert_consistent(database)
+
+
+async def test_settling_and_cancelling_store_their_moment_like_every_timestamp(
+    booker: Booker, database: Database, clock: FakeClock
+) -> None:
+    """On SQLite a timestamp is text: one written in another format (sqlite3's own
+    "…+00:00") would sort and compare wrongly against the rest."""
+    event = await new_event(database, clock, 5)
+    released = await booker.submit(hold_of(event, 1))
+    confirmed = await booker.submit(hold_of(event, 1))
+    assert isinstance(released, Hold)
+    assert isinstance(confirmed, Hold)
+    clock.advance(1.5)
+    await booker.submit(ReleaseHold(released.id))
+    bought = await booker.submit(ConfirmHold(confirmed.id))
+    assert isinstance(bought, Confirmation)
+    clock.advance(1)
+    await booker.submit(CancelBooking(bought.bookings[0].id))
+    for hold in (released, confirmed):
+        stored = await get_hold(database, hold.id, OPEN_ACCESS)
+        assert stored.settled_at == hold.created_at + timedelta(seconds=1.5)
+    if database.dialect == "sqlite":  # PostgreSQL's are typed
+        async with database.engine.connect() as conn:
+            moments = (
+                await conn.execute(
+                    text(
+                        "SELECT settled_at FROM holds UNION ALL SELECT created_at FROM holds "
+                        "UNION ALL SELECT cancelled_at FROM bookings"
+                    )
+                )
+            ).scalars()
+            assert {re.sub(r"\d", "9", moment) for moment in moments} == {
+                "9999-99-99 99:99:99.999999"
+            }
     await assert_consistent(database)
 
 

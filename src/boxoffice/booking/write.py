@@ -29,9 +29,21 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, case, func, insert, select, text, update
+from sqlalchemy import (
+    Connection,
+    String,
+    Table,
+    bindparam,
+    case,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
 
 from boxoffice.booking.load import as_uuid
+from boxoffice.db.driver import SqliteStatement
 from boxoffice.db.tables import (
     audit_records,
     bookings,
@@ -41,6 +53,7 @@ from boxoffice.db.tables import (
     idempotency_keys,
     sections,
 )
+from boxoffice.db.types import UTCDateTime
 from boxoffice.domain.decisions import Effects
 from boxoffice.services.idempotency import encodable, encode
 
@@ -302,8 +315,10 @@ def write_effects(conn: Connection, effects: Effects, now: datetime) -> None:
 
 
 # SQLite ---------------------------------------------------------------------------------
+# Run on sqlite3 itself (`db/driver.py`): the writer process runs these thousands of times
+# a second, and SQLAlchemy's execution layer was a fifth of its CPU (docs/performance.md).
 
-_S_WRITE = (
+_S_WRITE = SqliteStatement(
     update(sections)
     .where(
         sections.c.id == bindparam("s_id"),
@@ -317,7 +332,7 @@ _S_WRITE = (
         version=sections.c.version + 1,
     )
 )
-_H_WRITE = (
+_H_WRITE = SqliteStatement(
     update(holds)
     .where(
         holds.c.id == bindparam("h_id"),
@@ -328,12 +343,15 @@ _H_WRITE = (
         status=bindparam("h_status"),
         # An expired hold's seats coming back later leave its settled_at alone.
         settled_at=case(
-            (bindparam("h_status") == bindparam("h_expected"), holds.c.settled_at),
-            else_=bindparam("h_at"),
+            (
+                bindparam("h_status", type_=String) == bindparam("h_expected", type_=String),
+                holds.c.settled_at,
+            ),
+            else_=bindparam("h_at", type_=UTCDateTime),
         ),
     )
 )
-_I_WRITE = (
+_I_WRITE = SqliteStatement(
     update(hold_items)
     .where(
         hold_items.c.hold_id == bindparam("f_hold"),
@@ -342,12 +360,12 @@ _I_WRITE = (
     )
     .values(active=False)
 )
-_B_WRITE = (
+_B_WRITE = SqliteStatement(
     update(bookings)
     .where(bookings.c.id == bindparam("b_id"), bookings.c.event_id == bindparam("b_event"))
-    .values(status="cancelled", cancelled_at=bindparam("b_at"))
+    .values(status="cancelled", cancelled_at=bindparam("b_at", type_=UTCDateTime))
 )
-_T_WRITE = (
+_T_WRITE = SqliteStatement(
     update(customer_tickets)
     .where(
         customer_tickets.c.event_id == bindparam("t_event"),
@@ -355,6 +373,19 @@ _T_WRITE = (
     )
     .values(tickets=customer_tickets.c.tickets + bindparam("t_delta"))
 )
+
+
+def _inserting(table: Table) -> SqliteStatement:
+    """`INSERT INTO table` of every column, each row a dict keyed by column."""
+    return SqliteStatement(insert(table), column_keys=[column.key for column in table.c])
+
+
+_HOLDS_NEW = _inserting(holds)
+_ITEMS_NEW = _inserting(hold_items)
+_BOOKINGS_NEW = _inserting(bookings)
+_ANSWERS_NEW = _inserting(idempotency_keys)
+_AUDIT_NEW = _inserting(audit_records)
+_LAST_AUDIT_SEQ = SqliteStatement(select(func.max(audit_records.c.seq)))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -375,11 +406,11 @@ def _write_sqlite(conn: Connection, effects: Effects, now: datetime) -> None:
             }
             for s in effects.sections.values()
         ]
-        if conn.execute(_S_WRITE, rows).rowcount != len(rows):
+        if _S_WRITE.run_many(conn, rows) != len(rows):
             raise LostUpdate("sections changed under the batch's write lock")
     if effects.new_holds:
-        conn.execute(
-            insert(holds),
+        _HOLDS_NEW.run_many(
+            conn,
             [
                 {
                     "id": uuid.UUID(h.id),
@@ -388,12 +419,13 @@ def _write_sqlite(conn: Connection, effects: Effects, now: datetime) -> None:
                     "status": "active",
                     "expires_at": h.expires_at,
                     "created_at": now,
+                    "settled_at": None,
                 }
                 for h in effects.new_holds
             ],
         )
-        conn.execute(
-            insert(hold_items),
+        _ITEMS_NEW.run_many(
+            conn,
             [
                 {
                     "hold_id": uuid.UUID(h.id),
@@ -420,11 +452,11 @@ def _write_sqlite(conn: Connection, effects: Effects, now: datetime) -> None:
             }
             for h in effects.changed_holds.values()
         ]
-        if conn.execute(_H_WRITE, rows).rowcount != len(rows):
+        if _H_WRITE.run_many(conn, rows) != len(rows):
             raise LostUpdate("holds changed under the batch's write lock")
     if effects.freed_items:
-        conn.execute(
-            _I_WRITE,
+        _I_WRITE.run_many(
+            conn,
             [
                 {
                     "f_hold": uuid.UUID(hold),
@@ -435,8 +467,8 @@ def _write_sqlite(conn: Connection, effects: Effects, now: datetime) -> None:
             ],
         )
     if effects.new_bookings:
-        conn.execute(
-            insert(bookings),
+        _BOOKINGS_NEW.run_many(
+            conn,
             [
                 {
                     "id": uuid.UUID(b.id),
@@ -450,13 +482,14 @@ def _write_sqlite(conn: Connection, effects: Effects, now: datetime) -> None:
                     "customer_id": b.customer_id,
                     "hold_id": _maybe_uuid(b.hold_id),
                     "payment_reference": b.payment_reference,
+                    "cancelled_at": None,
                 }
                 for b in effects.new_bookings
             ],
         )
     if effects.changed_bookings:
-        conn.execute(
-            _B_WRITE,
+        _B_WRITE.run_many(
+            conn,
             [
                 {"b_id": uuid.UUID(b.id), "b_event": as_uuid(b.event_id), "b_at": now}
                 for b in effects.changed_bookings.values()
@@ -464,16 +497,16 @@ def _write_sqlite(conn: Connection, effects: Effects, now: datetime) -> None:
         )
     tallies = _tally_changes(effects)
     if tallies:
-        conn.execute(
-            _T_WRITE,
+        _T_WRITE.run_many(
+            conn,
             [
                 {"t_event": as_uuid(event), "t_customer": customer, "t_delta": delta}
                 for (event, customer), delta in tallies
             ],
         )
     if effects.answers:
-        conn.execute(
-            insert(idempotency_keys),
+        _ANSWERS_NEW.run_many(
+            conn,
             [
                 {
                     "scope": key.scope,
@@ -486,8 +519,8 @@ def _write_sqlite(conn: Connection, effects: Effects, now: datetime) -> None:
             ],
         )
     if effects.audit:
-        first = (conn.execute(LAST_AUDIT_SEQ).scalar() or 0) + 1
-        conn.execute(insert(audit_records), audit_rows(effects.audit, now, first))
+        first = (_LAST_AUDIT_SEQ.fetch(conn, {})[0][0] or 0) + 1
+        _AUDIT_NEW.run_many(conn, audit_rows(effects.audit, now, first))
 
 
 # SQLite: `audit_records.seq` shares the primary key with `event_id`, so it is not the

@@ -1,0 +1,126 @@
+"""`SqliteStatement`: statements run on sqlite3 itself store what SQLAlchemy would store."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import (
+    CheckConstraint,
+    Column,
+    Connection,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    bindparam,
+    case,
+    create_engine,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.types import Uuid
+
+from boxoffice.db.driver import SqliteStatement
+from boxoffice.db.errors import is_unavailable
+from boxoffice.db.types import UTCDateTime
+
+metadata = MetaData()
+things = Table(
+    "things",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("name", String(32), nullable=False),
+    Column("at", UTCDateTime, nullable=True),
+    Column("count", Integer, CheckConstraint("count >= 0"), nullable=False),
+)
+COLUMNS = [column.key for column in things.c]
+WHEN = datetime(2026, 12, 2, 7, 0, 1, 250000, tzinfo=UTC)
+
+
+@pytest.fixture
+def conn(tmp_path: Path) -> Iterator[Connection]:
+    engine = create_engine(f"sqlite:///{tmp_path / 'things.db'}")
+    metadata.create_all(engine)
+    with engine.begin() as connection:
+        yield connection
+    engine.dispose()
+
+
+def _stored(conn: Connection) -> list[tuple[object, ...]]:
+    driver = conn.connection.driver_connection
+    assert driver is not None
+    return list(driver.execute("SELECT id, name, at, count FROM things ORDER BY name"))
+
+
+def test_rows_are_stored_exactly_as_sqlalchemy_stores_them(conn: Connection) -> None:
+    ours, theirs = uuid.UUID(int=1), uuid.UUID(int=2)
+    SqliteStatement(insert(things), column_keys=COLUMNS).run_many(
+        conn, [{"id": ours, "name": "a", "at": WHEN, "count": 1}]
+    )
+    conn.execute(insert(things), [{"id": theirs, "name": "b", "at": WHEN, "count": 1}])
+    (a, b) = _stored(conn)
+    assert a[2:] == b[2:]
+    assert a[2] == "2026-12-02 07:00:01.250000"
+    assert a[0] == ours.hex
+    assert b[0] == theirs.hex
+    # and SQLAlchemy reads ours back as its own
+    read = conn.execute(select(things).where(things.c.id == ours)).one()
+    assert read.at == WHEN
+    assert read.id == ours
+
+
+def test_the_rowcount_counts_every_row_changed(conn: Connection) -> None:
+    add = SqliteStatement(insert(things), column_keys=COLUMNS)
+    rows = [{"id": uuid.UUID(int=n), "name": f"t{n}", "at": None, "count": n} for n in range(1, 4)]
+    assert add.run_many(conn, rows) == 3
+    bump = SqliteStatement(
+        update(things)
+        .where(things.c.id == bindparam("ident"))
+        .values(count=things.c.count + 1, at=bindparam("when", type_=UTCDateTime))
+    )
+    changed = bump.run_many(
+        conn,
+        [{"ident": uuid.UUID(int=1), "when": WHEN}, {"ident": uuid.UUID(int=9), "when": WHEN}],
+    )
+    assert changed == 1  # the second names no row
+    assert [row[3] for row in _stored(conn)] == [2, 2, 3]
+    assert _stored(conn)[0][2] == "2026-12-02 07:00:01.250000"
+
+
+def test_a_parameter_without_a_type_is_refused_when_the_statement_is_made() -> None:
+    # sqlite3 would store an aware datetime in its own format ("…+00:00"), not ours: the
+    # else of a CASE takes no type from the column it is written to.
+    with pytest.raises(TypeError, match="'when'"):
+        SqliteStatement(
+            update(things).values(
+                at=case(
+                    (things.c.count == bindparam("count"), things.c.at), else_=bindparam("when")
+                )
+            )
+        )
+
+
+def test_errors_leave_wrapped_as_sqlalchemy_wraps_them(conn: Connection) -> None:
+    add = SqliteStatement(insert(things), column_keys=COLUMNS)
+    row = {"id": uuid.UUID(int=1), "name": "a", "at": None, "count": 1}
+    add.run_many(conn, [row])
+    with pytest.raises(sa_exc.IntegrityError) as twice:
+        add.run_many(conn, [row])
+    assert "UNIQUE" in str(twice.value.orig)
+    assert not is_unavailable(twice.value)
+    with pytest.raises(sa_exc.IntegrityError, match="CHECK"):
+        add.run_many(conn, [{**row, "id": uuid.UUID(int=2), "count": -1}])
+
+
+def test_fetch_returns_stored_values(conn: Connection) -> None:
+    SqliteStatement(insert(things), column_keys=COLUMNS).run_many(
+        conn, [{"id": uuid.UUID(int=n), "name": f"t{n}", "at": None, "count": n} for n in (1, 5)]
+    )
+    biggest = SqliteStatement(select(things.c.count).where(things.c.count < bindparam("below")))
+    assert sorted(biggest.fetch(conn, {"below": 5})) == [(1,)]
