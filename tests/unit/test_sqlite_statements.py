@@ -24,6 +24,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.types import Uuid
 
 from boxoffice.db.driver import SqliteStatement
@@ -123,4 +124,64 @@ def test_fetch_returns_stored_values(conn: Connection) -> None:
         conn, [{"id": uuid.UUID(int=n), "name": f"t{n}", "at": None, "count": n} for n in (1, 5)]
     )
     biggest = SqliteStatement(select(things.c.count).where(things.c.count < bindparam("below")))
-    assert sorted(biggest.fetch(conn, {"below": 5})) == [(1,)]
+    assert sorted(biggest.execute(conn, {"below": 5})) == [(1,)]
+
+
+def test_list_parameters_expand_to_each_length_and_rows_come_back_typed(
+    conn: Connection,
+) -> None:
+    SqliteStatement(insert(things), column_keys=COLUMNS).run_many(
+        conn,
+        [
+            {"id": uuid.UUID(int=n), "name": f"t{n}", "at": WHEN if n % 2 else None, "count": n}
+            for n in range(1, 6)
+        ],
+    )
+    named = SqliteStatement(
+        select(things.c.id, things.c.at, things.c.count)
+        .where(
+            things.c.id.in_(bindparam("ids", expanding=True)),
+            things.c.count >= bindparam("least"),
+        )
+        .order_by(things.c.count)
+    )
+    for ids, least, expected in [
+        ([1, 2, 3], 2, [2, 3]),
+        ([5], 0, [5]),
+        ([4, 5, 1], 0, [1, 4, 5]),
+        ([], 0, []),
+        ([2, 3, 9], 3, [3]),  # a length seen before, other values
+    ]:
+        rows = named.execute(conn, {"ids": [uuid.UUID(int=n) for n in ids], "least": least})
+        assert [row.count for row in rows] == expected
+        for row in rows:  # as SQLAlchemy's rows hold them: a UUID, an aware datetime
+            assert row.id == uuid.UUID(int=row.count)
+            assert row.at == (WHEN if row.count % 2 else None)
+    with pytest.raises(TypeError, match="list parameters"):
+        named.run_many(conn, [{"ids": [uuid.UUID(int=1)], "least": 0}])
+
+
+async def test_a_connection_not_sqlite3s_runs_the_statement_through_sqlalchemy(
+    tmp_path: Path,
+) -> None:
+    """aiosqlite's through `run_sync` (or PostgreSQL's): the same rows, by SQLAlchemy."""
+    url = f"sqlite:///{tmp_path / 'things.db'}"
+    blocking = create_engine(url)
+    metadata.create_all(blocking)
+    add = SqliteStatement(insert(things), column_keys=COLUMNS)
+    read = SqliteStatement(select(things.c.id, things.c.at).where(things.c.count == 1))
+    with blocking.begin() as conn:
+        add.run_many(conn, [{"id": uuid.UUID(int=1), "name": "a", "at": WHEN, "count": 1}])
+        ours = [tuple(row) for row in read.execute(conn, {})]
+    blocking.dispose()
+    engine = create_async_engine(url.replace("sqlite:", "sqlite+aiosqlite:"))
+    try:
+        async with engine.begin() as conn:
+            added = await conn.run_sync(
+                add.run_many, [{"id": uuid.UUID(int=2), "name": "b", "at": None, "count": 2}]
+            )
+            theirs = [tuple(row) for row in await conn.run_sync(read.execute, {})]
+    finally:
+        await engine.dispose()
+    assert added == 1
+    assert ours == theirs == [(uuid.UUID(int=1), WHEN)]

@@ -519,7 +519,7 @@ def _write_sqlite(conn: Connection, effects: Effects, now: datetime) -> None:
             ],
         )
     if effects.audit:
-        first = (_LAST_AUDIT_SEQ.fetch(conn, {})[0][0] or 0) + 1
+        first = (_LAST_AUDIT_SEQ.execute(conn, {})[0][0] or 0) + 1
         _AUDIT_NEW.run_many(conn, audit_rows(effects.audit, now, first))
 
 
