@@ -295,7 +295,9 @@ def create_app(
         )
     # Outermost: every answer, a refusal by any middleware included, carries the request's
     # id, every line logged for it names it, and every request is counted and timed.
-    app.add_middleware(RequestIdMiddleware, count=RequestCounter(app).count)
+    counter = RequestCounter(app)
+    app.state.count_request = counter.count  # the polls the server answers itself count too
+    app.add_middleware(RequestIdMiddleware, count=counter.count)
     # Routes are matched in order, each tried in turn: the booking and checkout routes,
     # which take nearly all the traffic of a sale, come first. The documentation keeps
     # its own order (TAGS).

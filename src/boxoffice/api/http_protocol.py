@@ -21,6 +21,17 @@ this protocol has seen the whole body arrive with the head (`BODY_COMPLETE` in
 the scope); an idle keep-alive connection is closed after KEEP_ALIVE_SECONDS by
 uvicorn itself.
 
+It also answers the request a sale's million customers repeat, `GET
+/queue/{ticket}`, itself (`_answer_poll`), without the ASGI machinery
+around every other request (a task, the request's cycle, the middleware, two
+writes): the same bytes (tests/api/test_direct_polls.py), counted in the
+request metrics like any answer. Only the plain case is answered so: an
+HTTP/1.1 GET of a valid ticket, on time, with no body, no query, no key, no
+`Origin` (CORS is the app's), nothing pipelined behind another request, a
+writable connection, and the access log off (it would name the client as the
+proxy-headers middleware sees it). Anything else, a refusal included, goes to
+the app as before.
+
 An answer's head and body leave in two `send()` calls, as uvicorn writes them.
 Holding the head back to send both in one was tried (7cbd6ac) and taken out:
 side by side it saved no CPU on any hot route (docs/performance.md).
@@ -29,16 +40,40 @@ side by side it saved no CPU on any hot route (docs/performance.md).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from time import perf_counter
 from typing import Any, cast
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from starlette.datastructures import State
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from boxoffice.api.fast_routes import JSON_CONTENT
 from boxoffice.api.problems import PROBLEM_MEDIA_TYPE, problem_body
+from boxoffice.api.request_ids import request_id_from
+from boxoffice.api.routes.waiting_room import POLL_ROUTE, poll_body
 from boxoffice.api.security_headers import NO_STORE
 from boxoffice.config import get_settings
+from boxoffice.domain.errors import QueueTicketInvalid
 
 BODY_COMPLETE = "boxoffice.body_complete"  # in the scope: the body has all arrived
 LINGER_SECONDS = 1.0  # a refused connection's reading after its answer, at most
+
+
+_POLL_PREFIX = b"/queue/"
+# A poll with any of these goes to the app: a key to check, CORS to answer, a body to read.
+_NOT_HERE = frozenset(
+    {b"authorization", b"origin", b"content-length", b"transfer-encoding", b"expect"}
+)
+
+
+def _state_of(app: Any) -> State | None:
+    """The application's state, under whatever uvicorn wrapped it in (proxy headers)."""
+    for _ in range(8):
+        state = getattr(app, "state", None)
+        if isinstance(state, State):
+            return state
+        app = getattr(app, "app", None)
+    return None
 
 
 class _HeadTooLarge(Exception):
@@ -60,6 +95,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.head_timer: asyncio.TimerHandle | None = None
         self.refusal: tuple[int, str, str] | None = None
         self.refused = False  # answered 408 or 431: reading what still comes, then closing
+        self.our_state = _state_of(self.app)  # the app's, for the polls answered here
+        self.answered_here = False  # the request being parsed was answered by `_answer_poll`
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -95,7 +132,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             cast(dict[str, Any], cycle.scope)[BODY_COMPLETE] = True
 
     def on_message_complete(self) -> None:
-        super().on_message_complete()
+        if self.answered_here:
+            self.answered_here = False  # no cycle of uvicorn's was made for it
+        else:
+            super().on_message_complete()
         self.in_head, self.raw_head, self.head_tail = True, 0, b""
 
     def on_message_begin(self) -> None:
@@ -114,7 +154,61 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self.in_head = False
         self._stop_head_timer()
+        if self.url.startswith(_POLL_PREFIX) and self._answer_poll():
+            return
         super().on_headers_complete()
+
+    def _answer_poll(self) -> bool:
+        """Answer an on-time poll of a valid ticket here, if it is the plain case (see the
+        module's docstring); False leaves the request to uvicorn and the app."""
+        state = self.our_state
+        if (
+            state is None
+            or self.access_log
+            or self.root_path
+            or self.parser.get_method() != b"GET"
+            or self.parser.get_http_version() != "1.1"
+            or self.parser.should_upgrade()
+            or (self.cycle is not None and not self.cycle.response_complete)
+            or self.pipeline
+            or self.flow.write_paused
+            or b"?" in self.url
+            or b"%" in self.url
+        ):
+            return False
+        for name, _ in self.headers:
+            if name in _NOT_HERE:
+                return False
+        started = perf_counter()
+        path = self.url.decode("ascii")
+        try:
+            body = poll_body(state, path, self.headers)
+        except QueueTicketInvalid:
+            return False  # counted against its address by the app (api/rate_limits.py)
+        if body is None:
+            return False
+        keep_alive = self.parser.should_keep_alive()
+        head = [STATUS_LINE[200]]
+        for name, value in self.server_state.default_headers:
+            head += (name.lower(), b": ", value, b"\r\n")
+        head += (
+            b"%s: %s\r\ncontent-length: %d\r\nx-request-id: %s\r\n%s: %s\r\n"
+            % (*JSON_CONTENT, len(body), request_id_from(self.headers).encode(), *NO_STORE),
+            b"" if keep_alive else b"connection: close\r\n",
+            b"\r\n",
+            body,
+        )
+        self.transport.write(b"".join(head))
+        self.answered_here = True
+        count: Callable[[Any, int, float], None] | None = getattr(state, "count_request", None)
+        if count is not None:
+            count(
+                {"route": POLL_ROUTE, "method": "GET", "path": path}, 200, perf_counter() - started
+            )
+        if not keep_alive:
+            self.transport.close()
+        self.on_response_complete()  # as uvicorn's own answer ends: keep-alive, reading on
+        return True
 
     def send_400_response(self, msg: str) -> None:
         if self.refusal is None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from time import perf_counter
 
 from starlette.requests import Request
@@ -41,6 +41,17 @@ def _given(value: bytes) -> str | None:
     return None
 
 
+def request_id_from(headers: Iterable[tuple[bytes, bytes]]) -> str:
+    """The client's `X-Request-ID` if sensible, else a new one of ours."""
+    for name, value in headers:
+        if name == b"x-request-id":
+            given = _given(value)
+            if given is not None:
+                return given
+            break
+    return f"{_PREFIX}-{next(_counter):x}"
+
+
 # Called once a request is answered: its scope, status and duration in seconds.
 CountRequest = Callable[[Scope, int, float], None]
 
@@ -58,14 +69,7 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send)
             return
         started = perf_counter()
-        ident = None
-        for name, value in scope["headers"]:
-            if name == b"x-request-id":
-                ident = _given(value)
-                break
-        if ident is None:
-            ident = f"{_PREFIX}-{next(_counter):x}"
-        scope[SCOPE_KEY] = ident
+        ident = scope[SCOPE_KEY] = request_id_from(scope["headers"])
         header = (b"x-request-id", ident.encode("ascii"))
         status = 500  # unless an answer starts: an exception escaped every handler
 

@@ -15,6 +15,7 @@ ticket instead (domain/poll_pacing.py).
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 
 from fastapi import APIRouter, Request, Response
@@ -218,7 +219,7 @@ class PollFastPath:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.route = route_named(router, "poll_queue")
+        self.route = POLL_ROUTE
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
@@ -227,7 +228,7 @@ class PollFastPath:
             and scope["path"].startswith(_POLL_PREFIX)
         ):
             try:
-                body = _fast_poll(scope)
+                body = poll_body(scope["app"].state, scope["path"], scope["headers"])
             except QueueTicketInvalid:
                 if await refused_credential(scope, send):
                     return
@@ -246,14 +247,17 @@ class PollFastPath:
         await self.app(scope, receive, send)
 
 
-def _fast_poll(scope: Scope) -> bytes | None:
-    """The answer to an on-time poll of a valid ticket, or None for the route to give;
-    raises `QueueTicketInvalid` for a ticket this service did not sign."""
-    ticket = scope["path"][len(_POLL_PREFIX) :]
-    state: State = scope["app"].state
+POLL_ROUTE = route_named(router, "poll_queue")
+
+
+def poll_body(state: State, path: str, headers: Iterable[tuple[bytes, bytes]]) -> bytes | None:
+    """The answer to an on-time poll of a valid ticket (`path` is /queue/{ticket}), or
+    None for the route to give; raises `QueueTicketInvalid` for a ticket this service did
+    not sign. Shared by `PollFastPath` and the server's protocol (api/http_protocol.py)."""
+    ticket = path[len(_POLL_PREFIX) :]
     if not ticket or "/" in ticket or state.room_watch is None:
         return None
-    for name, _ in scope["headers"]:
+    for name, _ in headers:
         if name == b"authorization":
             return None  # a key is checked, valid or not, as on every route
     try:
