@@ -27,6 +27,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.types import Uuid
 
+from boxoffice.db import driver
 from boxoffice.db.driver import SqliteStatement
 from boxoffice.db.errors import is_unavailable
 from boxoffice.db.types import UTCDateTime
@@ -185,3 +186,15 @@ async def test_a_connection_not_sqlite3s_runs_the_statement_through_sqlalchemy(
         await engine.dispose()
     assert added == 1
     assert ours == theirs == [(uuid.UUID(int=1), WHEN)]
+
+
+def test_expanded_texts_are_kept_within_a_bound(
+    conn: Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(driver, "MAX_SHAPES", 3)
+    named = SqliteStatement(
+        select(things.c.count).where(things.c.count.in_(bindparam("n", expanding=True)))
+    )
+    for length in range(1, 8):
+        assert named.execute(conn, {"n": list(range(length))}) == []
+        assert len(named._shapes) <= 3

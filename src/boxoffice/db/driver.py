@@ -80,6 +80,7 @@ class DriverStatement:
 
 
 _PYSQLITE = pysqlite.dialect()
+MAX_SHAPES = 256  # expanded texts kept per statement (one per combination of list lengths)
 
 
 class SqliteStatement:
@@ -124,6 +125,8 @@ class SqliteStatement:
         lengths = tuple(len(params[name]) for name in self._lists)
         shape = self._shapes.get(lengths)
         if shape is None:
+            if len(self._shapes) >= MAX_SHAPES:  # bounded: a few lengths are the common ones
+                self._shapes.clear()
             shape = self._shapes[lengths] = _Shape.of(self._compiled, self._lists, lengths)
         return shape
 
