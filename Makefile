@@ -82,6 +82,9 @@ ONSALE_ARGS ?=
 onsale: $(VENV)/.bench ## the million-attempt sale (issue 12) on PostgreSQL, with and without the waiting room; results in bench/results/onsale.*
 	$(BIN)/python -m bench.onsale $(ONSALE_ARGS)
 
+polls: $(VENV)/.bench ## what a poll costs, answered by the server's protocol and by the app, side by side; results in bench/results/polls.md
+	$(BIN)/python -m bench.polls
+
 simulate: $(VENV)/.runtime ## the original concurrency script, against a running server (key in BOXOFFICE_API_KEY)
 	$(BIN)/boxoffice simulate $(URL_FLAG)
 

@@ -1,6 +1,6 @@
 """The benchmark's drivers keep working: a small run of each mode of the
 instruction-counting driver (`bench/inprocess.py`), the way docs/performance.md runs it
-under callgrind, and of `bench/repeat.py`."""
+under callgrind, of `bench/repeat.py`, and of `bench/polls.py`."""
 
 from __future__ import annotations
 
@@ -58,3 +58,21 @@ def test_the_repeat_driver_runs_one_scenario_and_reads_its_batches() -> None:
     row = done.stdout.strip().splitlines()[-1].strip("|").split("|")
     assert row[0].strip() == "1"
     assert int(row[4].replace(",", "")) > 0  # batches, from the server's own log
+
+
+def test_the_poll_benchmark_runs_both_ways_with_every_poll_answered(tmp_path: Path) -> None:
+    """`make polls` in small: both ways measured, every poll a 200 (it exits otherwise)."""
+    report = tmp_path / "polls.md"
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "bench.polls", "--customers", "2400", "--rounds", "1"),
+            *("--duration", "2", "--connections", "16", "--output", str(report)),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    rows = [line for line in report.read_text().splitlines() if line.startswith("| ")]
+    assert [row.split(" | ")[0] for row in rows[1:]] == ["| protocol", "| app"]
