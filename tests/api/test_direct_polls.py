@@ -13,7 +13,10 @@ from typing import Any
 
 import pytest
 import uvicorn
+from fastapi import FastAPI
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
+from boxoffice.api import http_protocol
 from boxoffice.api.http_protocol import GuardedHttpToolsProtocol
 from boxoffice.api.security_headers import SECURITY_HEADERS
 from boxoffice.config import Settings
@@ -87,6 +90,7 @@ async def served(
     database: Database,
     protocol: type[GuardedHttpToolsProtocol] = Quiet,
     access_log: bool = False,
+    keep_alive: int = 5,
 ) -> AsyncIterator[Served]:
     async with open_sale(settings, database) as sale:
         app = CountingApp(sale.app)
@@ -100,6 +104,7 @@ async def served(
                 headers=SECURITY_HEADERS,
                 server_header=False,
                 access_log=access_log,
+                timeout_keep_alive=keep_alive,
                 lifespan="off",  # the sale's own lifespan runs already
                 log_config=None,
             )
@@ -245,3 +250,90 @@ async def test_with_the_access_log_on_every_poll_goes_to_the_app_and_is_logged(
     assert head.startswith(b"HTTP/1.1 200 OK")
     assert logged.app.polls == 1
     assert any(f"GET /queue/{ticket} HTTP/1.1" in line for line in caplog.messages)
+
+
+async def test_a_request_right_behind_a_poll_is_not_cut_off_by_the_keep_alive_timer(
+    settings: Settings, database: Database
+) -> None:
+    """The poll's answer ends as uvicorn's do, arming the idle connection's timer; a request
+    parsed from the same read must disarm it, or its connection closes under it."""
+    async with served(settings, database, keep_alive=1) as server:
+        (ticket,) = await tickets(server, 1)
+        event = await server.sale.event()
+        await server.sale.room(event)
+        key = (await server.sale.customer("late"))["Authorization"]
+        server.sale.clock.advance(31)
+        reader, writer = await server.connect()
+        try:
+            join = (
+                f"POST /events/{event['id']}/queue HTTP/1.1\r\nHost: test\r\n"
+                f"Authorization: {key}\r\nContent-Type: application/json\r\n"
+                "Content-Length: 2\r\n\r\n"
+            )
+            writer.write(get(f"/queue/{ticket}") + join.encode())  # one read: poll, join head
+            poll_head, _ = await read_answer(reader)
+            await asyncio.sleep(1.6)  # past the keep-alive time, the join's body still due
+            writer.write(b"{}")
+            join_head, joined = await read_answer(reader)
+        finally:
+            writer.close()
+    assert poll_head.startswith(b"HTTP/1.1 200 OK")
+    assert join_head.startswith(b"HTTP/1.1 201 Created"), join_head
+    assert b'"ticket"' in joined
+    assert server.app.polls == 0
+
+
+async def test_a_failure_in_the_protocols_poll_leaves_the_poll_to_the_app(
+    server: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Raised out of the parser's callback it would be a 400 "Invalid HTTP request"."""
+    (ticket,) = await tickets(server, 1)
+    server.sale.clock.advance(31)
+
+    def broken(*args: Any) -> bytes:
+        raise RuntimeError("a bug in the protocol's poll")
+
+    monkeypatch.setattr(http_protocol, "poll_body", broken)
+    [(head, body)] = await server.exchange(get(f"/queue/{ticket}"))
+    assert head.startswith(b"HTTP/1.1 200 OK")
+    assert ticket.encode() in body
+    assert server.app.polls == 1
+
+
+async def test_a_poll_answered_but_not_counted_keeps_its_connection(server: Served) -> None:
+    first, second = await tickets(server, 2)
+    server.sale.clock.advance(31)
+
+    def broken(*args: Any) -> None:
+        raise RuntimeError("metrics are down")
+
+    server.sale.app.state.count_request = broken
+    answers = await server.exchange(get(f"/queue/{first}") + get(f"/queue/{second}"), answers=2)
+    assert [head.split(b"\r\n", 1)[0] for head, _ in answers] == [b"HTTP/1.1 200 OK"] * 2
+    assert server.app.polls == 0
+
+
+@pytest.mark.parametrize("case", ["HEAD", "an empty body"])
+async def test_a_head_or_a_poll_with_a_body_header_goes_to_the_app(
+    server: Served, case: str
+) -> None:
+    (ticket,) = await tickets(server, 1)
+    server.sale.clock.advance(31)
+    if case == "HEAD":
+        raw = get(f"/queue/{ticket}").replace(b"GET ", b"HEAD ", 1)
+    else:
+        raw = get(f"/queue/{ticket}", "Content-Length: 0")
+    reader, writer = await server.connect()
+    try:
+        writer.write(raw)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    finally:
+        writer.close()
+    assert head.startswith((b"HTTP/1.1 200 ", b"HTTP/1.1 405 "))
+    assert server.app.polls == 1
+
+
+def test_the_apps_state_is_found_under_uvicorns_proxy_headers_middleware() -> None:
+    app = FastAPI()
+    assert http_protocol._state_of(ProxyHeadersMiddleware(app, "127.0.0.1")) is app.state
+    assert http_protocol._state_of(object()) is None

@@ -19,8 +19,11 @@ from sqlalchemy import (
     bindparam,
     case,
     create_engine,
+    func,
     insert,
     select,
+    text,
+    union,
     update,
 )
 from sqlalchemy import exc as sa_exc
@@ -198,3 +201,65 @@ def test_expanded_texts_are_kept_within_a_bound(
     for length in range(1, 8):
         assert named.execute(conn, {"n": list(range(length))}) == []
         assert len(named._shapes) <= 3
+
+
+def test_a_statement_returning_rows_other_than_a_plain_select_is_refused() -> None:
+    """Their rows would come back as stored (hex ids, text timestamps), unconverted."""
+    both = union(select(things.c.id), select(things.c.id))
+    for returning in (
+        both,
+        text("SELECT id FROM things"),
+        insert(things).returning(things.c.id),
+    ):
+        with pytest.raises(TypeError, match="returns rows"):
+            SqliteStatement(returning)
+
+
+def test_it_runs_only_inside_a_transaction_and_a_rollback_undoes_it(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path / 'things.db'}")
+    metadata.create_all(engine)
+    add = SqliteStatement(insert(things), column_keys=COLUMNS)
+    row = {"id": uuid.UUID(int=1), "name": "a", "at": None, "count": 1}
+    try:
+        with engine.connect() as conn:
+            # sqlite3 would commit it at once, on its own
+            with pytest.raises(RuntimeError, match="inside a transaction"):
+                add.run_many(conn, [row])
+            with conn.begin() as transaction:
+                add.run_many(conn, [row])
+                transaction.rollback()
+            assert conn.execute(select(func.count()).select_from(things)).scalar() == 0
+    finally:
+        engine.dispose()
+
+
+def test_a_locked_or_closed_database_is_unavailable(tmp_path: Path) -> None:
+    """As through SQLAlchemy: a 503 to retry, not a bug narrowed command by command."""
+    url = f"sqlite:///{tmp_path / 'things.db'}"
+    holder = create_engine(url)
+    waiter = create_engine(url, connect_args={"timeout": 0})
+    metadata.create_all(holder)
+    add = SqliteStatement(insert(things), column_keys=COLUMNS)
+    row = {"id": uuid.UUID(int=1), "name": "a", "at": None, "count": 1}
+    try:
+        with holder.connect() as holding:
+            driver = holding.connection.driver_connection
+            assert driver is not None
+            driver.execute("BEGIN IMMEDIATE")  # the write lock, held
+            with waiter.begin() as conn, pytest.raises(sa_exc.OperationalError) as locked:
+                add.run_many(conn, [row])
+            assert is_unavailable(locked.value)
+            driver.execute("ROLLBACK")
+        with waiter.connect() as conn:
+            transaction = conn.begin()
+            gone = conn.connection.driver_connection
+            assert gone is not None
+            gone.close()
+            with pytest.raises(sa_exc.DBAPIError) as closed:
+                add.run_many(conn, [row])
+            assert is_unavailable(closed.value)
+            assert conn.invalidated  # never handed out again
+            transaction.rollback()
+    finally:
+        holder.dispose()
+        waiter.dispose()

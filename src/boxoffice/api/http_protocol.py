@@ -44,6 +44,7 @@ from collections.abc import Callable
 from time import perf_counter
 from typing import Any, cast
 
+import structlog
 from starlette.datastructures import State
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
@@ -54,6 +55,8 @@ from boxoffice.api.routes.waiting_room import POLL_ROUTE, poll_body
 from boxoffice.api.security_headers import NO_STORE
 from boxoffice.config import get_settings
 from boxoffice.domain.errors import QueueTicketInvalid
+
+log = structlog.get_logger("boxoffice.api")
 
 BODY_COMPLETE = "boxoffice.body_complete"  # in the scope: the body has all arrived
 LINGER_SECONDS = 1.0  # a refused connection's reading after its answer, at most
@@ -140,6 +143,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        # A request that came in the same read as a poll answered here: that answer armed
+        # the keep-alive timer (`on_response_complete`), which must not run under this one.
+        self._unset_keepalive_if_required()
         self.head_bytes = 0
         self._start_head_timer()
 
@@ -185,6 +191,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             body = poll_body(state, path, self.headers)
         except QueueTicketInvalid:
             return False  # counted against its address by the app (api/rate_limits.py)
+        except Exception:
+            # Raised out of a parser callback it would be answered as a malformed request
+            # (400); the app answers instead, its error handling and its log as for any.
+            log.exception("direct_poll_failed")
+            return False
         if body is None:
             return False
         keep_alive = self.parser.should_keep_alive()
@@ -202,9 +213,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.answered_here = True
         count: Callable[[Any, int, float], None] | None = getattr(state, "count_request", None)
         if count is not None:
-            count(
-                {"route": POLL_ROUTE, "method": "GET", "path": path}, 200, perf_counter() - started
-            )
+            scope = {"route": POLL_ROUTE, "method": "GET", "path": path}
+            try:
+                count(scope, 200, perf_counter() - started)
+            except Exception:  # answered already: the connection goes on
+                log.exception("direct_poll_not_counted")
         if not keep_alive:
             self.transport.close()
         self.on_response_complete()  # as uvicorn's own answer ends: keep-alive, reading on

@@ -95,7 +95,12 @@ class SqliteStatement:
 
     A list parameter (`bindparam(..., expanding=True)`) is expanded once per
     length seen. A SELECT's rows come back as named tuples, each value through
-    its column type's result processor, as SQLAlchemy's own rows would hold them.
+    its column type's result processor, as SQLAlchemy's own rows would hold them;
+    any other statement that returns rows (a UNION, `text()`, RETURNING) is
+    refused. An INSERT made with `column_keys` binds every one of them: each row
+    gives each (a key left out fails loudly, where SQLAlchemy would have left
+    the column to its default). One type per parameter name: a name used twice
+    takes its first use's type.
     """
 
     def __init__(self, statement: ClauseElement, *, column_keys: Sequence[str] = ()) -> None:
@@ -114,6 +119,11 @@ class SqliteStatement:
         }
         self._lists = tuple(sorted(name for name, bind in binds.items() if bind.expanding))
         self._shapes: dict[tuple[int, ...], _Shape] = {}
+        if not isinstance(statement, Select) and (
+            isinstance(statement, TextClause) or bool(getattr(statement, "exported_columns", None))
+        ):
+            # Its rows would come back as stored (hex ids, text timestamps), unconverted.
+            raise TypeError("only a plain SELECT's rows are read; this statement returns rows")
         self._rows = _RowShape.of(statement)
 
     @property
@@ -146,24 +156,26 @@ class SqliteStatement:
             return changed
         if self._lists:
             raise TypeError("a statement with list parameters runs once (execute), not per row")
+        _in_transaction(conn)
         shape = self._shape({})
         try:
             return driver.executemany(
                 shape.sql, [self._values(shape, row) for row in rows]
             ).rowcount
         except sqlite3.Error as error:
-            raise _wrapped(shape.sql, error) from error
+            raise _wrapped(conn, shape.sql, error) from error
 
     def execute(self, conn: Connection, params: Mapping[str, Any]) -> Sequence[Any]:
         """Its rows (SELECT), each with its columns as attributes."""
         driver = conn.connection.driver_connection
         if not isinstance(driver, sqlite3.Connection):
             return list(conn.execute(self.statement, params))
+        _in_transaction(conn)
         shape = self._shape(params)
         try:
             fetched = driver.execute(shape.sql, self._values(shape, params)).fetchall()
         except sqlite3.Error as error:
-            raise _wrapped(shape.sql, error) from error
+            raise _wrapped(conn, shape.sql, error) from error
         return fetched if self._rows is None else self._rows.rows(fetched)
 
 
@@ -254,6 +266,17 @@ def _bind_processor(kind: Any) -> Callable[[Any], Any] | None:
     return processor
 
 
-def _wrapped(sql: str, error: sqlite3.Error) -> sa_exc.StatementError:
-    """The error as SQLAlchemy's execution layer would have raised it."""
-    return sa_exc.DBAPIError.instance(sql, None, error, sqlite3.Error)
+def _in_transaction(conn: Connection) -> None:
+    """sqlite3 runs a statement outside a transaction as its own (the engines leave BEGIN
+    to SQLAlchemy), so a batch's statements must run inside the one it began."""
+    if not conn.in_transaction():
+        raise RuntimeError("a SqliteStatement runs inside a transaction begun by SQLAlchemy")
+
+
+def _wrapped(conn: Connection, sql: str, error: sqlite3.Error) -> sa_exc.StatementError:
+    """The error as SQLAlchemy's execution layer would have raised it: a connection that
+    is gone (a closed database) is invalidated, so the pool never hands it out again."""
+    gone = conn.dialect.is_disconnect(cast(Any, error), conn.connection.dbapi_connection, None)
+    if gone:
+        conn.invalidate(error)
+    return sa_exc.DBAPIError.instance(sql, None, error, sqlite3.Error, connection_invalidated=gone)
