@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from boxoffice.api.app import create_app
-from boxoffice.config import Settings
+from boxoffice.config import Settings, get_settings
 from boxoffice.db.database import Database
 from boxoffice.db.migrate import upgrade
 from boxoffice.observability.logging import configure_logging
@@ -38,6 +38,16 @@ def production_logging() -> None:
     the key-material check below watches the renderer users really get; into this test's
     captured stderr."""
     configure_logging("INFO", "console")
+
+
+@pytest.fixture(autouse=True)
+def settings_read_afresh() -> Iterator[None]:
+    """`get_settings()` reads the environment once per process: whatever a test built that
+    read it (an app without settings, the server's protocol) must not hand the next test
+    this one's environment."""
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
 
 
 @pytest.fixture(scope="session")
