@@ -205,6 +205,9 @@ async def test_pipelined_requests_are_answered_in_order(server: Served) -> None:
     assert b'"status"' in answers[0][1]
     assert first.encode() in answers[1][1]
     assert second.encode() in answers[2][1]
+    # Both polls came (in one read) behind a request still being answered: the app's, in
+    # the pipeline's order.
+    assert server.app.polls == 2
 
 
 @pytest.mark.parametrize(
