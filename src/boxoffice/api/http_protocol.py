@@ -51,7 +51,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from boxoffice.api.fast_routes import JSON_CONTENT
 from boxoffice.api.problems import PROBLEM_MEDIA_TYPE, problem_body
 from boxoffice.api.request_ids import request_id_from
-from boxoffice.api.routes.waiting_room import POLL_ROUTE, poll_body
+from boxoffice.api.routes.waiting_room import POLL_PREFIX, POLL_ROUTE, poll_body
 from boxoffice.api.security_headers import NO_STORE
 from boxoffice.config import get_settings
 from boxoffice.domain.errors import QueueTicketInvalid
@@ -62,7 +62,7 @@ BODY_COMPLETE = "boxoffice.body_complete"  # in the scope: the body has all arri
 LINGER_SECONDS = 1.0  # a refused connection's reading after its answer, at most
 
 
-_POLL_PREFIX = b"/queue/"
+_POLL_PREFIX = POLL_PREFIX.encode()
 # A poll with any of these goes to the app: a key to check, CORS to answer, a body to read.
 _NOT_HERE = frozenset(
     {b"authorization", b"origin", b"content-length", b"transfer-encoding", b"expect"}

@@ -47,7 +47,6 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, and_, bindparam, or_, select, text, union
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.sql import Executable
 
 from boxoffice.db.driver import SqliteStatement
 from boxoffice.db.rows import (
@@ -116,8 +115,10 @@ _SECTIONS = (
     .where(_in_events(sections.c.event_id, sections.c.id))
     .order_by(sections.c.id)
 )
-_LOCK_SECTIONS = _SECTIONS.with_for_update(of=sections)
-_LOCK_FREE_SECTIONS = _SECTIONS.with_for_update(of=sections, skip_locked=True)
+# Every statement of a batch's load runs on sqlite3 itself on SQLite's writer, where they
+# run thousands of times a second, and through SQLAlchemy elsewhere (`db/driver.py`).
+_LOCK_SECTIONS = SqliteStatement(_SECTIONS.with_for_update(of=sections))
+_LOCK_FREE_SECTIONS = SqliteStatement(_SECTIONS.with_for_update(of=sections, skip_locked=True))
 
 
 def _by_event(
@@ -145,7 +146,7 @@ _NAMED = union(
         _by_event(bookings.c.event_id, bookings.c.id, "booking")
     ),
 ).subquery("named")
-_LOCK_SECTIONS_WITH_THEIRS = (
+_LOCK_SECTIONS_WITH_THEIRS = SqliteStatement(
     select(*_SECTION_COLUMNS)
     .join_from(sections, events, events.c.id == sections.c.event_id)
     .join(_NAMED, and_(_NAMED.c.event_id == sections.c.event_id, _NAMED.c.id == sections.c.id))
@@ -155,7 +156,7 @@ _LOCK_SECTIONS_WITH_THEIRS = (
 )
 # Holds with their items, a row per item: one round trip. Every hold has an item (a
 # PlaceHold without one is refused before it is queued), so an inner join finds it.
-_HOLDS = (
+_HOLDS = SqliteStatement(
     select(
         holds,
         events.c.max_per_customer,
@@ -176,12 +177,12 @@ _HOLDS = (
         _in_events(hold_items.c.event_id, hold_items.c.hold_id),  # each table names its event
     )
 )
-_BOOKINGS = (
+_BOOKINGS = SqliteStatement(
     select(bookings, events.c.max_per_customer)
     .join_from(bookings, events, events.c.id == bookings.c.event_id)
     .where(_in_events(bookings.c.event_id, bookings.c.id))
 )
-_EXPIRED_IN_SECTIONS = (
+_EXPIRED_IN_SECTIONS = SqliteStatement(
     select(hold_items.c.event_id, hold_items.c.hold_id)
     .where(
         _in_events(hold_items.c.event_id, hold_items.c.section_id),
@@ -190,29 +191,9 @@ _EXPIRED_IN_SECTIONS = (
     )
     .distinct()
 )
-_EVENTS = select(events.c.id).where(events.c.id.in_(bindparam("ids", expanding=True)))
-# The same statements as run on SQLite's writer: on sqlite3 itself (`db/driver.py`).
-_ON_SQLITE = {
-    id(statement): SqliteStatement(statement)
-    for statement in (
-        _LOCK_SECTIONS,
-        _LOCK_FREE_SECTIONS,
-        _LOCK_SECTIONS_WITH_THEIRS,
-        _HOLDS,
-        _BOOKINGS,
-        _EXPIRED_IN_SECTIONS,
-        _EVENTS,
-    )
-}
-
-
-def _rows(conn: Connection, statement: Executable, params: dict[str, Any]) -> Sequence[Any]:
-    """`statement`'s rows: past SQLAlchemy's execution layer on SQLite's writer, where
-    these run thousands of times a second; through it everywhere else."""
-    fast = _ON_SQLITE.get(id(statement))
-    if fast is not None:
-        return fast.execute(conn, params)
-    return list(conn.execute(statement, params))
+_EVENTS = SqliteStatement(
+    select(events.c.id).where(events.c.id.in_(bindparam("ids", expanding=True)))
+)
 
 
 # A capped customer's tally, made (0 tickets) or locked as it is, in the index's order.
@@ -286,12 +267,11 @@ def load_inventory(conn: Connection, commands: Sequence[Command], now: datetime)
     rows: Iterable[Any] = ()
     if sweeping:
         if wanted:
-            rows = _rows(conn, _LOCK_FREE_SECTIONS, _named(wanted))
+            rows = _LOCK_FREE_SECTIONS.execute(conn, _named(wanted))
     elif hold_ids or booking_ids:
         named_holds, named_bookings = _named(hold_ids), _named(booking_ids)
-        rows = _rows(
+        rows = _LOCK_SECTIONS_WITH_THEIRS.execute(
             conn,
-            _LOCK_SECTIONS_WITH_THEIRS,
             {
                 **_named(wanted),
                 "hold_events": named_holds["events"],
@@ -302,7 +282,7 @@ def load_inventory(conn: Connection, commands: Sequence[Command], now: datetime)
             },
         )
     elif wanted:
-        rows = _rows(conn, _LOCK_SECTIONS, _named(wanted))
+        rows = _LOCK_SECTIONS.execute(conn, _named(wanted))
     for row in rows:
         section = section_from_row(row)
         inventory.sections[section.id] = section
@@ -310,7 +290,7 @@ def load_inventory(conn: Connection, commands: Sequence[Command], now: datetime)
     if hold_ids:
         limits.update(_load_holds(conn, inventory, hold_ids))
     if booking_ids:
-        for row in _rows(conn, _BOOKINGS, _named(booking_ids)):
+        for row in _BOOKINGS.execute(conn, _named(booking_ids)):
             booking = booking_from_row(row)
             inventory.bookings[booking.id] = booking
             if row.max_per_customer is not None:
@@ -395,7 +375,7 @@ def _load_expired_in(
     if not in_sections:
         return {}
     named = {(section.event_id, ident) for ident, section in in_sections.items()}
-    rows = _rows(conn, _EXPIRED_IN_SECTIONS, {**_named(named), "now": now})
+    rows = _EXPIRED_IN_SECTIONS.execute(conn, {**_named(named), "now": now})
     found = {pair for pair in _pairs(rows) if pair[1] not in inventory.holds}
     return _load_holds(conn, inventory, found) if found else {}
 
@@ -404,7 +384,7 @@ def _load_holds(conn: Connection, inventory: Inventory, hold_ids: Named) -> dict
     """Read holds with their items into `inventory`; the caps of their events."""
     rows: dict[str, Any] = {}
     items: dict[str, list[tuple[int, HoldItem]]] = {}
-    for row in _rows(conn, _HOLDS, _named(hold_ids)):
+    for row in _HOLDS.execute(conn, _named(hold_ids)):
         ident = str(row.id)
         rows[ident] = row
         items.setdefault(ident, []).append((row.position, hold_item_from_row(row)))
@@ -527,5 +507,5 @@ def _load_events(conn: Connection, inventory: Inventory, commands: Sequence[Comm
                 unknown.add(event)
     if unknown:
         inventory.events.update(
-            str(row.id) for row in _rows(conn, _EVENTS, {"ids": _uuids(unknown)})
+            str(row.id) for row in _EVENTS.execute(conn, {"ids": _uuids(unknown)})
         )

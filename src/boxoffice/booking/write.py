@@ -385,7 +385,12 @@ _ITEMS_NEW = _inserting(hold_items)
 _BOOKINGS_NEW = _inserting(bookings)
 _ANSWERS_NEW = _inserting(idempotency_keys)
 _AUDIT_NEW = _inserting(audit_records)
-_LAST_AUDIT_SEQ = SqliteStatement(select(func.max(audit_records.c.seq)))
+# SQLite: `audit_records.seq` shares the primary key with `event_id`, so it is not the
+# rowid: each transaction numbers its records on from the largest, as SQLite numbers
+# rowids (one probe of the key's index per transaction; every SQLite writer holds the
+# write lock, so no two take one number). PostgreSQL numbers them from its sequence.
+LAST_AUDIT_SEQ = select(func.max(audit_records.c.seq))
+_LAST_AUDIT_SEQ = SqliteStatement(LAST_AUDIT_SEQ)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -521,13 +526,6 @@ def _write_sqlite(conn: Connection, effects: Effects, now: datetime) -> None:
     if effects.audit:
         first = (_LAST_AUDIT_SEQ.execute(conn, {})[0][0] or 0) + 1
         _AUDIT_NEW.run_many(conn, audit_rows(effects.audit, now, first))
-
-
-# SQLite: `audit_records.seq` shares the primary key with `event_id`, so it is not the
-# rowid: each transaction numbers its records on from the largest, as SQLite numbers
-# rowids (one probe of the key's index per transaction; every SQLite writer holds the
-# write lock, so no two take one number). PostgreSQL numbers them from its sequence.
-LAST_AUDIT_SEQ = select(func.max(audit_records.c.seq))
 
 
 def audit_rows(

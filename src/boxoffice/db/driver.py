@@ -126,11 +126,6 @@ class SqliteStatement:
             raise TypeError("only a plain SELECT's rows are read; this statement returns rows")
         self._rows = _RowShape.of(statement)
 
-    @property
-    def sql(self) -> str:
-        """Its text (list parameters not yet expanded)."""
-        return self._compiled.string
-
     def _shape(self, params: Mapping[str, Any]) -> _Shape:
         lengths = tuple(len(params[name]) for name in self._lists)
         shape = self._shapes.get(lengths)

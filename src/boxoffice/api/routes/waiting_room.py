@@ -196,7 +196,7 @@ def poll_answer(state: State, ticket: str) -> QueueTicketOut:
     return _ticket_out(watch, ticket, place.event_id, place.customer_id, answer)
 
 
-_POLL_PREFIX = "/queue/"
+POLL_PREFIX = "/queue/"
 
 
 class PollFastPath:
@@ -219,13 +219,12 @@ class PollFastPath:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.route = POLL_ROUTE
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
             scope["type"] == "http"
             and scope["method"] == "GET"
-            and scope["path"].startswith(_POLL_PREFIX)
+            and scope["path"].startswith(POLL_PREFIX)
         ):
             try:
                 body = poll_body(scope["app"].state, scope["path"], scope["headers"])
@@ -234,7 +233,7 @@ class PollFastPath:
                     return
                 body = None  # the route's 404
             if body is not None:
-                scope["route"] = self.route
+                scope["route"] = POLL_ROUTE
                 await send(
                     {
                         "type": "http.response.start",
@@ -254,7 +253,7 @@ def poll_body(state: State, path: str, headers: Iterable[tuple[bytes, bytes]]) -
     """The answer to an on-time poll of a valid ticket (`path` is /queue/{ticket}), or
     None for the route to give; raises `QueueTicketInvalid` for a ticket this service did
     not sign. Shared by `PollFastPath` and the server's protocol (api/http_protocol.py)."""
-    ticket = path[len(_POLL_PREFIX) :]
+    ticket = path[len(POLL_PREFIX) :]
     if not ticket or "/" in ticket or state.room_watch is None:
         return None
     for name, _ in headers:
