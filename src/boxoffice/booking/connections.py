@@ -1,9 +1,10 @@
 """The committer's own PostgreSQL connections, kept from one batch to the next.
 
 Under load a batch every millisecond or so would otherwise pay a pool
-checkout, a liveness ping and a reset each. The kept connections skip all
-three. The first batch after a quiet second gives them back to the pool and
-takes pinged ones, so a database restart during a lull costs no request. (They
+checkout and a reset each. The kept connections skip both. The first batch
+after a quiet second gives them back to the pool, as idle since their last
+batch, and takes pinged ones (`db/database.py` pings a connection idle for a
+second), so a database restart during a lull costs no request. (They
 are given back then, not when the second passes: between sales the committer
 holds them, two of the writers' pool, `db/database.py`.)
 After any failure they are dropped (invalidated): the next batch opens fresh
@@ -17,7 +18,7 @@ import time
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from boxoffice.db.database import Database
+from boxoffice.db.database import Database, note_last_use
 from boxoffice.db.errors import DatabaseUnavailable, is_unavailable
 
 KEEP_CONNECTION_IDLE_SECONDS = 1.0
@@ -65,12 +66,17 @@ class KeptConnections:
         return conn
 
     async def drop(self, *, invalidate: bool = True) -> None:
-        """Close both; `invalidate` when they may be broken, so the pool never reuses them."""
+        """Close both; `invalidate` when they may be broken, so the pool never reuses them.
+        Given back, each counts as idle since its last batch: the pool pings it before
+        anyone uses it again."""
         for conn in (self._in_transaction, self._autocommit):
             if conn is not None:
                 if invalidate:
                     with contextlib.suppress(Exception):
                         await conn.invalidate()
+                else:
+                    with contextlib.suppress(Exception):
+                        await note_last_use(conn, self._last_used)
                 with contextlib.suppress(Exception):
                     await conn.close()
         self._in_transaction = self._autocommit = None

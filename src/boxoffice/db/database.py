@@ -52,17 +52,28 @@ no server session): every BEGIN carries them as `SET LOCAL`, in the BEGIN's
 round trip, and they end with the transaction; a statement run outside a
 transaction gets one (`db/driver.py`). `application_name` stays a startup
 parameter: pgbouncer sets it on whichever session serves the client.
+
+A pooled PostgreSQL connection is pinged before use only when it has been idle
+for PING_AFTER_IDLE_SECONDS (`_ping_after_idle`). SQLAlchemy's `pool_pre_ping`
+pings on every checkout, and asyncpg's ping is three round trips (BEGIN, `;`,
+ROLLBACK): under a sale's load that tripled the cost of every read on the
+request path (a key lookup, a queue join). A connection back from use a moment
+ago is as alive as a ping would find it; a server lost since is met by the first
+statement instead, which fails as unavailable (503) and makes SQLAlchemy
+replace every connection in the pool.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any, Literal, TypeVar
 
 import asyncpg
 from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import QueuePool
@@ -83,6 +94,10 @@ T = TypeVar("T")
 # says why; this only ends the wait for a server that went silent (a network partition).
 CLIENT_GRACE_SECONDS = 2.0
 IDLE_IN_TRANSACTION_SECONDS = 60
+# A pooled connection idle this long is pinged before it is handed out (`_ping_after_idle`).
+PING_AFTER_IDLE_SECONDS = 1.0
+_IDLE_SINCE = "boxoffice.idle_since"  # in a pooled connection's info: `time.monotonic()`
+_USED_UNTIL = "boxoffice.used_until"  # set by a holder that kept it unused (`note_last_use`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -344,14 +359,52 @@ def _postgresql_engine(
             # Said outright, should asyncpg's default for prepare() ever change.
             "prepared_statement_name_func": _unnamed,
         }
-    return create_async_engine(
+    engine = create_async_engine(
         url,
         pool_size=pool_size,
         max_overflow=0,
         pool_timeout=limits.pool_timeout,
-        pool_pre_ping=True,
         connect_args=connect_args,
     )
+    _ping_after_idle(engine)
+    return engine
+
+
+def _ping_after_idle(engine: AsyncEngine) -> None:
+    """`pool_pre_ping`, for connections idle PING_AFTER_IDLE_SECONDS only.
+
+    The same ping and the same consequences as SQLAlchemy's: a connection found dead
+    makes the pool replace every connection it holds, and the checkout retries with
+    a new one. A connection just opened is not pinged, as SQLAlchemy does not.
+    """
+    sync = engine.sync_engine
+    dialect = sync.dialect
+
+    @event.listens_for(sync.pool, "checkin")
+    def _checked_in(dbapi_connection: Any, record: Any) -> None:
+        if dbapi_connection is not None:  # None: invalidated, to be opened afresh
+            used_until = record.info.pop(_USED_UNTIL, None)
+            record.info[_IDLE_SINCE] = time.monotonic() if used_until is None else used_until
+
+    @event.listens_for(sync.pool, "checkout")
+    def _checked_out(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        idle_since = record.info.get(_IDLE_SINCE)
+        if idle_since is None or time.monotonic() - idle_since < PING_AFTER_IDLE_SECONDS:
+            return  # just opened, or back from use a moment ago
+        try:
+            dialect.do_ping(dbapi_connection)
+        except dialect.loaded_dbapi.Error as error:  # as SQLAlchemy's own pre-ping catches
+            if dialect.is_disconnect(error, dbapi_connection, None):
+                raise sa_exc.InvalidatePoolError(str(error)) from error
+            raise
+
+
+async def note_last_use(conn: AsyncConnection, at: float) -> None:
+    """Tell the pool `conn` has been unused since `at` (`time.monotonic()`), though it was
+    checked out all along: when given back, it is pinged before its next use as if it
+    had been idle in the pool since then."""
+    raw = await conn.get_raw_connection()
+    raw.info[_USED_UNTIL] = at
 
 
 async def connect_host_by_host(**options: Any) -> Any:

@@ -203,7 +203,8 @@ async def find_keys(database: Database, tokens: Sequence[str]) -> list[ApiKey | 
     ids = {found[0] for found in parts if found is not None}
     rows: dict[str, Any] = {}
     if ids:
-        async with UnitOfWork(database, write=False) as uow:
+        # One statement, on its own: no BEGIN and ROLLBACK round trips (a request's path).
+        async with UnitOfWork(database, write=False, single_statement=True) as uow:
             for stored in await uow.conn.execute(
                 select(api_keys.c.secret_sha256, *_LISTED.selected_columns).where(
                     api_keys.c.id.in_(ids)

@@ -12,16 +12,16 @@ is its own atomic transaction (autocommit), which saves the BEGIN and COMMIT
 pooler (`DB_POOLER=transaction`): there it is an ordinary transaction, whose
 BEGIN brings the session's settings. The one-statement booking path
 (`booking/remembered.py`), a burst of joins (`services/waiting_room.join`) and
-the one-query reads on a purchase's path (hold caps, the event of a hold) use
-it: under a sale's load each round trip waits its turn in a busy event loop.
+the one-query reads on a request's path (hold caps, the event of a hold, an
+API key) use it: under a sale's load each round trip waits its turn in a busy event loop.
 `commit()` then only marks the work as done.
 
 `snapshot=True` reads every statement from one snapshot: REPEATABLE READ on
 PostgreSQL (a read transaction on SQLite always is one).
 
 `connection=` runs the unit of work on a connection the caller keeps (the
-group-commit committer keeps one, saving a pool checkout, a liveness ping and
-a reset per batch); it is left open, and the caller drops it after a failure.
+group-commit committer keeps one, saving a pool checkout and a reset per
+batch); it is left open, and the caller drops it after a failure.
 Failures that mean the database is unavailable (unreachable, timed out,
 locked for longer than the busy timeout) leave as `DatabaseUnavailable`, so
 the HTTP edge answers 503 instead of 500.
