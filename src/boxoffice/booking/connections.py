@@ -18,10 +18,11 @@ import time
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from boxoffice.db.database import Database, note_last_use
+from boxoffice.db.database import PING_AFTER_IDLE_SECONDS, Database, note_last_use
 from boxoffice.db.errors import DatabaseUnavailable, is_unavailable
 
-KEEP_CONNECTION_IDLE_SECONDS = 1.0
+# At least the pool's: a connection given back after this lull is pinged before reuse.
+KEEP_CONNECTION_IDLE_SECONDS = PING_AFTER_IDLE_SECONDS
 
 
 class KeptConnections:
@@ -74,7 +75,7 @@ class KeptConnections:
                 if invalidate:
                     with contextlib.suppress(Exception):
                         await conn.invalidate()
-                else:
+                elif not (conn.invalidated or conn.closed):
                     with contextlib.suppress(Exception):
                         await note_last_use(conn, self._last_used)
                 with contextlib.suppress(Exception):

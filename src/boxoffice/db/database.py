@@ -56,11 +56,13 @@ parameter: pgbouncer sets it on whichever session serves the client.
 A pooled PostgreSQL connection is pinged before use only when it has been idle
 for PING_AFTER_IDLE_SECONDS (`_ping_after_idle`). SQLAlchemy's `pool_pre_ping`
 pings on every checkout, and asyncpg's ping is three round trips (BEGIN, `;`,
-ROLLBACK): under a sale's load that tripled the cost of every read on the
-request path (a key lookup, a queue join). A connection back from use a moment
-ago is as alive as a ping would find it; a server lost since is met by the first
-statement instead, which fails as unavailable (503) and makes SQLAlchemy
-replace every connection in the pool.
+ROLLBACK): under a sale's load a one-statement queue join took four round trips,
+an API key's lookup six. A connection the server has closed since (a restart, a
+failover) is known without a ping, from asyncpg's socket, and is never handed
+out: the pool replaces all its connections, as after a failed ping. What a ping
+would still catch on a connection used a moment ago, a server gone without
+closing it, the first statement meets instead: the requests it serves (a batch,
+a coalesced read) fail as unavailable (503), and the pool is replaced.
 """
 
 from __future__ import annotations
@@ -388,9 +390,14 @@ def _ping_after_idle(engine: AsyncEngine) -> None:
 
     @event.listens_for(sync.pool, "checkout")
     def _checked_out(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        if dbapi_connection.driver_connection.is_closed():
+            # The server closed it (a restart, a failover, pg_terminate_backend) and asyncpg
+            # saw the socket go: known without a round trip, whenever it was last used.
+            raise sa_exc.InvalidatePoolError("the server closed the connection")
         idle_since = record.info.get(_IDLE_SINCE)
         if idle_since is None or time.monotonic() - idle_since < PING_AFTER_IDLE_SECONDS:
             return  # just opened, or back from use a moment ago
+        # SQLAlchemy's pre-ping also runs `handle_error` hooks; we register none.
         try:
             dialect.do_ping(dbapi_connection)
         except dialect.loaded_dbapi.Error as error:  # as SQLAlchemy's own pre-ping catches
