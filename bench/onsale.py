@@ -340,17 +340,18 @@ def server_latency(exposition: str) -> dict[str, dict[str, float]]:
     fall in. Measured from a request's head to its last byte inside the server."""
     cumulative: dict[str, dict[float, float]] = defaultdict(lambda: defaultdict(float))
     for family in text_string_to_metric_families(exposition):
-        if family.name not in (
-            "boxoffice_http_request_duration_seconds",
-            "boxoffice_batch_commit_duration_seconds",
-        ):
+        internal = {
+            "boxoffice_batch_commit_duration_seconds": "(a group-commit batch)",
+            "boxoffice_booking_queue_wait_seconds": "(a command, queued for its batch)",
+        }
+        if family.name != "boxoffice_http_request_duration_seconds" and family.name not in internal:
             continue
         for sample in family.samples:
             if sample.name.endswith("_bucket"):
                 route = (
                     f"{sample.labels['method']} {sample.labels['route']}"
                     if "route" in sample.labels
-                    else "(a group-commit batch)"
+                    else internal[family.name]
                 )
                 cumulative[route][float(sample.labels["le"])] += sample.value
     found = {}

@@ -36,6 +36,7 @@ from boxoffice.domain.commands import Book
 from boxoffice.domain.errors import EventNotFound, InsufficientSeats, SectionNotFound
 from boxoffice.domain.model import Booking
 from tests.integration.test_booking_path import inventory, new_event
+from tests.support.postgres import TERMINATE_OUR_OTHER_SESSIONS
 from tests.support.server import inventory_check
 from tests.support.writer_faults import (
     GATE_TIMEOUT_SECONDS,
@@ -432,12 +433,7 @@ async def test_a_database_restart_during_a_lull_costs_no_request(
     s = event.sections[0].id
     await booker.submit(Book(event.id, s, 1))
     async with database.engine.connect() as conn:
-        await conn.execute(
-            text(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE application_name = 'boxoffice' AND pid <> pg_backend_pid()"
-            )
-        )
+        await conn.execute(text(TERMINATE_OUR_OTHER_SESSIONS))
     await asyncio.sleep(1.2)
     assert (await booker.submit(Book(event.id, s, 2))).qty == 2
     assert await inventory(database, s) == (10, 7, 3)
@@ -457,14 +453,7 @@ async def test_a_connection_killed_under_load_fails_one_batch_cleanly(
     await booker.submit(Book(event.id, s, 1))  # one statement: connection kept
     assert booker.stats.verified == 1
     async with database.engine.connect() as conn:
-        killed = await conn.execute(
-            text(
-                # With a timeout, pg_terminate_backend waits until the backend is gone.
-                "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, 10000)) "
-                "FROM pg_stat_activity "
-                "WHERE application_name = 'boxoffice' AND pid <> pg_backend_pid()"
-            )
-        )
+        killed = await conn.execute(text(TERMINATE_OUR_OTHER_SESSIONS))
         assert killed.scalar_one() >= 1
     results = await book_all(booker, [Book(event.id, s, q) for q in (1, 2)])
     assert all(isinstance(r, DatabaseUnavailable) for r in results), results

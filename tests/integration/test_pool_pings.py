@@ -17,6 +17,7 @@ from sqlalchemy import text
 import boxoffice.db.database as database_module
 from boxoffice.db.database import Database
 from boxoffice.services.unit_of_work import UnitOfWork
+from tests.support.postgres import TERMINATE_OUR_OTHER_SESSIONS
 
 POSTGRESQL_ONLY = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 
@@ -46,14 +47,7 @@ async def _kill_readers(database: Database) -> int:
     """Ends every session of the readers' pool, as a database restart or a failover does,
     from a connection of another pool; how many it ended."""
     async with database.write_engine.connect() as conn:
-        killed = await conn.execute(
-            text(
-                # With a timeout, pg_terminate_backend waits until the backend is gone.
-                "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, 10000)) "
-                "FROM pg_stat_activity "
-                "WHERE application_name = 'boxoffice' AND pid <> pg_backend_pid()"
-            )
-        )
+        killed = await conn.execute(text(TERMINATE_OUR_OTHER_SESSIONS))
         return int(killed.scalar_one())
 
 

@@ -24,6 +24,14 @@ PG_BIN_CANDIDATES = [
 ]
 
 
+# Ends every other session of ours, as a database restart or a failover does, and counts
+# them. With a timeout, pg_terminate_backend waits until each backend is gone.
+TERMINATE_OUR_OTHER_SESSIONS = (
+    "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, 10000)) FROM pg_stat_activity "
+    "WHERE application_name = 'boxoffice' AND pid <> pg_backend_pid()"
+)
+
+
 def pg_bin() -> Path:
     for candidate in PG_BIN_CANDIDATES:
         if candidate and (Path(candidate) / "initdb").exists():

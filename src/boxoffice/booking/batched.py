@@ -82,6 +82,7 @@ class _Waiting:
     command: Command
     answer: asyncio.Future[Result]
     deadline: float  # loop time by which a batch must take it (BOOKING_QUEUE_TIMEOUT_MS)
+    queued_at: float  # loop time it was queued
 
 
 def _give_up(waiting: _Waiting) -> None:
@@ -222,7 +223,8 @@ class BatchedBooker:
         loop = asyncio.get_running_loop()
         answer: asyncio.Future[Result] = loop.create_future()
         timeout = self._queue_timeout
-        waiting = _Waiting(command, answer, loop.time() + timeout if timeout else math.inf)
+        now = loop.time()
+        waiting = _Waiting(command, answer, now + timeout if timeout else math.inf, now)
         self._queue.append(waiting)
         self._arrived.set()
         if timeout and self._reaper is None:
@@ -287,6 +289,9 @@ class BatchedBooker:
         self.stats.requests += len(batch)
         self.stats.largest = max(self.stats.largest, len(batch))
         started = time.perf_counter()
+        taken = asyncio.get_running_loop().time()
+        for waiting in batch:
+            metrics.QUEUE_WAIT_SECONDS.observe(taken - waiting.queued_at)
         answers = await answer_each(self._apply, [w.command for w in batch])
         if self._on_written is not None:
             self._on_written(events_named(w.command for w in batch))

@@ -270,6 +270,11 @@ COMMIT_SECONDS = LocalHistogram(
     "How long a group-commit batch took, from its start to every command's answer.",
     buckets=COMMIT_BUCKETS,
 )
+QUEUE_WAIT_SECONDS = LocalHistogram(
+    "boxoffice_booking_queue_wait_seconds",
+    "How long each command waited in the group commit's queue before its batch began.",
+    buckets=COMMIT_BUCKETS,
+)
 BOOKING_QUEUE_TIMEOUTS = LocalCounter(
     "boxoffice_booking_queue_timeouts",
     "Commands answered 503 overloaded: no batch took them within BOOKING_QUEUE_TIMEOUT_MS.",
