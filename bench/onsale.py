@@ -337,7 +337,8 @@ def run_sale(
 def server_latency(exposition: str) -> dict[str, dict[str, float]]:
     """Per route, from the server's request histogram (every worker's, summed): how many,
     the share answered within 100 ms, and the upper bounds of the buckets p50 and p99
-    fall in. Measured from a request's head to its last byte inside the server."""
+    fall in. Measured from a request's head to its last byte inside the server. Also, as
+    rows of their own, the group commit's batches and its commands' waits for them."""
     cumulative: dict[str, dict[float, float]] = defaultdict(lambda: defaultdict(float))
     for family in text_string_to_metric_families(exposition):
         internal = {

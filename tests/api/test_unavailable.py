@@ -16,12 +16,14 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from prometheus_client import REGISTRY
 
 from boxoffice.api.app import create_app
 from boxoffice.booking import BatchedBooker
 from boxoffice.config import Settings
 from boxoffice.db.database import Database
 from boxoffice.domain.commands import Command
+from boxoffice.observability import metrics
 from tests.api.conftest import EVENT, assert_problem, create
 from tests.support.keys import bearer
 
@@ -38,6 +40,16 @@ async def served(
             transport=transport, base_url="http://test", headers=await bearer(database)
         ) as http:
             yield app, http
+
+
+def _queue_waits() -> tuple[float, float]:
+    """Commands whose wait in the booking queue was counted: all, and those within 100 ms."""
+    metrics.flush()
+    name = "boxoffice_booking_queue_wait_seconds"
+    return (
+        REGISTRY.get_sample_value(f"{name}_count") or 0.0,
+        REGISTRY.get_sample_value(f"{name}_bucket", {"le": "0.1"}) or 0.0,
+    )
 
 
 def book(event: dict[str, Any], qty: int = 1) -> dict[str, Any]:
@@ -112,6 +124,7 @@ async def test_a_request_the_queue_cannot_reach_in_time_is_overloaded_and_writes
     monkeypatch.setattr(booker, "_apply", held_first)
     first = asyncio.create_task(client.post("/book", json=book(event, 3)))
     await asyncio.wait_for(entered.wait(), 30)
+    waited_before = _queue_waits()  # the batch in flight counted already
     queued = [asyncio.create_task(client.post("/book", json=book(event))) for _ in range(5)]
     await asyncio.sleep(0.1)  # a second wave, with later deadlines: the watch moves on to it
     queued += [asyncio.create_task(client.post("/book", json=book(event))) for _ in range(3)]
@@ -122,6 +135,8 @@ async def test_a_request_the_queue_cannot_reach_in_time_is_overloaded_and_writes
         body = assert_problem(answer.result(), 503, "overloaded")
         assert "nothing was written" in body["detail"]
         assert answer.result().headers["retry-after"] == "1"
+    waited = [now - then for now, then in zip(_queue_waits(), waited_before, strict=True)]
+    assert waited == [8, 0], "each refused request's wait is counted, each past 100 ms"
     release.set()
     assert (await first).status_code == 201
     assert await remaining(client, event) == 97

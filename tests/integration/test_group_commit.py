@@ -36,6 +36,7 @@ from boxoffice.domain.commands import Book
 from boxoffice.domain.errors import EventNotFound, InsufficientSeats, SectionNotFound
 from boxoffice.domain.model import Booking
 from tests.integration.test_booking_path import inventory, new_event
+from tests.integration.test_metrics_sampling import exported
 from tests.support.postgres import TERMINATE_OUR_OTHER_SESSIONS
 from tests.support.server import inventory_check
 from tests.support.writer_faults import (
@@ -284,6 +285,7 @@ async def test_a_stopped_booker_answers_503(database: Database) -> None:
 async def test_batches_are_capped(database: Database) -> None:
     event = await new_event(database, 100)
     path = BatchedBooker(database, max_tickets_per_booking=10, max_batch_size=4)
+    waits_before = exported("boxoffice_booking_queue_wait_seconds_count")
     await path.start()
     try:
         results = await book_all(path, [Book(event.id, event.sections[0].id, 1) for _ in range(10)])
@@ -292,6 +294,9 @@ async def test_batches_are_capped(database: Database) -> None:
     assert all(isinstance(r, Booking) for r in results)
     assert path.stats.largest == 4
     assert path.stats.requests == 10
+    assert path.stats.batches < 10
+    waited = exported("boxoffice_booking_queue_wait_seconds_count") - waits_before
+    assert waited == 10, "the queue's wait is one observation per command, not per batch"
 
 
 # The one-statement path (PostgreSQL): decide from remembered seats, verify while writing.

@@ -85,10 +85,11 @@ class _Waiting:
     queued_at: float  # loop time it was queued
 
 
-def _give_up(waiting: _Waiting) -> None:
+def _give_up(waiting: _Waiting, now: float) -> None:
     """The queue timeout: answer a command that no batch has taken, and now none will."""
     if not waiting.answer.done():
         metrics.BOOKING_QUEUE_TIMEOUTS.inc()
+        metrics.QUEUE_WAIT_SECONDS.observe(now - waiting.queued_at)
         waiting.answer.set_exception(
             Overloaded("the booking queue did not reach this request in time")
         )
@@ -238,7 +239,7 @@ class BatchedBooker:
         now = asyncio.get_running_loop().time()
         queue = self._queue
         while queue and queue[0].deadline <= now:
-            _give_up(queue.popleft())
+            _give_up(queue.popleft(), now)
         if queue and math.isfinite(queue[0].deadline):
             self._reaper = asyncio.get_running_loop().call_at(queue[0].deadline, self._reap)
 

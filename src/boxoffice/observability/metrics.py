@@ -272,7 +272,8 @@ COMMIT_SECONDS = LocalHistogram(
 )
 QUEUE_WAIT_SECONDS = LocalHistogram(
     "boxoffice_booking_queue_wait_seconds",
-    "How long each command waited in the group commit's queue before its batch began.",
+    "How long each command waited in the group commit's queue: until its batch began, or "
+    "until BOOKING_QUEUE_TIMEOUT_MS gave it up (503 overloaded).",
     buckets=COMMIT_BUCKETS,
 )
 BOOKING_QUEUE_TIMEOUTS = LocalCounter(
