@@ -334,6 +334,14 @@ def run_sale(
     return outcome
 
 
+_REQUESTS = "boxoffice_http_request_duration_seconds"
+# The server's own histograms other than the requests', each shown as a row of its own.
+_INTERNAL = {
+    "boxoffice_batch_commit_duration_seconds": "(a group-commit batch)",
+    "boxoffice_booking_queue_wait_seconds": "(a command, queued for its batch)",
+}
+
+
 def server_latency(exposition: str) -> dict[str, dict[str, float]]:
     """Per route, from the server's request histogram (every worker's, summed): how many,
     the share answered within 100 ms, and the upper bounds of the buckets p50 and p99
@@ -341,18 +349,14 @@ def server_latency(exposition: str) -> dict[str, dict[str, float]]:
     rows of their own, the group commit's batches and its commands' waits for them."""
     cumulative: dict[str, dict[float, float]] = defaultdict(lambda: defaultdict(float))
     for family in text_string_to_metric_families(exposition):
-        internal = {
-            "boxoffice_batch_commit_duration_seconds": "(a group-commit batch)",
-            "boxoffice_booking_queue_wait_seconds": "(a command, queued for its batch)",
-        }
-        if family.name != "boxoffice_http_request_duration_seconds" and family.name not in internal:
+        if family.name != _REQUESTS and family.name not in _INTERNAL:
             continue
         for sample in family.samples:
             if sample.name.endswith("_bucket"):
                 route = (
                     f"{sample.labels['method']} {sample.labels['route']}"
                     if "route" in sample.labels
-                    else internal[family.name]
+                    else _INTERNAL[family.name]
                 )
                 cumulative[route][float(sample.labels["le"])] += sample.value
     found = {}

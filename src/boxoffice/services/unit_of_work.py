@@ -13,8 +13,8 @@ pooler (`DB_POOLER=transaction`): there it is an ordinary transaction, whose
 BEGIN brings the session's settings. The one-statement booking path
 (`booking/remembered.py`), a burst of joins (`services/waiting_room.join`) and
 the one-query reads on a request's path (hold caps, the event of a hold, an
-API key) use it: under a sale's load each round trip waits its turn in a busy event loop.
-`commit()` then only marks the work as done.
+API key) use it: under a sale's load each round trip waits its turn in a busy
+event loop. `commit()` then only marks the work as done.
 
 `snapshot=True` reads every statement from one snapshot: REPEATABLE READ on
 PostgreSQL (a read transaction on SQLite always is one).
