@@ -16,7 +16,7 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -31,10 +31,17 @@ from boxoffice.booking import locked as locked_module
 from boxoffice.config import async_database_url
 from boxoffice.db.database import Database, Limits
 from boxoffice.db.errors import DatabaseUnavailable
-from boxoffice.db.tables import bookings
+from boxoffice.db.tables import bookings, customer_tickets
 from boxoffice.domain.commands import Book
-from boxoffice.domain.errors import EventNotFound, InsufficientSeats, SectionNotFound
-from boxoffice.domain.model import Booking
+from boxoffice.domain.errors import (
+    CustomerLimitExceeded,
+    EventNotFound,
+    InsufficientSeats,
+    SectionNotFound,
+)
+from boxoffice.domain.model import Booking, EventSpec, SectionSpec
+from boxoffice.services.events import create_event
+from boxoffice.services.inventory_check import check_inventory
 from tests.integration.test_booking_path import inventory, new_event
 from tests.integration.test_metrics_sampling import exported
 from tests.support.postgres import TERMINATE_OUR_OTHER_SESSIONS
@@ -409,10 +416,12 @@ def test_remembered_sections_are_bounded_and_hand_out_copies() -> None:
 NOW = datetime(2026, 12, 1, 20, 0, tzinfo=UTC)
 
 
-def test_capped_customers_and_other_commands_are_not_decided_from_memory() -> None:
+def test_what_is_not_decided_from_memory() -> None:
+    """A capped customer's bookings and holds are (the statement checks the cap);
+    a capped customer's release and a cancellation are not."""
     from boxoffice.booking.remembered import Remembered
-    from boxoffice.domain.commands import CancelBooking
-    from boxoffice.domain.model import Section
+    from boxoffice.domain.commands import CancelBooking, HoldItemRequest, PlaceHold, ReleaseHold
+    from boxoffice.domain.model import Hold, HoldItem, Section
 
     remembered = Remembered()
     event, capped, free = (str(uuid.uuid4()) for _ in range(3))
@@ -423,9 +432,70 @@ def test_capped_customers_and_other_commands_are_not_decided_from_memory() -> No
         }
     )
     assert remembered.inventory_for([Book(event, capped, 1)], NOW) is not None  # no customer named
-    assert remembered.inventory_for([Book(event, capped, 1, customer_id="c")], NOW) is None
+    assert remembered.inventory_for([Book(event, capped, 1, customer_id="c")], NOW) is not None
+    hold = PlaceHold(event, (HoldItemRequest(capped, 1),), 60, "c")
+    assert remembered.inventory_for([hold], NOW) is not None
     assert remembered.inventory_for([Book(event, free, 1, customer_id="c")], NOW) is not None
     assert remembered.inventory_for([CancelBooking(str(uuid.uuid4()))], NOW) is None
+
+    def held(section: str, customer: str | None) -> Hold:
+        item = HoldItem(section, 1, 1)
+        until = NOW + timedelta(minutes=5)
+        return Hold(str(uuid.uuid4()), event, customer, (item,), "active", until, NOW)
+
+    capped_hold, free_hold, nameless = held(capped, "c"), held(free, "c"), held(capped, None)
+    remembered.remember_holds([capped_hold, free_hold, nameless], [])
+    assert remembered.inventory_for([ReleaseHold(capped_hold.id)], NOW) is None
+    assert remembered.inventory_for([ReleaseHold(free_hold.id)], NOW) is not None
+    assert remembered.inventory_for([ReleaseHold(nameless.id)], NOW) is not None
+
+
+async def tally(database: Database, event_id: str, customer: str) -> tuple[int, int] | None:
+    """(tickets, max_tickets) of a customer's row in `customer_tickets`, if it has one."""
+    async with database.engine.connect() as conn:
+        row = (
+            await conn.execute(
+                select(customer_tickets.c.tickets, customer_tickets.c.max_tickets).where(
+                    customer_tickets.c.event_id == uuid.UUID(event_id),
+                    customer_tickets.c.customer_id == customer,
+                )
+            )
+        ).first()
+    return None if row is None else (row.tickets, row.max_tickets)
+
+
+@POSTGRESQL_ONLY
+async def test_capped_customers_book_in_one_statement_and_the_cap_is_checked_on_the_true_count(
+    booker: BatchedBooker, database: Database
+) -> None:
+    """Decided from memory as if the customer had nothing, written with its tally; a
+    customer over the cap (tickets bought through another process) fails the statement's
+    CHECK, and the batch is decided again under lock: refused, with what is left."""
+    event = await create_event(
+        database,
+        EventSpec("Concert", (SectionSpec("A", 2500, 10), SectionSpec("B", 2500, 10)), 4),
+        datetime.now(UTC),
+    )
+    a, b = event.sections[0].id, event.sections[1].id
+    await warm(booker, event)  # remembered: section A, 9 left
+    first = await book_all(booker, [Book(event.id, a, 2, customer_id="c1")] * 2)
+    assert all(isinstance(r, Booking) for r in first), first
+    assert booker.stats.verified == 2, "a capped customer's first tickets went the locked way"
+    assert await tally(database, event.id, "c1") == (4, 4), "the tally was not made and added to"
+
+    other_process = DirectBooker(database, max_tickets_per_booking=10)
+    await other_process.submit(Book(event.id, b, 3, customer_id="c2"))  # B only: A stays fresh
+    refused = await book_all(booker, [Book(event.id, a, 2, customer_id="c2")])
+    assert isinstance(refused[0], CustomerLimitExceeded), refused
+    assert refused[0].remaining_for_customer == 1, "decided on no tickets, not the true 3"
+    assert booker.stats.retried == 1
+    assert await tally(database, event.id, "c2") == (3, 4)
+    assert await inventory(database, a) == (10, 5, 5), "the failed statement wrote seats"
+    assert (await booker.submit(Book(event.id, a, 1, customer_id="c2"))).qty == 1
+    assert booker.stats.verified == 3, "section A was forgotten after the refusal"
+    assert await tally(database, event.id, "c2") == (4, 4)
+    report = await check_inventory(database)
+    assert report.violations == []
 
 
 @POSTGRESQL_ONLY

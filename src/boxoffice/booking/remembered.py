@@ -14,13 +14,23 @@ a checkout's confirmation (or a release) is decided and written the same way:
 a hold's status only changes with seats moving in its sections, and the
 statement checks both the sections' versions and the hold's status anyway.
 
+A capped customer's bookings and holds (an event's `maxPerCustomer`) are
+decided as if the customer had no tickets yet: the statement adds the batch's
+tickets to the customer's tally row (`customer_tickets`), making it if need
+be, and that row's CHECK refuses the whole statement when the sum passes the
+cap. So the cap is checked on the true count, under the row's lock, and a
+customer who is over it is decided again under lock, where the refusal says how
+many it may still take.
+
 The batch goes the locked way instead (the caller's `LockedWriter`) when:
 
 - a section or hold it names is not remembered (first use, placed by another
   process, or forgotten as stale), or the hold has expired (expiry gives seats
   back, which is decided under lock);
-- it holds a cancellation, or touches a capped customer's tickets (their
-  tallies live in rows this process does not remember);
+- it holds a cancellation, or a capped customer's release (tickets given back
+  to a tally this process does not know);
+- a capped customer it books or holds for already has tickets that, with
+  these, pass the cap (the tally's CHECK, above);
 - any command would be refused: a refusal must be decided on locked rows,
   where the seats of expired holds are given back first;
 - the statement finds a section changed (another process wrote it): those
@@ -47,6 +57,9 @@ from boxoffice.domain.errors import BoxofficeError
 from boxoffice.domain.ids import cached_canonical_id
 from boxoffice.domain.model import Hold, Section
 
+# A capped customer's tally over its cap: the statement wrote nothing (`db/tables.py`).
+_OVER_THE_CAP = "ck_customer_tickets_within_limit"
+
 # Run on asyncpg directly: this statement is the hot path (see `db/driver.py`).
 _WRITE_IF_UNCHANGED = DriverStatement(PG_WRITE)
 
@@ -71,9 +84,9 @@ class Remembered:
         holds: dict[str, Hold] = {}
         for command in commands:
             names: tuple[str, ...]
-            customer = None
+            gives_back = None  # the customer a release gives tickets back
             if isinstance(command, Book | PlaceHold):
-                names, customer = command.section_names, command.customer_id
+                names = command.section_names
             elif isinstance(command, ConfirmHold | ReleaseHold):
                 hold = self._active_hold(command.hold_id, now)
                 if hold is None:
@@ -81,7 +94,7 @@ class Remembered:
                 holds[hold.id] = hold
                 names = tuple(item.section_id for item in hold.items)
                 if isinstance(command, ReleaseHold):
-                    customer = hold.customer_id  # a release gives tickets back
+                    gives_back = hold.customer_id
             else:
                 return None
             for name in names:
@@ -93,7 +106,7 @@ class Remembered:
                     if section is None:
                         return None
                     found[ident] = section.copy()
-                if customer is not None and found[ident].max_per_customer is not None:
+                if gives_back is not None and found[ident].max_per_customer is not None:
                     return None
         return Inventory(sections=found, holds=holds)
 
@@ -151,6 +164,10 @@ async def apply_if_unchanged(
     except asyncpg.UniqueViolationError as error:
         if error.constraint_name == "pk_idempotency_keys":
             return None  # a retry: the locked path finds the stored answer
+        raise
+    except asyncpg.CheckViolationError as error:
+        if error.constraint_name == _OVER_THE_CAP:
+            return None  # decided on no tickets, and the customer has some: see above
         raise
     ok, stale = rows[0]
     if not ok:

@@ -140,11 +140,25 @@ PG_WRITE = text(
         UPDATE bookings AS b SET status = 'cancelled', cancelled_at = :now
           FROM json_to_recordset(CAST(:cancelled AS json)) AS c(id uuid, event_id uuid)
          WHERE b.id = c.id AND b.event_id = c.event_id AND (SELECT ok FROM checked)
+    ), t_new AS (
+        -- Tickets taken: the tally made if need be (a customer's first tickets, decided
+        -- from memory), else added to, in key order, as load.py locks them. The CHECK
+        -- refuses a customer over its cap, and with it the whole statement (remembered.py
+        -- decides it again, locked). It checks the row as proposed too, so tickets given
+        -- back (never from memory: their rows exist) are a plain update below.
+        INSERT INTO customer_tickets (event_id, customer_id, tickets, max_tickets)
+        SELECT t.event_id, t.customer_id, t.delta, t.cap
+          FROM json_to_recordset(CAST(:tallies AS json))
+               AS t(event_id uuid, customer_id text, delta integer, cap integer)
+         WHERE t.delta > 0 AND (SELECT ok FROM checked)
+         ORDER BY t.event_id, t.customer_id
+        ON CONFLICT (event_id, customer_id)
+           DO UPDATE SET tickets = customer_tickets.tickets + excluded.tickets
     ), t_write AS (
         UPDATE customer_tickets AS c SET tickets = c.tickets + t.delta
           FROM json_to_recordset(CAST(:tallies AS json))
                AS t(event_id uuid, customer_id text, delta integer)
-         WHERE c.event_id = t.event_id AND c.customer_id = t.customer_id
+         WHERE c.event_id = t.event_id AND c.customer_id = t.customer_id AND t.delta < 0
            AND (SELECT ok FROM checked)
     ), answers AS (
         INSERT INTO idempotency_keys (scope, key, fingerprint, outcome, created_at)
@@ -178,6 +192,8 @@ def _rows(rows: Sequence[dict[str, Any]]) -> str:
 
 def pg_parameters(effects: Effects, now: datetime) -> dict[str, Any]:
     """The parameters of `PG_WRITE`: `now`, and one JSON list of rows per table."""
+    # A tally changes only with seats of its event's sections, so they name its cap.
+    caps = {s.event_id: s.max_per_customer for s in effects.sections.values()}
     return {
         "now": now,
         "sections": _rows(
@@ -256,7 +272,7 @@ def pg_parameters(effects: Effects, now: datetime) -> dict[str, Any]:
         ),
         "tallies": _rows(
             [
-                {"event_id": event, "customer_id": customer, "delta": delta}
+                {"event_id": event, "customer_id": customer, "delta": delta, "cap": caps.get(event)}
                 for (event, customer), delta in _tally_changes(effects)
             ]
         ),
@@ -293,7 +309,7 @@ def pg_parameters(effects: Effects, now: datetime) -> dict[str, Any]:
 
 
 def _tally_changes(effects: Effects) -> list[tuple[tuple[str, str], int]]:
-    """Tickets added to or taken from each customer's tally (its row exists: see load.py)."""
+    """Tickets added to or taken from each customer's tally."""
     return [(key, delta) for key, delta in sorted(effects.tally_changes.items()) if delta]
 
 
@@ -365,7 +381,7 @@ _B_WRITE = SqliteStatement(
     .where(bookings.c.id == bindparam("b_id"), bookings.c.event_id == bindparam("b_event"))
     .values(status="cancelled", cancelled_at=bindparam("b_at", type_=UTCDateTime))
 )
-_T_WRITE = SqliteStatement(
+_T_WRITE = SqliteStatement(  # SQLite decides under lock only: load.py made the row
     update(customer_tickets)
     .where(
         customer_tickets.c.event_id == bindparam("t_event"),
