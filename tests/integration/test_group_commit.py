@@ -32,7 +32,7 @@ from boxoffice.config import async_database_url
 from boxoffice.db.database import Database, Limits
 from boxoffice.db.errors import DatabaseUnavailable
 from boxoffice.db.tables import bookings, customer_tickets
-from boxoffice.domain.commands import Book
+from boxoffice.domain.commands import Book, CancelBooking
 from boxoffice.domain.errors import (
     CustomerLimitExceeded,
     EventNotFound,
@@ -539,16 +539,16 @@ async def test_a_connection_killed_under_load_fails_one_batch_cleanly(
 
 
 @POSTGRESQL_ONLY
-async def test_a_stale_section_writes_nothing_of_the_one_statement(
+async def test_a_section_short_of_seats_writes_nothing_of_the_one_statement(
     booker: BatchedBooker, database: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """All or nothing: when one section of a remembered batch was changed by another
-    process, the statement writes none of the batch (not even the fresh section's
-    bookings), and the whole batch is decided again under lock: each booked once."""
+    """All or nothing: when another process sold the seats a remembered batch draws from
+    one section, the statement writes none of the batch (not even the other section's
+    bookings), and the whole batch is decided again under lock: each decided once."""
     event = await new_event(database, 10, 10)
     a, b = event.sections[0].id, event.sections[1].id
     await book_all(booker, [Book(event.id, a, 1), Book(event.id, b, 1)])
-    await DirectBooker(database, max_tickets_per_booking=10).submit(Book(event.id, b, 1))
+    await DirectBooker(database, max_tickets_per_booking=10).submit(Book(event.id, b, 8))
 
     def locked_path_fails(conn, commands, now):  # type: ignore[no-untyped-def]
         raise OperationalError("SELECT", {}, Exception("connection lost"))
@@ -556,13 +556,45 @@ async def test_a_stale_section_writes_nothing_of_the_one_statement(
     monkeypatch.setattr(locked_module, "apply_commands", locked_path_fails)
     results = await book_all(booker, [Book(event.id, a, 2), Book(event.id, b, 3)])
     assert all(isinstance(r, DatabaseUnavailable) for r in results), results
-    assert await inventory(database, a) == (10, 9, 1), "the statement wrote the fresh section"
-    assert await inventory(database, b) == (10, 8, 2)
+    assert await inventory(database, a) == (10, 9, 1), "the statement wrote the other section"
+    assert await inventory(database, b) == (10, 1, 9)
     monkeypatch.undo()
     results = await book_all(booker, [Book(event.id, a, 2), Book(event.id, b, 3)])
-    assert all(isinstance(r, Booking) for r in results)
+    assert isinstance(results[0], Booking)
+    assert isinstance(results[1], InsufficientSeats)
+    assert results[1].remaining == 1
     assert await inventory(database, a) == (10, 7, 3)
-    assert await inventory(database, b) == (10, 5, 5)
+    assert await inventory(database, b) == (10, 1, 9)
+
+
+@POSTGRESQL_ONLY
+async def test_sales_of_another_process_that_leave_room_cost_no_lock(
+    booker: BatchedBooker, database: Database
+) -> None:
+    """Several processes sell the same sections: what one remembers is behind the true
+    count, but while the seats a batch takes are there, it is written in one statement
+    on the true counts, and the section is remembered as the statement left it."""
+    event = await new_event(database, 10, 10)
+    a, b = event.sections[0].id, event.sections[1].id
+    other_process = DirectBooker(database, max_tickets_per_booking=10)
+
+    await warm(booker, event)  # remembered: 9 left in A
+    await other_process.submit(Book(event.id, a, 4))  # 5 left; we remember 9
+    results = await book_all(booker, [Book(event.id, a, 2), Book(event.id, a, 1)])
+    assert all(isinstance(r, Booking) for r in results), results
+    assert (booker.stats.verified, booker.stats.retried) == (2, 0)
+    assert await inventory(database, a) == (10, 2, 8), "not written on the true counts"
+
+    theirs = await other_process.submit(Book(event.id, b, 4))  # 6 left in B
+    await warm(booker, event, 1)  # remembered: 5 left in B
+    await other_process.submit(CancelBooking(theirs.id))  # 9 left; we remember 5
+    assert (await booker.submit(Book(event.id, b, 1))).qty == 1  # 8 left
+    # Remembered as the statement left it (8), not as decided here (4): from memory.
+    assert (await booker.submit(Book(event.id, b, 6))).qty == 6
+    assert (booker.stats.verified, booker.stats.retried) == (4, 0)
+    assert await inventory(database, b) == (10, 2, 12)  # the cancelled 4 are still stored
+    report = await check_inventory(database)
+    assert report.violations == []
 
 
 ANSWER_DEADLINE_SECONDS = 10.0

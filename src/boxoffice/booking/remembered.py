@@ -4,15 +4,21 @@ The committer remembers each section as its last batch left it. A batch of
 bookings and holds whose sections are all remembered is decided on copies of
 them (`domain.decisions.decide`, the same rules as under lock) and written with
 the one statement of `booking/write.py`, outside any explicit transaction, so
-PostgreSQL runs it as its own atomic transaction. That statement compares each
-changed section's `version` with the remembered one and writes nothing at all
-unless every one matches, so every decision it commits was made on the true
-counts. No row lock is held across a network round trip.
+PostgreSQL runs it as its own atomic transaction. No row lock is held across a
+network round trip.
+
+The remembered counts may be stale: other processes sell the same sections.
+So the statement adds the batch's changes to the true counts, under their row
+locks, and writes nothing at all unless every section's true remaining covers
+the most the batch drew from it at any step (`Effects.drawn`). Then every
+command, in order, had its seats in the true count too: the decisions it commits
+are the ones the locked path would have made (any refusal goes there anyway).
+The statement returns the sections as it left them, and those are remembered:
+another process's sales cost nothing but a fresher memory.
 
 It also remembers the holds its batches placed, while they are active, so that
 a checkout's confirmation (or a release) is decided and written the same way:
-a hold's status only changes with seats moving in its sections, and the
-statement checks both the sections' versions and the hold's status anyway.
+the statement checks that the hold is still active, under its row lock.
 
 A capped customer's bookings and holds (an event's `maxPerCustomer`) are
 decided as if the customer had no tickets yet: the statement adds the batch's
@@ -33,8 +39,9 @@ The batch goes the locked way instead (the caller's `LockedWriter`) when:
   these, pass the cap (the tally's CHECK, above);
 - any command would be refused: a refusal must be decided on locked rows,
   where the seats of expired holds are given back first;
-- the statement finds a section changed (another process wrote it): those
-  sections are forgotten, and the next locked batch remembers them afresh;
+- the statement finds a section without the seats the batch draws from it
+  (another process sold them, or expired holds still count there): those
+  sections are forgotten, and the locked batch remembers them afresh;
 - an idempotency key was used before: its unique index refuses the statement
   (nothing written), and the locked path replays the stored answer.
 """
@@ -169,13 +176,19 @@ async def apply_if_unchanged(
         if error.constraint_name == _OVER_THE_CAP:
             return None  # decided on no tickets, and the customer has some: see above
         raise
-    ok, stale = rows[0]
+    ok, stale, written = rows[0]
     if not ok:
         remembered.forget(stale or [])
         return None
-    # Committed: nothing below may raise.
-    for section in decisions.effects.sections.values():
-        section.version += 1
-    remembered.remember(decisions.effects.sections)
+    # Committed: nothing below may raise. Remember each section as it now stands, other
+    # processes' seats included (the statement added ours to the true counts).
+    sections = decisions.effects.sections
+    # json_agg: decoded by the codec SQLAlchemy's dialect sets on its connections; NULL
+    # when no section changed.
+    for ident, remaining, held, sold, version in written or ():
+        section = sections[ident]
+        section.remaining, section.held, section.sold = remaining, held, sold
+        section.version = version
+    remembered.remember(sections)
     remembered.remember_holds(decisions.effects.new_holds, decisions.effects.changed_holds.values())
     return decisions

@@ -5,12 +5,13 @@ this module only turns them into statements, one place per dialect:
 
 - PostgreSQL: ONE statement, a chain of data-modifying CTEs, each over one
   JSON document holding its table's rows (`json_to_recordset`). Its first
-  part locks the changed sections in id order and compares each one's
-  `version` with the version the decision
-  was made on; every other part writes only if all of them match. So the
-  same statement serves the locked transaction (the versions match: the rows
-  are locked) and the one-round-trip path that decides on remembered copies
-  (`booking/remembered.py`), where a mismatch writes nothing at all.
+  part locks the changed sections in id order and checks that each one's
+  remaining covers the most the batch drew from it at any step; every other
+  part writes only if all of them do, and the sections' counts are changed
+  by what the batch added or took. So the same statement serves the locked
+  transaction (the rows are locked, and were decided on as they are) and the
+  one-round-trip path that decides on remembered copies that may be stale
+  (`booking/remembered.py`), where a section short of seats writes nothing.
 - SQLite (in-process, no round trips): one executemany per table that has rows.
 
 Every row is found by its event as well as its id (`event_id` is in every
@@ -60,12 +61,15 @@ from boxoffice.services.idempotency import encodable, encode
 PG_WRITE = text(
     """
     WITH s_new AS (
+        -- Per changed section: how far below its remaining as decided on the batch went
+        -- at most, and what it adds to each count (negative: takes away).
         SELECT * FROM json_to_recordset(CAST(:sections AS json))
-                   AS t(id uuid, event_id uuid, expected bigint, remaining integer,
+                   AS t(id uuid, event_id uuid, drawn integer, remaining integer,
                         held integer, sold integer)
     ), s_locked AS (
-        -- Row locks in id order, as everywhere: processes cannot deadlock.
-        SELECT s.id, s.version FROM sections AS s
+        -- Row locks in id order, as everywhere: processes cannot deadlock. A row another
+        -- transaction changed meanwhile is read as it committed, once it is ours.
+        SELECT s.id, s.remaining FROM sections AS s
          WHERE (s.id, s.event_id) IN (SELECT id, event_id FROM s_new) ORDER BY s.id FOR UPDATE
     ), h_new_status AS (
         SELECT * FROM json_to_recordset(CAST(:settled AS json))
@@ -87,20 +91,23 @@ PG_WRITE = text(
                    hashtextextended(a.scope || chr(31) || a.key, 0))), true) AS ok
           FROM (SELECT scope, key FROM a_new ORDER BY scope, key) AS a
     ), checked AS (
-        SELECT count(*) FILTER (WHERE l.version = n.expected)
+        -- Every step of the batch finds its seats in the true count, whatever else
+        -- happened to the section meanwhile: each command, in order, had its seats.
+        SELECT count(*) FILTER (WHERE l.remaining >= n.drawn)
                    = (SELECT count(*) FROM s_new)
                AND (SELECT count(*) FROM h_locked JOIN h_new_status AS c USING (id)
                      WHERE h_locked.status = c.expected)
                    = (SELECT count(*) FROM h_new_status)
                AND (SELECT ok FROM claimed) AS ok,
-               array_agg(CAST(l.id AS text)) FILTER (WHERE l.version <> n.expected) AS stale
+               array_agg(CAST(l.id AS text)) FILTER (WHERE l.remaining < n.drawn) AS stale
           FROM s_locked AS l JOIN s_new AS n ON n.id = l.id
     ), s_write AS (
         UPDATE sections AS s
-           SET remaining = n.remaining, held = n.held, sold = n.sold, version = s.version + 1
+           SET remaining = s.remaining + n.remaining, held = s.held + n.held,
+               sold = s.sold + n.sold, version = s.version + 1
           FROM s_new AS n
-         WHERE s.id = n.id AND s.event_id = n.event_id AND s.version = n.expected
-           AND (SELECT ok FROM checked)
+         WHERE s.id = n.id AND s.event_id = n.event_id AND (SELECT ok FROM checked)
+     RETURNING s.id, s.remaining, s.held, s.sold, s.version
     ), h_new AS (
         INSERT INTO holds (id, event_id, customer_id, status, expires_at, created_at)
         SELECT h.id, h.event_id, h.customer_id, 'active', h.expires_at, :now
@@ -177,7 +184,9 @@ PG_WRITE = text(
          WHERE (SELECT ok FROM checked)
          ORDER BY r.n
     )
-    SELECT COALESCE((SELECT ok FROM checked), true), (SELECT stale FROM checked)
+    SELECT COALESCE((SELECT ok FROM checked), true), (SELECT stale FROM checked),
+           (SELECT json_agg(json_build_array(CAST(id AS text), remaining, held, sold, version))
+              FROM s_write)
     """
 )
 
@@ -201,12 +210,13 @@ def pg_parameters(effects: Effects, now: datetime) -> dict[str, Any]:
                 {
                     "id": s.id,
                     "event_id": s.event_id,
-                    "expected": effects.versions[s.id],
-                    "remaining": s.remaining,
-                    "held": s.held,
-                    "sold": s.sold,
+                    "drawn": effects.drawn[s.id],
+                    "remaining": s.remaining - remaining,
+                    "held": s.held - held,
+                    "sold": s.sold - sold,
                 }
                 for s in effects.sections.values()
+                for remaining, held, sold in (effects.loaded[s.id],)
             ]
         ),
         "holds": _rows(
@@ -323,7 +333,7 @@ def write_effects(conn: Connection, effects: Effects, now: datetime) -> None:
     if not effects:
         return
     if conn.dialect.name == "postgresql":
-        ok, stale = conn.execute(PG_WRITE, pg_parameters(effects, now)).one()
+        ok, stale, _ = conn.execute(PG_WRITE, pg_parameters(effects, now)).one()
         if not ok:
             raise LostUpdate(f"rows changed under the batch (stale sections: {stale})")
         return

@@ -96,6 +96,11 @@ class Effects:
 
     sections: dict[str, Section] = field(default_factory=dict)  # changed, as they end up
     versions: dict[str, int] = field(default_factory=dict)  # each one's version as loaded
+    # Each one's (remaining, held, sold) as loaded, and the most seats the batch was
+    # below the loaded remaining at any point (seats given back first count against
+    # seats taken after): what the one-statement write checks on the true count.
+    loaded: dict[str, tuple[int, int, int]] = field(default_factory=dict)
+    drawn: dict[str, int] = field(default_factory=dict)
     new_bookings: list[Booking] = field(default_factory=list)
     changed_bookings: dict[str, Booking] = field(default_factory=dict)
     new_holds: list[Hold] = field(default_factory=list)
@@ -231,8 +236,8 @@ class _Deciding:
         if refusal is not None:
             self.record_refusal("book", section, command.qty, refusal, command)
             return refusal
-        versioned = self.changing(section)
-        versioned.sell(command.qty)
+        self.changing(section).sell(command.qty)
+        self.drawing(section)
         booking = Booking(
             self.new_id(),
             section.event_id,
@@ -277,6 +282,7 @@ class _Deciding:
         )
         for section, item in zip(found, command.items, strict=True):
             self.changing(section).hold(item.qty)
+            self.drawing(section)
             self.record("hold", section, item.qty, command, hold_id=hold.id)
         self.effects.new_holds.append(hold)
         self.add_tickets(found[0], command.customer_id, command.qty)
@@ -431,8 +437,16 @@ class _Deciding:
         """`section`, registered as changed by this batch (its loaded version kept)."""
         if section.id not in self.effects.sections:
             self.effects.versions[section.id] = section.version
+            self.effects.loaded[section.id] = (section.remaining, section.held, section.sold)
+            self.effects.drawn[section.id] = 0
             self.effects.sections[section.id] = section
         return section
+
+    def drawing(self, section: Section) -> None:
+        """After seats left `section`'s remaining: the batch's lowest point so far."""
+        below = self.effects.loaded[section.id][0] - section.remaining
+        if below > self.effects.drawn[section.id]:
+            self.effects.drawn[section.id] = below
 
     def settle(self, hold: Hold, status: str) -> Hold:
         self.effects.hold_statuses.setdefault(hold.id, hold.status)
