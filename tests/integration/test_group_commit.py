@@ -863,3 +863,62 @@ async def test_a_confirmation_committed_but_unanswered_is_replayed_not_decided_f
     replayed = await booker.submit(confirm)
     assert replayed.hold.status == "confirmed"  # type: ignore[union-attr]
     assert await inventory(database, s) == (10, 6, 4)
+
+
+@POSTGRESQL_ONLY
+async def test_a_hold_placed_by_another_process_is_confirmed_from_memory(
+    booker: BatchedBooker, database: Database
+) -> None:
+    """With several processes a checkout's confirmation often reaches one that did not
+    place its hold. The read that learns the hold's event brings the whole hold, and
+    the confirmation is decided from memory, the write checking that it is still active;
+    one settled elsewhere meanwhile is decided under lock."""
+    from boxoffice.domain.commands import (
+        Confirmation,
+        ConfirmHold,
+        HoldItemRequest,
+        PlaceHold,
+        ReleaseHold,
+    )
+    from boxoffice.domain.errors import HoldNotActive
+
+    event = await new_event(database, 10)
+    s = event.sections[0].id
+    other_process = DirectBooker(database, max_tickets_per_booking=10)
+    theirs = [
+        await other_process.submit(PlaceHold(event.id, (HoldItemRequest(s, q),), 600, "c1"))
+        for q in (2, 3)
+    ]
+    await warm(booker, event)  # remembered as it is: 4 left, 5 held
+    confirmed = await booker.submit(ConfirmHold(theirs[0].id, "pi_1"))
+    assert isinstance(confirmed, Confirmation)
+    assert [b.qty for b in confirmed.bookings] == [2]
+    assert (booker.stats.verified, booker.stats.retried) == (1, 0), "not from memory"
+
+    await booker.events_of.resolve(ConfirmHold(theirs[1].id))  # read, and remembered
+    await other_process.submit(ReleaseHold(theirs[1].id))  # settled behind our back
+    with pytest.raises(HoldNotActive):
+        await booker.submit(ConfirmHold(theirs[1].id, "pi_2"))
+    assert booker.stats.retried == 1, "the released hold was not checked by the write"
+    assert await inventory(database, s) == (10, 7, 3)
+    report = await check_inventory(database)
+    assert report.violations == []
+
+
+@POSTGRESQL_ONLY
+async def test_a_hold_the_remembered_section_does_not_count_is_decided_under_lock(
+    booker: BatchedBooker, database: Database
+) -> None:
+    """Placed by another process after this one last wrote its section: the copy has
+    none of its seats held, which must not fail the batch (it was a 503)."""
+    from boxoffice.domain.commands import Confirmation, ConfirmHold, HoldItemRequest, PlaceHold
+
+    event = await new_event(database, 10)
+    s = event.sections[0].id
+    await warm(booker, event)  # remembered: 9 left, none held
+    other_process = DirectBooker(database, max_tickets_per_booking=10)
+    hold = await other_process.submit(PlaceHold(event.id, (HoldItemRequest(s, 2),), 600))
+    confirmed = await booker.submit(ConfirmHold(hold.id))
+    assert isinstance(confirmed, Confirmation)
+    assert (booker.stats.verified, booker.stats.retried) == (0, 1)
+    assert await inventory(database, s) == (10, 7, 3)

@@ -27,6 +27,8 @@
   booking cost 3.8 % of a booking's instructions (docs/performance.md).
 - Confirm, release and cancel learn the event of the hold or booking they name
   before they queue (`events_of.py`): every statement of the batch names it.
+  On PostgreSQL that read brings a hold placed by another process whole, so its
+  confirmation is decided from memory too (`remembered.py`).
 - Once a batch is over, and before any of its commands is answered,
   `on_written` is told the events it wrote to (once per batch): the process's
   cached availability of those events is dropped (`services/availability.py`).
@@ -141,7 +143,10 @@ class BatchedBooker:
         self._connections = KeptConnections(database) if postgresql else None
         self._locked = LockedWriter(database, self._connections)
         self._remembered = Remembered() if postgresql else None
-        self.events_of = EventsOf(database)
+        self.events_of = EventsOf(
+            database,
+            on_hold=None if self._remembered is None else self._remembered.remember_read_hold,
+        )
         self.stats = BatchStats()
 
     async def start(self) -> None:

@@ -14,26 +14,49 @@ process places: a checkout confirmed by the process that placed its hold reads
 nothing more. An id that names nothing is not kept; its command goes to its
 batch without an event, where it is not found (404, stored with its
 idempotency key like any other answer), as before.
+
+With several processes, half of the checkouts (with two) are confirmed by a
+process that did not place the hold. Given `on_hold`, the same read brings the
+whole hold, items included, and hands it over: the committer then decides its
+confirmation from memory like one of its own (`remembered.py`; the write checks
+that the hold is still active).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
-from sqlalchemy import Select, bindparam, select
+from sqlalchemy import Select, and_, bindparam, select
 
 from boxoffice.booking.load import as_uuid
 from boxoffice.db.database import Database
-from boxoffice.db.tables import bookings, holds
+from boxoffice.db.rows import hold_from_row, hold_item_from_row
+from boxoffice.db.tables import bookings, hold_items, holds
 from boxoffice.domain.commands import CancelBooking, Command, ConfirmHold, ReleaseHold
 from boxoffice.domain.ids import cached_canonical_id
+from boxoffice.domain.model import Hold, HoldItem
 from boxoffice.services.coalesced import Coalesced
 from boxoffice.services.unit_of_work import UnitOfWork
 
 _EVENTS_OF_HOLDS = select(holds.c.id, holds.c.event_id).where(
     holds.c.id.in_(bindparam("ids", expanding=True))
+)
+_HOLDS_WITH_ITEMS = (
+    select(
+        holds,
+        hold_items.c.section_id,
+        hold_items.c.qty,
+        hold_items.c.unit_price_cents,
+        hold_items.c.active,
+    )
+    .join(
+        hold_items,
+        and_(hold_items.c.hold_id == holds.c.id, hold_items.c.event_id == holds.c.event_id),
+    )
+    .where(holds.c.id.in_(bindparam("ids", expanding=True)))
+    .order_by(holds.c.id, hold_items.c.position)
 )
 _EVENTS_OF_BOOKINGS = select(bookings.c.id, bookings.c.event_id).where(
     bookings.c.id.in_(bindparam("ids", expanding=True))
@@ -45,12 +68,18 @@ DEFAULT_SIZE = 100_000
 class EventsOf:
     """Hold and booking ids -> their events: kept, else read (`max_size` 0 keeps none)."""
 
-    def __init__(self, database: Database, max_size: int = DEFAULT_SIZE) -> None:
+    def __init__(
+        self,
+        database: Database,
+        max_size: int = DEFAULT_SIZE,
+        on_hold: Callable[[Hold], None] | None = None,
+    ) -> None:
         self._database = database
         self._known: OrderedDict[str, str] = OrderedDict()
         self.max_size = max_size
+        self._on_hold = on_hold
         self._holds: Coalesced[str, str | None] = Coalesced(
-            lambda ids: self._read(_EVENTS_OF_HOLDS, ids)
+            (lambda ids: self._read(_EVENTS_OF_HOLDS, ids)) if on_hold is None else self._read_holds
         )
         self._bookings: Coalesced[str, str | None] = Coalesced(
             lambda ids: self._read(_EVENTS_OF_BOOKINGS, ids)
@@ -93,4 +122,22 @@ class EventsOf:
         async with UnitOfWork(self._database, write=False, single_statement=True) as uow:
             rows = await uow.conn.execute(query, {"ids": [as_uuid(ident) for ident in ids]})
             found = {str(row.id): str(row.event_id) for row in rows}
+        return [found.get(ident) for ident in ids]
+
+    async def _read_holds(self, ids: Sequence[str]) -> list[str | None]:
+        """The event of each of `ids`; each hold found, items and all, to `on_hold`."""
+        assert self._on_hold is not None
+        async with UnitOfWork(self._database, write=False, single_statement=True) as uow:
+            rows = list(
+                await uow.conn.execute(_HOLDS_WITH_ITEMS, {"ids": [as_uuid(i) for i in ids]})
+            )
+        found: dict[str, str] = {}
+        items: list[HoldItem] = []
+        for n, row in enumerate(rows):
+            items.append(hold_item_from_row(row))
+            if n + 1 == len(rows) or rows[n + 1].id != row.id:  # its last item
+                hold = hold_from_row(row, items)
+                found[hold.id] = hold.event_id
+                self._on_hold(hold)
+                items = []
         return [found.get(ident) for ident in ids]

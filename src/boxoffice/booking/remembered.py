@@ -16,9 +16,13 @@ are the ones the locked path would have made (any refusal goes there anyway).
 The statement returns the sections as it left them, and those are remembered:
 another process's sales cost nothing but a fresher memory.
 
-It also remembers the holds its batches placed, while they are active, so that
-a checkout's confirmation (or a release) is decided and written the same way:
-the statement checks that the hold is still active, under its row lock.
+It also remembers the holds its batches placed, and those another process
+placed that it read for a confirmation (`events_of.py`), while they are
+active, so that a checkout's confirmation (or a release) is decided and
+written the same way: the statement checks that the hold is still active,
+under its row lock. A hold whose seats the remembered section does not count
+as held (placed elsewhere after this process last wrote there) is decided
+under lock.
 
 A capped customer's bookings and holds (an event's `maxPerCustomer`) are
 decided as if the customer had no tickets yet: the statement adds the batch's
@@ -145,6 +149,14 @@ class Remembered:
         while len(self._holds) > self._max_size:
             self._holds.popitem(last=False)
 
+    def remember_read_hold(self, hold: Hold) -> None:
+        """Keep a hold read from the database (placed by another process), if active."""
+        if hold.status == "active":
+            self._holds[hold.id] = hold
+            self._holds.move_to_end(hold.id)
+            while len(self._holds) > self._max_size:
+                self._holds.popitem(last=False)
+
     def forget_holds(self, hold_ids: Iterable[str]) -> None:
         for hold_id in hold_ids:
             ident = cached_canonical_id(hold_id)
@@ -163,7 +175,13 @@ async def apply_if_unchanged(
 
     `inventory` is `remembered.inventory_for(commands)`: copies, decided on here.
     """
-    decisions = decide(commands, inventory, now, new_id)
+    try:
+        decisions = decide(commands, inventory, now, new_id)
+    except ValueError:
+        # The copies disagree with a hold (`Section._move`): a hold's seats are not among
+        # the remembered section's held, as when another process placed it after our
+        # last write there, or settled it before. The stored rows decide.
+        return None
     if any(isinstance(outcome, BoxofficeError) for outcome in decisions.outcomes):
         return None
     try:
