@@ -152,10 +152,7 @@ class Remembered:
     def remember_read_hold(self, hold: Hold) -> None:
         """Keep a hold read from the database (placed by another process), if active."""
         if hold.status == "active":
-            self._holds[hold.id] = hold
-            self._holds.move_to_end(hold.id)
-            while len(self._holds) > self._max_size:
-                self._holds.popitem(last=False)
+            self.remember_holds([hold], [])
 
     def forget_holds(self, hold_ids: Iterable[str]) -> None:
         for hold_id in hold_ids:
