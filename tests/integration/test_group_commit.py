@@ -32,14 +32,14 @@ from boxoffice.config import async_database_url
 from boxoffice.db.database import Database, Limits
 from boxoffice.db.errors import DatabaseUnavailable
 from boxoffice.db.tables import bookings, customer_tickets
-from boxoffice.domain.commands import Book, CancelBooking
+from boxoffice.domain.commands import Book, CancelBooking, HoldItemRequest, PlaceHold
 from boxoffice.domain.errors import (
     CustomerLimitExceeded,
     EventNotFound,
     InsufficientSeats,
     SectionNotFound,
 )
-from boxoffice.domain.model import Booking, EventSpec, SectionSpec
+from boxoffice.domain.model import Booking, EventSpec, Hold, SectionSpec
 from boxoffice.services.events import create_event
 from boxoffice.services.inventory_check import check_inventory
 from tests.integration.test_booking_path import inventory, new_event
@@ -482,6 +482,10 @@ async def test_capped_customers_book_in_one_statement_and_the_cap_is_checked_on_
     assert all(isinstance(r, Booking) for r in first), first
     assert booker.stats.verified == 2, "a capped customer's first tickets went the locked way"
     assert await tally(database, event.id, "c1") == (4, 4), "the tally was not made and added to"
+    hold = PlaceHold(event.id, (HoldItemRequest(a, 1),), 600, "c3")
+    assert isinstance(await booker.submit(hold), Hold)
+    assert booker.stats.verified == 3, "a capped customer's hold went the locked way"
+    assert await tally(database, event.id, "c3") == (1, 4)
 
     other_process = DirectBooker(database, max_tickets_per_booking=10)
     await other_process.submit(Book(event.id, b, 3, customer_id="c2"))  # B only: A stays fresh
@@ -490,9 +494,9 @@ async def test_capped_customers_book_in_one_statement_and_the_cap_is_checked_on_
     assert refused[0].remaining_for_customer == 1, "decided on no tickets, not the true 3"
     assert booker.stats.retried == 1
     assert await tally(database, event.id, "c2") == (3, 4)
-    assert await inventory(database, a) == (10, 5, 5), "the failed statement wrote seats"
+    assert await inventory(database, a) == (10, 4, 5), "the failed statement wrote seats"
     assert (await booker.submit(Book(event.id, a, 1, customer_id="c2"))).qty == 1
-    assert booker.stats.verified == 3, "section A was forgotten after the refusal"
+    assert booker.stats.verified == 4, "section A was forgotten after the refusal"
     assert await tally(database, event.id, "c2") == (4, 4)
     report = await check_inventory(database)
     assert report.violations == []
@@ -922,3 +926,59 @@ async def test_a_hold_the_remembered_section_does_not_count_is_decided_under_loc
     assert isinstance(confirmed, Confirmation)
     assert (booker.stats.verified, booker.stats.retried) == (0, 1)
     assert await inventory(database, s) == (10, 7, 3)
+
+
+@POSTGRESQL_ONLY
+async def test_a_deadlocked_statement_is_decided_again_under_lock(
+    booker: BatchedBooker, database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL may end the one statement as a deadlock's victim (it locks a capped
+    customer's tally after the sections and holds): nothing was written, so the
+    batch goes the locked way instead of failing."""
+    import asyncpg
+
+    from boxoffice.booking import remembered as remembered_module
+
+    event = await new_event(database, 10)
+    s = event.sections[0].id
+    await warm(booker, event)
+
+    class DeadlockVictim:
+        async def fetch(self, conn: Any, params: Any) -> list[Any]:
+            raise asyncpg.DeadlockDetectedError("deadlock detected")
+
+    monkeypatch.setattr(remembered_module, "_WRITE_IF_UNCHANGED", DeadlockVictim())
+    results = await book_all(booker, [Book(event.id, s, 2), Book(event.id, s, 1)])
+    assert all(isinstance(r, Booking) for r in results), results
+    assert (booker.stats.verified, booker.stats.retried) == (0, 2)
+    assert await inventory(database, s) == (10, 6, 4)
+
+
+@POSTGRESQL_ONLY
+async def test_a_sale_committed_while_the_statement_waits_for_its_lock_is_counted(
+    booker: BatchedBooker, database: Database
+) -> None:
+    """Another transaction holds the section's row when the statement starts, and
+    commits while it waits: the statement adds to the row as that commit left it,
+    not to the snapshot it started with (READ COMMITTED re-reads a locked row)."""
+    event = await new_event(database, 10)
+    s = event.sections[0].id
+    await warm(booker, event)  # remembered: 9 left
+    other = await database.engine.connect()
+    try:
+        await other.execute(
+            text(
+                "UPDATE sections SET remaining = remaining - 5, sold = sold + 5 "
+                "WHERE id = CAST(:id AS uuid)"
+            ),
+            {"id": s},
+        )  # 4 left once committed; the row stays locked until then
+        booking = asyncio.ensure_future(booker.submit(Book(event.id, s, 3)))
+        await asyncio.sleep(0.3)
+        assert not booking.done(), "the statement did not wait for the row's lock"
+        await other.commit()
+    finally:
+        await other.close()
+    assert (await booking).qty == 3
+    assert booker.stats.verified == 1
+    assert await inventory(database, s) == (10, 1, 4)  # 5 sold outside any booking row

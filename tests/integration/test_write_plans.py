@@ -29,7 +29,7 @@ def _parameters() -> dict[str, object]:
     return {
         "now": datetime.now(UTC),
         "sections": json.dumps(
-            [{"id": one, "event_id": one, "expected": 0, "remaining": 1, "held": 0, "sold": 0}]
+            [{"id": one, "event_id": one, "drawn": 0, "remaining": 1, "held": 0, "sold": 0}]
         ),
         "holds": "[]",
         "items": "[]",
@@ -39,7 +39,12 @@ def _parameters() -> dict[str, object]:
         "freed": json.dumps([{"hold_id": one, "section_id": one, "event_id": one}]),
         "bookings": "[]",
         "cancelled": json.dumps([{"id": one, "event_id": one}]),
-        "tallies": json.dumps([{"event_id": one, "customer_id": "c", "delta": 1}]),
+        "tallies": json.dumps(
+            [
+                {"event_id": one, "customer_id": "c", "delta": 1, "cap": 4},
+                {"event_id": one, "customer_id": "d", "delta": -1, "cap": 4},
+            ]
+        ),
         "answers": "[]",
         "trail": "[]",
     }

@@ -106,6 +106,21 @@ def test_effects_keep_the_version_each_section_was_read_at() -> None:
     assert decisions.effects.new_holds[0].expires_at == NOW + timedelta(seconds=60)
 
 
+def test_drawn_is_the_lowest_each_section_fell_to_in_arrival_order() -> None:
+    """What PostgreSQL's one statement checks against the true remaining
+    (booking/write.py): seats given back before a take offset it, not after it."""
+    hold = held(H, NOW + timedelta(minutes=5), (A, 3))
+
+    def drawn(*commands: Command) -> dict[str, int]:
+        inv = inventory_with_hold(hold)  # A: 2 remaining, 3 held
+        return decide(commands, inv, NOW, new_id_source()).effects.drawn
+
+    assert drawn(Book(EVENT, A, 2), ReleaseHold(H)) == {A: 2}
+    assert drawn(ReleaseHold(H), Book(EVENT, A, 2)) == {A: 0}
+    assert drawn(ReleaseHold(H), Book(EVENT, A, 4), Book(EVENT, B, 1)) == {A: 1, B: 1}
+    assert drawn(Book(EVENT, A, 1), ConfirmHold(H), Book(EVENT, A, 1)) == {A: 2}
+
+
 def test_a_hold_with_one_short_item_holds_nothing() -> None:
     inv = inventory(capacity_b=1)
     (outcome,) = run(inv, PlaceHold(EVENT, (HoldItemRequest(A, 2), HoldItemRequest(B, 2)), 60))

@@ -14,15 +14,18 @@ the most the batch drew from it at any step (`Effects.drawn`). Then every
 command, in order, had its seats in the true count too: the decisions it commits
 are the ones the locked path would have made (any refusal goes there anyway).
 The statement returns the sections as it left them, and those are remembered:
-another process's sales cost nothing but a fresher memory.
+another process's sales cost nothing but a fresher memory. The remembered
+counts are hints for deciding; the statement's check and the CHECK
+constraints are what make the write right.
 
 It also remembers the holds its batches placed, and those another process
 placed that it read for a confirmation (`events_of.py`), while they are
 active, so that a checkout's confirmation (or a release) is decided and
 written the same way: the statement checks that the hold is still active,
-under its row lock. A hold whose seats the remembered section does not count
-as held (placed elsewhere after this process last wrote there) is decided
-under lock.
+under its row lock. Deciding on a copy that counts fewer seats held than the
+hold has (placed elsewhere after this process last wrote there) fails the
+domain's sanity check, and such a batch is decided under lock; otherwise the
+status check is what makes it right.
 
 A capped customer's bookings and holds (an event's `maxPerCustomer`) are
 decided as if the customer had no tickets yet: the statement adds the batch's
@@ -47,7 +50,8 @@ The batch goes the locked way instead (the caller's `LockedWriter`) when:
   (another process sold them, or expired holds still count there): those
   sections are forgotten, and the locked batch remembers them afresh;
 - an idempotency key was used before: its unique index refuses the statement
-  (nothing written), and the locked path replays the stored answer.
+  (nothing written), and the locked path replays the stored answer;
+- PostgreSQL ends the statement as a deadlock's victim (nothing written).
 """
 
 from __future__ import annotations
@@ -66,7 +70,7 @@ from boxoffice.domain.commands import Book, Command, ConfirmHold, PlaceHold, Rel
 from boxoffice.domain.decisions import Decisions, Inventory, decide
 from boxoffice.domain.errors import BoxofficeError
 from boxoffice.domain.ids import cached_canonical_id
-from boxoffice.domain.model import Hold, Section
+from boxoffice.domain.model import Hold, SeatsDisagree, Section
 
 # A capped customer's tally over its cap: the statement wrote nothing (`db/tables.py`).
 _OVER_THE_CAP = "ck_customer_tickets_within_limit"
@@ -174,10 +178,9 @@ async def apply_if_unchanged(
     """
     try:
         decisions = decide(commands, inventory, now, new_id)
-    except ValueError:
-        # The copies disagree with a hold (`Section._move`): a hold's seats are not among
-        # the remembered section's held, as when another process placed it after our
-        # last write there, or settled it before. The stored rows decide.
+    except SeatsDisagree:
+        # A copy counts fewer seats held than a hold has (placed by another process after
+        # our last write there, or settled before it): the stored rows decide.
         return None
     if any(isinstance(outcome, BoxofficeError) for outcome in decisions.outcomes):
         return None
@@ -191,6 +194,11 @@ async def apply_if_unchanged(
         if error.constraint_name == _OVER_THE_CAP:
             return None  # decided on no tickets, and the customer has some: see above
         raise
+    except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
+        # Nothing written. It locks a capped customer's tally after the sections and
+        # holds; a locked batch giving back that customer's expired hold elsewhere may
+        # lock them the other way round. The locked path decides again (`locked.py`).
+        return None
     ok, stale, written = rows[0]
     if not ok:
         remembered.forget(stale or [])

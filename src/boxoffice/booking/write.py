@@ -61,8 +61,9 @@ from boxoffice.services.idempotency import encodable, encode
 PG_WRITE = text(
     """
     WITH s_new AS (
-        -- Per changed section: how far below its remaining as decided on the batch went
-        -- at most, and what it adds to each count (negative: takes away).
+        -- Per changed section: drawn, the most the batch's remaining fell below the
+        -- remaining it was decided on, at any step (the true remaining must cover it);
+        -- and what the batch adds to each count (negative: takes away).
         SELECT * FROM json_to_recordset(CAST(:sections AS json))
                    AS t(id uuid, event_id uuid, drawn integer, remaining integer,
                         held integer, sold integer)

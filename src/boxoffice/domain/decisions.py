@@ -95,7 +95,7 @@ class Effects:
     """Everything a batch writes, as final states and new rows, in arrival order."""
 
     sections: dict[str, Section] = field(default_factory=dict)  # changed, as they end up
-    versions: dict[str, int] = field(default_factory=dict)  # each one's version as loaded
+    versions: dict[str, int] = field(default_factory=dict)  # as loaded (SQLite's write checks)
     # Each one's (remaining, held, sold) as loaded, and the most seats the batch was
     # below the loaded remaining at any point (seats given back first count against
     # seats taken after): what the one-statement write checks on the true count.
@@ -434,7 +434,7 @@ class _Deciding:
         )
 
     def changing(self, section: Section) -> Section:
-        """`section`, registered as changed by this batch (its loaded version kept)."""
+        """`section`, registered as changed by this batch (its loaded counts kept)."""
         if section.id not in self.effects.sections:
             self.effects.versions[section.id] = section.version
             self.effects.loaded[section.id] = (section.remaining, section.held, section.sold)

@@ -103,6 +103,11 @@ def _check_name(name: str, where: str) -> None:
         )
 
 
+class SeatsDisagree(ValueError):
+    """Not a customer's mistake: a hold's or a booking's seats are not where the section's
+    counts say (stored rows that disagree; or a remembered copy behind them)."""
+
+
 @dataclass(slots=True)
 class Section:
     """A block of identical seats: each one is remaining, held or sold.
@@ -179,9 +184,8 @@ class Section:
 
     @staticmethod
     def _move(qty: int, available: int, where: str) -> None:
-        # Not a customer's mistake: the stored rows disagree with each other.
         if not 1 <= qty <= available:
-            raise ValueError(f"cannot move {qty} seats: only {available} are {where}")
+            raise SeatsDisagree(f"cannot move {qty} seats: only {available} are {where}")
 
 
 @dataclass(slots=True)
