@@ -41,8 +41,8 @@ from boxoffice.domain.errors import (
 )
 from boxoffice.domain.model import Booking, EventSpec, Hold, SectionSpec
 from boxoffice.services.events import create_event
-from boxoffice.services.inventory_check import check_inventory
 from tests.integration.test_booking_path import inventory, new_event
+from tests.integration.test_checkout import assert_consistent
 from tests.integration.test_metrics_sampling import exported
 from tests.support.postgres import TERMINATE_OUR_OTHER_SESSIONS
 from tests.support.server import inventory_check
@@ -498,8 +498,7 @@ async def test_capped_customers_book_in_one_statement_and_the_cap_is_checked_on_
     assert (await booker.submit(Book(event.id, a, 1, customer_id="c2"))).qty == 1
     assert booker.stats.verified == 4, "section A was forgotten after the refusal"
     assert await tally(database, event.id, "c2") == (4, 4)
-    report = await check_inventory(database)
-    assert report.violations == []
+    await assert_consistent(database)
 
 
 @POSTGRESQL_ONLY
@@ -597,8 +596,7 @@ async def test_sales_of_another_process_that_leave_room_cost_no_lock(
     assert (await booker.submit(Book(event.id, b, 6))).qty == 6
     assert (booker.stats.verified, booker.stats.retried) == (4, 0)
     assert await inventory(database, b) == (10, 2, 12)  # the cancelled 4 are still stored
-    report = await check_inventory(database)
-    assert report.violations == []
+    await assert_consistent(database)
 
 
 ANSWER_DEADLINE_SECONDS = 10.0
@@ -905,8 +903,7 @@ async def test_a_hold_placed_by_another_process_is_confirmed_from_memory(
         await booker.submit(ConfirmHold(theirs[1].id, "pi_2"))
     assert booker.stats.retried == 1, "the released hold was not checked by the write"
     assert await inventory(database, s) == (10, 7, 3)
-    report = await check_inventory(database)
-    assert report.violations == []
+    await assert_consistent(database)
 
 
 @POSTGRESQL_ONLY

@@ -32,11 +32,11 @@ from sqlalchemy import Select, and_, bindparam, select
 
 from boxoffice.booking.load import as_uuid
 from boxoffice.db.database import Database
-from boxoffice.db.rows import hold_from_row, hold_item_from_row
+from boxoffice.db.rows import holds_from_rows
 from boxoffice.db.tables import bookings, hold_items, holds
 from boxoffice.domain.commands import CancelBooking, Command, ConfirmHold, ReleaseHold
 from boxoffice.domain.ids import cached_canonical_id
-from boxoffice.domain.model import Hold, HoldItem
+from boxoffice.domain.model import Hold
 from boxoffice.services.coalesced import Coalesced
 from boxoffice.services.unit_of_work import UnitOfWork
 
@@ -46,6 +46,7 @@ _EVENTS_OF_HOLDS = select(holds.c.id, holds.c.event_id).where(
 _HOLDS_WITH_ITEMS = (
     select(
         holds,
+        hold_items.c.position,
         hold_items.c.section_id,
         hold_items.c.qty,
         hold_items.c.unit_price_cents,
@@ -56,7 +57,6 @@ _HOLDS_WITH_ITEMS = (
         and_(hold_items.c.hold_id == holds.c.id, hold_items.c.event_id == holds.c.event_id),
     )
     .where(holds.c.id.in_(bindparam("ids", expanding=True)))
-    .order_by(holds.c.id, hold_items.c.position)
 )
 _EVENTS_OF_BOOKINGS = select(bookings.c.id, bookings.c.event_id).where(
     bookings.c.id.in_(bindparam("ids", expanding=True))
@@ -128,16 +128,9 @@ class EventsOf:
         """The event of each of `ids`; each hold found, items and all, to `on_hold`."""
         assert self._on_hold is not None
         async with UnitOfWork(self._database, write=False, single_statement=True) as uow:
-            rows = list(
-                await uow.conn.execute(_HOLDS_WITH_ITEMS, {"ids": [as_uuid(i) for i in ids]})
-            )
-        found: dict[str, str] = {}
-        items: list[HoldItem] = []
-        for n, row in enumerate(rows):
-            items.append(hold_item_from_row(row))
-            if n + 1 == len(rows) or rows[n + 1].id != row.id:  # its last item
-                hold = hold_from_row(row, items)
-                found[hold.id] = hold.event_id
-                self._on_hold(hold)
-                items = []
+            rows = await uow.conn.execute(_HOLDS_WITH_ITEMS, {"ids": [as_uuid(i) for i in ids]})
+            read = [hold for hold, _ in holds_from_rows(rows)]
+        for hold in read:
+            self._on_hold(hold)
+        found = {hold.id: hold.event_id for hold in read}
         return [found.get(ident) for ident in ids]

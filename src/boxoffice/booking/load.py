@@ -49,12 +49,7 @@ from sqlalchemy import ColumnElement, Connection, and_, bindparam, or_, select, 
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from boxoffice.db.driver import SqliteStatement
-from boxoffice.db.rows import (
-    booking_from_row,
-    hold_from_row,
-    hold_item_from_row,
-    section_from_row,
-)
+from boxoffice.db.rows import booking_from_row, holds_from_rows, section_from_row
 from boxoffice.db.tables import (
     bookings,
     customer_tickets,
@@ -75,7 +70,7 @@ from boxoffice.domain.commands import (
 )
 from boxoffice.domain.decisions import Inventory, StoredAnswer, Tally
 from boxoffice.domain.ids import cached_canonical_id
-from boxoffice.domain.model import HoldItem, Section
+from boxoffice.domain.model import Section
 from boxoffice.services.idempotency import decode
 
 _SECTION_COLUMNS = (
@@ -382,15 +377,8 @@ def _load_expired_in(
 
 def _load_holds(conn: Connection, inventory: Inventory, hold_ids: Named) -> dict[str, int]:
     """Read holds with their items into `inventory`; the caps of their events."""
-    rows: dict[str, Any] = {}
-    items: dict[str, list[tuple[int, HoldItem]]] = {}
-    for row in _HOLDS.execute(conn, _named(hold_ids)):
-        ident = str(row.id)
-        rows[ident] = row
-        items.setdefault(ident, []).append((row.position, hold_item_from_row(row)))
     limits: dict[str, int] = {}
-    for ident, row in rows.items():
-        hold = hold_from_row(row, [item for _, item in sorted(items[ident])])
+    for hold, row in holds_from_rows(_HOLDS.execute(conn, _named(hold_ids))):
         inventory.holds[hold.id] = hold
         if row.max_per_customer is not None:
             limits[hold.event_id] = row.max_per_customer

@@ -202,8 +202,6 @@ def _rows(rows: Sequence[dict[str, Any]]) -> str:
 
 def pg_parameters(effects: Effects, now: datetime) -> dict[str, Any]:
     """The parameters of `PG_WRITE`: `now`, and one JSON list of rows per table."""
-    # A tally changes only with seats of its event's sections, so they name its cap.
-    caps = {s.event_id: s.max_per_customer for s in effects.sections.values()}
     return {
         "now": now,
         "sections": _rows(
@@ -281,12 +279,7 @@ def pg_parameters(effects: Effects, now: datetime) -> dict[str, Any]:
         "cancelled": _rows(
             [{"id": b.id, "event_id": b.event_id} for b in effects.changed_bookings.values()]
         ),
-        "tallies": _rows(
-            [
-                {"event_id": event, "customer_id": customer, "delta": delta, "cap": caps.get(event)}
-                for (event, customer), delta in _tally_changes(effects)
-            ]
-        ),
+        "tallies": _pg_tallies(effects),
         "answers": _rows(
             [
                 {
@@ -317,6 +310,20 @@ def pg_parameters(effects: Effects, now: datetime) -> dict[str, Any]:
             ]
         ),
     }
+
+
+def _pg_tallies(effects: Effects) -> str:
+    changes = _tally_changes(effects)
+    if not changes:  # most batches: no capped customer
+        return _EMPTY
+    # A tally changes only with seats of its event's sections, so they name its cap.
+    caps = {s.event_id: s.max_per_customer for s in effects.sections.values()}
+    return _rows(
+        [
+            {"event_id": event, "customer_id": customer, "delta": delta, "cap": caps.get(event)}
+            for (event, customer), delta in changes
+        ]
+    )
 
 
 def _tally_changes(effects: Effects) -> list[tuple[tuple[str, str], int]]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from boxoffice.domain.access import ApiKey
@@ -41,6 +41,21 @@ def hold_from_row(row: Any, items: Sequence[HoldItem]) -> Hold:
         created_at=row.created_at,
         settled_at=row.settled_at,
     )
+
+
+def holds_from_rows(rows: Iterable[Any]) -> list[tuple[Hold, Any]]:
+    """Holds read joined with their items (a row per item, with its `position`), in the
+    order first seen; each with one of its rows, for what else the query joined in."""
+    first: dict[str, Any] = {}
+    items: dict[str, list[tuple[int, HoldItem]]] = {}
+    for row in rows:
+        ident = str(row.id)
+        first.setdefault(ident, row)
+        items.setdefault(ident, []).append((row.position, hold_item_from_row(row)))
+    return [
+        (hold_from_row(row, [item for _, item in sorted(items[ident])]), row)
+        for ident, row in first.items()
+    ]
 
 
 def booking_from_row(row: Any) -> Booking:
