@@ -137,7 +137,9 @@ class SaleOutcome:
     # The server's own histogram, by route: requests, the share answered within 100 ms,
     # and the bucket bounds p50 and p99 fall under (what wrk's latency adds is its own).
     server_latency: dict[str, dict[str, float]] = field(default_factory=dict)
-    timeline: list[dict[str, float]] = field(default_factory=list)
+    timeline: list[dict[str, Any]] = field(default_factory=list)
+    # The server's log lines at error level (the first few): what a 5xx was.
+    server_errors: list[str] = field(default_factory=list)
     rps_peak: float = 0.0
     # From each customer's arrival to its join answered (in the room): how far behind the
     # arrivals the server was (wrk sends a customer's next step before new arrivals).
@@ -325,6 +327,7 @@ def run_sale(
             section["remaining"] == 0 and section["held"] == 0 for section in seats
         )
         client.close()
+    outcome.server_errors = _error_lines(server.log_path)
     outcome.load_after = os.getloadavg()
     outcome.wrk = _wrk_summary((workdir / "wrk.out").read_text())
     _read_logs(outcome, crowd, prefix, opens.timestamp() * 1000 - t0_ms, config)
@@ -428,15 +431,15 @@ def _watch(
     prefix: Path,
     t0_ms: float,
     say: Any,
-) -> list[dict[str, float]]:
+) -> list[dict[str, Any]]:
     """The room's figures once a second, until every customer is done (or the deadline)."""
-    timeline = []
+    timeline: list[dict[str, Any]] = []
     deadline = time.monotonic() + config.deadline_seconds
     last_said = 0.0
     while time.monotonic() < deadline and runner.poll() is None:
         time.sleep(1)
         at = time.time() * 1000 - t0_ms
-        point: dict[str, float] = {"t": at / 1000}
+        point: dict[str, Any] = {"t": at / 1000}
         try:
             if config.room:
                 figures = client.get(f"/events/{event_id}/waiting-room").json()["figures"]
@@ -445,6 +448,10 @@ def _watch(
                         waiting=figures["waiting"],
                         admitted=figures["admitted"],
                         active=figures["activeShoppers"],
+                        # The sale's tail: seats free and held, and what holds the line.
+                        seats_left=figures["seatsLeft"],
+                        seats_held=figures["seatsHeld"],
+                        limited_by=figures["limitedBy"] or figures["state"],
                     )
         except (httpx.HTTPError, ValueError, KeyError):
             pass  # a figure missed under load is a gap in the plot, nothing more
@@ -455,6 +462,21 @@ def _watch(
         if _done_threads(prefix, config.threads) == config.threads:
             break
     return timeline
+
+
+def _error_lines(log: Path, most: int = 40) -> list[str]:
+    """The server log's first `most` lines at error level, or of a traceback."""
+    if not log.exists():
+        return []
+    found = []
+    with log.open(errors="replace") as lines:
+        for line in lines:
+            lowered = line.lower()
+            if "error" in lowered or "traceback" in lowered or "exception" in lowered:
+                found.append(line.rstrip()[:2000])
+                if len(found) >= most:
+                    break
+    return found
 
 
 def _wrk_summary(text: str) -> dict[str, Any]:
@@ -761,7 +783,40 @@ def report(room: SaleOutcome, bare: SaleOutcome | None, path: Path) -> str:
         f"![sales per second, queue length and admissions]({path.stem}.png)",
         "",
     ]
+    lines += _tail(room)
+    if room.server_errors:
+        lines += ["## The server's errors (first lines)", "", "```", *room.server_errors, "```", ""]
     return "\n".join(lines)
+
+
+def _tail(room: SaleOutcome, every_seconds: float = 5.0) -> list[str]:
+    """The sale's last seats, every few seconds: from the moment fewer than 2 % of them
+    were free or held, what was free, held, shopping, and what held the line back."""
+    threshold = 0.02 * room.config.seats
+    points = [p for p in room.timeline if "seats_left" in p]
+    start = next(
+        (i for i, p in enumerate(points) if p["seats_left"] + p["seats_held"] < threshold), None
+    )
+    if start is None:
+        return []
+    lines = [
+        "## The sale's tail (the room's figures)",
+        "",
+        "| t, s | seats free | seats held | shopping | admitted so far | held back by |",
+        "|---:|---:|---:|---:|---:|---|",
+    ]
+    last = -every_seconds
+    for point in points[start:]:
+        if point["t"] - last < every_seconds:
+            continue
+        last = point["t"]
+        lines.append(
+            f"| {point['t']:.0f} | {point['seats_left']:,} | {point['seats_held']:,} | "
+            f"{point['active']:,} | {point['admitted']:,} | {point['limited_by']} |"
+        )
+        if point["seats_left"] + point["seats_held"] == 0:
+            break
+    return [*lines, ""]
 
 
 def _statuses(outcome: SaleOutcome) -> str:
