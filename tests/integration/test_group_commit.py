@@ -979,3 +979,71 @@ async def test_a_sale_committed_while_the_statement_waits_for_its_lock_is_counte
     assert (await booking).qty == 3
     assert booker.stats.verified == 1
     assert await inventory(database, s) == (10, 1, 4)  # 5 sold outside any booking row
+
+
+@POSTGRESQL_ONLY
+async def test_a_sale_committed_while_the_statement_waits_that_leaves_too_few_seats_stops_it(
+    booker: BatchedBooker, database: Database
+) -> None:
+    """As above, but the commit leaves fewer seats than the batch draws: the statement's
+    check must see the row as committed (not as its snapshot had it) and write nothing;
+    the batch is decided again under lock."""
+    event = await new_event(database, 10)
+    s = event.sections[0].id
+    await warm(booker, event)  # remembered: 9 left
+    other = await database.engine.connect()
+    try:
+        await other.execute(
+            text(
+                "UPDATE sections SET remaining = remaining - 8, sold = sold + 8 "
+                "WHERE id = CAST(:id AS uuid)"
+            ),
+            {"id": s},
+        )  # 1 left once committed
+        booking = asyncio.ensure_future(booker.submit(Book(event.id, s, 3)))
+        await asyncio.sleep(0.3)
+        assert not booking.done(), "the statement did not wait for the row's lock"
+        await other.commit()
+    finally:
+        await other.close()
+    with pytest.raises(InsufficientSeats):
+        await booking
+    assert (booker.stats.verified, booker.stats.retried) == (0, 1)
+    assert await inventory(database, s) == (10, 1, 1)  # 8 sold outside any booking row
+
+
+@POSTGRESQL_ONLY
+async def test_a_write_the_rows_refuse_is_decided_again_under_lock(
+    booker: BatchedBooker, database: Database
+) -> None:
+    """Memory that is wrong in a way the statement's own check cannot see (here a hold
+    remembered with more seats than it has) makes a write the CHECK constraints refuse:
+    nothing is written, the hints are forgotten, and the batch is decided under lock,
+    instead of failing and being tried again one command at a time."""
+    import dataclasses
+
+    import structlog
+
+    from boxoffice.domain.commands import Confirmation, ConfirmHold, HoldItemRequest, PlaceHold
+
+    event = await new_event(database, 10)
+    s = event.sections[0].id
+    hold = await booker.submit(PlaceHold(event.id, (HoldItemRequest(s, 2),), 600))
+    assert (booker.stats.verified, booker.stats.retried) == (0, 0)  # learnt under lock
+    remembered = booker._remembered
+    assert remembered is not None
+    wrong = dataclasses.replace(hold, items=(dataclasses.replace(hold.items[0], qty=5),))
+    remembered.remember_holds([wrong], [])
+    section = remembered._sections[s].copy()  # 8 left, 2 held: counted as 5 and 5
+    section.remaining, section.held = 5, 5
+    remembered.remember({s: section})
+    with structlog.testing.capture_logs() as logs:
+        confirmed = await booker.submit(ConfirmHold(hold.id, "pi_1"))
+    assert isinstance(confirmed, Confirmation)
+    assert [b.qty for b in confirmed.bookings] == [2]
+    assert (booker.stats.verified, booker.stats.retried) == (0, 1), "not decided under lock"
+    refused = [entry for entry in logs if entry["event"] == "one_statement_refused_by_check"]
+    assert [entry["constraint"] for entry in refused] == ["ck_sections_seats_add_up"]
+    assert "Failing row" in refused[0]["detail"]
+    assert await inventory(database, s) == (10, 8, 2)
+    await assert_consistent(database)

@@ -51,7 +51,10 @@ The batch goes the locked way instead (the caller's `LockedWriter`) when:
   sections are forgotten, and the locked batch remembers them afresh;
 - an idempotency key was used before: its unique index refuses the statement
   (nothing written), and the locked path replays the stored answer;
-- PostgreSQL ends the statement as a deadlock's victim (nothing written).
+- PostgreSQL ends the statement as a deadlock's victim (nothing written);
+- any other CHECK refuses it (nothing written): the hints it was decided on
+  are forgotten, and the refusal logged (`one_statement_refused_by_check`,
+  with the failing row), since no known race should lead there.
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 
 import asyncpg
+import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from boxoffice.booking.transaction import new_id
@@ -71,6 +75,8 @@ from boxoffice.domain.decisions import Decisions, Inventory, decide
 from boxoffice.domain.errors import BoxofficeError
 from boxoffice.domain.ids import cached_canonical_id
 from boxoffice.domain.model import Hold, SeatsDisagree, Section
+
+log = structlog.get_logger("boxoffice.booking")
 
 # A capped customer's tally over its cap: the statement wrote nothing (`db/tables.py`).
 _OVER_THE_CAP = "ck_customer_tickets_within_limit"
@@ -193,7 +199,22 @@ async def apply_if_unchanged(
     except asyncpg.CheckViolationError as error:
         if error.constraint_name == _OVER_THE_CAP:
             return None  # decided on no tickets, and the customer has some: see above
-        raise
+        # Any other CHECK (seats that would not add up, or go below zero): a hint led to
+        # a write the rows refuse. Nothing was written; forget the hints and decide
+        # under lock, rather than fail the batch and try its commands one by one.
+        log.warning(
+            "one_statement_refused_by_check",
+            constraint=error.constraint_name,
+            detail=error.detail,
+            sections={
+                ident: (*decisions.effects.loaded[ident], decisions.effects.drawn[ident])
+                for ident in decisions.effects.sections
+            },
+            holds=sorted(decisions.effects.changed_holds),
+        )
+        remembered.forget(list(decisions.effects.sections))
+        remembered.forget_holds(decisions.effects.changed_holds)
+        return None
     except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
         # Nothing written. It locks a capped customer's tally after the sections and
         # holds; a locked batch giving back that customer's expired hold elsewhere may
