@@ -79,7 +79,11 @@ class SaleConfig:
     new_users_per_minute: int = 12_000
     total_active_users: int = 12_000
     session_seconds: int = 300  # Cloudflare's default; a slow server must not end sessions
-    hold_ttl_seconds: int = 30  # the 10 % never confirmed lapse this fast, and seats return
+    # The 10 % never confirmed lapse this fast, and their seats return to the line. The
+    # sale's tail is rounds of lapsed holds (a seat sold in round k lapsed k - 1 times), a
+    # round about a TTL long: at 30 s the last seat came 201-266 s after the opening in
+    # seven runs, across the 240 s bound by chance alone (docs/performance.md).
+    hold_ttl_seconds: int = 20
     confirm_share: float = 0.9
     workers: int = 2
     threads: int = 2  # wrk's
@@ -469,8 +473,16 @@ def _server_warnings(log: Path, most: int = 40) -> list[str]:
     each is a warning or an error (a 5xx's traceback, a batch retried one by one)."""
     if not log.exists():
         return []
+    found = []
     with log.open(errors="replace") as lines:
-        return [line.rstrip()[:2000] for line, _ in zip(lines, range(most), strict=False)]
+        for line in lines:
+            # Every simulated customer comes from 127.0.0.1: the shared-address fraud
+            # flag is expected here, and would fill the list.
+            if "fraud_flag" not in line:
+                found.append(line.rstrip()[:2000])
+                if len(found) >= most:
+                    break
+    return found
 
 
 def _wrk_summary(text: str) -> dict[str, Any]:
@@ -862,6 +874,7 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=defaults.connections)
     parser.add_argument("--arrival-seconds", type=float, default=defaults.arrival_seconds)
     parser.add_argument("--new-users-per-minute", type=int, default=defaults.new_users_per_minute)
+    parser.add_argument("--hold-ttl-seconds", type=int, default=defaults.hold_ttl_seconds)
     parser.add_argument("--database", choices=("postgresql", "sqlite"), default="postgresql")
     parser.add_argument("--no-compare", action="store_true", help="the room's sale only")
     args = parser.parse_args()
@@ -874,6 +887,7 @@ def main() -> None:
         connections=args.connections,
         arrival_seconds=args.arrival_seconds,
         new_users_per_minute=args.new_users_per_minute,
+        hold_ttl_seconds=args.hold_ttl_seconds,
     )
     published = config == defaults and not args.no_compare and args.database == "postgresql"
     name = "onsale" if published else "onsale-partial"
