@@ -157,6 +157,25 @@ async def test_a_retried_hold_is_replayed_even_at_the_cap(serve: Any) -> None:
         assert await shop.held(event) == 1
 
 
+async def test_a_hold_refused_at_the_cap_is_neither_stored_nor_audited(serve: Any) -> None:
+    """Refused before it reached the inventory, like a rate limit: the same key goes
+    through once the customer has a hold free, and the trail records what the
+    inventory did, not requests turned away at the door."""
+    async with serve(max_active_holds_per_customer=1, max_hold_churn_per_hour=0) as shop:
+        event = await shop.event()
+        first = await shop.hold(event)
+        key = {**shop.alice, "Idempotency-Key": "checkout-2"}
+        assert_problem(await shop.hold(event, key), 409, "active_hold_limit")
+        trail = await shop.http.get(f"/events/{event['id']}/audit", headers=shop.admin)
+        assert [record["action"] for record in trail.json()] == ["create", "hold"]
+        released = await shop.http.delete(f"/holds/{first.json()['id']}", headers=shop.alice)
+        assert released.status_code == 204
+        retried = await shop.hold(event, key)
+        assert retried.status_code == 201, retried.text
+        assert (await shop.hold(event, key)).json()["id"] == retried.json()["id"]
+        assert await shop.held(event) == 1
+
+
 async def test_the_caps_of_customers_holding_at_once_are_read_together_each_its_own(
     serve: Any,
 ) -> None:
