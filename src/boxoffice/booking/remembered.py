@@ -54,7 +54,9 @@ The batch goes the locked way instead (the caller's `LockedWriter`) when:
 - PostgreSQL ends the statement as a deadlock's victim (nothing written);
 - any other CHECK refuses it (nothing written): the hints it was decided on
   are forgotten, and the refusal logged (`one_statement_refused_by_check`,
-  with the failing row), since no known race should lead there.
+  with the failing row). The one race known to lead there is closed in the
+  statement (its UPDATE adds to the counts as locked, not to its snapshot's
+  copy, which PostgreSQL checks first); this is the defence if another does.
 """
 
 from __future__ import annotations

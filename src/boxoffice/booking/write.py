@@ -70,7 +70,7 @@ PG_WRITE = text(
     ), s_locked AS (
         -- Row locks in id order, as everywhere: processes cannot deadlock. A row another
         -- transaction changed meanwhile is read as it committed, once it is ours.
-        SELECT s.id, s.remaining FROM sections AS s
+        SELECT s.id, s.remaining, s.held, s.sold, s.version FROM sections AS s
          WHERE (s.id, s.event_id) IN (SELECT id, event_id FROM s_new) ORDER BY s.id FOR UPDATE
     ), h_new_status AS (
         SELECT * FROM json_to_recordset(CAST(:settled AS json))
@@ -103,10 +103,15 @@ PG_WRITE = text(
                array_agg(CAST(l.id AS text)) FILTER (WHERE l.remaining < n.drawn) AS stale
           FROM s_locked AS l JOIN s_new AS n ON n.id = l.id
     ), s_write AS (
+        -- Added to the counts as locked above, not as this UPDATE's scan finds them: that
+        -- is the statement's snapshot, from before its lock waits, and PostgreSQL checks
+        -- the CHECKs on the row made from it before it notices the row changed and makes
+        -- it again from the current one (a section given seats back meanwhile failed
+        -- ck_sections_seats_add_up; tests/integration/test_group_commit.py).
         UPDATE sections AS s
-           SET remaining = s.remaining + n.remaining, held = s.held + n.held,
-               sold = s.sold + n.sold, version = s.version + 1
-          FROM s_new AS n
+           SET remaining = l.remaining + n.remaining, held = l.held + n.held,
+               sold = l.sold + n.sold, version = l.version + 1
+          FROM s_new AS n JOIN s_locked AS l ON l.id = n.id
          WHERE s.id = n.id AND s.event_id = n.event_id AND (SELECT ok FROM checked)
      RETURNING s.id, s.remaining, s.held, s.sold, s.version
     ), h_new AS (
