@@ -144,6 +144,9 @@ class SaleOutcome:
     timeline: list[dict[str, Any]] = field(default_factory=list)
     # The server's log lines (the first few, warnings and errors): what a 5xx was.
     server_warnings: list[str] = field(default_factory=list)
+    # Batches that failed and were tried one command at a time, or whose one statement a
+    # CHECK refused: each a bug's sign (a race the statement does not cover).
+    batches_failed: int = 0
     rps_peak: float = 0.0
     # From each customer's arrival to its join answered (in the room): how far behind the
     # arrivals the server was (wrk sends a customer's next step before new arrivals).
@@ -332,6 +335,7 @@ def run_sale(
         )
         client.close()
     outcome.server_warnings = _server_warnings(server.log_path)
+    outcome.batches_failed = _count_lines(server.log_path, _BATCH_FAILURES)
     outcome.load_after = os.getloadavg()
     outcome.wrk = _wrk_summary((workdir / "wrk.out").read_text())
     _read_logs(outcome, crowd, prefix, opens.timestamp() * 1000 - t0_ms, config)
@@ -466,6 +470,16 @@ def _watch(
         if _done_threads(prefix, config.threads) == config.threads:
             break
     return timeline
+
+
+_BATCH_FAILURES = ("batch_failed_retrying_one_by_one", "one_statement_refused_by_check")
+
+
+def _count_lines(log: Path, needles: tuple[str, ...]) -> int:
+    if not log.exists():
+        return 0
+    with log.open(errors="replace") as lines:
+        return sum(any(needle in line for needle in needles) for line in lines)
 
 
 def _server_warnings(log: Path, most: int = 40) -> list[str]:
@@ -744,6 +758,7 @@ def report(room: SaleOutcome, bare: SaleOutcome | None, path: Path) -> str:
     )
     row("answers by status", lambda o: _statuses(o))
     row("failed requests (429, 5xx, socket errors)", lambda o: f"{o.failed():,}")
+    row("batches failed, or refused by a CHECK (server log)", lambda o: f"{o.batches_failed:,}")
     row("customers' outcomes", lambda o: ", ".join(f"{k} {v:,}" for k, v in o.finals.items()))
     row(
         "Spearman(position, success) / ideal",

@@ -47,6 +47,7 @@ def test_a_small_on_sale_through_the_room(database_url: str, tmp_path: Path) -> 
         assert passed[name][0], (name, passed[name][1])
     assert sale.sold_out
     assert sale.seats_sold == SMALL.seats
+    assert sale.batches_failed == 0, sale.server_warnings
     assert sale.finals.get("bought", 0) > 0
     assert sale.finals.get("sold_out", 0) > 0  # told, not left waiting
     # Every endpoint was exercised, and the polls were most of the requests.
