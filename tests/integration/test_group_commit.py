@@ -951,6 +951,18 @@ async def test_a_deadlocked_statement_is_decided_again_under_lock(
     assert await inventory(database, s) == (10, 6, 4)
 
 
+async def until_waiting_for(database: Database, holder: Any) -> None:
+    """Until some session waits for a lock that `holder` (a connection in a transaction)
+    holds: the statement under test has taken its snapshot and waits for the row."""
+    pid = (await holder.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+    blocked = text("SELECT count(*) FROM pg_stat_activity WHERE :pid = ANY(pg_blocking_pids(pid))")
+    deadline = time.monotonic() + 10
+    async with database.engine.connect() as watcher:
+        while not (await watcher.execute(blocked, {"pid": pid})).scalar_one():
+            assert time.monotonic() < deadline, "the statement never waited for the row's lock"
+            await asyncio.sleep(0.01)
+
+
 @POSTGRESQL_ONLY
 async def test_a_sale_committed_while_the_statement_waits_for_its_lock_is_counted(
     booker: BatchedBooker, database: Database
@@ -971,8 +983,7 @@ async def test_a_sale_committed_while_the_statement_waits_for_its_lock_is_counte
             {"id": s},
         )  # 4 left once committed; the row stays locked until then
         booking = asyncio.ensure_future(booker.submit(Book(event.id, s, 3)))
-        await asyncio.sleep(0.3)
-        assert not booking.done(), "the statement did not wait for the row's lock"
+        await until_waiting_for(database, other)
         await other.commit()
     finally:
         await other.close()
@@ -1001,8 +1012,7 @@ async def test_a_sale_committed_while_the_statement_waits_that_leaves_too_few_se
             {"id": s},
         )  # 1 left once committed
         booking = asyncio.ensure_future(booker.submit(Book(event.id, s, 3)))
-        await asyncio.sleep(0.3)
-        assert not booking.done(), "the statement did not wait for the row's lock"
+        await until_waiting_for(database, other)
         await other.commit()
     finally:
         await other.close()
@@ -1071,8 +1081,7 @@ async def test_seats_given_back_while_the_statement_waits_for_its_lock_are_count
     try:
         await other.execute(text(sell), {"id": s, "n": -5})  # 7 left once committed
         booking = asyncio.ensure_future(booker.submit(Book(event.id, s, 3)))
-        await asyncio.sleep(0.3)
-        assert not booking.done(), "the statement did not wait for the row's lock"
+        await until_waiting_for(database, other)
         await other.commit()
     finally:
         await other.close()

@@ -207,7 +207,9 @@ async def apply_if_unchanged(
         log.warning(
             "one_statement_refused_by_check",
             constraint=error.constraint_name,
-            detail=error.detail,
+            # The failing row: a section's holds ids, names and counts only (a row of
+            # another table could hold a customer's id or payment reference).
+            detail=error.detail if error.table_name == "sections" else None,
             sections={
                 ident: (*decisions.effects.loaded[ident], decisions.effects.drawn[ident])
                 for ident in decisions.effects.sections
