@@ -951,16 +951,33 @@ async def test_a_deadlocked_statement_is_decided_again_under_lock(
     assert await inventory(database, s) == (10, 6, 4)
 
 
-async def until_waiting_for(database: Database, holder: Any) -> None:
-    """Until some session waits for a lock that `holder` (a connection in a transaction)
-    holds: the statement under test has taken its snapshot and waits for the row."""
-    pid = (await holder.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+# Seats sold (n < 0: given back) outside any booking row, as another process might.
+SOLD_OUTSIDE = text(
+    "UPDATE sections SET remaining = remaining - :n, sold = sold + :n WHERE id = CAST(:id AS uuid)"
+)
+
+
+async def booked_while_sold_outside(
+    booker: BatchedBooker, database: Database, book: Book, sold: int
+) -> asyncio.Future[Any]:
+    """`book`, submitted while another transaction holds its section's row having sold
+    `sold` seats there, which it commits once the statement under test waits for the row
+    (PostgreSQL shows it blocked): the statement's snapshot is from before that commit."""
     blocked = text("SELECT count(*) FROM pg_stat_activity WHERE :pid = ANY(pg_blocking_pids(pid))")
-    deadline = time.monotonic() + 10
-    async with database.engine.connect() as watcher:
-        while not (await watcher.execute(blocked, {"pid": pid})).scalar_one():
-            assert time.monotonic() < deadline, "the statement never waited for the row's lock"
-            await asyncio.sleep(0.01)
+    other = await database.engine.connect()
+    try:
+        await other.execute(SOLD_OUTSIDE, {"id": book.section_id, "n": sold})
+        pid = (await other.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+        booking = asyncio.ensure_future(booker.submit(book))
+        deadline = time.monotonic() + 10
+        async with database.engine.connect() as watcher:
+            while not (await watcher.execute(blocked, {"pid": pid})).scalar_one():
+                assert time.monotonic() < deadline, "the statement never waited for the row"
+                await asyncio.sleep(0.01)
+        await other.commit()
+    finally:
+        await other.close()
+    return booking
 
 
 @POSTGRESQL_ONLY
@@ -973,20 +990,7 @@ async def test_a_sale_committed_while_the_statement_waits_for_its_lock_is_counte
     event = await new_event(database, 10)
     s = event.sections[0].id
     await warm(booker, event)  # remembered: 9 left
-    other = await database.engine.connect()
-    try:
-        await other.execute(
-            text(
-                "UPDATE sections SET remaining = remaining - 5, sold = sold + 5 "
-                "WHERE id = CAST(:id AS uuid)"
-            ),
-            {"id": s},
-        )  # 4 left once committed; the row stays locked until then
-        booking = asyncio.ensure_future(booker.submit(Book(event.id, s, 3)))
-        await until_waiting_for(database, other)
-        await other.commit()
-    finally:
-        await other.close()
+    booking = await booked_while_sold_outside(booker, database, Book(event.id, s, 3), 5)
     assert (await booking).qty == 3
     assert booker.stats.verified == 1
     assert await inventory(database, s) == (10, 1, 4)  # 5 sold outside any booking row
@@ -1002,20 +1006,7 @@ async def test_a_sale_committed_while_the_statement_waits_that_leaves_too_few_se
     event = await new_event(database, 10)
     s = event.sections[0].id
     await warm(booker, event)  # remembered: 9 left
-    other = await database.engine.connect()
-    try:
-        await other.execute(
-            text(
-                "UPDATE sections SET remaining = remaining - 8, sold = sold + 8 "
-                "WHERE id = CAST(:id AS uuid)"
-            ),
-            {"id": s},
-        )  # 1 left once committed
-        booking = asyncio.ensure_future(booker.submit(Book(event.id, s, 3)))
-        await until_waiting_for(database, other)
-        await other.commit()
-    finally:
-        await other.close()
+    booking = await booked_while_sold_outside(booker, database, Book(event.id, s, 3), 8)
     with pytest.raises(InsufficientSeats):
         await booking
     assert (booker.stats.verified, booker.stats.retried) == (0, 1)
@@ -1071,20 +1062,10 @@ async def test_seats_given_back_while_the_statement_waits_for_its_lock_are_count
     event = await new_event(database, 10)
     s = event.sections[0].id
     await warm(booker, event)  # remembered: 9 left
-    sell = (
-        "UPDATE sections SET remaining = remaining - :n, sold = sold + :n "
-        "WHERE id = CAST(:id AS uuid)"
-    )
     async with database.engine.begin() as conn:
-        await conn.execute(text(sell), {"id": s, "n": 7})  # 2 left, memory says 9
-    other = await database.engine.connect()
-    try:
-        await other.execute(text(sell), {"id": s, "n": -5})  # 7 left once committed
-        booking = asyncio.ensure_future(booker.submit(Book(event.id, s, 3)))
-        await until_waiting_for(database, other)
-        await other.commit()
-    finally:
-        await other.close()
+        await conn.execute(SOLD_OUTSIDE, {"id": s, "n": 7})  # 2 left, memory says 9
+    # 7 left once given back, while the statement waits.
+    booking = await booked_while_sold_outside(booker, database, Book(event.id, s, 3), -5)
     assert (await booking).qty == 3
     assert (booker.stats.verified, booker.stats.retried) == (1, 0), "not in one statement"
     assert await inventory(database, s) == (10, 4, 4)  # 2 sold outside any booking row
