@@ -350,6 +350,7 @@ _REQUESTS = "boxoffice_http_request_duration_seconds"
 _INTERNAL = {
     "boxoffice_batch_commit_duration_seconds": "(a group-commit batch)",
     "boxoffice_booking_queue_wait_seconds": "(a command, queued for its batch)",
+    "boxoffice_queue_join_write_seconds": "(a write of queued joins)",
 }
 
 

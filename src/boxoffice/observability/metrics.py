@@ -378,6 +378,12 @@ AVAILABILITY_REFRESHES = LocalCounter(
 # The waiting room (api/routes/waiting_room.py, services/room_watch.py) ------------------
 
 QUEUE_JOINS = LocalCounter("boxoffice_queue_joins", "Joins of a waiting room's line answered.")
+QUEUE_JOIN_WRITES = LocalHistogram(
+    "boxoffice_queue_join_write_seconds",
+    "How long each write of queued joins took (one transaction for a burst of joins, "
+    "services/line_joiner.py): a join waits for the write in progress, then its own.",
+    buckets=COMMIT_BUCKETS,
+)
 QUEUE_POLLS = LocalCounter(
     "boxoffice_queue_polls",
     "Polls of a queue ticket answered, by the status told (waiting, admitted, expired, "

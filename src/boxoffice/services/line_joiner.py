@@ -11,9 +11,11 @@ one batch longer than it would alone.
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import datetime
 
 from boxoffice.db.database import Database
+from boxoffice.observability import metrics
 from boxoffice.services import waiting_room as rooms
 from boxoffice.services.waiting_room import Joining
 
@@ -44,8 +46,10 @@ class LineJoiner:
             while self._queue:
                 batch = self._queue[: self._max_batch]
                 del self._queue[: self._max_batch]
+                started = time.perf_counter()
                 try:
                     places = await rooms.join(self._database, [joining for joining, _ in batch])
+                    metrics.QUEUE_JOIN_WRITES.observe(time.perf_counter() - started)
                 except Exception as error:
                     for _, future in batch:
                         if not future.done():
