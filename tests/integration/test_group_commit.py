@@ -971,6 +971,10 @@ async def booked_while_sold_outside(
         booking = asyncio.ensure_future(booker.submit(book))
         deadline = time.monotonic() + 10
         async with database.engine.connect() as watcher:
+            # Each poll its own transaction: PostgreSQL keeps what pg_stat_activity showed
+            # until the transaction ends, so a backend the booker opens later would never
+            # be seen (CI failed this way once).
+            await watcher.execution_options(isolation_level="AUTOCOMMIT")
             while not (await watcher.execute(blocked, {"pid": pid})).scalar_one():
                 assert time.monotonic() < deadline, "the statement never waited for the row"
                 await asyncio.sleep(0.01)
