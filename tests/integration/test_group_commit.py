@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -91,19 +90,17 @@ class HeldCommitter:
 
     On SQLite the gate is a file the writer (a process, or a thread) waits for after
     the batch's writes, and every batch waits: the file stays, so once it is opened
-    later batches pass. On PostgreSQL the batch waits before its writes, on the
-    committer's own loop and thread (`booking/committer_thread.py`), so the gate is
-    made of thread-safe events, watched from each side's loop; `only_qty` picks the
-    batch that waits. Neither wait lasts for ever: past GATE_TIMEOUT_SECONDS it fails
-    the test (`GateTimeout`).
+    later batches pass. On PostgreSQL the batch waits before its writes, on the event
+    loop, and `only_qty` picks the batch that waits. Neither wait lasts for ever:
+    past GATE_TIMEOUT_SECONDS it fails the test (`GateTimeout`).
     """
 
     def __init__(self, database_url: str) -> None:
         self._sqlite = database_url.startswith("sqlite")
         self._gate = gate_path(database_url)
         self._database_url = database_url
-        self._reached = threading.Event()
-        self._opened = threading.Event()
+        self._reached = asyncio.Event()
+        self._opened = asyncio.Event()
         self._given_up = False
 
     async def reached(self) -> None:
@@ -111,8 +108,10 @@ class HeldCommitter:
         if self._sqlite:
             await reached_gate(self._database_url)
             return
-        if not await _set_within(self._reached, GATE_TIMEOUT_SECONDS):
-            raise GateTimeout("no batch reached the gate")
+        try:
+            await asyncio.wait_for(self._reached.wait(), GATE_TIMEOUT_SECONDS)
+        except TimeoutError:
+            raise GateTimeout("no batch reached the gate") from None
 
     def open(self) -> None:
         if self._sqlite:
@@ -125,19 +124,11 @@ class HeldCommitter:
         self._reached.set()
         if self._given_up:  # a failed batch is retried one command at a time: fail at once
             raise GateTimeout("the gate was never opened")
-        if not await _set_within(self._opened, GATE_TIMEOUT_SECONDS):
+        try:
+            await asyncio.wait_for(self._opened.wait(), GATE_TIMEOUT_SECONDS)
+        except TimeoutError:
             self._given_up = True
-            raise GateTimeout("the gate was never opened")
-
-
-async def _set_within(event: threading.Event, seconds: float) -> bool:
-    """Wait for a thread-safe `event` without blocking this loop."""
-    deadline = time.monotonic() + seconds
-    while not event.is_set():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.002)
-    return True
+            raise GateTimeout("the gate was never opened") from None
 
 
 def hold_the_committer(
@@ -642,10 +633,9 @@ async def until(condition: Callable[[], bool], failure: str) -> None:
         await asyncio.sleep(0.01)
 
 
-def the_committer(booker: BatchedBooker) -> asyncio.Task[Any]:
-    """The running booker's committer task (on PostgreSQL it runs on a loop of its own)."""
-    committer = booker._committer
-    assert committer is not None and committer.get_name() == "boxoffice-committer"
+def the_committer() -> asyncio.Task[Any]:
+    """The running booker's committer task (`BatchedBooker.start` names it)."""
+    (committer,) = [t for t in asyncio.all_tasks() if t.get_name() == "boxoffice-committer"]
     return committer
 
 
@@ -724,7 +714,7 @@ async def test_stop_past_its_timeout_rolls_back_the_batch_in_flight_and_fails_th
     await held.reached()
     queued = [asyncio.create_task(booker.submit(Book(event.id, s, q))) for q in (2, 3)]
     await asyncio.sleep(0)
-    committer = the_committer(booker)
+    committer = the_committer()
     stopping = asyncio.create_task(booker.stop())
     await until(lambda: committer.cancelling() > 0 or committer.done(), "stop() never gave up")
     held.open()  # the batch's work ends only now, after its caller gave up

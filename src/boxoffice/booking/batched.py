@@ -43,7 +43,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -52,7 +51,6 @@ from datetime import datetime
 
 import structlog
 
-from boxoffice.booking.committer_thread import CommitterThread
 from boxoffice.booking.connections import KeptConnections
 from boxoffice.booking.events_of import EventsOf
 from boxoffice.booking.locked import LockedWriter
@@ -86,14 +84,14 @@ class _Waiting:
     command: Command
     answer: asyncio.Future[Result]
     deadline: float  # loop time by which a batch must take it (BOOKING_QUEUE_TIMEOUT_MS)
-    queued_at: float  # `time.monotonic()` when it was queued (the committer's thread reads it)
+    queued_at: float  # loop time it was queued
 
 
-def _give_up(waiting: _Waiting) -> None:
+def _give_up(waiting: _Waiting, now: float) -> None:
     """The queue timeout: answer a command that no batch has taken, and now none will."""
     if not waiting.answer.done():
         metrics.BOOKING_QUEUE_TIMEOUTS.inc()
-        metrics.QUEUE_WAIT_SECONDS.observe(time.monotonic() - waiting.queued_at)
+        metrics.QUEUE_WAIT_SECONDS.observe(now - waiting.queued_at)
         waiting.answer.set_exception(
             Overloaded("the booking queue did not reach this request in time")
         )
@@ -124,7 +122,6 @@ class BatchedBooker:
         queue_timeout_seconds: float = 1.0,
         restart_delay_seconds: float = 1.0,
         on_written: Callable[[Iterable[str]], None] | None = None,
-        committer_thread: bool = True,
     ) -> None:
         self._database = database
         self._on_written = on_written
@@ -137,56 +134,26 @@ class BatchedBooker:
         self._reaper: asyncio.TimerHandle | None = None  # armed for the oldest deadline
         self._clock = clock
         self._queue: deque[_Waiting] = deque()
-        # Taken by whoever takes commands off the queue (the committer, the reaper): they
-        # may be on two threads (committer_thread.py). Appending needs no lock.
-        self._taking = threading.Lock()
         self._arrived = asyncio.Event()
-        self._idle = False  # the committer waits for `_arrived` (or is about to)
         self._committer: asyncio.Task[None] | None = None
         self._stopping = False  # stop() was called: answer 503, and do not restart
         self._in_flight: list[_Waiting] = []
         self._keys = InFlight() if in_flight is None else in_flight
         postgresql = database.dialect == "postgresql"
-        # PostgreSQL: the committer on its own thread and loop (committer_thread.py).
-        self._thread = CommitterThread(database) if postgresql and committer_thread else None
-        self._main: asyncio.AbstractEventLoop | None = None  # the loop commands come from
-        self._writes_to = database  # the committer's engine: the thread's, if it has one
         self._connections = KeptConnections(database) if postgresql else None
         self._locked = LockedWriter(database, self._connections)
         self._remembered = Remembered() if postgresql else None
-        # Holds events_of read (on the server's loop), for the committer to remember.
-        self._read_holds: deque[Hold] = deque()
         self.events_of = EventsOf(
             database,
-            on_hold=None if self._remembered is None else self._read_holds.append,
+            on_hold=None if self._remembered is None else self._remembered.remember_read_hold,
         )
-        self._changes: list[Changes] = []  # counted once the batch is answered
         self.stats = BatchStats()
 
     async def start(self) -> None:
         if self._committer is None:
             await self._database.start_writer()
             self._stopping = False
-            self._main = asyncio.get_running_loop()
-            self._arrived = asyncio.Event()
-            if self._thread is None:
-                self._start_committer()
-                return
-            self._writes_to = await self._thread.start()
-            self._connections = KeptConnections(self._writes_to)
-            self._locked = LockedWriter(self._writes_to, self._connections)
-            await self._thread.run(self._start_committer_there())
-
-    async def _start_committer_there(self) -> None:
-        self._start_committer()
-
-    def _to_main(self, callback: Callable[..., object], *args: object) -> None:
-        """Run `callback(*args)` on the loop the commands came from, in call order."""
-        if self._thread is None:
-            callback(*args)
-        else:
-            assert self._main is not None
-            self._main.call_soon_threadsafe(callback, *args)
+            self._start_committer()
 
     def _start_committer(self) -> None:
         self._restart = None
@@ -217,22 +184,10 @@ class BatchedBooker:
         )
         committer, self._committer = self._committer, None
         self._stopping = True
-        if self._reaper is not None:
-            self._reaper.cancel()
-            self._reaper = None
-        if self._thread is None:
-            await self._drain(committer)
-        elif self._thread.running:  # not if never started, or stopped already
-            await self._thread.run(self._drain(committer))
-        self._fail_waiting(DatabaseUnavailable("the server is shutting down"))
-        if self._thread is not None:
-            await self._thread.stop()
-
-    async def _drain(self, committer: asyncio.Task[None] | None) -> None:
-        """On the committer's loop: let it finish (STOP_TIMEOUT_SECONDS at most)."""
-        if self._restart is not None:
-            self._restart.cancel()
-            self._restart = None
+        for timer in (self._restart, self._reaper):
+            if timer is not None:
+                timer.cancel()
+        self._restart = self._reaper = None
         if committer is not None:
             self._arrived.set()
             try:
@@ -243,6 +198,7 @@ class BatchedBooker:
                     await committer
             except Exception:  # it died earlier; _on_committer_exit logged why
                 pass
+        self._fail_waiting(DatabaseUnavailable("the server is shutting down"))
         if self._connections is not None:
             await self._connections.drop()
 
@@ -273,13 +229,10 @@ class BatchedBooker:
         loop = asyncio.get_running_loop()
         answer: asyncio.Future[Result] = loop.create_future()
         timeout = self._queue_timeout
-        deadline = loop.time() + timeout if timeout else math.inf
-        waiting = _Waiting(command, answer, deadline, time.monotonic())
+        now = loop.time()
+        waiting = _Waiting(command, answer, now + timeout if timeout else math.inf, now)
         self._queue.append(waiting)
-        if self._thread is None:
-            self._arrived.set()
-        elif self._idle:  # checked after appending: see _run
-            self._thread.call_soon(self._arrived.set)
+        self._arrived.set()
         if timeout and self._reaper is None:
             self._reaper = loop.call_at(waiting.deadline, self._reap)
         # If our caller is cancelled, so is `answer`, and the committer skips it.
@@ -290,22 +243,16 @@ class BatchedBooker:
         self._reaper = None
         now = asyncio.get_running_loop().time()
         queue = self._queue
-        with self._taking:
-            while queue and queue[0].deadline <= now:
-                _give_up(queue.popleft())
+        while queue and queue[0].deadline <= now:
+            _give_up(queue.popleft(), now)
         if queue and math.isfinite(queue[0].deadline):
             self._reaper = asyncio.get_running_loop().call_at(queue[0].deadline, self._reap)
 
     async def _run(self) -> None:
         while self._queue or not self._stopping:
             if not self._queue:
-                # Idle first, then look again: a command queued after that look sees
-                # `_idle` and wakes us; one queued before it is found by the look.
-                self._idle = True
                 self._arrived.clear()
-                if not self._queue and not self._stopping:
-                    await self._arrived.wait()
-                self._idle = False
+                await self._arrived.wait()
                 continue
             batch = self._next_batch()
             if batch:
@@ -330,51 +277,33 @@ class BatchedBooker:
         self._restart = asyncio.get_running_loop().call_later(delay, self._start_committer)
 
     def _fail_waiting(self, error: Exception) -> None:
-        with self._taking:
-            failed = [*self._in_flight, *self._queue]
-            self._in_flight = []
-            self._queue.clear()
-        self._to_main(_settle_all, failed, error)
+        for waiting in [*self._in_flight, *self._queue]:
+            _settle(waiting, error)
+        self._in_flight = []
+        self._queue.clear()
 
     def _next_batch(self) -> list[_Waiting]:
         batch: list[_Waiting] = []
-        queue = self._queue
-        with self._taking:
-            while queue and len(batch) < self._max_batch:
-                waiting = queue.popleft()
-                if not waiting.answer.done():  # skip callers that went away or gave up
-                    batch.append(waiting)
+        while self._queue and len(batch) < self._max_batch:
+            waiting = self._queue.popleft()
+            if not waiting.answer.done():  # skip callers that went away or gave up
+                batch.append(waiting)
         return batch
 
     async def _commit(self, batch: list[_Waiting]) -> None:
         self.stats.batches += 1
         self.stats.requests += len(batch)
         self.stats.largest = max(self.stats.largest, len(batch))
-        taken = time.monotonic()
-        self._changes = []
+        started = time.perf_counter()
+        taken = asyncio.get_running_loop().time()
+        for waiting in batch:
+            metrics.QUEUE_WAIT_SECONDS.observe(taken - waiting.queued_at)
         answers = await answer_each(self._apply, [w.command for w in batch])
-        changes, self._changes = self._changes, []
-        self._to_main(self._answer, batch, answers, changes, taken, time.monotonic())
-
-    def _answer(
-        self,
-        batch: list[_Waiting],
-        answers: list[Answer],
-        changes: list[Changes],
-        taken: float,
-        done: float,
-    ) -> None:
-        """On the commands' loop: what the batch wrote is told, then each command answered."""
         if self._on_written is not None:
             self._on_written(events_named(w.command for w in batch))
         for waiting, answer in zip(batch, answers, strict=True):
             _settle(waiting, answer)
-        # Metrics are the commands' loop's: their local counters are not shared by threads.
-        for waiting in batch:
-            metrics.QUEUE_WAIT_SECONDS.observe(taken - waiting.queued_at)
-        for change in changes:
-            metrics.count_changes(change)
-        metrics.COMMIT_SECONDS.observe(done - taken)
+        metrics.COMMIT_SECONDS.observe(time.perf_counter() - started)
         metrics.BATCH_COMMANDS.observe(len(batch))
 
     async def _apply(self, commands: Sequence[Command]) -> list[Outcome]:
@@ -384,7 +313,7 @@ class BatchedBooker:
             if self._remembered is not None:
                 decided = await self._apply_if_unchanged(commands, now)
                 if decided is not None:
-                    self._changes.append(Changes.of(decided.effects))
+                    metrics.count_changes(Changes.of(decided.effects))
                     return decided.outcomes
             applied = await self._locked.apply(commands, now)
         except BaseException:
@@ -397,7 +326,7 @@ class BatchedBooker:
                     c.hold_id for c in commands if isinstance(c, ConfirmHold | ReleaseHold)
                 )
             raise
-        self._changes.append(applied.changes)
+        metrics.count_changes(applied.changes)
         if self._remembered is not None:
             self._remembered.remember(applied.sections)
             self._remembered.remember_holds(applied.new_holds, applied.changed_holds)
@@ -412,14 +341,12 @@ class BatchedBooker:
     ) -> Decisions | None:
         assert self._remembered is not None
         assert self._connections is not None
-        while self._read_holds:  # read by events_of for commands of this batch or later ones
-            self._remembered.remember_read_hold(self._read_holds.popleft())
         inventory = self._remembered.inventory_for(commands, now)
         if inventory is None:
             return None
         conn = await self._connections.get(autocommit=True)
         async with UnitOfWork(
-            self._writes_to, write=True, single_statement=True, connection=conn
+            self._database, write=True, single_statement=True, connection=conn
         ) as uow:
             decided = await apply_if_unchanged(uow.conn, commands, inventory, self._remembered, now)
             await uow.commit()
@@ -428,11 +355,6 @@ class BatchedBooker:
         else:
             self.stats.verified += len(commands)
         return decided
-
-
-def _settle_all(waiting: Iterable[_Waiting], outcome: Answer) -> None:
-    for each in waiting:
-        _settle(each, outcome)
 
 
 def _settle(waiting: _Waiting, outcome: Answer) -> None:

@@ -151,8 +151,6 @@ class Database:
         self.write_lock: asyncio.Lock | None = asyncio.Lock() if dialect == "sqlite" else None
         self.writer = writer
         self._closed = False
-        self._url: URL | None = None  # PostgreSQL, from from_url: for_another_loop
-        self._limits: Limits | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Database:
@@ -182,7 +180,7 @@ class Database:
             engine = _sqlite_engine(url, max(1, limits.pool_size - 1), limits)
             return cls(engine, "sqlite", writer=writer)
         readers, writers = limits.split()
-        database = cls(
+        return cls(
             _postgresql_engine(url, readers, limits, pooler=pooler),
             "postgresql",
             write_engine=_postgresql_engine(
@@ -190,23 +188,6 @@ class Database:
             ),
             pooler=pooler,
         )
-        database._url, database._limits = url, limits
-        return database
-
-    def for_another_loop(self, connections: int = 2) -> Database:
-        """PostgreSQL: the same database for another thread's event loop (asyncpg's
-        connections belong to the loop that opened them): writers only, `connections` of
-        them, with the same settings. Call it on that loop."""
-        if self._url is None or self._limits is None:
-            raise RuntimeError("only a PostgreSQL database made by from_url has another loop")
-        engine = _postgresql_engine(
-            self._url,
-            connections,
-            self._limits,
-            settings=KEYED_PLANNING,
-            pooler=self.pooler,
-        )
-        return Database(engine, "postgresql", pooler=self.pooler)
 
     async def connect(self, *, write: bool) -> AsyncConnection:
         """A pooled connection whose next `begin()` starts the right kind of transaction."""
