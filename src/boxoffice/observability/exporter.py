@@ -1,6 +1,7 @@
 """The metrics task of a server process: flushes every second, and looks at the database.
 
     every FLUSH_SECONDS          pools' usage sampled, then every local metric flushed
+    every 0.1 s                  the event loop's lag observed (observability/loop_lag.py)
     every sample_seconds         this process probes the database (up? which server?);
                                  one process at a time reads the watched sections' seats
     every check_seconds          one process at a time checks them against their holds
@@ -22,6 +23,7 @@ import structlog
 
 from boxoffice.db.database import Database
 from boxoffice.observability import metrics
+from boxoffice.observability.loop_lag import LoopLag
 from boxoffice.observability.multiprocess import forget_process, take_turn
 from boxoffice.periodic import Periodic
 from boxoffice.services.clock import Clock, system_clock
@@ -57,14 +59,17 @@ class Exporter:
         self._sampling = Periodic(
             "boxoffice-metrics-sampler", sample_seconds, self._sample_pass, at_once=True
         )
+        self._loop_lag = LoopLag()
 
     async def start(self) -> None:
+        self._loop_lag.start()
         self._flushing.start()
         if self._sample_seconds > 0:
             self._sampling.start()
 
     async def stop(self) -> None:
         """Let a flush or a sample under way finish, then flush one last time."""
+        self._loop_lag.stop()
         await self._sampling.stop()
         await self._flushing.stop()
         self.flush()

@@ -378,6 +378,12 @@ AVAILABILITY_REFRESHES = LocalCounter(
 # The waiting room (api/routes/waiting_room.py, services/room_watch.py) ------------------
 
 QUEUE_JOINS = LocalCounter("boxoffice_queue_joins", "Joins of a waiting room's line answered.")
+EVENT_LOOP_LAG = LocalHistogram(
+    "boxoffice_event_loop_lag_seconds",
+    "How late this process's event loop ran a timer due every 0.1 s "
+    "(observability/loop_lag.py): every request waits about this long at each of its steps.",
+    buckets=COMMIT_BUCKETS,
+)
 QUEUE_JOIN_WRITES = LocalHistogram(
     "boxoffice_queue_join_write_seconds",
     "How long each write of queued joins took (one transaction for a burst of joins, "
