@@ -357,6 +357,52 @@ _INTERNAL = {
 }
 
 
+# How often the sale's watcher reads the server's loop-lag histogram (a scrape, which
+# costs the server a little: every 5 s, not every second).
+LAG_EVERY_SECONDS = 5
+
+
+def lag_buckets(exposition: str) -> dict[float, float]:
+    """The event-loop lag histogram's cumulative buckets, every worker's summed."""
+    buckets: dict[float, float] = defaultdict(float)
+    for family in text_string_to_metric_families(exposition):
+        if family.name == "boxoffice_event_loop_lag_seconds":
+            for sample in family.samples:
+                if sample.name.endswith("_bucket"):
+                    buckets[float(sample.labels["le"])] += sample.value
+    return dict(buckets)
+
+
+def lag_over_time(
+    timeline: list[dict[str, Any]], every_seconds: float = 10.0
+) -> list[dict[str, float]]:
+    """Per window of about `every_seconds`: the loop-lag probes taken in it (every worker's),
+    the share over 100 ms, and the upper bounds of the buckets p50 and p99 fall in."""
+    points = [p for p in timeline if p.get("lag")]
+    windows = []
+    start = 0
+    for end in range(1, len(points)):
+        if points[end]["t"] - points[start]["t"] < every_seconds and end < len(points) - 1:
+            continue
+        before, after = points[start]["lag"], points[end]["lag"]
+        bounds = sorted(after)
+        delta = {b: after[b] - before.get(b, 0.0) for b in bounds}
+        probes = delta[bounds[-1]]
+        if probes >= 1:
+            windows.append(
+                {
+                    "from": points[start]["t"],
+                    "to": points[end]["t"],
+                    "probes": probes,
+                    "over_100ms": 1 - delta.get(0.1, 0.0) / probes,
+                    "p50_under_ms": 1000 * next(b for b in bounds if delta[b] >= 0.5 * probes),
+                    "p99_under_ms": 1000 * next(b for b in bounds if delta[b] >= 0.99 * probes),
+                }
+            )
+        start = end
+    return windows
+
+
 def server_latency(exposition: str) -> dict[str, dict[str, float]]:
     """Per route, from the server's request histogram (every worker's, summed): how many,
     the share answered within 100 ms, and the upper bounds of the buckets p50 and p99
@@ -444,7 +490,8 @@ def _watch(
     t0_ms: float,
     say: Any,
 ) -> list[dict[str, Any]]:
-    """The room's figures once a second, until every customer is done (or the deadline)."""
+    """The room's figures once a second, and the server's event-loop lag every
+    LAG_EVERY_SECONDS, until every customer is done (or the deadline)."""
     timeline: list[dict[str, Any]] = []
     deadline = time.monotonic() + config.deadline_seconds
     last_said = 0.0
@@ -453,6 +500,8 @@ def _watch(
         at = time.time() * 1000 - t0_ms
         point: dict[str, Any] = {"t": at / 1000}
         try:
+            if len(timeline) % LAG_EVERY_SECONDS == 0:
+                point["lag"] = lag_buckets(client.get("/metrics").text)
             if config.room:
                 figures = client.get(f"/events/{event_id}/waiting-room").json()["figures"]
                 if figures:
@@ -818,11 +867,33 @@ def report(room: SaleOutcome, bare: SaleOutcome | None, path: Path) -> str:
         f"![sales per second, queue length and admissions]({path.stem}.png)",
         "",
     ]
+    lines += _lag_table(room)
     lines += _tail(room)
     if room.server_warnings:
         lines += ["## The server's warnings and errors (first lines)", "", "```"]
         lines += [*room.server_warnings, "```", ""]
     return "\n".join(lines)
+
+
+def _lag_table(room: SaleOutcome) -> list[str]:
+    """How late the server's event loops ran over the sale (observability/loop_lag.py)."""
+    windows = lag_over_time(room.timeline)
+    if not windows:
+        return []
+    lines = [
+        "## The server's event loops over the sale (a timer due every 0.1 s per worker)",
+        "",
+        "Every step of every request a worker serves waits about as long as its timer.",
+        "",
+        "| t, s | probes | over 100 ms late | p50 under, ms | p99 under, ms |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for w in windows:
+        lines.append(
+            f"| {w['from']:.0f}–{w['to']:.0f} | {w['probes']:,.0f} | {w['over_100ms']:.1%} | "
+            f"{w['p50_under_ms']:g} | {w['p99_under_ms']:g} |"
+        )
+    return [*lines, ""]
 
 
 def _tail(room: SaleOutcome, every_seconds: float = 5.0) -> list[str]:

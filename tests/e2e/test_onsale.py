@@ -9,7 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from bench.onsale import LOOP_LAG_ROW, SaleConfig, checks, run_sale
+from bench.onsale import LOOP_LAG_ROW, SaleConfig, checks, lag_over_time, run_sale
 
 pytestmark = pytest.mark.e2e
 
@@ -70,3 +70,4 @@ def test_a_small_on_sale_through_the_room(database_url: str, tmp_path: Path) -> 
     assert 0 <= inside["GET /queue/{ticket}"]["within_100ms"] <= 1
     # Each worker's loop was probed ten times a second throughout (a minute or more).
     assert inside[LOOP_LAG_ROW]["requests"] >= 300
+    assert lag_over_time(sale.timeline), "the sale's watcher never read the loops' lag"

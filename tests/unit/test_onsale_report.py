@@ -1,0 +1,53 @@
+"""The sale report's figures made from the server's histograms (`bench/onsale.py`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.onsale import lag_buckets, lag_over_time
+
+EXPOSITION = """\
+# HELP boxoffice_event_loop_lag_seconds How late.
+# TYPE boxoffice_event_loop_lag_seconds histogram
+boxoffice_event_loop_lag_seconds_bucket{le="0.01"} 90.0
+boxoffice_event_loop_lag_seconds_bucket{le="0.1"} 99.0
+boxoffice_event_loop_lag_seconds_bucket{le="0.25"} 100.0
+boxoffice_event_loop_lag_seconds_bucket{le="+Inf"} 100.0
+boxoffice_event_loop_lag_seconds_count 100.0
+boxoffice_event_loop_lag_seconds_sum 1.5
+"""
+
+
+def point(t: float, within_10ms: float, within_100ms: float, total: float) -> dict[str, Any]:
+    bounds = {0.01: within_10ms, 0.1: within_100ms, 0.25: total, float("inf"): total}
+    return {"t": t, "lag": bounds}
+
+
+def test_the_lag_histogram_is_read_from_the_exposition() -> None:
+    assert lag_buckets(EXPOSITION) == {0.01: 90.0, 0.1: 99.0, 0.25: 100.0, float("inf"): 100.0}
+    assert lag_buckets("") == {}
+
+
+def test_each_window_counts_only_the_probes_taken_in_it() -> None:
+    timeline = [
+        point(0, 0, 0, 0),
+        {"t": 5},  # a second without a scrape
+        point(10, 100, 100, 100),  # quiet: every probe on time
+        point(20, 110, 150, 200),  # busy: 100 probes, half over 100 ms late
+        point(30, 210, 250, 300),  # the last window, however short
+    ]
+    windows = lag_over_time(timeline, every_seconds=10)
+    assert [(w["from"], w["to"], w["probes"]) for w in windows] == [
+        (0, 10, 100),
+        (10, 20, 100),
+        (20, 30, 100),
+    ]
+    quiet, busy, _ = windows
+    assert (quiet["over_100ms"], quiet["p50_under_ms"], quiet["p99_under_ms"]) == (0, 10, 10)
+    assert busy["over_100ms"] == 0.5
+    assert (busy["p50_under_ms"], busy["p99_under_ms"]) == (100, 250)
+
+
+def test_no_scrape_no_window() -> None:
+    assert lag_over_time([{"t": 1}, {"t": 2}]) == []
+    assert lag_over_time([point(0, 1, 1, 1)]) == []
