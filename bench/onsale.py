@@ -354,6 +354,8 @@ _INTERNAL = {
     "boxoffice_queue_join_write_seconds": "(a write of queued joins)",
     # Every process's probes (observability/loop_lag.py): the arrival storm's share of them.
     "boxoffice_event_loop_lag_seconds": LOOP_LAG_ROW,
+    # One row per kind of read (hold caps' records, API keys, the events of holds).
+    "boxoffice_coalesced_read_seconds": "(a query of coalesced reads: {read})",
 }
 
 
@@ -417,7 +419,7 @@ def server_latency(exposition: str) -> dict[str, dict[str, float]]:
                 route = (
                     f"{sample.labels['method']} {sample.labels['route']}"
                     if "route" in sample.labels
-                    else _INTERNAL[family.name]
+                    else _INTERNAL[family.name].format(**sample.labels)
                 )
                 cumulative[route][float(sample.labels["le"])] += sample.value
     found = {}

@@ -31,7 +31,7 @@ class Lookup:
 
 async def test_reads_asked_for_at_once_are_one_query_and_each_gets_its_value() -> None:
     lookup = Lookup()
-    reads = Coalesced(lookup)
+    reads = Coalesced(lookup, name="test")
     values = await asyncio.gather(*(reads.get(key) for key in (1, 2, 3, 2, 1)))
     assert values == [2, 4, 6, 4, 2]
     assert lookup.batches == [[1, 2, 3]]  # the same key read once
@@ -40,7 +40,7 @@ async def test_reads_asked_for_at_once_are_one_query_and_each_gets_its_value() -
 async def test_reads_asked_for_during_a_query_wait_for_the_next_one_together() -> None:
     lookup = Lookup()
     lookup.release = asyncio.Event()
-    reads = Coalesced(lookup, max_batch=3)
+    reads = Coalesced(lookup, name="test", max_batch=3)
     first = asyncio.ensure_future(reads.get(1))
     await asyncio.sleep(0.01)  # the first query is under way, and waits
     later = [asyncio.ensure_future(reads.get(key)) for key in range(10, 15)]
@@ -54,7 +54,7 @@ async def test_reads_asked_for_during_a_query_wait_for_the_next_one_together() -
 async def test_a_failed_query_fails_its_own_readers_only() -> None:
     lookup = Lookup()
     lookup.release = asyncio.Event()
-    reads = Coalesced(lookup)
+    reads = Coalesced(lookup, name="test")
     lookup.fail_next = True
     failing = asyncio.ensure_future(reads.get(1))
     await asyncio.sleep(0.01)
@@ -70,7 +70,7 @@ async def test_a_failed_query_fails_its_own_readers_only() -> None:
 async def test_a_reader_that_gives_up_does_not_cancel_the_read_of_others() -> None:
     lookup = Lookup()
     lookup.release = asyncio.Event()
-    reads = Coalesced(lookup)
+    reads = Coalesced(lookup, name="test")
     impatient = asyncio.ensure_future(reads.get(7))
     patient = asyncio.ensure_future(reads.get(7))
     await asyncio.sleep(0.01)
@@ -83,7 +83,7 @@ async def test_a_reader_that_gives_up_does_not_cancel_the_read_of_others() -> No
 async def test_after_forget_a_read_does_not_join_one_begun_before() -> None:
     lookup = Lookup()
     lookup.release = asyncio.Event()
-    reads = Coalesced(lookup)
+    reads = Coalesced(lookup, name="test")
     before = asyncio.ensure_future(reads.get(5))
     await asyncio.sleep(0.01)
     reads.forget()
@@ -99,7 +99,7 @@ async def test_a_read_queued_when_forget_comes_is_still_answered() -> None:
     readers get the value (the first one's future was once left unanswered for ever)."""
     lookup = Lookup()
     lookup.release = asyncio.Event()
-    reads = Coalesced(lookup)
+    reads = Coalesced(lookup, name="test")
     under_way = asyncio.ensure_future(reads.get(1))
     await asyncio.sleep(0.01)  # [1] is being read; 2 queues for the next query
     queued = asyncio.ensure_future(reads.get(2))
@@ -115,7 +115,7 @@ async def test_a_lookup_that_answers_the_wrong_number_of_values_fails_its_reader
     async def short(keys: Sequence[int]) -> list[int]:
         return []
 
-    reads = Coalesced(short)
+    reads = Coalesced(short, name="test")
     with pytest.raises(RuntimeError):
         await asyncio.wait_for(reads.get(1), 1)
 
@@ -123,7 +123,7 @@ async def test_a_lookup_that_answers_the_wrong_number_of_values_fails_its_reader
 async def test_without_joining_in_flight_a_read_sees_what_came_after_the_one_under_way() -> None:
     lookup = Lookup()
     lookup.release = asyncio.Event()
-    reads = Coalesced(lookup, join_in_flight=False)
+    reads = Coalesced(lookup, name="test", join_in_flight=False)
     first = asyncio.ensure_future(reads.get(3))
     await asyncio.sleep(0.01)
     second = [asyncio.ensure_future(reads.get(3)) for _ in range(2)]
@@ -131,3 +131,25 @@ async def test_without_joining_in_flight_a_read_sees_what_came_after_the_one_und
     lookup.release.set()
     assert await asyncio.gather(first, *second) == [6, 6, 6]
     assert lookup.batches == [[3], [3]]  # the later two: one new query, together
+
+
+async def test_each_query_s_time_is_observed_under_its_name() -> None:
+    from prometheus_client import REGISTRY
+
+    from boxoffice.observability import metrics
+
+    def seen(suffix: str) -> float:
+        metrics.flush()
+        labels = {"read": "timed"}
+        return REGISTRY.get_sample_value(f"boxoffice_coalesced_read_seconds{suffix}", labels) or 0
+
+    lookup = Lookup()
+    lookup.release = asyncio.Event()
+    reads = Coalesced(lookup, name="timed", max_batch=2)
+    count, total = seen("_count"), seen("_sum")
+    waiting = [asyncio.ensure_future(reads.get(key)) for key in (1, 2, 3)]
+    await asyncio.sleep(0.05)  # the first query (1, 2) waits this long
+    lookup.release.set()
+    await asyncio.gather(*waiting)
+    assert seen("_count") - count == 2  # two queries, not three reads
+    assert seen("_sum") - total >= 0.05

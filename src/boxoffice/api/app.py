@@ -167,6 +167,7 @@ def create_app(
         # A read joins no query already under way: it must see the customer's last hold.
         app.state.hold_records = Coalesced(
             lambda customers: hold_service.hold_records(db, customers, clock()),
+            name="hold_records",
             join_in_flight=False,
         )
         flags = FlagDesk(db, settings.fraud_rules) if settings.fraud_flags_enabled else None

@@ -78,11 +78,12 @@ class EventsOf:
         self._known: OrderedDict[str, str] = OrderedDict()
         self.max_size = max_size
         self._on_hold = on_hold
-        self._holds: Coalesced[str, str | None] = Coalesced(
+        read_holds = (
             (lambda ids: self._read(_EVENTS_OF_HOLDS, ids)) if on_hold is None else self._read_holds
         )
+        self._holds: Coalesced[str, str | None] = Coalesced(read_holds, name="events_of_holds")
         self._bookings: Coalesced[str, str | None] = Coalesced(
-            lambda ids: self._read(_EVENTS_OF_BOOKINGS, ids)
+            lambda ids: self._read(_EVENTS_OF_BOOKINGS, ids), name="events_of_bookings"
         )
 
     def remember(self, ident: str, event_id: str) -> None:

@@ -378,6 +378,13 @@ AVAILABILITY_REFRESHES = LocalCounter(
 # The waiting room (api/routes/waiting_room.py, services/room_watch.py) ------------------
 
 QUEUE_JOINS = LocalCounter("boxoffice_queue_joins", "Joins of a waiting room's line answered.")
+COALESCED_READS = LocalHistogram(
+    "boxoffice_coalesced_read_seconds",
+    "How long each query of coalesced reads took (services/coalesced.py), by what it reads: "
+    "api_keys, hold_records (hold caps), events_of_holds, events_of_bookings.",
+    ["read"],
+    buckets=COMMIT_BUCKETS,
+)
 EVENT_LOOP_LAG = LocalHistogram(
     "boxoffice_event_loop_lag_seconds",
     "How late this process's event loop ran a timer due every 0.1 s "

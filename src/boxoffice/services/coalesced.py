@@ -8,6 +8,9 @@ here while the previous query runs, and the next query takes them all (up to
 `max_batch`); the same key asked twice at once is read once. A read waits at
 most one query longer than it would alone.
 
+Each query's time is observed in `boxoffice_coalesced_read_seconds{read=name}`:
+a read's wait is the query in flight (if it may not join it), then its own.
+
 `join_in_flight` says whether a key asked for while a query is already reading
 it takes that query's answer. For a cache refreshing a verdict (`KeyRing`),
 yes. For a read that must see every write committed before it was asked
@@ -17,8 +20,11 @@ yes. For a read that must see every write committed before it was asked
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import Generic, TypeVar
+
+from boxoffice.observability import metrics
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -33,10 +39,12 @@ class Coalesced(Generic[K, V]):
         self,
         lookup: Callable[[Sequence[K]], Awaitable[Sequence[V]]],
         *,
+        name: str,
         max_batch: int = 500,
         join_in_flight: bool = True,
     ) -> None:
         self._lookup = lookup
+        self._labels = (name,)  # of the query-time metric
         self._max_batch = max_batch
         self._join_in_flight = join_in_flight
         self._pending: dict[K, asyncio.Future[V]] = {}  # queued or being read
@@ -71,8 +79,10 @@ class Coalesced(Generic[K, V]):
             while self._queued:
                 keys = list(self._queued)[: self._max_batch]
                 batch = {key: self._queued.pop(key) for key in keys}
+                started = time.perf_counter()
                 try:
                     values = await self._lookup(keys)
+                    metrics.COALESCED_READS.observe(time.perf_counter() - started, self._labels)
                     if len(values) != len(keys):
                         raise RuntimeError(f"{len(keys)} keys looked up, {len(values)} values")
                 except BaseException as exc:  # each waiter gets it (a 503, for one)

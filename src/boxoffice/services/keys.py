@@ -249,7 +249,7 @@ class KeyRing:
         self._cache_seconds = cache_seconds
         self._max_size = max_size
         self._verdicts: OrderedDict[str, _Verdict] = OrderedDict()
-        self._reads = Coalesced(self._look_up, max_batch=self.MAX_BATCH)
+        self._reads = Coalesced(self._look_up, name="api_keys", max_batch=self.MAX_BATCH)
         self._generation = 0  # bumped by forget(): a lookup begun before it is not kept
         # Digests of whole keys found valid: not their ids, which are public (in lists and
         # logs) and would let a blocked guesser's `bo_live_<known id>_<guess>` through.
