@@ -313,7 +313,10 @@ def run_sale(
             "postgres": cpu_seconds(db_pids),
             "wrk": cpu_seconds([runner.pid]),
         }
-        outcome.timeline = _watch(client, event["id"], config, runner, prefix, t0_ms, say)
+        sessions = None if postgres is None else _sessions_of(postgres, database_url)
+        outcome.timeline = _watch(
+            client, event["id"], config, runner, prefix, t0_ms, say, sessions=sessions
+        )
         cpu_after = {
             "server": cpu_seconds(process_group(server.process.pid)),
             "postgres": cpu_seconds(cluster_processes(postgres)),
@@ -359,6 +362,25 @@ _INTERNAL = {
 }
 
 
+# The server's sessions doing something, and those of them waiting for a lock (a row
+# another transaction holds, mostly): sampled once a second by the sale's watcher.
+_SESSIONS = (
+    "SELECT count(*) FILTER (WHERE state = 'active'),"
+    " count(*) FILTER (WHERE wait_event_type = 'Lock')"
+    " FROM pg_stat_activity WHERE application_name = 'boxoffice' AND datname = '{}'"
+)
+
+
+def _sessions_of(postgres: ThrowawayPostgres, database_url: str) -> Any:
+    name = database_url.rsplit("/", 1)[1]
+
+    def sessions() -> tuple[int, int]:
+        active, waiting = postgres.psql(_SESSIONS.format(name), database=name).split("|")
+        return int(active), int(waiting)
+
+    return sessions
+
+
 # How often the sale's watcher reads the server's loop-lag histogram (a scrape, which
 # costs the server a little: every 5 s, not every second).
 LAG_EVERY_SECONDS = 5
@@ -377,7 +399,7 @@ def lag_buckets(exposition: str) -> dict[float, float]:
 
 def lag_over_time(
     timeline: list[dict[str, Any]], every_seconds: float = 10.0
-) -> list[dict[str, float]]:
+) -> list[dict[str, Any]]:
     """Per window of about `every_seconds`: the loop-lag probes taken in it (every worker's),
     the share over 100 ms, and the upper bounds of the buckets p50 and p99 fall in."""
     points = [p for p in timeline if p.get("lag")]
@@ -390,12 +412,20 @@ def lag_over_time(
         bounds = sorted(after)
         delta = {b: after[b] - before.get(b, 0.0) for b in bounds}
         probes = delta[bounds[-1]]
+        sampled = [
+            p
+            for p in timeline
+            if points[start]["t"] < p["t"] <= points[end]["t"] and "lock_waits" in p
+        ]
         if probes >= 1:
             windows.append(
                 {
                     "from": points[start]["t"],
                     "to": points[end]["t"],
                     "probes": probes,
+                    # The database sessions' mean over the window, when sampled (PostgreSQL).
+                    "db_active": _mean([p["db_active"] for p in sampled]),
+                    "lock_waits": _mean([p["lock_waits"] for p in sampled]),
                     "over_100ms": 1 - delta.get(0.1, 0.0) / probes,
                     "p50_under_ms": 1000 * next(b for b in bounds if delta[b] >= 0.5 * probes),
                     "p99_under_ms": 1000 * next(b for b in bounds if delta[b] >= 0.99 * probes),
@@ -403,6 +433,10 @@ def lag_over_time(
             )
         start = end
     return windows
+
+
+def _mean(values: list[int]) -> float | None:
+    return sum(values) / len(values) if values else None
 
 
 def server_latency(exposition: str) -> dict[str, dict[str, float]]:
@@ -491,8 +525,11 @@ def _watch(
     prefix: Path,
     t0_ms: float,
     say: Any,
+    *,
+    sessions: Any = None,
 ) -> list[dict[str, Any]]:
-    """The room's figures once a second, and the server's event-loop lag every
+    """The room's figures once a second, the server's database sessions (`sessions()`:
+    active, waiting for a lock) too on PostgreSQL, and the server's event-loop lag every
     LAG_EVERY_SECONDS, until every customer is done (or the deadline)."""
     timeline: list[dict[str, Any]] = []
     deadline = time.monotonic() + config.deadline_seconds
@@ -504,6 +541,8 @@ def _watch(
         try:
             if len(timeline) % LAG_EVERY_SECONDS == 0:
                 point["lag"] = lag_buckets(client.get("/metrics").text)
+            if sessions is not None:
+                point["db_active"], point["lock_waits"] = sessions()
             if config.room:
                 figures = client.get(f"/events/{event_id}/waiting-room").json()["figures"]
                 if figures:
@@ -516,7 +555,7 @@ def _watch(
                         seats_held=figures["seatsHeld"],
                         limited_by=figures["limitedBy"] or figures["state"],
                     )
-        except (httpx.HTTPError, ValueError, KeyError):
+        except (httpx.HTTPError, ValueError, KeyError, subprocess.SubprocessError):
             pass  # a figure missed under load is a gap in the plot, nothing more
         timeline.append(point)
         if time.monotonic() - last_said > 15:
@@ -883,17 +922,22 @@ def _lag_table(room: SaleOutcome) -> list[str]:
     if not windows:
         return []
     lines = [
-        "## The server's event loops over the sale (a timer due every 0.1 s per worker)",
+        "## The server's event loops and database sessions over the sale",
         "",
-        "Every step of every request a worker serves waits about as long as its timer.",
+        "The loops' lag: how late a timer due every 0.1 s per worker ran; every step of",
+        "every request a worker serves waits about as long. The sessions: the server's",
+        "PostgreSQL sessions running a statement, and those of them waiting for a lock",
+        "(another transaction's row, mostly), each second's count averaged.",
         "",
-        "| t, s | probes | over 100 ms late | p50 under, ms | p99 under, ms |",
-        "|---|---:|---:|---:|---:|",
+        "| t, s | probes | over 100 ms late | p50 under, ms | p99 under, ms "
+        "| sessions active | waiting for a lock |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for w in windows:
         lines.append(
             f"| {w['from']:.0f}–{w['to']:.0f} | {w['probes']:,.0f} | {w['over_100ms']:.1%} | "
-            f"{w['p50_under_ms']:g} | {w['p99_under_ms']:g} |"
+            f"{w['p50_under_ms']:g} | {w['p99_under_ms']:g} | {_fmt(w['db_active'], '.1f')} | "
+            f"{_fmt(w['lock_waits'], '.1f')} |"
         )
     return [*lines, ""]
 

@@ -51,3 +51,16 @@ def test_each_window_counts_only_the_probes_taken_in_it() -> None:
 def test_no_scrape_no_window() -> None:
     assert lag_over_time([{"t": 1}, {"t": 2}]) == []
     assert lag_over_time([point(0, 1, 1, 1)]) == []
+
+
+def test_the_database_sessions_are_averaged_over_each_window() -> None:
+    timeline = [
+        point(0, 0, 0, 0),
+        {"t": 4, "db_active": 2, "lock_waits": 0},
+        {"t": 8, "db_active": 6, "lock_waits": 3},
+        {**point(10, 100, 100, 100), "db_active": 4, "lock_waits": 3},
+        point(20, 200, 200, 200),  # no session sampled in this window (SQLite, or missed)
+    ]
+    first, second = lag_over_time(timeline, every_seconds=10)
+    assert (first["db_active"], first["lock_waits"]) == (4, 2)
+    assert (second["db_active"], second["lock_waits"]) == (None, None)
