@@ -363,7 +363,7 @@ _INTERNAL = {
 
 
 # The server's sessions doing something, and those of them waiting for a lock (a row
-# another transaction holds, mostly): sampled once a second by the sale's watcher.
+# another transaction holds, mostly): sampled with the loops' lag by the sale's watcher.
 _SESSIONS = (
     "SELECT count(*) FILTER (WHERE state = 'active'),"
     " count(*) FILTER (WHERE wait_event_type = 'Lock')"
@@ -528,9 +528,9 @@ def _watch(
     *,
     sessions: Any = None,
 ) -> list[dict[str, Any]]:
-    """The room's figures once a second, the server's database sessions (`sessions()`:
-    active, waiting for a lock) too on PostgreSQL, and the server's event-loop lag every
-    LAG_EVERY_SECONDS, until every customer is done (or the deadline)."""
+    """The room's figures once a second; every LAG_EVERY_SECONDS the server's event-loop
+    lag and, on PostgreSQL, its database sessions (`sessions()`: active, waiting for a
+    lock); until every customer is done (or the deadline)."""
     timeline: list[dict[str, Any]] = []
     deadline = time.monotonic() + config.deadline_seconds
     last_said = 0.0
@@ -541,8 +541,8 @@ def _watch(
         try:
             if len(timeline) % LAG_EVERY_SECONDS == 0:
                 point["lag"] = lag_buckets(client.get("/metrics").text)
-            if sessions is not None:
-                point["db_active"], point["lock_waits"] = sessions()
+                if sessions is not None:  # a psql, so a new session: not every second
+                    point["db_active"], point["lock_waits"] = sessions()
             if config.room:
                 figures = client.get(f"/events/{event_id}/waiting-room").json()["figures"]
                 if figures:
@@ -927,7 +927,7 @@ def _lag_table(room: SaleOutcome) -> list[str]:
         "The loops' lag: how late a timer due every 0.1 s per worker ran; every step of",
         "every request a worker serves waits about as long. The sessions: the server's",
         "PostgreSQL sessions running a statement, and those of them waiting for a lock",
-        "(another transaction's row, mostly), each second's count averaged.",
+        "(another transaction's row, mostly), counted every 5 s and averaged.",
         "",
         "| t, s | probes | over 100 ms late | p50 under, ms | p99 under, ms "
         "| sessions active | waiting for a lock |",
