@@ -560,7 +560,8 @@ def _watch(
         timeline.append(point)
         if time.monotonic() - last_said > 15:
             last_said = time.monotonic()
-            say(f"  t={point['t']:.0f}s {point}")
+            shown = {key: value for key, value in point.items() if key != "lag"}
+            say(f"  t={point['t']:.0f}s {shown}")
         if _done_threads(prefix, config.threads) == config.threads:
             break
     return timeline
