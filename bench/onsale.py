@@ -46,8 +46,9 @@ from typing import Any
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import make_url
 from tests.support.keys import first_admin_key
-from tests.support.postgres import ThrowawayPostgres
+from tests.support.postgres import ThrowawayPostgres, psql
 from tests.support.server import ServerProcess, audit_verify, inventory_check, process_group
 
 from bench.run import cpu_seconds, cpu_spent, ensure_wrk, verify
@@ -313,7 +314,7 @@ def run_sale(
             "postgres": cpu_seconds(db_pids),
             "wrk": cpu_seconds([runner.pid]),
         }
-        sessions = None if postgres is None else _sessions_of(postgres, database_url)
+        sessions = _sessions_of(database_url) if database_url.startswith("postgresql") else None
         outcome.timeline = _watch(
             client, event["id"], config, runner, prefix, t0_ms, say, sessions=sessions
         )
@@ -371,11 +372,15 @@ _SESSIONS = (
 )
 
 
-def _sessions_of(postgres: ThrowawayPostgres, database_url: str) -> Any:
-    name = database_url.rsplit("/", 1)[1]
+def _sessions_of(database_url: str) -> Any:
+    """`sessions()` for the sale's database: (active, waiting for a lock), through psql."""
+    url = make_url(database_url)
+    name = url.database or ""
 
     def sessions() -> tuple[int, int]:
-        active, waiting = postgres.psql(_SESSIONS.format(name), database=name).split("|")
+        sql = _SESSIONS.format(name)
+        rows = psql(url.port or 5432, sql, user=url.username or "postgres", database=name)
+        active, waiting = rows.split("|")
         return int(active), int(waiting)
 
     return sessions
