@@ -142,6 +142,9 @@ class SaleOutcome:
     # The server's own histogram, by route: requests, the share answered within 100 ms,
     # and the bucket bounds p50 and p99 fall under (what wrk's latency adds is its own).
     server_latency: dict[str, dict[str, float]] = field(default_factory=dict)
+    # The group commit's batches by how they were decided ("memory unchanged", "locked
+    # <reason>"): `boxoffice_batch_paths`, every worker's summed.
+    batch_paths: dict[str, float] = field(default_factory=dict)
     timeline: list[dict[str, Any]] = field(default_factory=list)
     # The server's log lines (the first few, warnings and errors): what a 5xx was.
     server_warnings: list[str] = field(default_factory=list)
@@ -331,7 +334,9 @@ def run_sale(
         outcome.cpu_seconds = {
             name: cpu_spent(cpu_before[name], cpu_after[name]) for name in cpu_before
         }
-        outcome.server_latency = server_latency(client.get("/metrics").text)
+        exposition = client.get("/metrics").text
+        outcome.server_latency = server_latency(exposition)
+        outcome.batch_paths = batch_paths(exposition)
         seats = client.get(f"/events/{event['id']}").json()["sections"]
         outcome.seats_sold = sum(section["sold"] for section in seats)
         outcome.sold_out = all(
@@ -478,6 +483,17 @@ def server_latency(exposition: str) -> dict[str, dict[str, float]]:
             "p99_under_ms": under(0.99) * 1000,
         }
     return found
+
+
+def batch_paths(exposition: str) -> dict[str, float]:
+    """The batches of `boxoffice_batch_paths`, by "<path> <reason>", summed over workers."""
+    found: dict[str, float] = defaultdict(float)
+    for family in text_string_to_metric_families(exposition):
+        if family.name == "boxoffice_batch_paths":
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    found[f"{sample.labels['path']} {sample.labels['reason']}"] += sample.value
+    return dict(found)
 
 
 async def _bulk_keys(database_url: str, names: list[str]) -> list[str]:
@@ -914,12 +930,35 @@ def report(room: SaleOutcome, bare: SaleOutcome | None, path: Path) -> str:
         f"![sales per second, queue length and admissions]({path.stem}.png)",
         "",
     ]
+    lines += _paths_table(room)
     lines += _lag_table(room)
     lines += _tail(room)
     if room.server_warnings:
         lines += ["## The server's warnings and errors (first lines)", "", "```"]
         lines += [*room.server_warnings, "```", ""]
     return "\n".join(lines)
+
+
+def _paths_table(room: SaleOutcome) -> list[str]:
+    """How the batches were decided: from memory in one statement, or under row locks
+    (and why), which holds the sections' rows across round trips."""
+    total = sum(room.batch_paths.values())
+    if not total:
+        return []
+    lines = [
+        "## How the batches were decided (with the room)",
+        "",
+        "From memory, one statement that holds the sections' rows only while it runs; or",
+        "under row locks, held across round trips while the batch is decided",
+        "(`boxoffice_batch_paths`, booking/remembered.py).",
+        "",
+        "| path | reason | batches | share |",
+        "|---|---|---:|---:|",
+    ]
+    for key, count in sorted(room.batch_paths.items(), key=lambda kv: -kv[1]):
+        path, reason = key.split(" ", 1)
+        lines.append(f"| {path} | {reason} | {count:,.0f} | {count / total:.1%} |")
+    return [*lines, ""]
 
 
 def _lag_table(room: SaleOutcome) -> list[str]:

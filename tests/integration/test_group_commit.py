@@ -450,6 +450,41 @@ def test_what_is_not_decided_from_memory() -> None:
     assert remembered.inventory_for([ReleaseHold(nameless.id)], NOW) is not None
 
 
+def locked_batches(reason: str) -> float:
+    """`boxoffice_batch_paths_total{path="locked", reason=...}` after a flush."""
+    from prometheus_client import REGISTRY
+
+    from boxoffice.observability import metrics
+
+    metrics.flush()
+    labels = {"path": "locked", "reason": reason}
+    return REGISTRY.get_sample_value("boxoffice_batch_paths_total", labels) or 0.0
+
+
+def test_each_batch_sent_the_locked_way_is_counted_with_its_reason() -> None:
+    """What an operator reads to see why batches take row locks (`boxoffice_batch_paths`)."""
+    from boxoffice.booking.remembered import Remembered
+    from boxoffice.domain.commands import CancelBooking, ReleaseHold
+    from boxoffice.domain.model import Section
+
+    remembered = Remembered()
+    event, known, unknown = (str(uuid.uuid4()) for _ in range(3))
+    remembered.remember({known: Section(known, event, "S", 1, 5, 5)})
+    before = {
+        reason: locked_batches(reason)
+        for reason in ("section_not_remembered", "cancellation", "hold_not_remembered")
+    }
+    assert remembered.inventory_for([Book(event, known, 1), Book(event, unknown, 1)], NOW) is None
+    assert remembered.inventory_for([CancelBooking(str(uuid.uuid4()))], NOW) is None
+    assert remembered.inventory_for([ReleaseHold(str(uuid.uuid4()))], NOW) is None
+    assert remembered.inventory_for([Book(event, known, 1)], NOW) is not None
+    assert {reason: locked_batches(reason) - n for reason, n in before.items()} == {
+        "section_not_remembered": 1,
+        "cancellation": 1,
+        "hold_not_remembered": 1,
+    }
+
+
 async def tally(database: Database, event_id: str, customer: str) -> tuple[int, int] | None:
     """(tickets, max_tickets) of a customer's row in `customer_tickets`, if it has one."""
     async with database.engine.connect() as conn:
@@ -919,9 +954,11 @@ async def test_a_hold_the_remembered_section_does_not_count_is_decided_under_loc
     await warm(booker, event)  # remembered: 9 left, none held
     other_process = DirectBooker(database, max_tickets_per_booking=10)
     hold = await other_process.submit(PlaceHold(event.id, (HoldItemRequest(s, 2),), 600))
+    disagreed = locked_batches("seats_disagree")
     confirmed = await booker.submit(ConfirmHold(hold.id))
     assert isinstance(confirmed, Confirmation)
     assert (booker.stats.verified, booker.stats.retried) == (0, 1)
+    assert locked_batches("seats_disagree") == disagreed + 1
     assert await inventory(database, s) == (10, 7, 3)
 
 

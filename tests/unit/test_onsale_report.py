@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.onsale import lag_buckets, lag_over_time
+from bench.onsale import batch_paths, lag_buckets, lag_over_time
 
 EXPOSITION = """\
 # HELP boxoffice_event_loop_lag_seconds How late.
@@ -64,3 +64,17 @@ def test_the_database_sessions_are_averaged_over_each_window() -> None:
     first, second = lag_over_time(timeline, every_seconds=10)
     assert (first["db_active"], first["lock_waits"]) == (4, 2)
     assert (second["db_active"], second["lock_waits"]) == (None, None)
+
+
+def test_the_batch_paths_are_summed_over_the_workers() -> None:
+    exposition = """\
+# HELP boxoffice_batch_paths_total Batches by path.
+# TYPE boxoffice_batch_paths_total counter
+boxoffice_batch_paths_total{path="memory",reason="unchanged",pid="1"} 90.0
+boxoffice_batch_paths_total{path="memory",reason="unchanged",pid="2"} 5.0
+boxoffice_batch_paths_total{path="locked",reason="refusal",pid="1"} 3.0
+# HELP boxoffice_batch_paths_created Batches by path.
+# TYPE boxoffice_batch_paths_created gauge
+boxoffice_batch_paths_created{path="locked",reason="refusal",pid="1"} 1.7e9
+"""
+    assert batch_paths(exposition) == {"memory unchanged": 95.0, "locked refusal": 3.0}

@@ -77,6 +77,7 @@ from boxoffice.domain.decisions import Decisions, Inventory, decide
 from boxoffice.domain.errors import BoxofficeError
 from boxoffice.domain.ids import cached_canonical_id
 from boxoffice.domain.model import Hold, SeatsDisagree, Section
+from boxoffice.observability import metrics
 
 log = structlog.get_logger("boxoffice.booking")
 
@@ -85,6 +86,11 @@ _OVER_THE_CAP = "ck_customer_tickets_within_limit"
 
 # Run on asyncpg directly: this statement is the hot path (see `db/driver.py`).
 _WRITE_IF_UNCHANGED = DriverStatement(PG_WRITE)
+
+
+def _locked(reason: str) -> None:
+    """Count a batch sent the locked way, and why (`boxoffice_batch_paths`)."""
+    metrics.BATCH_PATHS.inc(("locked", reason))
 
 
 class Remembered:
@@ -113,23 +119,28 @@ class Remembered:
             elif isinstance(command, ConfirmHold | ReleaseHold):
                 hold = self._active_hold(command.hold_id, now)
                 if hold is None:
+                    _locked("hold_not_remembered")
                     return None
                 holds[hold.id] = hold
                 names = tuple(item.section_id for item in hold.items)
                 if isinstance(command, ReleaseHold):
                     gives_back = hold.customer_id
             else:
+                _locked("cancellation")
                 return None
             for name in names:
                 ident = cached_canonical_id(name)
                 if ident is None:
+                    _locked("unknown_section")
                     return None
                 if ident not in found:
                     section = self._sections.get(ident)
                     if section is None:
+                        _locked("section_not_remembered")
                         return None
                     found[ident] = section.copy()
                 if gives_back is not None and found[ident].max_per_customer is not None:
+                    _locked("capped_release")
                     return None
         return Inventory(sections=found, holds=holds)
 
@@ -189,17 +200,21 @@ async def apply_if_unchanged(
     except SeatsDisagree:
         # A copy counts fewer seats held than a hold has (placed by another process after
         # our last write there, or settled before it): the stored rows decide.
+        _locked("seats_disagree")
         return None
     if any(isinstance(outcome, BoxofficeError) for outcome in decisions.outcomes):
+        _locked("refusal")
         return None
     try:
         rows = await _WRITE_IF_UNCHANGED.fetch(conn, pg_parameters(decisions.effects, now))
     except asyncpg.UniqueViolationError as error:
         if error.constraint_name == "pk_idempotency_keys":
+            _locked("idempotency_key_used")
             return None  # a retry: the locked path finds the stored answer
         raise
     except asyncpg.CheckViolationError as error:
         if error.constraint_name == _OVER_THE_CAP:
+            _locked("customer_cap")
             return None  # decided on no tickets, and the customer has some: see above
         # Any other CHECK (seats that would not add up, or go below zero): a hint led to
         # a write the rows refuse. Nothing was written; forget the hints and decide
@@ -218,15 +233,18 @@ async def apply_if_unchanged(
         )
         remembered.forget(list(decisions.effects.sections))
         remembered.forget_holds(decisions.effects.changed_holds)
+        _locked("check")
         return None
     except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
         # Nothing written. It locks a capped customer's tally after the sections and
         # holds; a locked batch giving back that customer's expired hold elsewhere may
         # lock them the other way round. The locked path decides again (`locked.py`).
+        _locked("deadlock")
         return None
     ok, stale, written = rows[0]
     if not ok:
         remembered.forget(stale or [])
+        _locked("stale")
         return None
     # Committed: nothing below may raise. Remember each section as it now stands, other
     # processes' seats included (the statement added ours to the true counts).
@@ -239,4 +257,5 @@ async def apply_if_unchanged(
         section.version = version
     remembered.remember(sections)
     remembered.remember_holds(decisions.effects.new_holds, decisions.effects.changed_holds.values())
+    metrics.BATCH_PATHS.inc(("memory", "unchanged"))
     return decisions

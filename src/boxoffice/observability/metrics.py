@@ -280,6 +280,13 @@ BOOKING_QUEUE_TIMEOUTS = LocalCounter(
     "boxoffice_booking_queue_timeouts",
     "Commands answered 503 overloaded: no batch took them within BOOKING_QUEUE_TIMEOUT_MS.",
 )
+BATCH_PATHS = LocalCounter(
+    "boxoffice_batch_paths",
+    "Group-commit batches on PostgreSQL by how they were decided: path 'memory' (one "
+    "statement from remembered sections, reason 'unchanged') or 'locked' (under row locks, "
+    "with the reason memory could not take it: booking/remembered.py).",
+    ["path", "reason"],
+)
 COMMITTER_RESTARTS = LocalCounter(
     "boxoffice_committer_restarts",
     "Times the group-commit task died and was started again.",
