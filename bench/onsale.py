@@ -32,6 +32,7 @@ import base64
 import json
 import os
 import random
+import re
 import signal
 import struct
 import subprocess
@@ -90,6 +91,7 @@ class SaleConfig:
     threads: int = 2  # wrk's
     connections: int = 256
     bots: bool = True
+    lock_waits_ms: int = 0  # > 0: PostgreSQL logs lock waits this long (--lock-waits)
     deadline_seconds: float = 330.0  # past the 4 minutes, the check has failed anyway
     seed: int = 12
 
@@ -145,6 +147,9 @@ class SaleOutcome:
     # The group commit's batches by how they were decided ("memory unchanged", "locked
     # <reason>"): `boxoffice_batch_paths`, every worker's summed.
     batch_paths: dict[str, float] = field(default_factory=dict)
+    # PostgreSQL's lock waits longer than `--lock-waits` ms, from its log, by what waited
+    # on what (`lock_waits`); empty unless asked for.
+    lock_waits: list[dict[str, Any]] = field(default_factory=list)
     timeline: list[dict[str, Any]] = field(default_factory=list)
     # The server's log lines (the first few, warnings and errors): what a 5xx was.
     server_warnings: list[str] = field(default_factory=list)
@@ -235,6 +240,8 @@ def run_sale(
     figure of it."""
     wrk = ensure_wrk()
     upgrade(database_url)
+    pg_log = None if postgres is None else Path(postgres.root) / "log"
+    pg_log_from = pg_log.stat().st_size if pg_log is not None and pg_log.exists() else 0
     outcome = SaleOutcome(config, os.getloadavg(), (0.0, 0.0, 0.0))
     admin = first_admin_key(database_url)
     crowd = arrivals(config)
@@ -344,6 +351,10 @@ def run_sale(
         )
         client.close()
     outcome.server_warnings = _server_warnings(server.log_path)
+    if pg_log is not None and pg_log.exists():
+        with pg_log.open("rb") as handle:
+            handle.seek(pg_log_from)
+            outcome.lock_waits = lock_waits(handle.read().decode(errors="replace"))
     outcome.batches_failed = _count_lines(server.log_path, _BATCH_FAILURES)
     outcome.load_after = os.getloadavg()
     outcome.wrk = _wrk_summary((workdir / "wrk.out").read_text())
@@ -483,6 +494,35 @@ def server_latency(exposition: str) -> dict[str, dict[str, float]]:
             "p99_under_ms": under(0.99) * 1000,
         }
     return found
+
+
+_WAITED = re.compile(
+    r"LOG:  process \d+ acquired (\w+) on (.*?) after ([\d.]+) ms"
+    r"(?:\n.*CONTEXT:  (.*))?(?:\n.*STATEMENT:  ((?:.|\n\t)*))?"
+)
+
+
+def lock_waits(log: str) -> list[dict[str, Any]]:
+    """PostgreSQL's lock waits (`log_lock_waits`, each logged once acquired), grouped by
+    the lock, the row it was for and the statement's first words; most time first."""
+    groups: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+    for mode, on, ms, context, statement in _WAITED.findall(log):
+        what = re.sub(r"\d+", "N", on) if not context else re.sub(r"\(\d+,\d+\)", "", context)
+        words = " ".join(statement.split())
+        groups[(mode, " ".join(what.split()), words[:60])].append(float(ms))
+    rows = [
+        {
+            "lock": mode,
+            "on": on,
+            "statement": statement,
+            "waits": len(times),
+            "total_ms": sum(times),
+            "p50_ms": sorted(times)[len(times) // 2],
+            "max_ms": max(times),
+        }
+        for (mode, on, statement), times in groups.items()
+    ]
+    return sorted(rows, key=lambda row: -row["total_ms"])
 
 
 def batch_paths(exposition: str) -> dict[str, float]:
@@ -931,6 +971,7 @@ def report(room: SaleOutcome, bare: SaleOutcome | None, path: Path) -> str:
         "",
     ]
     lines += _paths_table(room)
+    lines += _lock_waits_table(room)
     lines += _lag_table(room)
     lines += _tail(room)
     if room.server_warnings:
@@ -958,6 +999,27 @@ def _paths_table(room: SaleOutcome) -> list[str]:
     for key, count in sorted(room.batch_paths.items(), key=lambda kv: -kv[1]):
         path, reason = key.split(" ", 1)
         lines.append(f"| {path} | {reason} | {count:,.0f} | {count / total:.1%} |")
+    return [*lines, ""]
+
+
+def _lock_waits_table(room: SaleOutcome) -> list[str]:
+    if not room.lock_waits:
+        return []
+    lines = [
+        "## PostgreSQL's lock waits (with the room)",
+        "",
+        f"Waits longer than {room.config.lock_waits_ms} ms (`log_lock_waits`), from the"
+        " cluster's log, grouped by what waited.",
+        "",
+        "| lock | while | statement | waits | total, ms | p50, ms | max, ms |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
+    for row in room.lock_waits[:12]:
+        statement = row["statement"].replace("|", "\\|")
+        lines.append(
+            f"| {row['lock']} | {row['on']} | `{statement}` | {row['waits']:,} | "
+            f"{row['total_ms']:,.0f} | {row['p50_ms']:.0f} | {row['max_ms']:.0f} |"
+        )
     return [*lines, ""]
 
 
@@ -1056,6 +1118,18 @@ def plot(room: SaleOutcome, bare: SaleOutcome | None, path: Path) -> None:
     plt.close(figure)
 
 
+def lock_wait_logging(ms: int) -> dict[str, str]:
+    """PostgreSQL settings that log every lock wait longer than `ms` (none for 0). The
+    deadlock check runs that often too: a cost, so the published sale runs without."""
+    if ms <= 0:
+        return {}
+    return {
+        "log_lock_waits": "on",
+        "deadlock_timeout": f"'{ms}ms'",
+        "log_min_error_statement": "log",  # the waiting statement, below its wait
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     defaults = SaleConfig()
@@ -1069,6 +1143,13 @@ def main() -> None:
     parser.add_argument("--hold-ttl-seconds", type=int, default=defaults.hold_ttl_seconds)
     parser.add_argument("--database", choices=("postgresql", "sqlite"), default="postgresql")
     parser.add_argument("--no-compare", action="store_true", help="the room's sale only")
+    parser.add_argument(
+        "--lock-waits",
+        type=int,
+        default=0,
+        metavar="MS",
+        help="log PostgreSQL's lock waits longer than MS (deadlock_timeout) and report them",
+    )
     args = parser.parse_args()
     config = replace(
         defaults,
@@ -1080,6 +1161,7 @@ def main() -> None:
         arrival_seconds=args.arrival_seconds,
         new_users_per_minute=args.new_users_per_minute,
         hold_ttl_seconds=args.hold_ttl_seconds,
+        lock_waits_ms=args.lock_waits,
     )
     published = config == defaults and not args.no_compare and args.database == "postgresql"
     name = "onsale" if published else "onsale-partial"
@@ -1087,7 +1169,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="onsale-") as folder:
         workdir = Path(folder)
         os.chmod(workdir, 0o755)
-        postgres = ThrowawayPostgres().start() if args.database == "postgresql" else None
+        postgres = (
+            ThrowawayPostgres(extra_conf=lock_wait_logging(args.lock_waits)).start()
+            if args.database == "postgresql"
+            else None
+        )
         try:
 
             def database(label: str) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.onsale import batch_paths, lag_buckets, lag_over_time
+from bench.onsale import batch_paths, lag_buckets, lag_over_time, lock_waits
 
 EXPOSITION = """\
 # HELP boxoffice_event_loop_lag_seconds How late.
@@ -78,3 +78,47 @@ boxoffice_batch_paths_total{path="locked",reason="refusal",pid="1"} 3.0
 boxoffice_batch_paths_created{path="locked",reason="refusal",pid="1"} 1.7e9
 """
     assert batch_paths(exposition) == {"memory unchanged": 95.0, "locked refusal": 3.0}
+
+
+# As PostgreSQL 15 logs them with log_lock_waits and log_min_error_statement = log (the
+# time left out of each line's prefix).
+LOCK_LOG = """\
+[5382] LOG:  process 5382 still waiting for ShareLock on transaction 2704 after 5.086 ms
+[5382] DETAIL:  Process holding the lock: 5374. Wait queue: 5382.
+[5382] CONTEXT:  while locking tuple (0,9) in relation "sections"
+[5382] STATEMENT:  SELECT sections.id
+\tFROM sections FOR UPDATE
+[5382] LOG:  process 5382 acquired ShareLock on transaction 2704 after 49.110 ms
+[5382] CONTEXT:  while locking tuple (0,9) in relation "sections"
+[5382] STATEMENT:  SELECT sections.id
+\tFROM sections FOR UPDATE
+[5374] LOG:  process 5374 acquired ShareLock on transaction 2711 after 99.145 ms
+[5374] CONTEXT:  while locking tuple (0,13) in relation "sections"
+[5374] STATEMENT:  SELECT sections.id
+\tFROM sections FOR UPDATE
+[5374] LOG:  process 5374 acquired AccessExclusiveLock on tuple (0,13) of relation 16412 \
+of database 16384 after 7.5 ms
+[5374] STATEMENT:  WITH s_new AS (
+\t    SELECT 1)
+[5352] LOG:  checkpoint starting: time
+"""
+
+
+def test_lock_waits_are_grouped_by_what_waited_on_what() -> None:
+    rows = lock_waits(LOCK_LOG)
+    assert [(r["lock"], r["on"], r["statement"], r["waits"]) for r in rows] == [
+        (
+            "ShareLock",
+            'while locking tuple in relation "sections"',
+            "SELECT sections.id FROM sections FOR UPDATE",
+            2,
+        ),
+        (
+            "AccessExclusiveLock",
+            "tuple (N,N) of relation N of database N",
+            "WITH s_new AS ( SELECT 1)",
+            1,
+        ),
+    ]
+    assert rows[0]["total_ms"] == 49.110 + 99.145
+    assert rows[0]["max_ms"] == 99.145
