@@ -24,13 +24,13 @@ a command adds nothing here. The CHECK constraints still back every count.
 from __future__ import annotations
 
 import functools
-import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from pydantic_core import to_json
 from sqlalchemy import (
     Connection,
     String,
@@ -224,9 +224,11 @@ _EMPTY = "[]"
 
 
 def _rows(rows: Sequence[dict[str, Any]]) -> str:
-    """One JSON document for a table's rows: json's C encoder, and one parameter for
-    asyncpg to send, instead of an array per column checked element by element."""
-    return json.dumps(rows, separators=(",", ":")) if rows else _EMPTY
+    """One JSON document for a table's rows, and one parameter for asyncpg to send,
+    instead of an array per column checked element by element. Encoded by pydantic-core
+    (already ours, through pydantic): 3 to 6 times as fast as json's C encoder on a
+    batch's rows (docs/performance.md)."""
+    return to_json(rows).decode() if rows else _EMPTY
 
 
 @dataclass(slots=True)
