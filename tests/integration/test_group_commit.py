@@ -346,12 +346,11 @@ async def test_a_refusal_on_remembered_sections_is_decided_first_come_first_serv
 
 
 @POSTGRESQL_ONLY
-async def test_a_refusal_is_decided_again_when_seats_came_back_elsewhere(
+async def test_a_refusal_is_decided_again_under_lock_when_seats_came_back_elsewhere(
     booker: BatchedBooker, database: Database
 ) -> None:
     """Another process gave seats back (a cancellation): the remembered 0 is not the true
-    count, so the statement writes nothing (no refusal stands) and returns the true 3,
-    on which the batch is decided again: booked."""
+    count, so the statement writes nothing and the locked path books them."""
     event = await new_event(database, 3, 3)
     s, other = event.sections[0].id, event.sections[1].id
     await book_all(booker, [Book(event.id, s, 3), Book(event.id, other, 1)])  # s: 0 left
@@ -364,10 +363,9 @@ async def test_a_refusal_is_decided_again_when_seats_came_back_elsewhere(
     async with database.engine.begin() as conn:
         first = (await conn.execute(select(bookings.c.id).where(bookings.c.qty == 3))).scalar()
     await other_process.submit(CancelBooking(str(first)))  # s: 3 seats back, not remembered
-    refreshed = decided_from_memory("refreshed")
     (booked,) = await book_all(booker, [Book(event.id, s, 2)])
     assert isinstance(booked, Booking), "refused on the remembered 0, not the true 3"
-    assert decided_from_memory("refreshed") == refreshed + 1
+    assert booker.stats.retried == 1
     assert (await inventory(database, s))[1] == 1, "not 3 back, less the 2 booked"
     await assert_consistent(database)
 
@@ -424,11 +422,11 @@ async def test_a_capped_customer_short_of_seats_and_over_its_cap_is_refused_for_
     await assert_consistent(database)
 
 
-async def test_seats_taken_behind_our_back_are_decided_again_on_the_true_count(
+async def test_seats_taken_behind_our_back_are_retried_under_lock(
     booker: BatchedBooker, database: Database
 ) -> None:
-    """Another process books the section: what we remembered is stale, so the statement
-    writes nothing and returns the true count; the batch is decided again on it."""
+    """Another process books the section: what we remembered is stale, so nothing is
+    decided on it; the batch is retried with row locks, against the true count."""
     event = await new_event(database, 6, 6)
     stale, fresh = event.sections[0].id, event.sections[1].id
     await book_all(booker, [Book(event.id, stale, 1), Book(event.id, fresh, 1)])
@@ -445,7 +443,7 @@ async def test_seats_taken_behind_our_back_are_decided_again_on_the_true_count(
     assert await inventory(database, stale) == (6, 0, 6)
     assert await inventory(database, fresh) == (6, 3, 3)
     if database.dialect == "postgresql":
-        assert booker.stats.retried == 0  # decided twice from memory, written once
+        assert booker.stats.retried == 4  # all or nothing: the whole batch, under lock
         # Refreshed: the next batch on it is settled in one statement again.
         verified = booker.stats.verified
         more = await book_all(booker, [Book(event.id, fresh, 1) for _ in range(3)])
@@ -529,23 +527,15 @@ def test_what_is_not_decided_from_memory() -> None:
     assert remembered.inventory_for([ReleaseHold(nameless.id)], NOW) is not None
 
 
-def batches_by_path(path: str, reason: str) -> float:
-    """`boxoffice_batch_paths_total{path=..., reason=...}` after a flush."""
+def locked_batches(reason: str) -> float:
+    """`boxoffice_batch_paths_total{path="locked", reason=...}` after a flush."""
     from prometheus_client import REGISTRY
 
     from boxoffice.observability import metrics
 
     metrics.flush()
-    labels = {"path": path, "reason": reason}
+    labels = {"path": "locked", "reason": reason}
     return REGISTRY.get_sample_value("boxoffice_batch_paths_total", labels) or 0.0
-
-
-def locked_batches(reason: str) -> float:
-    return batches_by_path("locked", reason)
-
-
-def decided_from_memory(reason: str) -> float:
-    return batches_by_path("memory", reason)
 
 
 def test_each_batch_sent_the_locked_way_is_counted_with_its_reason() -> None:
@@ -669,9 +659,7 @@ async def test_a_section_short_of_seats_writes_nothing_of_the_one_statement(
 ) -> None:
     """All or nothing: when another process sold the seats a remembered batch draws from
     one section, the statement writes none of the batch (not even the other section's
-    bookings); it returns the sections as they are, and the whole batch is decided
-    again on those, once, and written in one more statement: each command decided once,
-    and no lock held between the two (the locked path, broken here, is not needed)."""
+    bookings), and the whole batch is decided again under lock: each decided once."""
     event = await new_event(database, 10, 10)
     a, b = event.sections[0].id, event.sections[1].id
     await book_all(booker, [Book(event.id, a, 1), Book(event.id, b, 1)])
@@ -681,38 +669,17 @@ async def test_a_section_short_of_seats_writes_nothing_of_the_one_statement(
         raise OperationalError("SELECT", {}, Exception("connection lost"))
 
     monkeypatch.setattr(locked_module, "apply_commands", locked_path_fails)
-    refreshed = decided_from_memory("refreshed")
     results = await book_all(booker, [Book(event.id, a, 2), Book(event.id, b, 3)])
-    assert isinstance(results[0], Booking), results
-    assert isinstance(results[1], InsufficientSeats)
-    assert results[1].remaining == 1, "decided on the remembered 9, not the true 1"
-    assert await inventory(database, a) == (10, 7, 3), "the first statement wrote section A"
+    assert all(isinstance(r, DatabaseUnavailable) for r in results), results
+    assert await inventory(database, a) == (10, 9, 1), "the statement wrote the other section"
     assert await inventory(database, b) == (10, 1, 9)
-    assert decided_from_memory("refreshed") == refreshed + 1
-    await assert_consistent(database)
-
-
-@POSTGRESQL_ONLY
-async def test_a_batch_behind_twice_is_decided_under_lock(
-    booker: BatchedBooker, database: Database, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Decided again from memory once only: if the second statement too finds a section
-    other than it was decided on (sold meanwhile elsewhere), the batch takes the locked
-    way. Here the refresh is lost, so the second try is as stale as the first."""
-    from boxoffice.booking.remembered import Remembered
-
-    event = await new_event(database, 10)
-    s = event.sections[0].id
-    await warm(booker, event)  # remembered: 9 left
-    await DirectBooker(database, max_tickets_per_booking=10).submit(Book(event.id, s, 8))
-    monkeypatch.setattr(Remembered, "refresh", lambda self, counts: None)
-    stale = locked_batches("stale")
-    (refused,) = await book_all(booker, [Book(event.id, s, 3)])
-    assert isinstance(refused, InsufficientSeats)
-    assert refused.remaining == 1
-    assert booker.stats.retried == 1
-    assert locked_batches("stale") == stale + 1
-    assert await inventory(database, s) == (10, 1, 9)
+    monkeypatch.undo()
+    results = await book_all(booker, [Book(event.id, a, 2), Book(event.id, b, 3)])
+    assert isinstance(results[0], Booking)
+    assert isinstance(results[1], InsufficientSeats)
+    assert results[1].remaining == 1
+    assert await inventory(database, a) == (10, 7, 3)
+    assert await inventory(database, b) == (10, 1, 9)
 
 
 @POSTGRESQL_ONLY
@@ -1153,15 +1120,14 @@ async def test_a_sale_committed_while_the_statement_waits_that_leaves_too_few_se
 ) -> None:
     """As above, but the commit leaves fewer seats than the batch draws: the statement's
     check must see the row as committed (not as its snapshot had it) and write nothing;
-    the batch is decided again on the row as it is (one left)."""
+    the batch is decided again under lock."""
     event = await new_event(database, 10)
     s = event.sections[0].id
     await warm(booker, event)  # remembered: 9 left
     booking = await booked_while_sold_outside(booker, database, Book(event.id, s, 3), 8)
-    with pytest.raises(InsufficientSeats) as refused:
+    with pytest.raises(InsufficientSeats):
         await booking
-    assert refused.value.remaining == 1
-    assert (booker.stats.verified, booker.stats.retried) == (1, 0)
+    assert (booker.stats.verified, booker.stats.retried) == (0, 1)
     assert await inventory(database, s) == (10, 1, 1)  # 8 sold outside any booking row
 
 

@@ -46,23 +46,16 @@ The batch goes the locked way instead (the caller's `LockedWriter`) when:
   these, pass the cap (the tally's CHECK, above);
 - any command would be refused for anything but seats (a hold expired or
   settled, an unknown id, an idempotency key reused, ...);
-- the statement cannot confirm a refusal for seats: a section it names has an
-  expired hold whose seats the locked path would give back first, or the
-  refused customer is over its cap (a refusal the locked path makes first). A
-  refusal for seats is otherwise decided from memory like any other answer
-  (in a sale, requests refused for sold-out sections were a quarter of the
-  batches, each of which held the sections' rows locked across round trips
-  when it went the locked way);
-- the statement found a section other than remembered twice in a row (below).
-
-When the statement finds a section without the seats the batch draws from it
-(another process sold them), or a section a refusal names with a remaining
-other than the one it was decided on (seats came back, or were sold), it
-writes nothing and returns those sections as they are, under its lock. They
-are remembered so, and the batch is decided on them again and sent once more:
-one more round trip, holding no lock in between, where the locked path would
-hold the rows across three. If that statement too finds a section moved, the
-batch goes the locked way.
+- the statement cannot confirm a refusal for seats: a section it names has a
+  remaining other than the one it was decided on, or an expired hold whose
+  seats the locked path would give back first, or the refused customer is
+  over its cap (a refusal the locked path makes first). A refusal for seats
+  is otherwise decided from memory like any other answer: in a sale, the
+  requests refused for sold-out sections were a quarter of the batches, each
+  holding the sections' rows locked across round trips;
+- the statement finds a section without the seats the batch draws from it
+  (another process sold them, or expired holds still count there): those
+  sections are forgotten, and the locked batch remembers them afresh;
 - an idempotency key was used before: its unique index refuses the statement
   (nothing written), and the locked path replays the stored answer;
 - PostgreSQL ends the statement as a deadlock's victim (nothing written);
@@ -78,7 +71,6 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any
 
 import asyncpg
 import structlog
@@ -174,18 +166,6 @@ class Remembered:
         while len(self._sections) > self._max_size:
             self._sections.popitem(last=False)
 
-    def refresh(self, counts: Iterable[Sequence[Any]]) -> None:
-        """Remember sections as a statement that wrote nothing found them under lock:
-        rows of (id, remaining, held, sold, version)."""
-        for ident, remaining, held, sold, version in counts:
-            section = self._sections.get(str(ident))
-            if section is None:
-                continue
-            fresh = section.copy()
-            fresh.remaining, fresh.held, fresh.sold = int(remaining), int(held), int(sold)
-            fresh.version = int(version)
-            self._sections[fresh.id] = fresh
-
     def forget(self, section_ids: Sequence[str]) -> None:
         for section_id in section_ids:
             self._sections.pop(section_id, None)
@@ -220,42 +200,8 @@ async def apply_if_unchanged(
 ) -> Decisions | None:
     """The decisions, committed; or None when nothing was written and the batch needs locks.
 
-    `inventory` is `remembered.inventory_for(commands)`: copies, decided on here. A
-    statement that finds sections other than remembered returns them as they are: the
-    batch is decided on those, and sent, once more (a round trip that holds no lock in
-    between), before it takes the locked way.
+    `inventory` is `remembered.inventory_for(commands)`: copies, decided on here.
     """
-    first = await _decide_and_write(conn, commands, inventory, remembered, now)
-    if not isinstance(first, _Behind):
-        if first is not None:
-            metrics.BATCH_PATHS.inc(("memory", "unchanged"))
-        return first
-    again = remembered.inventory_for(commands, now)
-    if again is None:
-        return None
-    second = await _decide_and_write(conn, commands, again, remembered, now)
-    if isinstance(second, _Behind):
-        _locked("stale")
-        return None
-    if second is not None:
-        metrics.BATCH_PATHS.inc(("memory", "refreshed"))
-    return second
-
-
-class _Behind:
-    """Nothing written: sections were behind, and are now remembered as they are."""
-
-
-_BEHIND = _Behind()
-
-
-async def _decide_and_write(
-    conn: AsyncConnection,
-    commands: Sequence[Command],
-    inventory: Inventory,
-    remembered: Remembered,
-    now: datetime,
-) -> Decisions | _Behind | None:
     try:
         decisions = decide(commands, inventory, now, new_id)
     except SeatsDisagree:
@@ -306,12 +252,8 @@ async def _decide_and_write(
         return None
     ok, stale, written = rows[0]
     if not ok:
-        if stale:  # json_agg, decoded like `written` below
-            remembered.refresh(stale)
-            return _BEHIND
-        # A hold settled elsewhere, a key in flight, an expired hold or a customer's cap
-        # behind a refusal: decided under lock.
-        _locked("statement_checks")
+        remembered.forget(stale or [])
+        _locked("stale")
         return None
     # Committed: nothing below may raise. Remember each section as it now stands, other
     # processes' seats included (the statement added ours to the true counts).
@@ -324,6 +266,7 @@ async def _decide_and_write(
         section.version = version
     remembered.remember(sections)
     remembered.remember_holds(decisions.effects.new_holds, decisions.effects.changed_holds.values())
+    metrics.BATCH_PATHS.inc(("memory", "unchanged"))
     return decisions
 
 

@@ -118,10 +118,7 @@ PG_WRITE = text(
                      WHERE h_locked.status = c.expected)
                    = (SELECT count(*) FROM h_new_status)
                AND (SELECT ok FROM claimed) AS ok,
-               -- The sections found otherwise, as they truly are (remembered.py decides
-               -- again on these once).
-               json_agg(json_build_array(CAST(l.id AS text), l.remaining, l.held, l.sold,
-                                         l.version))
+               array_agg(CAST(l.id AS text))
                    FILTER (WHERE l.remaining < n.drawn
                               OR l.remaining <> COALESCE(n.exact, l.remaining)) AS stale
           FROM s_locked AS l JOIN s_new AS n ON n.id = l.id
