@@ -29,21 +29,8 @@ def _parameters() -> dict[str, object]:
     return {
         "now": datetime.now(UTC),
         "sections": json.dumps(
-            [
-                {"id": one, "event_id": one, "drawn": 0, "remaining": 1, "held": 0, "sold": 0},
-                {
-                    "id": one,
-                    "event_id": one,
-                    "drawn": 0,
-                    "remaining": 0,
-                    "held": 0,
-                    "sold": 0,
-                    "exact": 0,
-                    "pin": True,
-                },  # a section a refusal from memory names
-            ]
+            [{"id": one, "event_id": one, "drawn": 0, "remaining": 1, "held": 0, "sold": 0}]
         ),
-        "refused_tallies": json.dumps([{"event_id": one, "customer_id": "e", "need": 2, "cap": 4}]),
         "holds": "[]",
         "items": "[]",
         "settled": json.dumps(

@@ -44,15 +44,8 @@ The batch goes the locked way instead (the caller's `LockedWriter`) when:
   to a tally this process does not know);
 - a capped customer it books or holds for already has tickets that, with
   these, pass the cap (the tally's CHECK, above);
-- any command would be refused for anything but seats (a hold expired or
-  settled, an unknown id, an idempotency key reused, ...);
-- the statement cannot confirm a refusal for seats: a section it names has a
-  remaining other than the one it was decided on, or an expired hold whose
-  seats the locked path would give back first, or the refused customer is
-  over its cap (a refusal the locked path makes first). A refusal for seats
-  is otherwise decided from memory like any other answer: in a sale, the
-  requests refused for sold-out sections were a quarter of the batches, each
-  holding the sections' rows locked across round trips;
+- any command would be refused: a refusal must be decided on locked rows,
+  where the seats of expired holds are given back first;
 - the statement finds a section without the seats the batch draws from it
   (another process sold them, or expired holds still count there): those
   sections are forgotten, and the locked batch remembers them afresh;
@@ -77,11 +70,11 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from boxoffice.booking.transaction import new_id
-from boxoffice.booking.write import PG_WRITE, RefusalChecks, pg_parameters
+from boxoffice.booking.write import PG_WRITE, pg_parameters
 from boxoffice.db.driver import DriverStatement
 from boxoffice.domain.commands import Book, Command, ConfirmHold, PlaceHold, ReleaseHold
 from boxoffice.domain.decisions import Decisions, Inventory, decide
-from boxoffice.domain.errors import BoxofficeError, InsufficientSeats
+from boxoffice.domain.errors import BoxofficeError
 from boxoffice.domain.ids import cached_canonical_id
 from boxoffice.domain.model import Hold, SeatsDisagree, Section
 from boxoffice.observability import metrics
@@ -209,13 +202,11 @@ async def apply_if_unchanged(
         # our last write there, or settled before it): the stored rows decide.
         _locked("seats_disagree")
         return None
-    refusals = _refusals_to_check(commands, decisions, inventory)
-    if refusals is None:
+    if any(isinstance(outcome, BoxofficeError) for outcome in decisions.outcomes):
+        _locked("refusal")
         return None
     try:
-        rows = await _WRITE_IF_UNCHANGED.fetch(
-            conn, pg_parameters(decisions.effects, now, refusals)
-        )
+        rows = await _WRITE_IF_UNCHANGED.fetch(conn, pg_parameters(decisions.effects, now))
     except asyncpg.UniqueViolationError as error:
         if error.constraint_name == "pk_idempotency_keys":
             _locked("idempotency_key_used")
@@ -268,41 +259,3 @@ async def apply_if_unchanged(
     remembered.remember_holds(decisions.effects.new_holds, decisions.effects.changed_holds.values())
     metrics.BATCH_PATHS.inc(("memory", "unchanged"))
     return decisions
-
-
-def _refusals_to_check(
-    commands: Sequence[Command], decisions: Decisions, inventory: Inventory
-) -> RefusalChecks | None:
-    """What the statement must find true for the batch's refusals to stand; None (counted)
-    when one of them must be decided under lock.
-
-    Only a refusal for seats is decided from memory, and only if the statement finds
-    that memory exact where it matters: each section the refused command names has the
-    remaining it was decided on, with no expired hold there (the locked path would
-    give those seats back first), and a capped customer refused for seats is not over
-    its cap (the locked path would refuse it for that first, as a remembered batch
-    counts a capped customer's tickets from none).
-    """
-    checks = RefusalChecks()
-    effects = decisions.effects
-    for command, outcome in zip(commands, decisions.outcomes, strict=True):
-        if not isinstance(outcome, BoxofficeError):
-            continue
-        if not isinstance(outcome, InsufficientSeats) or not isinstance(command, Book | PlaceHold):
-            _locked(f"refused_{outcome.code}")
-            return None
-        for name in command.section_names:
-            ident = cached_canonical_id(name)
-            section = None if ident is None else inventory.sections.get(ident)
-            if section is None:  # not a section decided on: never so, but not from memory
-                _locked("refused_unknown_section")
-                return None
-            loaded = effects.loaded.get(section.id)
-            seen = section.remaining if loaded is None else loaded[0]
-            checks.remaining[section.id] = (section.event_id, seen)
-            cap = section.max_per_customer
-            if cap is not None and command.customer_id is not None:
-                key = (section.event_id, command.customer_id)
-                need = command.qty + effects.tally_changes.get(key, 0)
-                checks.tallies[key] = (max(need, checks.tallies.get(key, (0, cap))[0]), cap)
-    return checks

@@ -26,7 +26,6 @@ from __future__ import annotations
 import functools
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -64,12 +63,10 @@ PG_WRITE = text(
     WITH s_new AS (
         -- Per changed section: drawn, the most the batch's remaining fell below the
         -- remaining it was decided on, at any step (the true remaining must cover it);
-        -- and what the batch adds to each count (negative: takes away). A section a
-        -- refusal decided from memory names has `exact`: the remaining it was decided on,
-        -- which must be the true one; `pin` marks such a section the batch did not change.
+        -- and what the batch adds to each count (negative: takes away).
         SELECT * FROM json_to_recordset(CAST(:sections AS json))
                    AS t(id uuid, event_id uuid, drawn integer, remaining integer,
-                        held integer, sold integer, exact integer, pin boolean)
+                        held integer, sold integer)
     ), s_locked AS (
         -- Row locks in id order, as everywhere: processes cannot deadlock. A row another
         -- transaction changed meanwhile is read as it committed, once it is ours.
@@ -97,30 +94,13 @@ PG_WRITE = text(
     ), checked AS (
         -- Every step of the batch finds its seats in the true count, whatever else
         -- happened to the section meanwhile: each command, in order, had its seats.
-        -- A refusal decided from memory was right: its sections' remaining is the one it
-        -- saw, no expired hold there would give seats back (the locked path gives them
-        -- back first), and no customer it refused for seats is over its cap (under lock,
-        -- that refusal comes first).
-        SELECT count(*) FILTER (WHERE l.remaining >= n.drawn
-                                  AND l.remaining = COALESCE(n.exact, l.remaining))
+        SELECT count(*) FILTER (WHERE l.remaining >= n.drawn)
                    = (SELECT count(*) FROM s_new)
-               AND NOT EXISTS (
-                   SELECT FROM s_new AS p
-                     JOIN hold_items AS i ON i.section_id = p.id AND i.event_id = p.event_id
-                    WHERE p.exact IS NOT NULL AND i.active AND i.expires_at <= :now)
-               AND NOT EXISTS (
-                   SELECT FROM json_to_recordset(CAST(:refused_tallies AS json))
-                               AS r(event_id uuid, customer_id text, need integer, cap integer)
-                     JOIN customer_tickets AS c
-                       ON c.event_id = r.event_id AND c.customer_id = r.customer_id
-                    WHERE c.tickets + r.need > r.cap)
                AND (SELECT count(*) FROM h_locked JOIN h_new_status AS c USING (id)
                      WHERE h_locked.status = c.expected)
                    = (SELECT count(*) FROM h_new_status)
                AND (SELECT ok FROM claimed) AS ok,
-               array_agg(CAST(l.id AS text))
-                   FILTER (WHERE l.remaining < n.drawn
-                              OR l.remaining <> COALESCE(n.exact, l.remaining)) AS stale
+               array_agg(CAST(l.id AS text)) FILTER (WHERE l.remaining < n.drawn) AS stale
           FROM s_locked AS l JOIN s_new AS n ON n.id = l.id
     ), s_write AS (
         -- Added to the counts as locked above, not as this UPDATE's scan finds them: that
@@ -132,8 +112,7 @@ PG_WRITE = text(
            SET remaining = l.remaining + n.remaining, held = l.held + n.held,
                sold = l.sold + n.sold, version = l.version + 1
           FROM s_new AS n JOIN s_locked AS l ON l.id = n.id
-         WHERE s.id = n.id AND s.event_id = n.event_id AND NOT n.pin
-           AND (SELECT ok FROM checked)
+         WHERE s.id = n.id AND s.event_id = n.event_id AND (SELECT ok FROM checked)
      RETURNING s.id, s.remaining, s.held, s.sold, s.version
     ), h_new AS (
         INSERT INTO holds (id, event_id, customer_id, status, expires_at, created_at)
@@ -228,65 +207,22 @@ def _rows(rows: Sequence[dict[str, Any]]) -> str:
     return to_json(rows).decode() if rows else _EMPTY
 
 
-@dataclass(slots=True)
-class RefusalChecks:
-    """What `PG_WRITE` checks on the true rows for refusals decided from memory.
-
-    `remaining`: each section a refusal for seats names -> (its event, the remaining
-    it was decided on). `tallies`: each capped customer refused for seats -> (the
-    tickets it would have had with those, counting from none, and its cap).
-    """
-
-    remaining: dict[str, tuple[str, int]] = field(default_factory=dict)
-    tallies: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
-
-
-_NO_REFUSALS = RefusalChecks()
-
-
-def pg_parameters(
-    effects: Effects, now: datetime, refusals: RefusalChecks = _NO_REFUSALS
-) -> dict[str, Any]:
+def pg_parameters(effects: Effects, now: datetime) -> dict[str, Any]:
     """The parameters of `PG_WRITE`: `now`, and one JSON list of rows per table."""
-    exact = refusals.remaining
     return {
         "now": now,
         "sections": _rows(
             [
-                *(
-                    {
-                        "id": s.id,
-                        "event_id": s.event_id,
-                        "drawn": effects.drawn[s.id],
-                        "remaining": s.remaining - remaining,
-                        "held": s.held - held,
-                        "sold": s.sold - sold,
-                        "exact": exact[s.id][1] if s.id in exact else None,
-                        "pin": False,
-                    }
-                    for s in effects.sections.values()
-                    for remaining, held, sold in (effects.loaded[s.id],)
-                ),
-                *(
-                    {
-                        "id": ident,
-                        "event_id": event_id,
-                        "drawn": 0,
-                        "remaining": 0,
-                        "held": 0,
-                        "sold": 0,
-                        "exact": seen,
-                        "pin": True,
-                    }
-                    for ident, (event_id, seen) in exact.items()
-                    if ident not in effects.sections
-                ),
-            ]
-        ),
-        "refused_tallies": _rows(
-            [
-                {"event_id": event_id, "customer_id": customer, "need": need, "cap": cap}
-                for (event_id, customer), (need, cap) in refusals.tallies.items()
+                {
+                    "id": s.id,
+                    "event_id": s.event_id,
+                    "drawn": effects.drawn[s.id],
+                    "remaining": s.remaining - remaining,
+                    "held": s.held - held,
+                    "sold": s.sold - sold,
+                }
+                for s in effects.sections.values()
+                for remaining, held, sold in (effects.loaded[s.id],)
             ]
         ),
         "holds": _rows(
