@@ -92,6 +92,7 @@ class SaleConfig:
     connections: int = 256
     bots: bool = True
     lock_waits_ms: int = 0  # > 0: PostgreSQL logs lock waits this long (--lock-waits)
+    statements: bool = False  # pg_stat_statements: the database's time by statement
     deadline_seconds: float = 330.0  # past the 4 minutes, the check has failed anyway
     seed: int = 12
 
@@ -147,6 +148,9 @@ class SaleOutcome:
     # The group commit's batches by how they were decided ("memory unchanged", "locked
     # <reason>"): `boxoffice_batch_paths`, every worker's summed.
     batch_paths: dict[str, float] = field(default_factory=dict)
+    # pg_stat_statements over the sale (`--statements`): the statements that took the
+    # database's time, most first.
+    statements: list[dict[str, Any]] = field(default_factory=list)
     # PostgreSQL's lock waits longer than `--lock-waits` ms, from its log, by what waited
     # on what (`lock_waits`); empty unless asked for.
     lock_waits: list[dict[str, Any]] = field(default_factory=list)
@@ -241,6 +245,9 @@ def run_sale(
     wrk = ensure_wrk()
     upgrade(database_url)
     pg_log = None if postgres is None else Path(postgres.root) / "log"
+    if config.statements and postgres is not None:
+        _statements_sql(database_url, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        _statements_sql(database_url, "SELECT pg_stat_statements_reset()")
     pg_log_from = pg_log.stat().st_size if pg_log is not None and pg_log.exists() else 0
     outcome = SaleOutcome(config, os.getloadavg(), (0.0, 0.0, 0.0))
     admin = first_admin_key(database_url)
@@ -351,6 +358,8 @@ def run_sale(
         )
         client.close()
     outcome.server_warnings = _server_warnings(server.log_path)
+    if config.statements and postgres is not None:
+        outcome.statements = statements_of(_statements_sql(database_url, _TOP_STATEMENTS))
     if pg_log is not None and pg_log.exists():
         with pg_log.open("rb") as handle:
             handle.seek(pg_log_from)
@@ -493,6 +502,38 @@ def server_latency(exposition: str) -> dict[str, dict[str, float]]:
             "p50_under_ms": under(0.5) * 1000,
             "p99_under_ms": under(0.99) * 1000,
         }
+    return found
+
+
+_TOP_STATEMENTS = (
+    "SELECT calls, total_exec_time, mean_exec_time, max_exec_time, rows,"
+    " left(regexp_replace(query, '\\s+', ' ', 'g'), 70)"
+    " FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database"
+    " WHERE datname = current_database()) ORDER BY total_exec_time DESC LIMIT 15"
+)
+
+
+def _statements_sql(database_url: str, sql: str) -> str:
+    url = make_url(database_url)
+    name = url.database or ""
+    return psql(url.port or 5432, sql, user=url.username or "postgres", database=name)
+
+
+def statements_of(rows: str) -> list[dict[str, Any]]:
+    """psql's unaligned rows of `_TOP_STATEMENTS`, as dicts."""
+    found = []
+    for line in rows.splitlines():
+        calls, total, mean, most, count, query = line.split("|", 5)
+        found.append(
+            {
+                "calls": int(calls),
+                "total_ms": float(total),
+                "mean_ms": float(mean),
+                "max_ms": float(most),
+                "rows": int(count),
+                "statement": query,
+            }
+        )
     return found
 
 
@@ -972,6 +1013,7 @@ def report(room: SaleOutcome, bare: SaleOutcome | None, path: Path) -> str:
     ]
     lines += _paths_table(room)
     lines += _lock_waits_table(room)
+    lines += _statements_table(room)
     lines += _lag_table(room)
     lines += _tail(room)
     if room.server_warnings:
@@ -999,6 +1041,27 @@ def _paths_table(room: SaleOutcome) -> list[str]:
     for key, count in sorted(room.batch_paths.items(), key=lambda kv: -kv[1]):
         path, reason = key.split(" ", 1)
         lines.append(f"| {path} | {reason} | {count:,.0f} | {count / total:.1%} |")
+    return [*lines, ""]
+
+
+def _statements_table(room: SaleOutcome) -> list[str]:
+    if not room.statements:
+        return []
+    lines = [
+        "## The database's time by statement (with the room)",
+        "",
+        "`pg_stat_statements` over the sale (`--statements`): execution time inside",
+        "PostgreSQL, lock waits included, most first.",
+        "",
+        "| statement | calls | total, ms | mean, ms | max, ms | rows |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for row in room.statements:
+        statement = row["statement"].replace("|", "\\|")
+        lines.append(
+            f"| `{statement}` | {row['calls']:,} | {row['total_ms']:,.0f} | "
+            f"{row['mean_ms']:.2f} | {row['max_ms']:.0f} | {row['rows']:,} |"
+        )
     return [*lines, ""]
 
 
@@ -1118,6 +1181,9 @@ def plot(room: SaleOutcome, bare: SaleOutcome | None, path: Path) -> None:
     plt.close(figure)
 
 
+_STATEMENTS_CONF = {"shared_preload_libraries": "'pg_stat_statements'"}
+
+
 def lock_wait_logging(ms: int) -> dict[str, str]:
     """PostgreSQL settings that log every lock wait longer than `ms` (none for 0). The
     deadlock check runs that often too: a cost, so the published sale runs without."""
@@ -1150,6 +1216,11 @@ def main() -> None:
         metavar="MS",
         help="log PostgreSQL's lock waits longer than MS (deadlock_timeout) and report them",
     )
+    parser.add_argument(
+        "--statements",
+        action="store_true",
+        help="report the database's time by statement (pg_stat_statements)",
+    )
     args = parser.parse_args()
     config = replace(
         defaults,
@@ -1162,6 +1233,7 @@ def main() -> None:
         new_users_per_minute=args.new_users_per_minute,
         hold_ttl_seconds=args.hold_ttl_seconds,
         lock_waits_ms=args.lock_waits,
+        statements=args.statements,
     )
     published = config == defaults and not args.no_compare and args.database == "postgresql"
     name = "onsale" if published else "onsale-partial"
@@ -1170,7 +1242,10 @@ def main() -> None:
         workdir = Path(folder)
         os.chmod(workdir, 0o755)
         postgres = (
-            ThrowawayPostgres(extra_conf=lock_wait_logging(args.lock_waits)).start()
+            ThrowawayPostgres(
+                extra_conf=lock_wait_logging(args.lock_waits)
+                | (_STATEMENTS_CONF if args.statements else {})
+            ).start()
             if args.database == "postgresql"
             else None
         )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.onsale import batch_paths, lag_buckets, lag_over_time, lock_waits
+from bench.onsale import batch_paths, lag_buckets, lag_over_time, lock_waits, statements_of
 
 EXPOSITION = """\
 # HELP boxoffice_event_loop_lag_seconds How late.
@@ -122,3 +122,17 @@ def test_lock_waits_are_grouped_by_what_waited_on_what() -> None:
     ]
     assert rows[0]["total_ms"] == 49.110 + 99.145
     assert rows[0]["max_ms"] == 99.145
+
+
+def test_the_statements_are_read_from_psqls_rows() -> None:
+    """The query comes last, and may hold a '|' of its own (`a || b`)."""
+    rows = (
+        "1963|14681.2|7.48|272.1|1963|WITH s_new AS (SELECT a.scope || chr(31) || a.key)\n"
+        "7|0.5|0.07|0.2|7|SELECT 1"
+    )
+    found = statements_of(rows)
+    assert [r["statement"] for r in found] == [
+        "WITH s_new AS (SELECT a.scope || chr(31) || a.key)",
+        "SELECT 1",
+    ]
+    assert (found[0]["calls"], found[0]["total_ms"], found[0]["mean_ms"]) == (1963, 14681.2, 7.48)
