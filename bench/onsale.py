@@ -32,7 +32,6 @@ import base64
 import json
 import os
 import random
-import re
 import signal
 import struct
 import subprocess
@@ -52,6 +51,15 @@ from tests.support.keys import first_admin_key
 from tests.support.postgres import ThrowawayPostgres, psql
 from tests.support.server import ServerProcess, audit_verify, inventory_check, process_group
 
+from bench.pg_diagnostics import (
+    STATEMENTS_CONF,
+    LockWait,
+    StatementTime,
+    lock_wait_logging,
+    lock_waits,
+    start_counting_statements,
+    top_statements,
+)
 from bench.run import cpu_seconds, cpu_spent, ensure_wrk, verify
 from boxoffice.config import async_database_url
 from boxoffice.db.database import Database
@@ -150,10 +158,10 @@ class SaleOutcome:
     batch_paths: dict[str, float] = field(default_factory=dict)
     # pg_stat_statements over the sale (`--statements`): the statements that took the
     # database's time, most first.
-    statements: list[dict[str, Any]] = field(default_factory=list)
+    statements: list[StatementTime] = field(default_factory=list)
     # PostgreSQL's lock waits longer than `--lock-waits` ms, from its log, by what waited
     # on what (`lock_waits`); empty unless asked for.
-    lock_waits: list[dict[str, Any]] = field(default_factory=list)
+    lock_waits: list[LockWait] = field(default_factory=list)
     timeline: list[dict[str, Any]] = field(default_factory=list)
     # The server's log lines (the first few, warnings and errors): what a 5xx was.
     server_warnings: list[str] = field(default_factory=list)
@@ -246,8 +254,7 @@ def run_sale(
     upgrade(database_url)
     pg_log = None if postgres is None else Path(postgres.root) / "log"
     if config.statements and postgres is not None:
-        _statements_sql(database_url, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
-        _statements_sql(database_url, "SELECT pg_stat_statements_reset()")
+        start_counting_statements(database_url)
     pg_log_from = pg_log.stat().st_size if pg_log is not None and pg_log.exists() else 0
     outcome = SaleOutcome(config, os.getloadavg(), (0.0, 0.0, 0.0))
     admin = first_admin_key(database_url)
@@ -359,7 +366,7 @@ def run_sale(
         client.close()
     outcome.server_warnings = _server_warnings(server.log_path)
     if config.statements and postgres is not None:
-        outcome.statements = statements_of(_statements_sql(database_url, _TOP_STATEMENTS))
+        outcome.statements = top_statements(database_url)
     if pg_log is not None and pg_log.exists():
         with pg_log.open("rb") as handle:
             handle.seek(pg_log_from)
@@ -503,67 +510,6 @@ def server_latency(exposition: str) -> dict[str, dict[str, float]]:
             "p99_under_ms": under(0.99) * 1000,
         }
     return found
-
-
-_TOP_STATEMENTS = (
-    "SELECT calls, total_exec_time, mean_exec_time, max_exec_time, rows,"
-    " left(regexp_replace(query, '\\s+', ' ', 'g'), 70)"
-    " FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database"
-    " WHERE datname = current_database()) ORDER BY total_exec_time DESC LIMIT 15"
-)
-
-
-def _statements_sql(database_url: str, sql: str) -> str:
-    url = make_url(database_url)
-    name = url.database or ""
-    return psql(url.port or 5432, sql, user=url.username or "postgres", database=name)
-
-
-def statements_of(rows: str) -> list[dict[str, Any]]:
-    """psql's unaligned rows of `_TOP_STATEMENTS`, as dicts."""
-    found = []
-    for line in rows.splitlines():
-        calls, total, mean, most, count, query = line.split("|", 5)
-        found.append(
-            {
-                "calls": int(calls),
-                "total_ms": float(total),
-                "mean_ms": float(mean),
-                "max_ms": float(most),
-                "rows": int(count),
-                "statement": query,
-            }
-        )
-    return found
-
-
-_WAITED = re.compile(
-    r"LOG:  process \d+ acquired (\w+) on (.*?) after ([\d.]+) ms"
-    r"(?:\n.*CONTEXT:  (.*))?(?:\n.*STATEMENT:  ((?:.|\n\t)*))?"
-)
-
-
-def lock_waits(log: str) -> list[dict[str, Any]]:
-    """PostgreSQL's lock waits (`log_lock_waits`, each logged once acquired), grouped by
-    the lock, the row it was for and the statement's first words; most time first."""
-    groups: dict[tuple[str, str, str], list[float]] = defaultdict(list)
-    for mode, on, ms, context, statement in _WAITED.findall(log):
-        what = re.sub(r"\d+", "N", on) if not context else re.sub(r"\(\d+,\d+\)", "", context)
-        words = " ".join(statement.split())
-        groups[(mode, " ".join(what.split()), words[:60])].append(float(ms))
-    rows = [
-        {
-            "lock": mode,
-            "on": on,
-            "statement": statement,
-            "waits": len(times),
-            "total_ms": sum(times),
-            "p50_ms": sorted(times)[len(times) // 2],
-            "max_ms": max(times),
-        }
-        for (mode, on, statement), times in groups.items()
-    ]
-    return sorted(rows, key=lambda row: -row["total_ms"])
 
 
 def batch_paths(exposition: str) -> dict[str, float]:
@@ -1045,6 +991,7 @@ def _paths_table(room: SaleOutcome) -> list[str]:
 
 
 def _statements_table(room: SaleOutcome) -> list[str]:
+    """The report's table of `--statements`: where PostgreSQL's own time went."""
     if not room.statements:
         return []
     lines = [
@@ -1066,6 +1013,7 @@ def _statements_table(room: SaleOutcome) -> list[str]:
 
 
 def _lock_waits_table(room: SaleOutcome) -> list[str]:
+    """The report's table of `--lock-waits`: which rows the statements waited for."""
     if not room.lock_waits:
         return []
     lines = [
@@ -1181,21 +1129,6 @@ def plot(room: SaleOutcome, bare: SaleOutcome | None, path: Path) -> None:
     plt.close(figure)
 
 
-_STATEMENTS_CONF = {"shared_preload_libraries": "'pg_stat_statements'"}
-
-
-def lock_wait_logging(ms: int) -> dict[str, str]:
-    """PostgreSQL settings that log every lock wait longer than `ms` (none for 0). The
-    deadlock check runs that often too: a cost, so the published sale runs without."""
-    if ms <= 0:
-        return {}
-    return {
-        "log_lock_waits": "on",
-        "deadlock_timeout": f"'{ms}ms'",
-        "log_min_error_statement": "log",  # the waiting statement, below its wait
-    }
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     defaults = SaleConfig()
@@ -1222,6 +1155,8 @@ def main() -> None:
         help="report the database's time by statement (pg_stat_statements)",
     )
     args = parser.parse_args()
+    if args.database != "postgresql" and (args.lock_waits or args.statements):
+        parser.error("--lock-waits and --statements are PostgreSQL's")
     config = replace(
         defaults,
         customers=args.customers,
@@ -1244,7 +1179,7 @@ def main() -> None:
         postgres = (
             ThrowawayPostgres(
                 extra_conf=lock_wait_logging(args.lock_waits)
-                | (_STATEMENTS_CONF if args.statements else {})
+                | (STATEMENTS_CONF if args.statements else {})
             ).start()
             if args.database == "postgresql"
             else None

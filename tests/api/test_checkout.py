@@ -229,6 +229,24 @@ async def test_idempotency_keys_over_http(client: httpx.AsyncClient) -> None:
     )
     assert await counts(client, event) == [(3, 0, 2), (100, 0, 0)]
 
+    # A payment reference beyond ASCII, stored with the answer and replayed as it was sent
+    # (PostgreSQL's batch sends it as UTF-8 JSON, SQLite's as escaped JSON).
+    hold = await client.post(
+        "/holds",
+        json=hold_body(event, 0, 1, customerId="zoe-7"),
+        headers={"Idempotency-Key": "h-1"},
+    )
+    assert hold.status_code == 201, hold.text
+    path, key = f"/holds/{hold.json()['id']}/confirm", {"Idempotency-Key": "c-1"}
+    paid = {"paymentReference": "reçu n° 7 — 東京"}
+    confirmed = await client.post(path, json=paid, headers=key)
+    replayed = await client.post(path, json=paid, headers=key)
+    assert confirmed.status_code == replayed.status_code == 201, confirmed.text
+    assert confirmed.json() == replayed.json()
+    assert confirmed.json()["bookings"][0]["paymentReference"] == "reçu n° 7 — 東京"
+    assert confirmed.json()["hold"]["customerId"] == "zoe-7"
+    assert await counts(client, event) == [(3, 0, 2), (99, 0, 1)]
+
     created = await client.post("/events", json=EVENT, headers={"Idempotency-Key": "ev-1"})
     again = await client.post("/events", json=EVENT, headers={"Idempotency-Key": "ev-1"})
     assert created.status_code == again.status_code == 201

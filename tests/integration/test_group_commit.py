@@ -309,6 +309,35 @@ async def test_batches_are_capped(database: Database) -> None:
 # The one-statement path (PostgreSQL): decide from remembered seats, verify while writing.
 
 
+def batch_paths() -> dict[tuple[str, str], float]:
+    """`boxoffice_batch_paths_total` by (path, reason), after a flush."""
+    from prometheus_client import REGISTRY
+
+    from boxoffice.observability import metrics
+
+    metrics.flush()
+    return {
+        (sample.labels["path"], sample.labels["reason"]): sample.value
+        for family in REGISTRY.collect()
+        if family.name == "boxoffice_batch_paths"
+        for sample in family.samples
+        if sample.name.endswith("_total")
+    }
+
+
+def locked_batches(reason: str) -> float:
+    return batch_paths().get(("locked", reason), 0.0)
+
+
+def paths_since(before: dict[tuple[str, str], float]) -> dict[tuple[str, str], float]:
+    """The batches counted since `before` (`batch_paths()`), by (path, reason)."""
+    return {
+        key: n - before.get(key, 0.0)
+        for key, n in batch_paths().items()
+        if n > before.get(key, 0.0)
+    }
+
+
 async def warm(booker: BatchedBooker, event: Any, index: int = 0) -> None:
     """One booking under lock, after which the committer remembers the section."""
     await booker.submit(Book(event.id, event.sections[index].id, 1))
@@ -319,6 +348,7 @@ async def test_remembered_sections_book_in_one_statement(
 ) -> None:
     event = await new_event(database, 10)
     s = event.sections[0].id
+    before = batch_paths()
     await warm(booker, event)  # 9 left
     results = await book_all(booker, [Book(event.id, s, q) for q in (2, 3, 1)])
     assert all(isinstance(r, Booking) for r in results)
@@ -326,6 +356,11 @@ async def test_remembered_sections_book_in_one_statement(
     if database.dialect == "postgresql":
         assert booker.stats.verified == 3
         assert booker.stats.retried == 0
+        # Each batch counted once: the first under lock (nothing remembered yet).
+        assert paths_since(before) == {
+            ("locked", "section_not_remembered"): 1,
+            ("memory", "unchanged"): booker.stats.batches - 1,
+        }
 
 
 async def test_a_refusal_on_remembered_sections_is_decided_under_lock_first_come_first_served(
@@ -337,12 +372,14 @@ async def test_a_refusal_on_remembered_sections_is_decided_under_lock_first_come
     event = await new_event(database, 5)
     s = event.sections[0].id
     await warm(booker, event)  # 4 left
+    before = batch_paths()
     results = await book_all(booker, [Book(event.id, s, q) for q in FIFO_ASKS])
     assert_first_come_first_served(results)
     assert await inventory(database, s) == (5, 0, 5)
     if database.dialect == "postgresql":
         assert booker.stats.verified == 0
         assert booker.stats.retried == 5
+        assert paths_since(before) == {("locked", "refusal"): 1}
 
 
 async def test_seats_taken_behind_our_back_are_retried_under_lock(
@@ -357,6 +394,7 @@ async def test_seats_taken_behind_our_back_are_retried_under_lock(
     await other_process.submit(Book(event.id, stale, 3))  # stale: 2 left, not 5
 
     asks = [(stale, 3), (fresh, 2), (stale, 2), (fresh, 4)]
+    before = batch_paths()
     results = await book_all(booker, [Book(event.id, s, q) for s, q in asks])
     assert isinstance(results[0], InsufficientSeats)
     assert results[0].remaining == 2, "decided on the remembered 5 instead of the true 2"
@@ -367,6 +405,9 @@ async def test_seats_taken_behind_our_back_are_retried_under_lock(
     assert await inventory(database, fresh) == (6, 3, 3)
     if database.dialect == "postgresql":
         assert booker.stats.retried == 4  # all or nothing: the whole batch, under lock
+        # From memory the last ask (4 of a remembered 3) is refused first: refusals are
+        # decided under lock (the stale count is `test_a_sale_committed_while_...`'s).
+        assert paths_since(before) == {("locked", "refusal"): 1}
         # Refreshed: the next batch on it is settled in one statement again.
         verified = booker.stats.verified
         more = await book_all(booker, [Book(event.id, fresh, 1) for _ in range(3)])
@@ -448,17 +489,6 @@ def test_what_is_not_decided_from_memory() -> None:
     assert remembered.inventory_for([ReleaseHold(capped_hold.id)], NOW) is None
     assert remembered.inventory_for([ReleaseHold(free_hold.id)], NOW) is not None
     assert remembered.inventory_for([ReleaseHold(nameless.id)], NOW) is not None
-
-
-def locked_batches(reason: str) -> float:
-    """`boxoffice_batch_paths_total{path="locked", reason=...}` after a flush."""
-    from prometheus_client import REGISTRY
-
-    from boxoffice.observability import metrics
-
-    metrics.flush()
-    labels = {"path": "locked", "reason": reason}
-    return REGISTRY.get_sample_value("boxoffice_batch_paths_total", labels) or 0.0
 
 
 def test_each_batch_sent_the_locked_way_is_counted_with_its_reason() -> None:
@@ -1047,10 +1077,12 @@ async def test_a_sale_committed_while_the_statement_waits_that_leaves_too_few_se
     event = await new_event(database, 10)
     s = event.sections[0].id
     await warm(booker, event)  # remembered: 9 left
+    before = batch_paths()
     booking = await booked_while_sold_outside(booker, database, Book(event.id, s, 3), 8)
     with pytest.raises(InsufficientSeats):
         await booking
     assert (booker.stats.verified, booker.stats.retried) == (0, 1)
+    assert paths_since(before) == {("locked", "stale"): 1}
     assert await inventory(database, s) == (10, 1, 1)  # 8 sold outside any booking row
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.onsale import batch_paths, lag_buckets, lag_over_time, lock_waits, statements_of
+from bench.onsale import batch_paths, lag_buckets, lag_over_time
+from bench.pg_diagnostics import lock_waits, statements_of
 
 EXPOSITION = """\
 # HELP boxoffice_event_loop_lag_seconds How late.
@@ -136,3 +137,26 @@ def test_the_statements_are_read_from_psqls_rows() -> None:
         "SELECT 1",
     ]
     assert (found[0]["calls"], found[0]["total_ms"], found[0]["mean_ms"]) == (1963, 14681.2, 7.48)
+
+
+def test_a_wait_logged_as_postgresql_writes_it_verbose_or_ending_in_a_deadlock() -> None:
+    """The default prefix ('%m [%p] '), a LOCATION line (log_error_verbosity = verbose), and
+    a wait that ended in a deadlock rather than the lock."""
+    prefix = "2026-12-03 06:43:47.027 UTC [5382] "
+    log = (
+        f"{prefix}LOG:  process 5382 acquired ShareLock on transaction 2704 after 49.110 ms\n"
+        f'{prefix}CONTEXT:  while locking tuple (0,9) in relation "sections"\n'
+        f"{prefix}LOCATION:  ProcSleep, proc.c:1563\n"
+        f"{prefix}STATEMENT:  SELECT 1\n"
+        f"{prefix}LOG:  process 5382 detected deadlock while waiting for ShareLock on "
+        "transaction 2711 after 1000.5 ms\n"
+        f'{prefix}CONTEXT:  while locking tuple (0,13) in relation "sections"\n'
+        f"{prefix}STATEMENT:  SELECT 1\n"
+    )
+    (row,) = lock_waits(log)
+    assert (row["on"], row["statement"], row["waits"]) == (
+        'while locking tuple in relation "sections"',
+        "SELECT 1",
+        2,
+    )
+    assert row["max_ms"] == 1000.5

@@ -64,6 +64,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
+from typing import Literal
 
 import asyncpg
 import structlog
@@ -88,8 +89,27 @@ _OVER_THE_CAP = "ck_customer_tickets_within_limit"
 _WRITE_IF_UNCHANGED = DriverStatement(PG_WRITE)
 
 
-def _locked(reason: str) -> None:
-    """Count a batch sent the locked way, and why (`boxoffice_batch_paths`)."""
+# Why a batch went the locked way: the `reason` of `boxoffice_batch_paths` (its docs in
+# docs/operations.md name each one).
+LockedReason = Literal[
+    "hold_not_remembered",
+    "cancellation",
+    "unknown_section",
+    "section_not_remembered",
+    "capped_release",
+    "seats_disagree",
+    "refusal",
+    "idempotency_key_used",
+    "customer_cap",
+    "check",
+    "deadlock",
+    "stale",
+    "hold_or_key_moved",
+]
+
+
+def _locked(reason: LockedReason) -> None:
+    """Count an attempt at a batch sent the locked way, and why (`boxoffice_batch_paths`)."""
     metrics.BATCH_PATHS.inc(("locked", reason))
 
 
@@ -244,7 +264,8 @@ async def apply_if_unchanged(
     ok, stale, written = rows[0]
     if not ok:
         remembered.forget(stale or [])
-        _locked("stale")
+        # No section short: a hold settled meanwhile, or a key another transaction holds.
+        _locked("stale" if stale else "hold_or_key_moved")
         return None
     # Committed: nothing below may raise. Remember each section as it now stands, other
     # processes' seats included (the statement added ours to the true counts).

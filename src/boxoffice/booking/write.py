@@ -203,7 +203,8 @@ def _rows(rows: Sequence[dict[str, Any]]) -> str:
     """One JSON document for a table's rows, and one parameter for asyncpg to send,
     instead of an array per column checked element by element. Encoded by pydantic-core
     (already ours, through pydantic): 3 to 6 times as fast as json's C encoder on a
-    batch's rows (docs/performance.md)."""
+    batch's rows, 5 % of the server's CPU per checkout request, within the noise of the
+    throughput (docs/performance.md). Text beyond ASCII goes as UTF-8, not escaped."""
     return to_json(rows).decode() if rows else _EMPTY
 
 
