@@ -487,13 +487,20 @@ def _tick(
         audit_records.c.customer_id == places.customer_id,
     )
     untried = and_(places.event_id == ident, places.order_key <= watermark, ~tried)
-    shopping = scalar(select(func.count()).where(untried, places.order_key > session_start))
+    in_session = places.order_key > session_start
     # Likely to take seats: those of them let in within the grace. One who has not tried
     # by then (a bot, a closed tab) keeps its token, but no longer holds the stock back.
-    likely = shopping
+    in_grace = in_session
     if shopper_grace is not None and shopper_grace < settings.session_duration:
-        grace_start = max(session_start, admitted_before(now - shopper_grace))
-        likely = scalar(select(func.count()).where(untried, places.order_key > grace_start))
+        in_grace = places.order_key > max(session_start, admitted_before(now - shopper_grace))
+    # Both counts in one pass: each was a scan of the admitted places with an anti-join on
+    # the audit trail, 13 ms a tick in a sale (docs/performance.md).
+    shopping, likely = (
+        int(n)
+        for n in conn.execute(
+            select(func.count(), func.count().filter(in_grace)).where(untried, in_session)
+        ).one()
+    )
     waiting = scalar(
         select(func.count()).where(places.event_id == ident, places.order_key > watermark)
     )
