@@ -968,70 +968,74 @@ def report(room: SaleOutcome, bare: SaleOutcome | None, path: Path) -> str:
     return "\n".join(lines)
 
 
+def _table(title: str, intro: list[str], columns: str, rows: list[str]) -> list[str]:
+    """A report section: a heading, what it shows, and a table (`columns`: its header and
+    alignment lines)."""
+    return [f"## {title}", "", *intro, "", *columns.splitlines(), *rows, ""]
+
+
 def _paths_table(room: SaleOutcome) -> list[str]:
     """How the batches were decided: from memory in one statement, or under row locks
     (and why), which holds the sections' rows across round trips."""
     total = sum(room.batch_paths.values())
     if not total:
         return []
-    lines = [
-        "## How the batches were decided (with the room)",
-        "",
-        "From memory, one statement that holds the sections' rows only while it runs; or",
-        "under row locks, held across round trips while the batch is decided",
-        "(`boxoffice_batch_paths`, booking/remembered.py).",
-        "",
-        "| path | reason | batches | share |",
-        "|---|---|---:|---:|",
-    ]
+    rows = []
     for key, count in sorted(room.batch_paths.items(), key=lambda kv: -kv[1]):
         path, reason = key.split(" ", 1)
-        lines.append(f"| {path} | {reason} | {count:,.0f} | {count / total:.1%} |")
-    return [*lines, ""]
+        rows.append(f"| {path} | {reason} | {count:,.0f} | {count / total:.1%} |")
+    return _table(
+        "How the batches were decided (with the room)",
+        [
+            "From memory, one statement that holds the sections' rows only while it runs; or",
+            "under row locks, held across round trips while the batch is decided",
+            "(`boxoffice_batch_paths`, booking/remembered.py).",
+        ],
+        "| path | reason | batches | share |\n|---|---|---:|---:|",
+        rows,
+    )
 
 
 def _statements_table(room: SaleOutcome) -> list[str]:
     """The report's table of `--statements`: where PostgreSQL's own time went."""
     if not room.statements:
         return []
-    lines = [
-        "## The database's time by statement (with the room)",
-        "",
-        "`pg_stat_statements` over the sale (`--statements`): execution time inside",
-        "PostgreSQL, lock waits included, most first.",
-        "",
-        "| statement | calls | total, ms | mean, ms | max, ms | rows |",
-        "|---|---:|---:|---:|---:|---:|",
+    rows = [
+        f"| `{row['statement'].replace('|', chr(92) + '|')}` | {row['calls']:,} | "
+        f"{row['total_ms']:,.0f} | {row['mean_ms']:.2f} | {row['max_ms']:.0f} | {row['rows']:,} |"
+        for row in room.statements
     ]
-    for row in room.statements:
-        statement = row["statement"].replace("|", "\\|")
-        lines.append(
-            f"| `{statement}` | {row['calls']:,} | {row['total_ms']:,.0f} | "
-            f"{row['mean_ms']:.2f} | {row['max_ms']:.0f} | {row['rows']:,} |"
-        )
-    return [*lines, ""]
+    return _table(
+        "The database's time by statement (with the room)",
+        [
+            "`pg_stat_statements` over the sale (`--statements`): execution time inside",
+            "PostgreSQL, lock waits included, most first.",
+        ],
+        "| statement | calls | total, ms | mean, ms | max, ms | rows |\n"
+        "|---|---:|---:|---:|---:|---:|",
+        rows,
+    )
 
 
 def _lock_waits_table(room: SaleOutcome) -> list[str]:
     """The report's table of `--lock-waits`: which rows the statements waited for."""
     if not room.lock_waits:
         return []
-    lines = [
-        "## PostgreSQL's lock waits (with the room)",
-        "",
-        f"Waits longer than {room.config.lock_waits_ms} ms (`log_lock_waits`), from the"
-        " cluster's log, grouped by what waited.",
-        "",
-        "| lock | while | statement | waits | total, ms | p50, ms | max, ms |",
-        "|---|---|---|---:|---:|---:|---:|",
+    rows = [
+        f"| {row['lock']} | {row['on']} | `{row['statement'].replace('|', chr(92) + '|')}` | "
+        f"{row['waits']:,} | {row['total_ms']:,.0f} | {row['p50_ms']:.0f} | {row['max_ms']:.0f} |"
+        for row in room.lock_waits[:12]
     ]
-    for row in room.lock_waits[:12]:
-        statement = row["statement"].replace("|", "\\|")
-        lines.append(
-            f"| {row['lock']} | {row['on']} | `{statement}` | {row['waits']:,} | "
-            f"{row['total_ms']:,.0f} | {row['p50_ms']:.0f} | {row['max_ms']:.0f} |"
-        )
-    return [*lines, ""]
+    return _table(
+        "PostgreSQL's lock waits (with the room)",
+        [
+            f"Waits longer than {room.config.lock_waits_ms} ms (`log_lock_waits`), from the"
+            " cluster's log, grouped by what waited."
+        ],
+        "| lock | while | statement | waits | total, ms | p50, ms | max, ms |\n"
+        "|---|---|---|---:|---:|---:|---:|",
+        rows,
+    )
 
 
 def _lag_table(room: SaleOutcome) -> list[str]:

@@ -160,3 +160,24 @@ def test_a_wait_logged_as_postgresql_writes_it_verbose_or_ending_in_a_deadlock()
         2,
     )
     assert row["max_ms"] == 1000.5
+
+
+def test_the_diagnostic_tables_are_written_only_when_there_is_something_to_show() -> None:
+    from bench.onsale import (
+        SaleConfig,
+        SaleOutcome,
+        _lock_waits_table,
+        _paths_table,
+        _statements_table,
+    )
+
+    sale = SaleOutcome(SaleConfig(lock_waits_ms=5), (0, 0, 0), (0, 0, 0))
+    assert _paths_table(sale) + _statements_table(sale) + _lock_waits_table(sale) == []
+    sale.batch_paths = {"memory unchanged": 9.0, "locked refusal": 1.0}
+    sale.statements = statements_of("3|10.0|3.3|5.0|3|SELECT a || b")
+    sale.lock_waits = lock_waits(LOCK_LOG)
+    text = "\n".join(_paths_table(sale) + _statements_table(sale) + _lock_waits_table(sale))
+    assert "| memory | unchanged | 9 | 90.0% |" in text
+    assert "| `SELECT a \\|\\| b` | 3 | 10 | 3.30 | 5 | 3 |" in text  # its pipes escaped
+    assert "Waits longer than 5 ms" in text
+    assert '| ShareLock | while locking tuple in relation "sections" |' in text
