@@ -252,9 +252,10 @@ def run_sale(
     figure of it."""
     wrk = ensure_wrk()
     upgrade(database_url)
-    pg_log = None if postgres is None else Path(postgres.root) / "log"
     if config.statements and postgres is not None:
         start_counting_statements(database_url)
+    # The cluster's log from here on holds this sale's lock waits (`--lock-waits`).
+    pg_log = Path(postgres.root) / "log" if postgres is not None and config.lock_waits_ms else None
     pg_log_from = pg_log.stat().st_size if pg_log is not None and pg_log.exists() else 0
     outcome = SaleOutcome(config, os.getloadavg(), (0.0, 0.0, 0.0))
     admin = first_admin_key(database_url)
