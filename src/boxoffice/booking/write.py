@@ -69,19 +69,25 @@ PG_WRITE = text(
                         held integer, sold integer)
     ), s_locked AS (
         -- Row locks in id order, as everywhere: processes cannot deadlock. A row another
-        -- transaction changed meanwhile is read as it committed, once it is ours.
-        SELECT s.id, s.remaining, s.held, s.sold, s.version FROM sections AS s
-         WHERE (s.id, s.event_id) IN (SELECT id, event_id FROM s_new) ORDER BY s.id FOR UPDATE
+        -- transaction changed meanwhile is read as it committed, once it is ours. Each
+        -- row carries its own part of s_new, so nothing below joins the two: the write
+        -- pool plans with nested loops only (db/database.py), and a join of two CTEs is
+        -- then a scan of one per row of the other, quadratic in the batch's size.
+        SELECT s.id, s.event_id, s.remaining, s.held, s.sold, s.version, n.drawn,
+               n.remaining AS add_remaining, n.held AS add_held, n.sold AS add_sold
+          FROM s_new AS n JOIN sections AS s ON s.id = n.id
+         WHERE s.event_id = n.event_id
+         ORDER BY s.id FOR UPDATE OF s
     ), h_new_status AS (
         SELECT * FROM json_to_recordset(CAST(:settled AS json))
                    AS c(id uuid, event_id uuid, status text, expected text)
     ), h_locked AS (
         -- After the sections (their CTE is evaluated first): the same order as every
         -- locked batch, which locks sections, then writes holds.
-        SELECT h.id, h.status FROM holds AS h
-         WHERE (h.id, h.event_id) IN (SELECT id, event_id FROM h_new_status)
-           AND (SELECT count(*) FROM s_locked) >= 0
-         ORDER BY h.id FOR UPDATE
+        SELECT h.id, h.status, c.expected
+          FROM h_new_status AS c JOIN holds AS h ON h.id = c.id
+         WHERE h.event_id = c.event_id AND (SELECT count(*) FROM s_locked) >= 0
+         ORDER BY h.id FOR UPDATE OF h
     ), a_new AS (
         SELECT * FROM json_to_recordset(CAST(:answers AS json))
                    AS a(scope text, key text, fingerprint text, outcome json)
@@ -94,14 +100,13 @@ PG_WRITE = text(
     ), checked AS (
         -- Every step of the batch finds its seats in the true count, whatever else
         -- happened to the section meanwhile: each command, in order, had its seats.
-        SELECT count(*) FILTER (WHERE l.remaining >= n.drawn)
+        SELECT count(*) FILTER (WHERE l.remaining >= l.drawn)
                    = (SELECT count(*) FROM s_new)
-               AND (SELECT count(*) FROM h_locked JOIN h_new_status AS c USING (id)
-                     WHERE h_locked.status = c.expected)
+               AND (SELECT count(*) FROM h_locked WHERE status = expected)
                    = (SELECT count(*) FROM h_new_status)
                AND (SELECT ok FROM claimed) AS ok,
-               array_agg(CAST(l.id AS text)) FILTER (WHERE l.remaining < n.drawn) AS stale
-          FROM s_locked AS l JOIN s_new AS n ON n.id = l.id
+               array_agg(CAST(l.id AS text)) FILTER (WHERE l.remaining < l.drawn) AS stale
+          FROM s_locked AS l
     ), s_write AS (
         -- Added to the counts as locked above, not as this UPDATE's scan finds them: that
         -- is the statement's snapshot, from before its lock waits, and PostgreSQL checks
@@ -109,10 +114,10 @@ PG_WRITE = text(
         -- it again from the current one (a section given seats back meanwhile failed
         -- ck_sections_seats_add_up; tests/integration/test_group_commit.py).
         UPDATE sections AS s
-           SET remaining = l.remaining + n.remaining, held = l.held + n.held,
-               sold = l.sold + n.sold, version = l.version + 1
-          FROM s_new AS n JOIN s_locked AS l ON l.id = n.id
-         WHERE s.id = n.id AND s.event_id = n.event_id AND (SELECT ok FROM checked)
+           SET remaining = l.remaining + l.add_remaining, held = l.held + l.add_held,
+               sold = l.sold + l.add_sold, version = l.version + 1
+          FROM s_locked AS l
+         WHERE s.id = l.id AND s.event_id = l.event_id AND (SELECT ok FROM checked)
      RETURNING s.id, s.remaining, s.held, s.sold, s.version
     ), h_new AS (
         INSERT INTO holds (id, event_id, customer_id, status, expires_at, created_at)
