@@ -102,6 +102,8 @@ class SaleConfig:
     lock_waits_ms: int = 0  # > 0: PostgreSQL logs lock waits this long (--lock-waits)
     statements: bool = False  # pg_stat_statements: the database's time by statement
     deadline_seconds: float = 330.0  # past the 4 minutes, the check has failed anyway
+    # `--set NAME=VALUE`: server settings for both sales (say WAITING_ROOM_POLLS_PER_WAIT).
+    server_settings: tuple[tuple[str, str], ...] = ()
     seed: int = 12
 
 
@@ -273,7 +275,7 @@ def run_sale(
         # wrk parks a connection until its next action is due (up to the 30 s between
         # polls); a server closing it meanwhile makes wrk lose the request it sends next.
         "KEEP_ALIVE_SECONDS": "300",
-    }
+    } | dict(config.server_settings)
     server = ServerProcess(database_url, workers=config.workers, env=env, log_dir=workdir)
     with server:
         headers = {"Authorization": f"Bearer {admin}"}
@@ -1159,9 +1161,18 @@ def main() -> None:
         action="store_true",
         help="report the database's time by statement (pg_stat_statements)",
     )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a server setting for the run, say WAITING_ROOM_POLLS_PER_WAIT=5 (repeatable)",
+    )
     args = parser.parse_args()
     if args.database != "postgresql" and (args.lock_waits or args.statements):
         parser.error("--lock-waits and --statements are PostgreSQL's")
+    if any("=" not in setting for setting in args.set):
+        parser.error("--set takes NAME=VALUE")
     config = replace(
         defaults,
         customers=args.customers,
@@ -1174,6 +1185,10 @@ def main() -> None:
         hold_ttl_seconds=args.hold_ttl_seconds,
         lock_waits_ms=args.lock_waits,
         statements=args.statements,
+        server_settings=tuple(
+            (name.strip(), value)
+            for name, _, value in (setting.partition("=") for setting in args.set)
+        ),
     )
     published = config == defaults and not args.no_compare and args.database == "postgresql"
     name = "onsale" if published else "onsale-partial"

@@ -24,7 +24,11 @@ from sqlalchemy.engine import URL, make_url
 
 from boxoffice.domain.fraud import FraudRules
 from boxoffice.domain.hold_caps import HoldCaps
-from boxoffice.domain.queue_order import MAX_POLL_SECONDS, MIN_POLL_SECONDS
+from boxoffice.domain.queue_order import (
+    MAX_POLL_SECONDS,
+    MIN_POLL_SECONDS,
+    POLLS_BEFORE_ONES_TURN,
+)
 from boxoffice.services.rate_limits import Quota
 
 DEFAULT_DATABASE_URL = "sqlite:///./boxoffice.db"
@@ -303,6 +307,14 @@ class Settings(BaseSettings):
         description="The longest pollAfterSeconds a queue ticket is told (later places "
         "poll less often, up to this): the most a client polling as told lags its turn or "
         "the sell-out. Lower: fresher answers, more polls.",
+    )
+    waiting_room_polls_per_wait: int = Field(
+        POLLS_BEFORE_ONES_TURN,
+        ge=1,
+        le=100,
+        description="A waiting client is told to poll again after about 1/N of its "
+        "estimated wait (at least a second, at most WAITING_ROOM_MAX_POLL_SECONDS). Lower: "
+        "fewer polls, and a turn learnt up to 1/N of the wait late.",
     )
     max_polls_tracked: int = Field(
         200_000,

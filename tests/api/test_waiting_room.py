@@ -531,6 +531,29 @@ async def test_the_operator_caps_how_long_anyone_is_told_to_wait(
     assert (await sale.poll(last)).json()["pollAfterSeconds"] == 30
 
 
+async def test_the_operator_sets_how_many_polls_a_wait_takes(
+    sale: Sale, settings: Settings, database: Database
+) -> None:
+    """WAITING_ROOM_POLLS_PER_WAIT: a process told 5 polls per wait tells the same place
+    to come back twice as late as one with the default 10, and paces it by that."""
+    event = await sale.event(capacity=100)
+    await sale.room(event, suspended=True)  # 2 a minute: the fourth place waits 2 minutes
+    last = [await sale.join(event, await sale.customer(n)) for n in "abcd"][3]["ticket"]
+    await sale.watch.tick()
+    await sale.watch.refresh()
+    assert (await sale.poll(last)).json()["pollAfterSeconds"] == 12
+    fewer = settings.model_copy(update={"waiting_room_polls_per_wait": 5})
+    app = create_app(fewer, database, clock=sale.clock)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            await app.state.room_watch.refresh()
+            waiting = (await http.get(f"/queue/{last}")).json()
+            assert (waiting["position"], waiting["pollAfterSeconds"]) == (4, 24)
+            sale.clock.advance(12)  # as often as the default would have it: too soon here
+            assert_problem(await http.get(f"/queue/{last}"), 429, "poll_too_soon")
+
+
 async def test_the_room_is_counted_in_the_metrics(sale: Sale) -> None:
     from tests.api.test_metrics import scrape, value
 

@@ -171,6 +171,19 @@ def test_the_longest_poll_interval_is_30_seconds_unless_set(
     assert Settings(_env_file=None).waiting_room_max_poll_seconds == 3  # type: ignore[call-arg]
 
 
+def test_polls_per_wait_is_ten_unless_set_within_its_bounds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert Settings(_env_file=None).waiting_room_polls_per_wait == 10  # type: ignore[call-arg]
+    monkeypatch.setenv("WAITING_ROOM_POLLS_PER_WAIT", "5")
+    assert Settings(_env_file=None).waiting_room_polls_per_wait == 5  # type: ignore[call-arg]
+    for value in ("0", "101"):
+        monkeypatch.setenv("WAITING_ROOM_POLLS_PER_WAIT", value)
+        with pytest.raises(ValidationError) as refused:
+            Settings(_env_file=None)  # type: ignore[call-arg]
+        assert "waiting_room_polls_per_wait" in str(refused.value)
+
+
 def test_env_example_documents_every_setting() -> None:
     example = Path(__file__).parents[2] / ".env.example"
     documented = {

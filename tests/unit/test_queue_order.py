@@ -17,6 +17,7 @@ from boxoffice.domain.queue_order import (
     FIFO_BASE,
     MAX_POLL_SECONDS,
     MIN_POLL_SECONDS,
+    POLLS_BEFORE_ONES_TURN,
     PREQUEUE_TOP,
     RANDOM_BASE,
     RANDOM_TOP,
@@ -314,6 +315,25 @@ def test_every_answer_keeps_to_the_snapshots_longest_interval() -> None:
     assert statuses == ["waiting", "waiting", "admitted", "expired", "sold_out"]
     assert [answer.poll_after_seconds for answer in answers] == [4] * 5
     assert answer_poll(FIFO_BASE + 100, capped, OPENS).poll_after_seconds == 1  # the front
+
+
+def test_polls_per_wait_spreads_a_waiting_clients_polls() -> None:
+    """WAITING_ROOM_POLLS_PER_WAIT, carried by the snapshot: half as many polls per wait
+    tells a waiting place to come back twice as late, within the same bounds."""
+    assert poll_after_seconds(90) == 9
+    assert poll_after_seconds(90, polls=5) == 18
+    assert poll_after_seconds(3, polls=5) == MIN_POLL_SECONDS
+    assert poll_after_seconds(3_600, polls=2) == MAX_POLL_SECONDS
+    line = snapshot(mark=MARK, pace=1.0)
+    assert line.polls_per_wait == POLLS_BEFORE_ONES_TURN
+    default = answer_poll(FIFO_BASE + 199, line, OPENS)
+    fewer = answer_poll(FIFO_BASE + 199, replace(line, polls_per_wait=5), OPENS)
+    assert (fewer.position, fewer.estimated_wait_seconds) == (
+        default.position,
+        default.estimated_wait_seconds,
+    )
+    assert default.poll_after_seconds > MIN_POLL_SECONDS
+    assert fewer.poll_after_seconds == 2 * default.poll_after_seconds
 
 
 def _every_band(key: int, snapshot: LineSnapshot) -> int:

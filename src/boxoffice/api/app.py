@@ -188,6 +188,7 @@ def create_app(
             tick_seconds=settings.waiting_room_tick_ms / 1000,
             clock_skew_seconds=settings.waiting_room_clock_skew_ms / 1000,
             max_poll_seconds=settings.waiting_room_max_poll_seconds,
+            polls_per_wait=settings.waiting_room_polls_per_wait,
             shopper_grace_seconds=settings.waiting_room_shopper_grace_seconds,
             secret=secret,
             retired_secrets=retired,

@@ -57,6 +57,7 @@ __all__ = [
     "FIFO_BASE",
     "MAX_POLL_SECONDS",
     "MIN_POLL_SECONDS",
+    "POLLS_BEFORE_ONES_TURN",
     "PREQUEUE_TOP",
     "RANDOM_BASE",
     "RANDOM_TOP",
@@ -78,7 +79,7 @@ NOBODY = -1  # the watermark before anyone is admitted
 
 MIN_POLL_SECONDS = 1
 MAX_POLL_SECONDS = 30  # the longest a client is told to wait, unless the operator sets another
-POLLS_BEFORE_ONES_TURN = 10  # a waiting client polls about this often before its turn
+POLLS_BEFORE_ONES_TURN = 10  # a waiting client polls about this often before its turn, by default
 
 Joining = Literal["prequeue", "fifo", "random"]
 
@@ -177,6 +178,9 @@ class LineSnapshot:
     # WAITING_ROOM_MAX_POLL_SECONDS: the longest `pollAfterSeconds` any answer gives, so
     # how late, at worst, a client that polls as told learns its turn or the sell-out.
     max_poll_seconds: int = MAX_POLL_SECONDS
+    # WAITING_ROOM_POLLS_PER_WAIT: a waiting client is told to poll again after about this
+    # fraction of its wait; fewer polls cost less, and tell a turn later by as much.
+    polls_per_wait: int = POLLS_BEFORE_ONES_TURN
     # The room's own pace (newUsersPerMinute / 60; 0 while suspended): the fastest the line
     # can move, so when a waiting place's turn can come soonest.
     fastest_per_second: float = 0.0
@@ -234,15 +238,18 @@ def _share(band: Band, start: int, key: int) -> float:
 
 
 def poll_after_seconds(
-    estimated_wait_seconds: int | None, *, longest: int = MAX_POLL_SECONDS
+    estimated_wait_seconds: int | None,
+    *,
+    longest: int = MAX_POLL_SECONDS,
+    polls: int = POLLS_BEFORE_ONES_TURN,
 ) -> int:
-    """How long a waiting client should wait before polling again: about a tenth of its
+    """How long a waiting client should wait before polling again: about 1/`polls` of its
     wait, so later places poll less often, within [MIN_POLL_SECONDS, `longest`]; the
     longest while the line does not move."""
     if estimated_wait_seconds is None:
         return longest
-    polls = math.ceil(estimated_wait_seconds / POLLS_BEFORE_ONES_TURN)
-    return max(MIN_POLL_SECONDS, min(longest, polls))
+    after = math.ceil(estimated_wait_seconds / polls)
+    return max(MIN_POLL_SECONDS, min(longest, after))
 
 
 def answer_poll(key: int, snapshot: LineSnapshot, now: datetime) -> PollAnswer:
@@ -264,7 +271,8 @@ def answer_poll(key: int, snapshot: LineSnapshot, now: datetime) -> PollAnswer:
     reachable = servable is None or position <= servable
     soonest = _wait(position, snapshot.fastest_per_second) if reachable else None
     told = wait if soonest is None or (wait is not None and wait < soonest) else soonest
-    return PollAnswer("waiting", poll_after_seconds(told, longest=longest), position, wait)
+    after = poll_after_seconds(told, longest=longest, polls=snapshot.polls_per_wait)
+    return PollAnswer("waiting", after, position, wait)
 
 
 def _wait(position: int, per_second: float) -> int | None:

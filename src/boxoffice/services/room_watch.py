@@ -29,7 +29,13 @@ import structlog
 from boxoffice.db.database import Database
 from boxoffice.db.errors import DatabaseUnavailable
 from boxoffice.domain.ids import canonical_id
-from boxoffice.domain.queue_order import MAX_POLL_SECONDS, NOBODY, LineSnapshot, Watermark
+from boxoffice.domain.queue_order import (
+    MAX_POLL_SECONDS,
+    NOBODY,
+    POLLS_BEFORE_ONES_TURN,
+    LineSnapshot,
+    Watermark,
+)
 from boxoffice.domain.queue_tickets import TicketSigner
 from boxoffice.observability.metrics import (
     QUEUE_ADMITTED,
@@ -74,6 +80,7 @@ class RoomWatch:
         tick_seconds: float,
         clock_skew_seconds: float,
         max_poll_seconds: int = MAX_POLL_SECONDS,
+        polls_per_wait: int = POLLS_BEFORE_ONES_TURN,
         shopper_grace_seconds: float = 0,
         secret: bytes | None = None,
         retired_secrets: tuple[bytes, ...] = (),
@@ -84,6 +91,7 @@ class RoomWatch:
         self._tick_seconds = tick_seconds
         self._clock_skew = timedelta(seconds=clock_skew_seconds)
         self.max_poll_seconds = max_poll_seconds
+        self._polls_per_wait = polls_per_wait
         # 0: a shopper who has not tried counts for its whole session.
         self._shopper_grace = (
             timedelta(seconds=shopper_grace_seconds) if shopper_grace_seconds > 0 else None
@@ -221,6 +229,7 @@ class RoomWatch:
             session=room.settings.session_duration,
             sold_out=published is not None and published.sold_out,
             max_poll_seconds=self.max_poll_seconds,
+            polls_per_wait=self._polls_per_wait,
             fastest_per_second=room.settings.moving_per_second,
             servable_places=None if published is None else published.servable_places,
         )
