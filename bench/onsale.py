@@ -61,7 +61,7 @@ from bench.pg_diagnostics import (
     top_statements,
 )
 from bench.run import cpu_seconds, cpu_spent, ensure_wrk, verify
-from boxoffice.config import async_database_url
+from boxoffice.config import Settings, async_database_url
 from boxoffice.db.database import Database
 from boxoffice.db.migrate import upgrade
 from boxoffice.domain.fairness import largest_inversion, position_success_correlation
@@ -265,7 +265,7 @@ def run_sale(
     names = [f"c{index:06d}" if kind == "normal" else f"bot-{kind}" for index, kind, _ in crowd]
     say(f"making {len(names):,} customer keys")
     tokens = asyncio.run(_bulk_keys(database_url, names))
-    env = {
+    env: dict[str, str] = {
         "BOXOFFICE_OPEN_ACCESS": "false",
         "RATE_LIMITS_ENABLED": "true",
         "HOLD_TTL_MIN_SECONDS": str(min(10, config.hold_ttl_seconds)),
@@ -275,7 +275,9 @@ def run_sale(
         # wrk parks a connection until its next action is due (up to the 30 s between
         # polls); a server closing it meanwhile makes wrk lose the request it sends next.
         "KEEP_ALIVE_SECONDS": "300",
-    } | dict(config.server_settings)
+    }
+    assert set(env) <= _HARNESS, set(env) - _HARNESS
+    env |= dict(config.server_settings)
     server = ServerProcess(database_url, workers=config.workers, env=env, log_dir=workdir)
     with server:
         headers = {"Authorization": f"Bearer {admin}"}
@@ -1136,6 +1138,34 @@ def plot(room: SaleOutcome, bare: SaleOutcome | None, path: Path) -> None:
     plt.close(figure)
 
 
+# Server settings the run sets itself (with DATABASE_URL, `ServerProcess`): not for --set.
+_HARNESS = frozenset(
+    {
+        "DATABASE_URL",
+        "BOXOFFICE_OPEN_ACCESS",
+        "RATE_LIMITS_ENABLED",
+        "HOLD_TTL_MIN_SECONDS",
+        "WAITING_ROOM_CLOCK_SKEW_MS",
+        "MAX_POLLS_TRACKED",
+        "LOG_LEVEL",
+        "KEEP_ALIVE_SECONDS",
+    }
+)
+_SETTABLE = frozenset(name.upper() for name in Settings.model_fields) - _HARNESS
+
+
+def refused_setting(setting: str) -> str | None:
+    """Why `--set setting` is refused, or None: a misspelt name would run the defaults
+    unnoticed, and the run's own settings are not for changing."""
+    name, equals, _ = setting.partition("=")
+    if equals and name in _SETTABLE:
+        return None
+    return (
+        f"--set takes NAME=VALUE with NAME one of the server's settings, not the run's own "
+        f"({', '.join(sorted(_HARNESS))}): {setting!r}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     defaults = SaleConfig()
@@ -1171,8 +1201,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.database != "postgresql" and (args.lock_waits or args.statements):
         parser.error("--lock-waits and --statements are PostgreSQL's")
-    if any("=" not in setting for setting in args.set):
-        parser.error("--set takes NAME=VALUE")
+    for setting in args.set:
+        if (refused := refused_setting(setting)) is not None:
+            parser.error(refused)
     config = replace(
         defaults,
         customers=args.customers,

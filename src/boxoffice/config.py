@@ -312,8 +312,9 @@ class Settings(BaseSettings):
         POLLS_BEFORE_ONES_TURN,
         ge=1,
         le=100,
-        description="A waiting client is told to poll again after about 1/N of its "
-        "estimated wait (at least a second, at most WAITING_ROOM_MAX_POLL_SECONDS). Lower: "
+        description="A waiting client is told to poll again after about 1/N of the "
+        "soonest its turn can come at the room's pace, or of its estimated wait if shorter "
+        "(at least a second, at most WAITING_ROOM_MAX_POLL_SECONDS). Lower: "
         "fewer polls, and a turn learnt up to 1/N of the wait late.",
     )
     max_polls_tracked: int = Field(

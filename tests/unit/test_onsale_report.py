@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.onsale import batch_paths, lag_buckets, lag_over_time
+from bench.onsale import batch_paths, lag_buckets, lag_over_time, refused_setting
 from bench.pg_diagnostics import lock_waits, statements_of
 
 EXPOSITION = """\
@@ -181,3 +181,13 @@ def test_the_diagnostic_tables_are_written_only_when_there_is_something_to_show(
     assert "| `SELECT a \\|\\| b` | 3 | 10 | 3.30 | 5 | 3 |" in text  # its pipes escaped
     assert "Waits longer than 5 ms" in text
     assert '| ShareLock | while locking tuple in relation "sections" |' in text
+
+
+def test_set_takes_only_server_settings_the_run_does_not_set_itself() -> None:
+    """`--set`: a misspelt name would run the sale at the defaults, unnoticed."""
+    assert refused_setting("WAITING_ROOM_POLLS_PER_WAIT=5") is None
+    assert refused_setting("BOOKING_QUEUE_TIMEOUT_MS=a=b") is None  # the value may hold "="
+    for bad in ("WAITING_ROOM_POLL_PER_WAIT=5", "=5", "WAITING_ROOM_POLLS_PER_WAIT"):
+        assert "NAME=VALUE" in (refused_setting(bad) or "")
+    for own in ("DATABASE_URL=postgresql://elsewhere", "LOG_LEVEL=INFO", "KEEP_ALIVE_SECONDS=5"):
+        assert refused_setting(own) is not None

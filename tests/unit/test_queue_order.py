@@ -336,6 +336,13 @@ def test_polls_per_wait_spreads_a_waiting_clients_polls() -> None:
     assert fewer.poll_after_seconds == 2 * default.poll_after_seconds
 
 
+def test_no_polls_per_wait_is_refused_before_any_poll_divides_by_it() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        poll_after_seconds(90, polls=0)
+    with pytest.raises(ValueError, match="at least 1"):
+        replace(snapshot(mark=MARK, pace=1.0), polls_per_wait=0)
+
+
 def _every_band(key: int, snapshot: LineSnapshot) -> int:
     """The estimate summed over every band, as it was before the loop stopped early."""
     ahead = 0.0

@@ -193,6 +193,8 @@ class LineSnapshot:
     waiting_before: tuple[int, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        if self.polls_per_wait < 1:  # every poll would divide by it
+            raise ValueError(f"polls_per_wait must be at least 1, not {self.polls_per_wait}")
         object.__setattr__(self, "band_lows", tuple(band.low for band in self.bands))
         counts = itertools.accumulate((band.waiting for band in self.bands), initial=0)
         object.__setattr__(self, "waiting_before", tuple(counts))
@@ -246,6 +248,8 @@ def poll_after_seconds(
     """How long a waiting client should wait before polling again: about 1/`polls` of its
     wait, so later places poll less often, within [MIN_POLL_SECONDS, `longest`]; the
     longest while the line does not move."""
+    if polls < 1:
+        raise ValueError(f"polls must be at least 1, not {polls}")
     if estimated_wait_seconds is None:
         return longest
     after = math.ceil(estimated_wait_seconds / polls)
