@@ -32,6 +32,32 @@ V = TypeVar("V")
 __all__ = ["Coalesced"]
 
 
+class _Read(Generic[V]):
+    """One key's read: whoever waits for it, each on a future of its own. The query
+    answers each of them itself: a future shared and shielded cost each reader one more
+    loop turn (tests/unit/test_coalesced.py), and a turn of a loaded loop lasts as long
+    as the requests it serves (20 ms in a sale, docs/performance.md)."""
+
+    __slots__ = ("waiters",)
+
+    def __init__(self) -> None:
+        self.waiters: list[asyncio.Future[V]] = []
+
+    def answer(self, value: V) -> None:
+        for waiter in self.waiters:
+            if not waiter.done():  # a reader that gave up has cancelled its own
+                waiter.set_result(value)
+
+    def fail(self, error: BaseException) -> None:
+        for waiter in self.waiters:
+            if not waiter.done():
+                waiter.set_exception(error)
+
+    def cancel(self) -> None:
+        for waiter in self.waiters:
+            waiter.cancel()
+
+
 class Coalesced(Generic[K, V]):
     """`get(key)` through `lookup(keys) -> values` (in the keys' order), in batches."""
 
@@ -47,35 +73,38 @@ class Coalesced(Generic[K, V]):
         self._labels = (name,)  # of the query-time metric
         self._max_batch = max_batch
         self._join_in_flight = join_in_flight
-        self._pending: dict[K, asyncio.Future[V]] = {}  # queued or being read
-        self._queued: dict[K, asyncio.Future[V]] = {}  # for the next query
+        self._pending: dict[K, _Read[V]] = {}  # queued or being read
+        self._queued: dict[K, _Read[V]] = {}  # for the next query
         self._querying: asyncio.Task[None] | None = None
 
     async def get(self, key: K) -> V:
         """The value of `key`, read by the next query (or the one already reading it)."""
-        pending = (self._pending if self._join_in_flight else self._queued).get(key)
-        if pending is None:
-            pending = asyncio.get_running_loop().create_future()
-            self._pending[key] = self._queued[key] = pending
-            pending.add_done_callback(lambda done: self._drop(key, done))
+        read = (self._pending if self._join_in_flight else self._queued).get(key)
+        if read is None:
+            read = self._pending[key] = self._queued[key] = _Read()
             if self._querying is None:
                 self._querying = asyncio.ensure_future(self._query_queued())
-        # Shielded: a caller that gives up does not cancel the read the others wait for.
-        return await asyncio.shield(pending)
+        # A future of its own: a caller that gives up cancels it, not the read the others
+        # wait for.
+        mine: asyncio.Future[V] = asyncio.get_running_loop().create_future()
+        read.waiters.append(mine)
+        return await mine
 
     def forget(self) -> None:
         """Reads asked for from now on are made anew: none joins one begun before. (Those
         still queued begin after this anyway, and their waiters must keep them.)"""
         self._pending = {key: self._queued[key] for key in self._pending if key in self._queued}
 
-    def _drop(self, key: K, done: asyncio.Future[V]) -> None:
-        if self._pending.get(key) is done:
-            del self._pending[key]
+    def _done(self, batch: dict[K, _Read[V]]) -> None:
+        for key, read in batch.items():
+            if self._pending.get(key) is read:
+                del self._pending[key]
 
     async def _query_queued(self) -> None:
         """Query for the queued keys, a batch at a time, until none is left."""
+        # It starts a turn after the first read asked for it, with every read asked for in
+        # that turn: waiting a turn more for the next turn's reads cost each read the turn.
         try:
-            await asyncio.sleep(0)  # the requests of this same moment join the first batch
             while self._queued:
                 keys = list(self._queued)[: self._max_batch]
                 batch = {key: self._queued.pop(key) for key in keys}
@@ -86,17 +115,18 @@ class Coalesced(Generic[K, V]):
                     if len(values) != len(keys):
                         raise RuntimeError(f"{len(keys)} keys looked up, {len(values)} values")
                 except BaseException as exc:  # each waiter gets it (a 503, for one)
-                    for waiter in batch.values():
-                        if not waiter.done():
-                            waiter.set_exception(exc)
+                    self._done(batch)
+                    for read in batch.values():
+                        read.fail(exc)
                     if not isinstance(exc, Exception):
                         raise  # cancelled: the server is stopping
                     continue
-                for waiter, value in zip(batch.values(), values, strict=True):  # checked
-                    if not waiter.done():
-                        waiter.set_result(value)
+                self._done(batch)
+                for read, value in zip(batch.values(), values, strict=True):  # checked
+                    read.answer(value)
         finally:
             self._querying = None
-            for waiter in self._queued.values():  # cancelled: nobody waits in vain
-                waiter.cancel()
+            self._done(self._queued)
+            for read in self._queued.values():  # cancelled: nobody waits in vain
+                read.cancel()
             self._queued.clear()
