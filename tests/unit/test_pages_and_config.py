@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from sqlalchemy import exc as sa_exc
 
 from boxoffice.config import Settings, UnsupportedDatabaseURL, async_database_url
+from boxoffice.db.driver import in_list
 from boxoffice.db.errors import is_unavailable
 from boxoffice.domain.errors import InvalidRequest
 from boxoffice.domain.ids import new_ids, parse_id
@@ -267,3 +268,13 @@ def test_sqlite_errors_that_are_bugs_are_not_reported_as_outages(tmp_path: Path)
     assert not is_unavailable(sa_exc.OperationalError("SELECT", {}, missing.value))
     # Errors without SQLite's codes (other drivers, injected failures) keep the old rule.
     assert is_unavailable(sa_exc.OperationalError("COMMIT", {}, Exception("connection lost")))
+
+
+def test_in_lists_come_in_few_lengths_and_name_the_same_values() -> None:
+    """Each IN list's length is a prepared statement of its own (`db/driver.in_list`)."""
+    lengths = {len(in_list(range(n))) for n in range(1, 501)}
+    assert lengths == {1, 2, 4, 8, 16, 32, 64, 128, 256, 512}
+    for n in (0, 1, 2, 3, 5, 64, 65, 500):
+        padded = in_list(range(n))
+        assert padded[:n] == list(range(n))
+        assert set(padded) == set(range(n))

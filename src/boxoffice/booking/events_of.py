@@ -32,6 +32,7 @@ from sqlalchemy import Select, and_, bindparam, select
 
 from boxoffice.booking.load import as_uuid
 from boxoffice.db.database import Database
+from boxoffice.db.driver import in_list
 from boxoffice.db.rows import holds_from_rows
 from boxoffice.db.tables import bookings, hold_items, holds
 from boxoffice.domain.commands import CancelBooking, Command, ConfirmHold, ReleaseHold
@@ -121,7 +122,7 @@ class EventsOf:
         """The event of each of `ids` (canonical), None for one that names nothing."""
         # One statement, on its own: no BEGIN and ROLLBACK round trips (a confirm's path).
         async with UnitOfWork(self._database, write=False, single_statement=True) as uow:
-            rows = await uow.conn.execute(query, {"ids": [as_uuid(ident) for ident in ids]})
+            rows = await uow.conn.execute(query, {"ids": in_list(as_uuid(i) for i in ids)})
             found = {str(row.id): str(row.event_id) for row in rows}
         return [found.get(ident) for ident in ids]
 
@@ -129,7 +130,9 @@ class EventsOf:
         """The event of each of `ids`; each hold found, items and all, to `on_hold`."""
         assert self._on_hold is not None
         async with UnitOfWork(self._database, write=False, single_statement=True) as uow:
-            rows = await uow.conn.execute(_HOLDS_WITH_ITEMS, {"ids": [as_uuid(i) for i in ids]})
+            rows = await uow.conn.execute(
+                _HOLDS_WITH_ITEMS, {"ids": in_list(as_uuid(i) for i in ids)}
+            )
             read = [hold for hold, _ in holds_from_rows(rows)]
         for hold in read:
             self._on_hold(hold)

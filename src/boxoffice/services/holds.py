@@ -8,6 +8,7 @@ from datetime import datetime
 from sqlalchemy import and_, case, func, select, type_coerce
 
 from boxoffice.db.database import Database
+from boxoffice.db.driver import in_list
 from boxoffice.db.rows import hold_from_row, hold_item_from_row
 from boxoffice.db.tables import events, hold_items, holds
 from boxoffice.db.types import UTCDateTime
@@ -66,7 +67,7 @@ async def hold_records(
             func.count(given_up_at).label("churned"),
             type_coerce(func.min(given_up_at), UTCDateTime()).label("oldest"),
         )
-        .where(holds.c.customer_id.in_(set(customer_ids)), holds.c.expires_at > since)
+        .where(holds.c.customer_id.in_(in_list(set(customer_ids))), holds.c.expires_at > since)
         .group_by(holds.c.customer_id)
     )
     # One statement, on its own: no BEGIN and ROLLBACK round trips (it is on a hold's path).

@@ -27,6 +27,7 @@ from typing import Any, cast
 from sqlalchemy import func, select, update
 
 from boxoffice.db.database import Database
+from boxoffice.db.driver import in_list
 from boxoffice.db.rows import api_key_from_row
 from boxoffice.db.tables import KEY_ID_LENGTH, api_keys
 from boxoffice.domain.access import ROLES, ApiKey, Principal, Role
@@ -207,7 +208,7 @@ async def find_keys(database: Database, tokens: Sequence[str]) -> list[ApiKey | 
         async with UnitOfWork(database, write=False, single_statement=True) as uow:
             for stored in await uow.conn.execute(
                 select(api_keys.c.secret_sha256, *_LISTED.selected_columns).where(
-                    api_keys.c.id.in_(ids)
+                    api_keys.c.id.in_(in_list(ids))
                 )
             ):
                 rows[stored.id] = stored
