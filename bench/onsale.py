@@ -391,6 +391,8 @@ LOOP_LAG_ROW = "(the event loop's lag: a timer due every 0.1 s)"
 # The server's own histograms other than the requests', each shown as a row of its own.
 _INTERNAL = {
     "boxoffice_batch_commit_duration_seconds": "(a group-commit batch)",
+    # PostgreSQL: its one statement, or its transaction under row locks (their hold).
+    "boxoffice_batch_write_seconds": "(a batch's write: {path})",
     "boxoffice_booking_queue_wait_seconds": "(a command, queued for its batch)",
     "boxoffice_queue_join_write_seconds": "(a write of queued joins)",
     # Every process's probes (observability/loop_lag.py): the arrival storm's share of them.

@@ -338,6 +338,20 @@ def paths_since(before: dict[tuple[str, str], float]) -> dict[tuple[str, str], f
     }
 
 
+def batch_writes() -> dict[str, float]:
+    """`boxoffice_batch_write_seconds`'s count by path, after a flush."""
+    from prometheus_client import REGISTRY
+
+    from boxoffice.observability import metrics
+
+    metrics.flush()
+    return {
+        path: REGISTRY.get_sample_value("boxoffice_batch_write_seconds_count", {"path": path})
+        or 0.0
+        for path in ("memory", "locked")
+    }
+
+
 async def warm(booker: BatchedBooker, event: Any, index: int = 0) -> None:
     """One booking under lock, after which the committer remembers the section."""
     await booker.submit(Book(event.id, event.sections[index].id, 1))
@@ -348,7 +362,7 @@ async def test_remembered_sections_book_in_one_statement(
 ) -> None:
     event = await new_event(database, 10)
     s = event.sections[0].id
-    before = batch_paths()
+    before, writes_before = batch_paths(), batch_writes()
     await warm(booker, event)  # 9 left
     results = await book_all(booker, [Book(event.id, s, q) for q in (2, 3, 1)])
     assert all(isinstance(r, Booking) for r in results)
@@ -361,6 +375,15 @@ async def test_remembered_sections_book_in_one_statement(
             ("locked", "section_not_remembered"): 1,
             ("memory", "unchanged"): booker.stats.batches - 1,
         }
+        # Each batch's write timed once, on its path (the memory try of the first, which
+        # found nothing remembered, is not a write).
+        writes = batch_writes()
+        assert {path: writes[path] - writes_before[path] for path in writes} == {
+            "locked": 1,
+            "memory": booker.stats.batches - 1,
+        }
+    else:  # SQLite's batches have one path: not timed apart from the batch
+        assert batch_writes() == writes_before
 
 
 async def test_a_refusal_on_remembered_sections_is_decided_under_lock_first_come_first_served(

@@ -76,6 +76,7 @@ from boxoffice.services.unit_of_work import UnitOfWork
 log = structlog.get_logger("boxoffice.booking")
 
 STOP_TIMEOUT_SECONDS = 10.0
+_MEMORY, _LOCKED = ("memory",), ("locked",)  # boxoffice_batch_write_seconds{path}
 MAX_RESTART_DELAY_SECONDS = 30.0
 
 
@@ -311,11 +312,16 @@ class BatchedBooker:
         now = self._clock()
         try:
             if self._remembered is not None:
+                started = time.perf_counter()
                 decided = await self._apply_if_unchanged(commands, now)
                 if decided is not None:
+                    metrics.BATCH_WRITES.observe(time.perf_counter() - started, _MEMORY)
                     metrics.count_changes(Changes.of(decided.effects))
                     return decided.outcomes
+            started = time.perf_counter()
             applied = await self._locked.apply(commands, now)
+            if self._remembered is not None:
+                metrics.BATCH_WRITES.observe(time.perf_counter() - started, _LOCKED)
         except BaseException:
             if self._connections is not None:  # it may be broken: the next batch opens anew
                 await self._connections.drop()

@@ -287,6 +287,14 @@ BATCH_PATHS = LocalCounter(
     "with the reason memory could not take it: booking/remembered.py).",
     ["path", "reason"],
 )
+BATCH_WRITES = LocalHistogram(
+    "boxoffice_batch_write_seconds",
+    "How long a group-commit batch's write took on PostgreSQL, by path: 'memory' (its one "
+    "statement, a round trip) or 'locked' (its transaction under row locks: about how long "
+    "it held them, which other processes' batches on those rows wait for).",
+    ["path"],
+    buckets=COMMIT_BUCKETS,
+)
 COMMITTER_RESTARTS = LocalCounter(
     "boxoffice_committer_restarts",
     "Times the group-commit task died and was started again.",
