@@ -76,8 +76,8 @@ from boxoffice.services.unit_of_work import UnitOfWork
 log = structlog.get_logger("boxoffice.booking")
 
 STOP_TIMEOUT_SECONDS = 10.0
-_MEMORY, _LOCKED = ("memory",), ("locked",)  # boxoffice_batch_write_seconds{path}
 MAX_RESTART_DELAY_SECONDS = 30.0
+_MEMORY, _LOCKED = ("memory",), ("locked",)  # boxoffice_batch_write_seconds{path}
 
 
 @dataclass(slots=True)

@@ -91,8 +91,6 @@ class RoomWatch:
         self._tick_seconds = tick_seconds
         self._clock_skew = timedelta(seconds=clock_skew_seconds)
         self.max_poll_seconds = max_poll_seconds
-        if polls_per_wait < 1:  # refused here, at start-up, not at the first poll
-            raise ValueError(f"polls_per_wait must be at least 1, not {polls_per_wait}")
         self._polls_per_wait = polls_per_wait
         # 0: a shopper who has not tried counts for its whole session.
         self._shopper_grace = (
