@@ -102,6 +102,7 @@ def serve(
     from boxoffice.api.http_protocol import GuardedHttpToolsProtocol
     from boxoffice.api.security_headers import SECURITY_HEADERS
     from boxoffice.api.supervisor import run as run_server
+    from boxoffice.booking.committer_process import shared_committer
 
     settings = _settings_or_exit()
     _with_database(settings, check_schema)
@@ -123,9 +124,23 @@ def serve(
         # SIGTERM: stop accepting, let requests in flight finish for this long, then stop.
         timeout_graceful_shutdown=settings.shutdown_grace_seconds,
     )
-    # Before any worker starts: each one finds it in its environment (GET /metrics).
-    with metrics_directory(workers):
-        run_server(config)
+    # Before any worker starts: each one finds them in its environment (GET /metrics,
+    # and the committer's socket).
+    with (
+        metrics_directory(workers),
+        shared_committer(shares_a_committer(settings, workers)) as committer,
+    ):
+        run_server(config, committer)
+
+
+def shares_a_committer(settings: Settings, workers: int) -> bool:
+    """Whether `serve --workers N` runs its group commit in one committer process."""
+    return (
+        workers > 1
+        and settings.dialect == "postgresql"
+        and settings.booking_strategy == "batched"
+        and settings.booking_committer == "process"
+    )
 
 
 @db_app.command("upgrade")

@@ -128,6 +128,12 @@ class Settings(BaseSettings):
         "written. 0: wait however long it takes.",
     )
 
+    booking_committer: Literal["process", "worker"] = Field(
+        "process",
+        description="PostgreSQL with several workers (`serve --workers N`): process runs the "
+        "group commit in one process shared by the workers; worker, in each worker's own "
+        "event loop.",
+    )
     sqlite_writer: Literal["process", "thread"] = Field(
         "process",
         description="Where SQLite's group commits run: a process of their own, or a thread.",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from datetime import timedelta
@@ -31,6 +32,7 @@ from boxoffice.api.request_metrics import RequestCounter
 from boxoffice.api.routes import bookings, events, flags, health, holds, keys, waiting_room
 from boxoffice.api.security_headers import EXPOSED_HEADERS
 from boxoffice.booking import make_booker
+from boxoffice.booking.committer_process import SOCKET_ENV as COMMITTER_SOCKET_ENV
 from boxoffice.booking.sweeper import Sweeper
 from boxoffice.config import Settings, get_settings
 from boxoffice.db.database import Database
@@ -150,6 +152,7 @@ def create_app(
             queue_timeout_seconds=settings.booking_queue_timeout_ms / 1000,
             # This process's own purchases show in its next read of their event.
             on_written=None if availability is None else availability.forget,
+            committer_socket=os.environ.get(COMMITTER_SOCKET_ENV),
         )
         app.state.booker = booker
         sweeper = Sweeper(

@@ -10,7 +10,9 @@ once and a load balancer moves on, while requests in flight finish within
 SHUTDOWN_GRACE_SECONDS (uvicorn's `timeout_graceful_shutdown`).
 
 When a worker dies and uvicorn starts another, the dead one's live gauges are
-removed from the metrics (a worker that stops normally removes its own).
+removed from the metrics (a worker that stops normally removes its own). The
+shared committer process (PostgreSQL, booking/committer_process.py) is watched
+on the same tick and started again if it died.
 """
 
 from __future__ import annotations
@@ -22,13 +24,17 @@ from collections.abc import Iterator
 import uvicorn
 from uvicorn.supervisors import Multiprocess
 
+from boxoffice.booking.committer_process import CommitterProcess
 from boxoffice.observability.multiprocess import forget_process
 
 STARTUP_FAILURE = 3  # uvicorn's own exit code when the app could not start
 
 
 class Supervisor(Multiprocess):
-    """uvicorn's worker supervisor, which lets go of the listening socket on SIGTERM/SIGINT."""
+    """uvicorn's worker supervisor, which lets go of the listening socket on SIGTERM/SIGINT,
+    and keeps the shared committer alive."""
+
+    committer: CommitterProcess | None = None
 
     def handle_term(self) -> None:
         self._stop_listening()
@@ -39,6 +45,8 @@ class Supervisor(Multiprocess):
         super().handle_int()
 
     def keep_subprocess_alive(self) -> None:
+        if self.committer is not None and not self.should_exit.is_set():
+            self.committer.keep_alive()
         before = {process.pid for process in self.processes}
         super().keep_subprocess_alive()
         for pid in before - {process.pid for process in self.processes}:
@@ -68,10 +76,12 @@ class _Server(uvicorn.Server):
                 self._captured_signals.clear()
 
 
-def run(config: uvicorn.Config) -> None:
+def run(config: uvicorn.Config, committer: CommitterProcess | None = None) -> None:
     """Serve `config` until SIGTERM or SIGINT, then drain and return."""
     if config.workers > 1:
-        Supervisor(config, sockets=[config.bind_socket()]).run()
+        supervisor = Supervisor(config, sockets=[config.bind_socket()])
+        supervisor.committer = committer
+        supervisor.run()
         return
     server = _Server(config)
     server.run()

@@ -9,6 +9,7 @@
 - `events_of.py`: the event of a hold or booking named by id alone, learnt before its batch.
 - `narrowing.py`: a failing batch narrowed down to the command that fails it.
 - `batched.py`: group commit; commands that queue up during a transaction share the next one.
+- `committer_process.py`: PostgreSQL's group commit in one process shared by a server's workers.
 - `direct.py`: one transaction per command.
 - `sweeper.py`: gives back the seats of expired holds, and purges old idempotency keys.
 
@@ -57,9 +58,22 @@ def make_booker(
     in_flight: InFlight | None = None,
     queue_timeout_seconds: float = 1.0,
     on_written: Callable[[Iterable[str]], None] | None = None,
+    committer_socket: str | None = None,
 ) -> Booker:
     """The booker `strategy` names; `on_written` is told the events each of its transactions
-    wrote to, before the commands in it are answered."""
+    wrote to, before the commands in it are answered. With `committer_socket` (set by
+    `boxoffice serve` for its workers), the group commit runs in the shared committer
+    process listening there."""
+    if committer_socket:
+        # Imported here: `python -m boxoffice.booking.committer_process` runs the module as
+        # __main__, and must not find it imported already through this package.
+        from boxoffice.booking.committer_process import RemoteBooker
+
+        return RemoteBooker(
+            committer_socket,
+            max_tickets_per_booking=max_tickets_per_booking,
+            on_written=on_written,
+        )
     if strategy == "direct":
         return DirectBooker(
             database,
@@ -79,4 +93,10 @@ def make_booker(
     )
 
 
-__all__ = ["BatchedBooker", "Booker", "DirectBooker", "Strategy", "make_booker"]
+__all__ = [
+    "BatchedBooker",
+    "Booker",
+    "DirectBooker",
+    "Strategy",
+    "make_booker",
+]

@@ -1,0 +1,389 @@
+"""PostgreSQL's shared committer: one process runs the group commit for all of a server's workers.
+
+    worker ──(command)──┐
+    worker ──(command)──┼──> committer process: BatchedBooker ──> PostgreSQL
+    worker ──(command)──┘          <──(its result, or the error it raised)
+
+Why: a worker's event loop is busy with HTTP. Each of a batch's round trips
+waits for a pass over every busy connection of that loop, and a locked batch
+holds its sections' rows across all of them, so the other workers' batches
+wait on those locks too (docs/performance.md, "A committer process shared by
+the workers"). A process whose loop serves only batches makes its round trips
+cost what PostgreSQL takes, and one committer per server means its workers'
+batches no longer wait on each other's row locks (two servers on one database
+still do: the database arbitrates, as between any two processes).
+
+- `boxoffice serve --workers N` (N > 1) on PostgreSQL starts it before the
+  workers (BOOKING_COMMITTER=process, the default) and stops it after they
+  have drained; the workers find its socket in BOXOFFICE_COMMITTER_SOCKET.
+- Commands and answers cross a Unix socket in a private folder as
+  length-prefixed pickles: both ends are this program, and the folder is
+  readable by its user only.
+- A caller that goes away (its client disconnected) sends "abandon": the
+  committer skips the command if its batch has not started, as in one process.
+- If the committer dies, commands in flight are answered 503 (whether a batch
+  under way was committed is then unknown, as with a connection lost during
+  COMMIT; idempotency keys make the retry safe), `/readyz` says not ready, the
+  server's supervisor starts another within a second, and the workers connect
+  to it again by themselves.
+- The committer ignores SIGINT and SIGTERM (they reach the whole process
+  group): the server stops it by closing its stdin once the workers are done,
+  and a server that dies closes it too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import pickle
+import select
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import structlog
+
+from boxoffice.db.errors import DatabaseUnavailable
+from boxoffice.domain.commands import Book, Command, PlaceHold, events_named
+from boxoffice.domain.decisions import Result
+from boxoffice.observability.multiprocess import forget_process
+
+log = structlog.get_logger("boxoffice.booking")
+
+SOCKET_ENV = "BOXOFFICE_COMMITTER_SOCKET"  # set by `boxoffice serve` for its workers
+START_TIMEOUT_SECONDS = 30.0
+STOP_TIMEOUT_SECONDS = 15.0  # the committer's own stop waits up to 10 s for its batches
+RECONNECT_SECONDS = (0.05, 1.0)  # a worker's first retry, and the longest wait between two
+FLUSH_SECONDS = 1.0  # the committer's metrics reach the shared folder this often
+
+_HEADER = struct.Struct("!I")
+_COMMAND, _ABANDON = "command", "abandon"
+
+
+def _frame(message: object) -> bytes:
+    payload = pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
+    return _HEADER.pack(len(payload)) + payload
+
+
+async def _read(reader: asyncio.StreamReader) -> Any:
+    (size,) = _HEADER.unpack(await reader.readexactly(_HEADER.size))
+    return pickle.loads(await reader.readexactly(size))
+
+
+def _error_frame(sequence: int, error: BaseException) -> bytes:
+    try:
+        return _frame((sequence, False, error))
+    except Exception:  # an exception that won't pickle: its name and message will
+        return _frame((sequence, False, RuntimeError(f"{type(error).__name__}: {error}")))
+
+
+# A worker's side -----------------------------------------------------------------------
+
+
+class RemoteBooker:
+    """A worker's booker: each command goes to the shared committer, and its answer back."""
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        max_tickets_per_booking: int,
+        on_written: Callable[[Iterable[str]], None] | None = None,
+    ) -> None:
+        self._path = path
+        self._max_tickets = max_tickets_per_booking
+        self._on_written = on_written
+        self._writer: asyncio.StreamWriter | None = None
+        self._link: asyncio.Task[None] | None = None
+        self._connected = asyncio.Event()
+        self._waiting: dict[int, asyncio.Future[Result]] = {}
+        self._sequence = 0
+
+    async def start(self) -> None:
+        """Connect (waiting up to START_TIMEOUT_SECONDS), then keep connected until stop."""
+        if self._link is None:
+            self._link = asyncio.create_task(self._keep_linked(), name="boxoffice-committer-link")
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(START_TIMEOUT_SECONDS):
+                await self._connected.wait()
+        if not self._connected.is_set():
+            log.error("committer_unreachable", socket=self._path)
+
+    @property
+    def ready(self) -> bool:
+        """Connected to the committer: commands submitted now will be committed."""
+        return self._writer is not None
+
+    async def stop(self) -> None:
+        link, self._link = self._link, None
+        if link is not None:
+            link.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await link
+        self._fail(DatabaseUnavailable("the server is shutting down"))
+
+    async def submit(self, command: Command) -> Result:
+        """Apply `command` atomically through the committer; raise and change nothing."""
+        if isinstance(command, Book | PlaceHold):
+            command.check_quantity(self._max_tickets)
+        writer = self._writer
+        if writer is None or writer.is_closing():  # lost, and not yet found again
+            raise DatabaseUnavailable("the booking committer is not running")
+        self._sequence += 1
+        sequence = self._sequence
+        answer: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        try:
+            writer.write(_frame((_COMMAND, sequence, command)))
+        except (RuntimeError, OSError) as error:  # closed under us: nothing was sent
+            raise DatabaseUnavailable("the booking committer is not running") from error
+        self._waiting[sequence] = answer
+        try:
+            return await answer
+        except asyncio.CancelledError:
+            # Not answered yet: the committer skips it unless its batch has started.
+            if self._waiting.pop(sequence, None) is not None and not writer.is_closing():
+                writer.write(_frame((_ABANDON, sequence, None)))
+            raise
+        finally:
+            if self._on_written is not None:  # this process's cached availability
+                self._on_written(events_named((command,)))
+
+    async def _keep_linked(self) -> None:
+        delay = RECONNECT_SECONDS[0]
+        while True:
+            try:
+                reader, writer = await asyncio.open_unix_connection(self._path)
+            except OSError:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RECONNECT_SECONDS[1])
+                continue
+            delay = RECONNECT_SECONDS[0]
+            self._writer = writer
+            self._connected.set()
+            try:
+                await self._listen(reader)
+            finally:
+                self._writer = None
+                self._connected.clear()
+                writer.close()
+                self._fail(DatabaseUnavailable("the booking committer has stopped"))
+            log.error("committer_link_lost", socket=self._path)
+
+    async def _listen(self, reader: asyncio.StreamReader) -> None:
+        waiting = self._waiting
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                sequence, ok, value = await _read(reader)
+                answer = waiting.pop(sequence, None)
+                if answer is None or answer.done():
+                    continue  # abandoned
+                if ok:
+                    answer.set_result(value)
+                else:
+                    answer.set_exception(value)
+
+    def _fail(self, error: Exception) -> None:
+        waiting, self._waiting = self._waiting, {}
+        for answer in waiting.values():
+            if not answer.done():
+                answer.set_exception(error)
+
+
+# The server's side: starting and restarting the process ----------------------------------
+
+
+class CommitterProcess:
+    """The committer as `boxoffice serve` runs it: started first, kept alive, stopped last."""
+
+    def __init__(self) -> None:
+        self._folder = tempfile.mkdtemp(prefix="boxoffice-committer-")  # mode 0700
+        self.path = os.path.join(self._folder, "committer.sock")
+        self._process: subprocess.Popen[str] | None = None
+        self.restarts = 0
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._process is None else self._process.pid
+
+    def start(self) -> None:
+        """Start the process and wait until it listens; raise if it could not."""
+        process = subprocess.Popen(
+            [sys.executable, "-m", "boxoffice.booking.committer_process", self.path],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self._process = process
+        assert process.stdout is not None
+        ready = select.select([process.stdout], [], [], START_TIMEOUT_SECONDS)[0]
+        if not ready or process.stdout.readline().strip() != "ready":
+            self._end(process)
+            raise RuntimeError("the booking committer process did not start")
+
+    def keep_alive(self) -> None:
+        """Called by the server's supervisor every half second: start it again if it died."""
+        process = self._process
+        if process is None or process.poll() is None:
+            return
+        log.error("committer_died", exit_code=process.returncode)
+        forget_process(process.pid)  # its live gauges no longer count
+        self.restarts += 1
+        try:
+            self.start()
+        except RuntimeError:
+            log.exception("committer_restart_failed")  # the next tick tries again
+
+    def stop(self) -> None:
+        """After the workers: let it finish what it holds, then end it."""
+        if self._process is not None:
+            self._end(self._process)
+            self._process = None
+        shutil.rmtree(self._folder, ignore_errors=True)
+
+    @staticmethod
+    def _end(process: subprocess.Popen[str]) -> None:
+        if process.stdin is not None:
+            with contextlib.suppress(OSError):
+                process.stdin.close()  # its signal to stop
+        try:
+            process.wait(STOP_TIMEOUT_SECONDS)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@contextlib.contextmanager
+def shared_committer(wanted: bool) -> Any:
+    """For `boxoffice serve`: the committer process, running while the block runs, if `wanted`."""
+    if not wanted:
+        yield None
+        return
+    committer = CommitterProcess()
+    try:
+        committer.start()
+        os.environ[SOCKET_ENV] = committer.path  # the workers inherit it
+        yield committer
+    finally:
+        os.environ.pop(SOCKET_ENV, None)
+        committer.stop()
+
+
+# The committer process itself ---------------------------------------------------------
+
+
+class _Links:
+    """The committer's side of every worker's link: each command submitted as it comes,
+    each answer written back when it is ready."""
+
+    def __init__(self, booker: Any) -> None:
+        self._booker = booker
+        self.answering: set[asyncio.Task[None]] = set()
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        tasks: dict[int, asyncio.Task[None]] = {}
+        try:
+            with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+                while True:
+                    kind, sequence, command = await _read(reader)
+                    if kind == _COMMAND:
+                        task = asyncio.create_task(self._answer(writer, tasks, sequence, command))
+                        tasks[sequence] = task
+                        self.answering.add(task)
+                        task.add_done_callback(self.answering.discard)
+                    elif (abandoned := tasks.get(sequence)) is not None:
+                        abandoned.cancel()
+            # The worker is gone: nobody waits for these answers (a batch under way
+            # still commits its commands, as for a client that disconnects).
+            for task in list(tasks.values()):
+                task.cancel()
+        finally:
+            writer.close()
+
+    async def _answer(
+        self,
+        writer: asyncio.StreamWriter,
+        tasks: dict[int, asyncio.Task[None]],
+        sequence: int,
+        command: Command,
+    ) -> None:
+        try:
+            frame = _frame((sequence, True, await self._booker.submit(command)))
+        except Exception as error:
+            frame = _error_frame(sequence, error)
+        finally:
+            tasks.pop(sequence, None)
+        if not writer.is_closing():
+            writer.write(frame)
+
+
+async def _run(path: str) -> None:
+    import gc
+
+    from boxoffice.booking.batched import BatchedBooker
+    from boxoffice.config import Settings
+    from boxoffice.db.database import Database
+    from boxoffice.observability import metrics
+    from boxoffice.observability.logging import configure_logging
+    from boxoffice.periodic import Periodic
+
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_format)
+    database = Database.from_settings(settings)
+    booker = BatchedBooker(
+        database,
+        max_tickets_per_booking=settings.max_tickets_per_booking,
+        max_batch_size=settings.max_batch_size,
+        queue_timeout_seconds=settings.booking_queue_timeout_ms / 1000,
+    )
+    await booker.start()
+
+    async def flush() -> None:
+        metrics.flush()
+
+    flushing = Periodic("boxoffice-committer-metrics", FLUSH_SECONDS, flush)
+    flushing.start()
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)  # a dead committer's socket
+    links = _Links(booker)
+    server = await asyncio.start_unix_server(links.serve, path=path)
+    os.chmod(path, 0o600)
+    gc.collect()
+    gc.freeze()
+    stdin_closed = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_reader(sys.stdin.fileno(), _on_stdin, sys.stdin.fileno(), stdin_closed)
+    print("ready", flush=True)
+    await stdin_closed.wait()
+    server.close()
+    await booker.stop()  # whatever is queued is committed and answered
+    await asyncio.gather(*links.answering, return_exceptions=True)
+    await flushing.stop()
+    metrics.flush()
+    await database.dispose()
+
+
+def _on_stdin(fd: int, closed: asyncio.Event) -> None:
+    if not os.read(fd, 4096):
+        asyncio.get_running_loop().remove_reader(fd)
+        closed.set()
+
+
+def main() -> None:
+    import uvloop
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    started = time.monotonic()
+    uvloop.run(_run(sys.argv[1]))
+    log.info("committer_stopped", seconds=round(time.monotonic() - started, 1))
+
+
+if __name__ == "__main__":
+    main()

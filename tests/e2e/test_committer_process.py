@@ -1,0 +1,115 @@
+"""PostgreSQL's shared committer in a real server: one for all workers, restarted if it dies,
+stopped after the workers (booking/committer_process.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.e2e.test_concurrency import create_event, final_state
+from tests.support.server import ServerProcess, inventory_check, process_group
+
+pytestmark = pytest.mark.e2e
+
+
+def committers(server: ServerProcess) -> list[int]:
+    assert server.process is not None
+    return [
+        pid
+        for pid in process_group(server.process.pid)
+        if b"boxoffice.booking.committer_process" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    ]
+
+
+async def wait_for(condition: object, what: str, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if callable(condition) and condition():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+@pytest.mark.parametrize("setting", ["process", "worker"])
+async def test_the_workers_share_one_committer_and_it_stops_after_them(
+    database_url: str, tmp_path: Path, setting: str
+) -> None:
+    server = ServerProcess(
+        database_url, workers=2, env={"BOOKING_COMMITTER": setting}, log_dir=tmp_path
+    ).start()
+    try:
+        assert server.process is not None
+        pgid = server.process.pid
+        assert len(committers(server)) == (1 if setting == "process" else 0)
+        event_id, section_id = await create_event(server.url, capacity=30)
+        body = {"eventId": event_id, "sectionId": section_id, "qty": 1}
+        limits = httpx.Limits(max_connections=40, max_keepalive_connections=0)
+        async with httpx.AsyncClient(base_url=server.url, limits=limits, timeout=60) as client:
+            answers = await asyncio.gather(*(client.post("/book", json=body) for _ in range(40)))
+        statuses = sorted(answer.status_code for answer in answers)
+        assert statuses == [201] * 30 + [400] * 10, statuses
+        # A service manager's SIGTERM reaches the whole group, the committer included: it
+        # outlives the workers until they have drained, then leaves with the server.
+        server.stop()
+        assert "Traceback" not in server.log(), server.log()
+        await wait_for(lambda: not process_group(pgid), "every process of the server to exit")
+    finally:
+        server.kill()
+    with ServerProcess(database_url, log_dir=tmp_path) as restarted:
+        remaining, stored = await final_state(restarted.url, event_id)
+    assert (remaining, len(stored)) == (0, 30)
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_a_killed_committer_is_started_again_and_no_seat_is_lost(
+    database_url: str, tmp_path: Path
+) -> None:
+    capacity = 20_000  # more than 20 clients buy in 4 s: no refusal but the 503s
+    with ServerProcess(database_url, workers=2, log_dir=tmp_path) as server:
+        [first] = committers(server)
+        event_id, section_id = await create_event(server.url, capacity=capacity)
+        body = {"eventId": event_id, "sectionId": section_id, "qty": 1}
+        answers: list[httpx.Response] = []
+        stop_at = time.monotonic() + 4.0
+
+        async def customer(client: httpx.AsyncClient) -> None:
+            while time.monotonic() < stop_at:
+                answers.append(await client.post("/book", json=body))
+
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+            buyers = asyncio.gather(*(customer(client) for _ in range(20)))
+            await asyncio.sleep(1.0)
+            os.kill(first, signal.SIGKILL)  # mid-rush: batches in flight, commands queued
+            await buyers
+            # The supervisor starts another within a tick; the workers find it themselves.
+            await wait_for(lambda: committers(server) not in ([], [first]), "a new committer")
+            await wait_for(
+                lambda: httpx.get(f"{server.url}/readyz", timeout=5).status_code == 200,
+                "ready again",
+            )
+            after = await client.post("/book", json=body)
+            assert after.status_code == 201, after.text
+
+        statuses = {answer.status_code for answer in answers}
+        # In flight when it died: 503 (committed or not: the database decides, and the
+        # count below says nothing leaked); never a 500.
+        assert statuses <= {201, 503}, statuses
+        assert 503 in statuses, statuses
+        assert 201 in statuses, statuses
+        unavailable = [a.json()["code"] for a in answers if a.status_code == 503]
+        assert set(unavailable) == {"service_unavailable"}, set(unavailable)
+        remaining, stored = await final_state(server.url, event_id)
+        sold = [answer.json()["id"] for answer in answers if answer.status_code == 201]
+        assert set(sold) | {after.json()["id"]} <= set(stored)  # every 201 is stored
+        assert remaining + sum(stored.values()) == capacity  # nothing oversold or leaked
+        assert "committer_died" in server.log()
+        assert "Traceback" not in server.log(), server.log()
+    checked = inventory_check(database_url)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
