@@ -45,12 +45,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import structlog
 
 from boxoffice.db.errors import DatabaseUnavailable
+from boxoffice.db.sqlite_writer import our_import_path
 from boxoffice.domain.commands import Book, Command, PlaceHold, events_named
 from boxoffice.domain.decisions import Result
 from boxoffice.observability.multiprocess import forget_process
@@ -62,6 +63,9 @@ START_TIMEOUT_SECONDS = 30.0
 STOP_TIMEOUT_SECONDS = 15.0  # the committer's own stop waits up to 10 s for its batches
 RECONNECT_SECONDS = (0.05, 1.0)  # a worker's first retry, and the longest wait between two
 FLUSH_SECONDS = 1.0  # the committer's metrics reach the shared folder this often
+# Its connections: the group commit keeps 2 writers; reads of a confirm's or cancel's event
+# (events_of.py) take a reader now and then. The workers' pools keep DB_POOL_SIZE each.
+POOL_SIZE = 6
 
 _HEADER = struct.Struct("!I")
 _COMMAND, _ABANDON = "command", "abandon"
@@ -206,19 +210,16 @@ class CommitterProcess:
         self._folder = tempfile.mkdtemp(prefix="boxoffice-committer-")  # mode 0700
         self.path = os.path.join(self._folder, "committer.sock")
         self._process: subprocess.Popen[str] | None = None
-        self.restarts = 0
-
-    @property
-    def pid(self) -> int | None:
-        return None if self._process is None else self._process.pid
 
     def start(self) -> None:
         """Start the process and wait until it listens; raise if it could not."""
         process = subprocess.Popen(
-            [sys.executable, "-m", "boxoffice.booking.committer_process", self.path],
+            # -P: not the working directory first, but this server's own import path.
+            [sys.executable, "-P", "-m", "boxoffice.booking.committer_process", self.path],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
+            env={**os.environ, "PYTHONPATH": our_import_path()},
         )
         self._process = process
         assert process.stdout is not None
@@ -234,7 +235,6 @@ class CommitterProcess:
             return
         log.error("committer_died", exit_code=process.returncode)
         forget_process(process.pid)  # its live gauges no longer count
-        self.restarts += 1
         try:
             self.start()
         except RuntimeError:
@@ -260,7 +260,7 @@ class CommitterProcess:
 
 
 @contextlib.contextmanager
-def shared_committer(wanted: bool) -> Any:
+def shared_committer(wanted: bool) -> Iterator[CommitterProcess | None]:
     """For `boxoffice serve`: the committer process, running while the block runs, if `wanted`."""
     if not wanted:
         yield None
@@ -334,6 +334,7 @@ async def _run(path: str) -> None:
     from boxoffice.periodic import Periodic
 
     settings = Settings()
+    settings = settings.model_copy(update={"db_pool_size": min(settings.db_pool_size, POOL_SIZE)})
     configure_logging(settings.log_level, settings.log_format)
     database = Database.from_settings(settings)
     booker = BatchedBooker(

@@ -183,7 +183,7 @@ class ProcessWriter:
                     str(self._timeout),
                     pass_fds=(theirs.fileno(),),
                     stdin=asyncio.subprocess.DEVNULL,
-                    env={**os.environ, "PYTHONPATH": _our_import_path()},
+                    env={**os.environ, "PYTHONPATH": our_import_path()},
                 )
             finally:
                 theirs.close()
@@ -273,7 +273,7 @@ class ProcessWriter:
 Writer = ThreadWriter | ProcessWriter
 
 
-def _our_import_path() -> str:
+def our_import_path() -> str:
     """This process's `sys.path`, for the writer to import the very same code."""
     return os.pathsep.join(entry or os.getcwd() for entry in sys.path)
 
