@@ -88,6 +88,7 @@ class Scenario:
     pooler: str | None = None
     staleness_ms: int | None = None  # AVAILABILITY_MAX_STALENESS_MS, when not the default
     revalidate: bool = False  # event-read: If-None-Match with the ETag last seen (304s)
+    committer: str | None = None  # BOOKING_COMMITTER, when not the default
 
     @property
     def label(self) -> str:
@@ -98,7 +99,8 @@ class Scenario:
         pooler = {None: "", "safe": " pooler-safe", "pgbouncer": " via pgbouncer"}[self.pooler]
         cache = {None: "", 0: " uncached"}.get(self.staleness_ms, f" stale-{self.staleness_ms}ms")
         revalidated = " 304" if self.revalidate else ""
-        return f"{self.name}{revalidated}{cache}{suffix}{writer}{queue}{pooler}{before}"
+        committer = f" {self.committer}-committer" if self.committer else ""
+        return f"{self.name}{revalidated}{cache}{suffix}{writer}{committer}{queue}{pooler}{before}"
 
 
 def pooled(name: str, sections: int, app: str = "book") -> list[Scenario]:
@@ -143,6 +145,19 @@ OPT_IN_SCENARIOS = [
     Scenario("event read", "batched", 1, app="event-read", revalidate=True),
     Scenario("event read", "batched", 1, app="event-read", workers=2),
     Scenario("event read", "batched", 1, app="event-read", workers=2, staleness_ms=0),
+    # PostgreSQL's group commit in each worker's loop, as before the shared committer
+    # process, against it (the default), with two workers.
+    Scenario("hot batched", "batched", 1, workers=2, committer="worker", databases=("postgresql",)),
+    Scenario("checkout", "batched", 1000, app="checkout", workers=2, databases=("postgresql",)),
+    Scenario(
+        "checkout",
+        "batched",
+        1000,
+        app="checkout",
+        workers=2,
+        committer="worker",
+        databases=("postgresql",),
+    ),
 ]
 
 # With --baseline DIR: the same scenarios served by an older tree's code (a `git worktree`
@@ -422,6 +437,8 @@ def server_env(scenario: Scenario) -> dict[str, str]:
     }
     if scenario.sqlite_writer:
         env["SQLITE_WRITER"] = scenario.sqlite_writer
+    if scenario.committer:
+        env["BOOKING_COMMITTER"] = scenario.committer
     if scenario.queue_timeout_ms is not None:
         env["BOOKING_QUEUE_TIMEOUT_MS"] = str(scenario.queue_timeout_ms)
     if scenario.pooler:
