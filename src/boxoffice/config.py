@@ -128,11 +128,12 @@ class Settings(BaseSettings):
         "written. 0: wait however long it takes.",
     )
 
-    booking_committer: Literal["process", "worker"] = Field(
-        "process",
-        description="PostgreSQL with several workers (`serve --workers N`): process runs the "
-        "group commit in one process shared by the workers; worker, in each worker's own "
-        "event loop.",
+    booking_committer: Literal["worker", "process"] = Field(
+        "worker",
+        description="PostgreSQL with several workers (`serve --workers N`): worker runs the "
+        "group commit in each worker's own event loop; process, in one process shared by the "
+        "workers (lower tail latency when the workers' loops are busy, less throughput: "
+        "docs/performance.md).",
     )
     sqlite_writer: Literal["process", "thread"] = Field(
         "process",

@@ -36,6 +36,37 @@ async def wait_for(condition: object, what: str, seconds: float = 30) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+async def every_kind_of_command(url: str) -> None:
+    """Each command, its result and its refusals, across the link and back (pickled)."""
+    event_id, section_id = await create_event(url, capacity=10)
+    item = {"sectionId": section_id, "qty": 2}
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        hold = await client.post("/holds", json={"eventId": event_id, "items": [item]})
+        assert hold.status_code == 201, hold.text
+        confirmed = await client.post(f"/holds/{hold.json()['id']}/confirm")
+        assert confirmed.status_code == 201, confirmed.text
+        again = await client.post(f"/holds/{hold.json()['id']}/confirm")
+        assert (again.status_code, again.json()["code"]) == (409, "hold_not_active")
+        released = await client.post("/holds", json={"eventId": event_id, "items": [item]})
+        gone = await client.delete(f"/holds/{released.json()['id']}")
+        assert gone.status_code == 204, gone.text
+        unknown = await client.delete("/holds/01a23fac-9607-7534-8e5b-000000000000")
+        assert (unknown.status_code, unknown.json()["code"]) == (404, "not_found")
+        [booking] = [b["id"] for b in confirmed.json()["bookings"]]
+        cancelled = await client.post(f"/bookings/{booking}/cancel")
+        assert cancelled.status_code == 200, cancelled.text
+        body = {"eventId": event_id, "sectionId": section_id, "qty": 3}
+        keyed = {"Idempotency-Key": "once"}
+        first = await client.post("/book", json=body, headers=keyed)
+        retried = await client.post("/book", json=body, headers=keyed)
+        assert first.status_code == 201, first.text
+        assert (retried.status_code, retried.json()["id"]) == (201, first.json()["id"])
+        too_many = await client.post("/book", json={**body, "qty": 8})
+        assert (too_many.status_code, too_many.json()["code"]) == (400, "insufficient_seats")
+    remaining, stored = await final_state(url, event_id)
+    assert (remaining, sorted(stored.values())) == (7, [2, 3])  # the 2 cancelled
+
+
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 @pytest.mark.parametrize("setting", ["process", "worker"])
 async def test_the_workers_share_one_committer_and_it_stops_after_them(
@@ -55,6 +86,7 @@ async def test_the_workers_share_one_committer_and_it_stops_after_them(
             answers = await asyncio.gather(*(client.post("/book", json=body) for _ in range(40)))
         statuses = sorted(answer.status_code for answer in answers)
         assert statuses == [201] * 30 + [400] * 10, statuses
+        await every_kind_of_command(server.url)
         # A service manager's SIGTERM reaches the whole group, the committer included: it
         # outlives the workers until they have drained, then leaves with the server.
         server.stop()
@@ -72,7 +104,8 @@ async def test_a_killed_committer_is_started_again_and_no_seat_is_lost(
     database_url: str, tmp_path: Path
 ) -> None:
     capacity = 20_000  # more than 20 clients buy in 4 s: no refusal but the 503s
-    with ServerProcess(database_url, workers=2, log_dir=tmp_path) as server:
+    env = {"BOOKING_COMMITTER": "process"}
+    with ServerProcess(database_url, workers=2, env=env, log_dir=tmp_path) as server:
         [first] = committers(server)
         event_id, section_id = await create_event(server.url, capacity=capacity)
         body = {"eventId": event_id, "sectionId": section_id, "qty": 1}

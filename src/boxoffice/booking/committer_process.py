@@ -45,7 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any
 
 import structlog
@@ -76,9 +76,45 @@ def _frame(message: object) -> bytes:
     return _HEADER.pack(len(payload)) + payload
 
 
-async def _read(reader: asyncio.StreamReader) -> Any:
-    (size,) = _HEADER.unpack(await reader.readexactly(_HEADER.size))
-    return pickle.loads(await reader.readexactly(size))
+async def _messages(reader: asyncio.StreamReader) -> AsyncIterator[Any]:
+    """Every message the other end sends, until it closes: whatever arrived in one read is
+    taken in one go (under load a read brings many)."""
+    buffer = bytearray()
+    while data := await reader.read(1 << 16):
+        buffer += data
+        start = 0
+        while len(buffer) - start >= _HEADER.size:
+            (size,) = _HEADER.unpack_from(buffer, start)
+            end = start + _HEADER.size + size
+            if end > len(buffer):
+                break
+            yield pickle.loads(memoryview(buffer)[start + _HEADER.size : end])
+            start = end
+        del buffer[:start]
+
+
+class _Outbox:
+    """Frames for one link, written together once per loop pass: one system call for
+    every command (or answer) of that pass, not one each."""
+
+    __slots__ = ("_frames", "_writer")
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self._writer = writer
+        self._frames: list[bytes] = []
+
+    def send(self, frame: bytes) -> None:
+        """Queue `frame`; raises if the link is closed (nothing of it will be sent)."""
+        if self._writer.is_closing():
+            raise ConnectionResetError("the link is closed")
+        if not self._frames:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._frames.append(frame)
+
+    def _flush(self) -> None:
+        frames, self._frames = self._frames, []
+        if not self._writer.is_closing():
+            self._writer.write(b"".join(frames))
 
 
 def _error_frame(sequence: int, error: BaseException) -> bytes:
@@ -104,7 +140,7 @@ class RemoteBooker:
         self._path = path
         self._max_tickets = max_tickets_per_booking
         self._on_written = on_written
-        self._writer: asyncio.StreamWriter | None = None
+        self._outbox: _Outbox | None = None
         self._link: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
         self._waiting: dict[int, asyncio.Future[Result]] = {}
@@ -123,7 +159,7 @@ class RemoteBooker:
     @property
     def ready(self) -> bool:
         """Connected to the committer: commands submitted now will be committed."""
-        return self._writer is not None
+        return self._outbox is not None
 
     async def stop(self) -> None:
         link, self._link = self._link, None
@@ -137,23 +173,24 @@ class RemoteBooker:
         """Apply `command` atomically through the committer; raise and change nothing."""
         if isinstance(command, Book | PlaceHold):
             command.check_quantity(self._max_tickets)
-        writer = self._writer
-        if writer is None or writer.is_closing():  # lost, and not yet found again
-            raise DatabaseUnavailable("the booking committer is not running")
+        outbox = self._outbox
         self._sequence += 1
         sequence = self._sequence
-        answer: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         try:
-            writer.write(_frame((_COMMAND, sequence, command)))
-        except (RuntimeError, OSError) as error:  # closed under us: nothing was sent
+            if outbox is None:  # lost, and not yet found again
+                raise ConnectionResetError("no link")
+            outbox.send(_frame((_COMMAND, sequence, command)))
+        except (RuntimeError, OSError) as error:  # nothing was sent
             raise DatabaseUnavailable("the booking committer is not running") from error
+        answer: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._waiting[sequence] = answer
         try:
             return await answer
         except asyncio.CancelledError:
             # Not answered yet: the committer skips it unless its batch has started.
-            if self._waiting.pop(sequence, None) is not None and not writer.is_closing():
-                writer.write(_frame((_ABANDON, sequence, None)))
+            if self._waiting.pop(sequence, None) is not None:
+                with contextlib.suppress(OSError):
+                    outbox.send(_frame((_ABANDON, sequence, None)))
             raise
         finally:
             if self._on_written is not None:  # this process's cached availability
@@ -169,12 +206,12 @@ class RemoteBooker:
                 delay = min(delay * 2, RECONNECT_SECONDS[1])
                 continue
             delay = RECONNECT_SECONDS[0]
-            self._writer = writer
+            self._outbox = _Outbox(writer)
             self._connected.set()
             try:
                 await self._listen(reader)
             finally:
-                self._writer = None
+                self._outbox = None
                 self._connected.clear()
                 writer.close()
                 self._fail(DatabaseUnavailable("the booking committer has stopped"))
@@ -182,9 +219,8 @@ class RemoteBooker:
 
     async def _listen(self, reader: asyncio.StreamReader) -> None:
         waiting = self._waiting
-        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
-            while True:
-                sequence, ok, value = await _read(reader)
+        with contextlib.suppress(ConnectionError):
+            async for sequence, ok, value in _messages(reader):
                 answer = waiting.pop(sequence, None)
                 if answer is None or answer.done():
                     continue  # abandoned
@@ -288,12 +324,12 @@ class _Links:
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         tasks: dict[int, asyncio.Task[None]] = {}
+        outbox = _Outbox(writer)
         try:
-            with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
-                while True:
-                    kind, sequence, command = await _read(reader)
+            with contextlib.suppress(ConnectionError):
+                async for kind, sequence, command in _messages(reader):
                     if kind == _COMMAND:
-                        task = asyncio.create_task(self._answer(writer, tasks, sequence, command))
+                        task = asyncio.create_task(self._answer(outbox, tasks, sequence, command))
                         tasks[sequence] = task
                         self.answering.add(task)
                         task.add_done_callback(self.answering.discard)
@@ -308,7 +344,7 @@ class _Links:
 
     async def _answer(
         self,
-        writer: asyncio.StreamWriter,
+        outbox: _Outbox,
         tasks: dict[int, asyncio.Task[None]],
         sequence: int,
         command: Command,
@@ -319,8 +355,8 @@ class _Links:
             frame = _error_frame(sequence, error)
         finally:
             tasks.pop(sequence, None)
-        if not writer.is_closing():
-            writer.write(frame)
+        with contextlib.suppress(ConnectionError):  # the worker is gone
+            outbox.send(frame)
 
 
 async def _run(path: str) -> None:
