@@ -13,18 +13,19 @@ import httpx
 import pytest
 
 from tests.e2e.test_concurrency import create_event, final_state
-from tests.support.server import ServerProcess, inventory_check, process_group
+from tests.support.server import (
+    ServerProcess,
+    committer_processes,
+    inventory_check,
+    process_group,
+)
 
 pytestmark = pytest.mark.e2e
 
 
 def committers(server: ServerProcess) -> list[int]:
     assert server.process is not None
-    return [
-        pid
-        for pid in process_group(server.process.pid)
-        if b"boxoffice.booking.committer_process" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    ]
+    return committer_processes(server.process.pid)
 
 
 async def wait_for(condition: object, what: str, seconds: float = 30) -> None:

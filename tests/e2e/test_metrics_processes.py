@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from boxoffice.db.database import Limits
 from tests.support.keys import first_admin_key
-from tests.support.server import ServerProcess, process_group
+from tests.support.server import ServerProcess, committer_processes
 
 pytestmark = pytest.mark.e2e
 
@@ -68,16 +68,6 @@ def counted_by_worker(directory: Path) -> dict[int, float]:
                 if sample.name == "boxoffice_bookings_total":
                     found[int(path.stem.split("_")[1])] = sample.value
     return found
-
-
-def committer_pids(server: ServerProcess) -> list[int]:
-    """The server's shared committer process, if it runs one (PostgreSQL)."""
-    assert server.process is not None
-    return [
-        pid
-        for pid in process_group(server.process.pid)
-        if b"committer_process" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    ]
 
 
 def earlier_run(directory: Path) -> None:
@@ -138,7 +128,8 @@ def test_two_workers_report_the_sum_whoever_answers(
         by_worker = counted_by_worker(directory)
         assert sum(by_worker.values()) == BOOKINGS
         counting = [pid for pid, count in by_worker.items() if count]
-        committers = committer_pids(server)
+        assert server.process is not None
+        committers = committer_processes(server.process.pid)
         if committers:  # BOOKING_COMMITTER=process: the workers' shared committer counts
             assert counting == committers, (by_worker, committers)
         else:

@@ -35,6 +35,15 @@ def process_group(pgid: int) -> list[int]:
     )
 
 
+def committer_processes(pgid: int) -> list[int]:
+    """The server's shared committer process, if it runs one (BOOKING_COMMITTER=process)."""
+    return [
+        pid
+        for pid in process_group(pgid)
+        if b"boxoffice.booking.committer_process" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    ]
+
+
 class ServerProcess:
     """`boxoffice serve --workers N` on a free port, against `database_url`."""
 
