@@ -145,9 +145,11 @@ OPT_IN_SCENARIOS = [
     Scenario("event read", "batched", 1, app="event-read", revalidate=True),
     Scenario("event read", "batched", 1, app="event-read", workers=2),
     Scenario("event read", "batched", 1, app="event-read", workers=2, staleness_ms=0),
-    # PostgreSQL's group commit in each worker's loop, as before the shared committer
-    # process, against it (the default), with two workers.
-    Scenario("hot batched", "batched", 1, workers=2, committer="worker", databases=("postgresql",)),
+    # PostgreSQL's group commit in one committer process shared by the workers
+    # (BOOKING_COMMITTER=process), against each worker's own (the default), with two workers.
+    Scenario(
+        "hot batched", "batched", 1, workers=2, committer="process", databases=("postgresql",)
+    ),
     Scenario("checkout", "batched", 1000, app="checkout", workers=2, databases=("postgresql",)),
     Scenario(
         "checkout",
@@ -155,7 +157,7 @@ OPT_IN_SCENARIOS = [
         1000,
         app="checkout",
         workers=2,
-        committer="worker",
+        committer="process",
         databases=("postgresql",),
     ),
 ]

@@ -37,11 +37,12 @@ def process_group(pgid: int) -> list[int]:
 
 def committer_processes(pgid: int) -> list[int]:
     """The server's shared committer process, if it runs one (BOOKING_COMMITTER=process)."""
-    return [
-        pid
-        for pid in process_group(pgid)
-        if b"boxoffice.booking.committer_process" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    ]
+    found = []
+    for pid in process_group(pgid):
+        with contextlib.suppress(OSError):  # it may have exited since it was listed
+            if b"boxoffice.booking.committer_process" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(pid)
+    return found
 
 
 class ServerProcess:

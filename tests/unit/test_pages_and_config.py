@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sqlite3
 import time
@@ -278,3 +279,17 @@ def test_in_lists_come_in_few_lengths_and_name_the_same_values() -> None:
         padded = in_list(range(n))
         assert padded[:n] == list(range(n))
         assert set(padded) == set(range(n))
+
+
+async def test_the_committer_link_reads_messages_split_or_run_together() -> None:
+    """Frames cross a Unix socket: a read may end inside one or hold several."""
+    from boxoffice.booking.committer_process import _frame, _messages
+
+    messages = [("command", index, "x" * index * 100) for index in range(1, 40)]
+    stream = b"".join(_frame(message) for message in messages)
+    for chunk in (1, 3, 7, 500, len(stream)):
+        reader = asyncio.StreamReader()
+        for start in range(0, len(stream), chunk):
+            reader.feed_data(stream[start : start + chunk])
+        reader.feed_eof()
+        assert [message async for message in _messages(reader)] == messages

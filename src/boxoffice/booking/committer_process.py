@@ -13,8 +13,8 @@ cost what PostgreSQL takes, and one committer per server means its workers'
 batches no longer wait on each other's row locks (two servers on one database
 still do: the database arbitrates, as between any two processes).
 
-- `boxoffice serve --workers N` (N > 1) on PostgreSQL starts it before the
-  workers (BOOKING_COMMITTER=process, the default) and stops it after they
+- `boxoffice serve --workers N` (N > 1) on PostgreSQL with
+  BOOKING_COMMITTER=process starts it before the workers and stops it after they
   have drained; the workers find its socket in BOXOFFICE_COMMITTER_SOCKET.
 - Commands and answers cross a Unix socket in a private folder as
   length-prefixed pickles: both ends are this program, and the folder is
@@ -24,9 +24,11 @@ still do: the database arbitrates, as between any two processes).
 - If the committer dies, commands in flight are answered 503 (whether a batch
   under way was committed is then unknown, as with a connection lost during
   COMMIT; idempotency keys make the retry safe), `/readyz` says not ready, the
-  server's supervisor starts another within a second, and the workers connect
-  to it again by themselves.
-- The committer ignores SIGINT and SIGTERM (they reach the whole process
+  server's supervisor starts another within a second (backing off while it
+  keeps failing to start), and the workers connect to it again by themselves.
+- Each answer carries the events its command wrote to: the worker drops its
+  cached availability of them before answering (`services/availability.py`).
+- The committer ignores SIGINT, SIGTERM and SIGHUP (they reach the whole process
   group): the server stops it by closing its stdin once the workers are done,
   and a server that dies closes it too.
 """
@@ -46,7 +48,7 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -56,12 +58,17 @@ from boxoffice.domain.commands import Book, Command, PlaceHold, events_named
 from boxoffice.domain.decisions import Result
 from boxoffice.observability.multiprocess import forget_process
 
+if TYPE_CHECKING:
+    from boxoffice.booking.batched import BatchedBooker
+
 log = structlog.get_logger("boxoffice.booking")
 
 SOCKET_ENV = "BOXOFFICE_COMMITTER_SOCKET"  # set by `boxoffice serve` for its workers
 START_TIMEOUT_SECONDS = 30.0
 STOP_TIMEOUT_SECONDS = 15.0  # the committer's own stop waits up to 10 s for its batches
 RECONNECT_SECONDS = (0.05, 1.0)  # a worker's first retry, and the longest wait between two
+RESTART_SECONDS = (0.5, 30.0)  # the supervisor's first restart, and the longest wait between two
+MAX_SOCKET_PATH = 107  # sun_path's 108 bytes, with its terminating zero
 FLUSH_SECONDS = 1.0  # the committer's metrics reach the shared folder this often
 # Its connections: the group commit keeps 2 writers; reads of a confirm's or cancel's event
 # (events_of.py) take a reader now and then. The workers' pools keep DB_POOL_SIZE each.
@@ -117,11 +124,14 @@ class _Outbox:
             self._writer.write(b"".join(frames))
 
 
-def _error_frame(sequence: int, error: BaseException) -> bytes:
+def _error_frame(sequence: int, error: BaseException, events: tuple[str, ...]) -> bytes:
     try:
-        return _frame((sequence, False, error))
-    except Exception:  # an exception that won't pickle: its name and message will
-        return _frame((sequence, False, RuntimeError(f"{type(error).__name__}: {error}")))
+        payload = pickle.dumps(error, pickle.HIGHEST_PROTOCOL)
+        pickle.loads(payload)  # some pickle, then refuse to unpickle (a differently shaped
+        # constructor); the worker would lose the link over it
+    except Exception:  # its name and message will do: it is a bug's, answered 500
+        error = RuntimeError(f"{type(error).__name__}: {error}")
+    return _frame((sequence, False, error, events))
 
 
 # A worker's side -----------------------------------------------------------------------
@@ -192,9 +202,6 @@ class RemoteBooker:
                 with contextlib.suppress(OSError):
                     outbox.send(_frame((_ABANDON, sequence, None)))
             raise
-        finally:
-            if self._on_written is not None:  # this process's cached availability
-                self._on_written(events_named((command,)))
 
     async def _keep_linked(self) -> None:
         delay = RECONNECT_SECONDS[0]
@@ -210,6 +217,8 @@ class RemoteBooker:
             self._connected.set()
             try:
                 await self._listen(reader)
+            except Exception:  # a message it could not read: a bug; the link starts afresh
+                log.exception("committer_link_failed", socket=self._path)
             finally:
                 self._outbox = None
                 self._connected.clear()
@@ -220,7 +229,9 @@ class RemoteBooker:
     async def _listen(self, reader: asyncio.StreamReader) -> None:
         waiting = self._waiting
         with contextlib.suppress(ConnectionError):
-            async for sequence, ok, value in _messages(reader):
+            async for sequence, ok, value, events in _messages(reader):
+                if events and self._on_written is not None:  # before anyone is answered
+                    self._on_written(events)
                 answer = waiting.pop(sequence, None)
                 if answer is None or answer.done():
                     continue  # abandoned
@@ -245,7 +256,15 @@ class CommitterProcess:
     def __init__(self) -> None:
         self._folder = tempfile.mkdtemp(prefix="boxoffice-committer-")  # mode 0700
         self.path = os.path.join(self._folder, "committer.sock")
+        if len(os.fsencode(self.path)) > MAX_SOCKET_PATH:
+            shutil.rmtree(self._folder, ignore_errors=True)
+            raise RuntimeError(
+                f"the committer's socket path {self.path!r} is longer than a Unix socket's "
+                f"{MAX_SOCKET_PATH} bytes: set TMPDIR to a shorter folder"
+            )
         self._process: subprocess.Popen[str] | None = None
+        self._restart_delay = RESTART_SECONDS[0]
+        self._restart_at = 0.0
 
     def start(self) -> None:
         """Start the process and wait until it listens; raise if it could not."""
@@ -257,24 +276,33 @@ class CommitterProcess:
             text=True,
             env={**os.environ, "PYTHONPATH": our_import_path()},
         )
-        self._process = process
         assert process.stdout is not None
         ready = select.select([process.stdout], [], [], START_TIMEOUT_SECONDS)[0]
         if not ready or process.stdout.readline().strip() != "ready":
             self._end(process)
             raise RuntimeError("the booking committer process did not start")
+        self._process = process
 
     def keep_alive(self) -> None:
         """Called by the server's supervisor every half second: start it again if it died."""
         process = self._process
-        if process is None or process.poll() is None:
+        if process is not None:
+            if process.poll() is None:
+                return
+            log.error("committer_died", exit_code=process.returncode)
+            forget_process(process.pid)  # its live gauges no longer count
+            self._process = None
+        if time.monotonic() < self._restart_at:
             return
-        log.error("committer_died", exit_code=process.returncode)
-        forget_process(process.pid)  # its live gauges no longer count
         try:
             self.start()
         except RuntimeError:
-            log.exception("committer_restart_failed")  # the next tick tries again
+            # The next try waits longer, doubling while it keeps failing.
+            log.exception("committer_restart_failed", retry_in_seconds=self._restart_delay)
+            self._restart_at = time.monotonic() + self._restart_delay
+            self._restart_delay = min(self._restart_delay * 2, RESTART_SECONDS[1])
+        else:
+            self._restart_delay = RESTART_SECONDS[0]
 
     def stop(self) -> None:
         """After the workers: let it finish what it holds, then end it."""
@@ -318,7 +346,7 @@ class _Links:
     """The committer's side of every worker's link: each command submitted as it comes,
     each answer written back when it is ready."""
 
-    def __init__(self, booker: Any) -> None:
+    def __init__(self, booker: BatchedBooker) -> None:
         self._booker = booker
         self.answering: set[asyncio.Task[None]] = set()
 
@@ -333,8 +361,8 @@ class _Links:
                         tasks[sequence] = task
                         self.answering.add(task)
                         task.add_done_callback(self.answering.discard)
-                    elif (abandoned := tasks.get(sequence)) is not None:
-                        abandoned.cancel()
+                    elif (abandoned := tasks.pop(sequence, None)) is not None:
+                        abandoned.cancel()  # perhaps before it ever ran: popped here
             # The worker is gone: nobody waits for these answers (a batch under way
             # still commits its commands, as for a client that disconnects).
             for task in list(tasks.values()):
@@ -349,10 +377,15 @@ class _Links:
         sequence: int,
         command: Command,
     ) -> None:
+        events: tuple[str, ...] = ()
         try:
-            frame = _frame((sequence, True, await self._booker.submit(command)))
+            # The event first (a confirm, release or cancel names only a hold or booking):
+            # the worker's cached availability of it is dropped with the answer.
+            command = await self._booker.events_of.resolve(command)
+            events = tuple(events_named((command,)))
+            frame = _frame((sequence, True, await self._booker.submit(command), events))
         except Exception as error:
-            frame = _error_frame(sequence, error)
+            frame = _error_frame(sequence, error, events)
         finally:
             tasks.pop(sequence, None)
         with contextlib.suppress(ConnectionError):  # the worker is gone
@@ -415,8 +448,8 @@ def _on_stdin(fd: int, closed: asyncio.Event) -> None:
 def main() -> None:
     import uvloop
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for ignored in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(ignored, signal.SIG_IGN)
     started = time.monotonic()
     uvloop.run(_run(sys.argv[1]))
     log.info("committer_stopped", seconds=round(time.monotonic() - started, 1))
