@@ -283,10 +283,11 @@ def test_in_lists_come_in_few_lengths_and_name_the_same_values() -> None:
 
 async def test_the_committer_link_reads_messages_split_or_run_together() -> None:
     """Frames cross a Unix socket: a read may end inside one or hold several."""
-    from boxoffice.booking.committer_process import _frame, _messages
+    from boxoffice.booking.committer_process import _messages
+    from boxoffice.db.sqlite_writer import pack_message
 
     messages = [("command", index, "x" * index * 100) for index in range(1, 40)]
-    stream = b"".join(_frame(message) for message in messages)
+    stream = b"".join(pack_message(message) for message in messages)
     for chunk in (1, 3, 7, 500, len(stream)):
         reader = asyncio.StreamReader()
         for start in range(0, len(stream), chunk):

@@ -93,10 +93,4 @@ def make_booker(
     )
 
 
-__all__ = [
-    "BatchedBooker",
-    "Booker",
-    "DirectBooker",
-    "Strategy",
-    "make_booker",
-]
+__all__ = ["BatchedBooker", "Booker", "DirectBooker", "Strategy", "make_booker"]

@@ -42,7 +42,6 @@ import pickle
 import select
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import tempfile
@@ -53,7 +52,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from boxoffice.db.errors import DatabaseUnavailable
-from boxoffice.db.sqlite_writer import our_import_path
+from boxoffice.db.sqlite_writer import HEADER, our_import_path, pack_message
 from boxoffice.domain.commands import Book, Command, PlaceHold, events_named
 from boxoffice.domain.decisions import Result
 from boxoffice.observability.multiprocess import forget_process
@@ -74,13 +73,7 @@ FLUSH_SECONDS = 1.0  # the committer's metrics reach the shared folder this ofte
 # (events_of.py) take a reader now and then. The workers' pools keep DB_POOL_SIZE each.
 POOL_SIZE = 6
 
-_HEADER = struct.Struct("!I")
 _COMMAND, _ABANDON = "command", "abandon"
-
-
-def _frame(message: object) -> bytes:
-    payload = pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
-    return _HEADER.pack(len(payload)) + payload
 
 
 async def _messages(reader: asyncio.StreamReader) -> AsyncIterator[Any]:
@@ -90,12 +83,12 @@ async def _messages(reader: asyncio.StreamReader) -> AsyncIterator[Any]:
     while data := await reader.read(1 << 16):
         buffer += data
         start = 0
-        while len(buffer) - start >= _HEADER.size:
-            (size,) = _HEADER.unpack_from(buffer, start)
-            end = start + _HEADER.size + size
+        while len(buffer) - start >= HEADER.size:
+            (size,) = HEADER.unpack_from(buffer, start)
+            end = start + HEADER.size + size
             if end > len(buffer):
                 break
-            yield pickle.loads(memoryview(buffer)[start + _HEADER.size : end])
+            yield pickle.loads(memoryview(buffer)[start + HEADER.size : end])
             start = end
         del buffer[:start]
 
@@ -131,7 +124,7 @@ def _error_frame(sequence: int, error: BaseException, events: tuple[str, ...]) -
         # constructor); the worker would lose the link over it
     except Exception:  # its name and message will do: it is a bug's, answered 500
         error = RuntimeError(f"{type(error).__name__}: {error}")
-    return _frame((sequence, False, error, events))
+    return pack_message((sequence, False, error, events))
 
 
 # A worker's side -----------------------------------------------------------------------
@@ -189,7 +182,7 @@ class RemoteBooker:
         try:
             if outbox is None:  # lost, and not yet found again
                 raise ConnectionResetError("no link")
-            outbox.send(_frame((_COMMAND, sequence, command)))
+            outbox.send(pack_message((_COMMAND, sequence, command)))
         except (RuntimeError, OSError) as error:  # nothing was sent
             raise DatabaseUnavailable("the booking committer is not running") from error
         answer: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
@@ -200,7 +193,7 @@ class RemoteBooker:
             # Not answered yet: the committer skips it unless its batch has started.
             if self._waiting.pop(sequence, None) is not None:
                 with contextlib.suppress(OSError):
-                    outbox.send(_frame((_ABANDON, sequence, None)))
+                    outbox.send(pack_message((_ABANDON, sequence, None)))
             raise
 
     async def _keep_linked(self) -> None:
@@ -383,7 +376,7 @@ class _Links:
             # the worker's cached availability of it is dropped with the answer.
             command = await self._booker.events_of.resolve(command)
             events = tuple(events_named((command,)))
-            frame = _frame((sequence, True, await self._booker.submit(command), events))
+            frame = pack_message((sequence, True, await self._booker.submit(command), events))
         except Exception as error:
             frame = _error_frame(sequence, error, events)
         finally:

@@ -57,7 +57,7 @@ WriterKind = Literal["process", "thread"]
 START_TIMEOUT_SECONDS = 30.0
 STOP_TIMEOUT_SECONDS = 10.0
 
-_HEADER = struct.Struct("!I")
+HEADER = struct.Struct("!I")
 
 
 class CommitGate(Protocol):
@@ -247,11 +247,11 @@ class ProcessWriter:
         if self._writer is None:
             raise DatabaseUnavailable("the SQLite writer process is not running")
         payload = pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
-        self._writer.write(_HEADER.pack(len(payload)) + payload)
+        self._writer.write(HEADER.pack(len(payload)) + payload)
 
     async def _receive(self) -> Any:
         assert self._reader is not None
-        (size,) = _HEADER.unpack(await self._reader.readexactly(_HEADER.size))
+        (size,) = HEADER.unpack(await self._reader.readexactly(HEADER.size))
         return pickle.loads(await self._reader.readexactly(size))
 
     async def _forget_process(self, *, grace: float = 0.0) -> None:
@@ -291,7 +291,7 @@ class _ProcessGate:
         self.reply: bytes | None = None
 
     def allows(self, result: object) -> bool:
-        self.reply = _frame((self._sequence, True, result))  # raises before COMMIT
+        self.reply = pack_message((self._sequence, True, result))  # raises before COMMIT
         while not self._abandoned and select.select([self._sock], [], [], 0)[0]:
             message = _receive_blocking(self._sock)
             # The parent gone, or gave up on this job: nobody would hear of its commit.
@@ -300,10 +300,10 @@ class _ProcessGate:
 
 
 def _receive_blocking(sock: socket.socket) -> Any:
-    header = _read_exactly(sock, _HEADER.size)
+    header = _read_exactly(sock, HEADER.size)
     if header is None:
         return None
-    (size,) = _HEADER.unpack(header)
+    (size,) = HEADER.unpack(header)
     payload = _read_exactly(sock, size)
     return None if payload is None else pickle.loads(payload)
 
@@ -320,16 +320,18 @@ def _read_exactly(sock: socket.socket, size: int) -> bytes | None:
     return bytes(buffer)
 
 
-def _frame(message: object) -> bytes:
+def pack_message(message: object) -> bytes:
+    """`message` as it crosses a socket between this program's processes: its pickle's
+    length, then its pickle (the shared committer's link uses it too)."""
     payload = pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
-    return _HEADER.pack(len(payload)) + payload
+    return HEADER.pack(len(payload)) + payload
 
 
 def _send_error(sock: socket.socket, sequence: int, error: Exception) -> None:
     try:
-        frame = _frame((sequence, False, error))
+        frame = pack_message((sequence, False, error))
     except Exception:  # an exception that won't pickle: its name and message will
-        frame = _frame((sequence, False, RuntimeError(f"{type(error).__name__}: {error}")))
+        frame = pack_message((sequence, False, RuntimeError(f"{type(error).__name__}: {error}")))
     sock.sendall(frame)
 
 
@@ -353,10 +355,10 @@ def serve(sock: socket.socket, url: str, timeout_seconds: float) -> None:
         with engine.connect():
             pass  # opens the file and applies the pragmas: fail here, not on a booking
         gc.freeze()
-        sock.sendall(_frame(("ready", None)))
+        sock.sendall(pack_message(("ready", None)))
     except Exception as error:
         with contextlib.suppress(ConnectionError):
-            sock.sendall(_frame(("failed", f"{type(error).__name__}: {error}")))
+            sock.sendall(pack_message(("failed", f"{type(error).__name__}: {error}")))
         return
     try:
         while (message := _receive_blocking(sock)) is not None:
@@ -367,7 +369,7 @@ def serve(sock: socket.socket, url: str, timeout_seconds: float) -> None:
             try:
                 result = pickle.loads(job)(engine, gate)
                 # A job that never asked the gate (no transaction) is pickled now.
-                sock.sendall(gate.reply or _frame((sequence, True, result)))
+                sock.sendall(gate.reply or pack_message((sequence, True, result)))
             except ConnectionError:
                 raise
             except Exception as error:
